@@ -1,0 +1,68 @@
+# Every target sets up what it needs on a fresh clone: .venv (the project and its
+# dev extras), .venv-triton (PyTriton's bundled tritonserver, numpy<2, kept apart)
+# and Debian's chromium for the browser test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TRITON_VENV := .venv-triton
+STAMP := $(VENV)/.installed
+TRITON_STAMP := $(TRITON_VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv triton-venv chromium lint typecheck test test-fast demo bench fuzz soak protos clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+triton-venv: $(TRITON_STAMP)
+
+$(TRITON_STAMP): tests/triton/requirements.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q -r tests/triton/requirements.txt
+	touch $(TRITON_STAMP)
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; }
+
+lint: venv
+	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
+	$(VENV)/bin/ruff format --check truss_stream transports examples tests benchmarks
+
+typecheck: venv
+	$(VENV)/bin/mypy truss_stream transports
+	$(VENV)/bin/mypy tests/typing/ok_usage.py
+	$(PY) tests/typing/check_errors.py
+
+test: venv triton-venv chromium lint typecheck
+	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
+	  $(PY) -m pytest -q -m "not soak" $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not soak and not triton and not browser" $(PYTEST_ARGS)
+
+demo: venv
+	$(PY) -m examples.demo
+
+bench: venv triton-venv
+	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
+	  $(PY) -m benchmarks.run
+
+fuzz: venv
+	TRUSS_STREAM_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/test_fuzz.py
+
+soak: venv triton-venv
+	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
+	  $(PY) -m pytest -q -m soak
+
+protos: venv
+	$(PY) -m transports.triton._protogen
+
+clean:
+	rm -rf $(VENV) $(TRITON_VENV) .mypy_cache .pytest_cache .ruff_cache build dist *.egg-info

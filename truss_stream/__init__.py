@@ -1,0 +1,1 @@
+"""Typed streams for model serving."""

@@ -1,0 +1,289 @@
+"""NDArray: a pydantic field type holding ``numpy.ndarray`` directly.
+
+On the msgpack codec an array travels as raw bytes in a msgpack ext value
+(:data:`NDARRAY_EXT_CODE`); on the JSON codec as truss_chains'
+``{"data_b64", "shape", "dtype"}`` object. Both refuse object and void dtypes:
+nothing here ever pickles.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+import struct
+from typing import Annotated, Any, Final
+
+import numpy as np
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+from ._errors import MalformedFrameError, UnknownExtError, UnsupportedValueError
+
+__all__ = ["MAX_NDIM", "NDARRAY_EXT_CODE", "NDArray"]
+
+#: msgpack ext type code of an NDArray value (application range 0..127).
+NDARRAY_EXT_CODE: Final = 1
+#: Most dimensions an array on the wire may declare (NumPy's own limit).
+MAX_NDIM: Final = 64
+#: Raw data starts at a multiple of this many bytes into the ext payload.
+ALIGNMENT: Final = 8
+
+_EXT_VERSION: Final = 1
+_FIXED = struct.Struct("<BBBB")  # version, ndim, dtype descriptor length, padding length
+_STANDARD_KINDS: Final = frozenset("biufcUS")
+_DESCR_RE: Final = re.compile(r"[<>|][biufcUS][0-9]{1,9}")
+# ml_dtypes types report a void typestr ("<V2"), so they travel by name.
+_ML_DTYPES: Final = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "int4",
+        "uint4",
+    }
+)
+
+
+def _ml_dtype(name: str) -> np.dtype[Any]:
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise UnknownExtError(
+            f"array dtype {name!r} needs the ml_dtypes package, which is not installed"
+        ) from None
+    scalar = getattr(ml_dtypes, name, None)
+    if scalar is None:
+        raise UnknownExtError(f"array dtype {name!r} is not known to the installed ml_dtypes")
+    return np.dtype(scalar)
+
+
+def wire_dtype(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], str]:
+    """Return (the little-endian dtype the bytes travel as, its descriptor string).
+
+    Raises:
+        UnsupportedValueError: object, void, datetime and other non-plain dtypes.
+    """
+    if dtype.name in _ML_DTYPES and dtype.names is None:
+        return dtype, dtype.name
+    if dtype.kind not in _STANDARD_KINDS or dtype.names is not None or dtype.subdtype is not None:
+        raise UnsupportedValueError(
+            f"arrays of dtype {dtype!r} cannot be sent: supported are bool, (u)int8..64, "
+            "float16/32/64, complex64/128, fixed-width U and S (bfloat16/float8 via ml_dtypes)"
+        )
+    little = dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype
+    return little, little.str
+
+
+def parse_descriptor(descr: str) -> np.dtype[Any]:
+    """Turn a wire dtype descriptor back into a dtype, refusing anything unknown."""
+    if descr in _ML_DTYPES:
+        return _ml_dtype(descr)
+    if not _DESCR_RE.fullmatch(descr):
+        raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
+    try:
+        dtype = np.dtype(descr)
+    except TypeError as exc:
+        raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}") from exc
+    if dtype.kind not in _STANDARD_KINDS or dtype.itemsize == 0 and dtype.kind not in "US":
+        raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
+    return dtype
+
+
+def ext_header(array: np.ndarray[Any, Any], offset: int = 0) -> tuple[bytes, np.dtype[Any]]:
+    """Return the ext payload's header for ``array`` and the dtype its data travels as.
+
+    ``offset`` is where the ext payload starts inside the frame; padding aligns the
+    raw data to :data:`ALIGNMENT` from the frame's start.
+    """
+    dtype, descr = wire_dtype(array.dtype)
+    if array.ndim > MAX_NDIM:
+        raise UnsupportedValueError(f"arrays may have at most {MAX_NDIM} dimensions")
+    raw_descr = descr.encode("ascii")
+    unpadded = _FIXED.size + 8 * array.ndim + len(raw_descr)
+    pad = -(offset + unpadded) % ALIGNMENT
+    header = b"".join(
+        (
+            _FIXED.pack(_EXT_VERSION, array.ndim, len(raw_descr), pad),
+            struct.pack(f"<{array.ndim}Q", *array.shape),
+            raw_descr,
+            b"\0" * pad,
+        )
+    )
+    return header, dtype
+
+
+def decode_ext(data: memoryview | bytes, *, copy: bool) -> np.ndarray[Any, Any]:
+    """Decode one NDArray ext payload into an array (a view of ``data`` unless ``copy``).
+
+    Shape and dtype are checked against the bytes present before anything is
+    allocated, so a lying header costs nothing.
+    """
+    view = memoryview(data)
+    if len(view) < _FIXED.size:
+        raise MalformedFrameError("NDArray ext payload shorter than its fixed header")
+    version, ndim, descr_len, pad = _FIXED.unpack_from(view)
+    if version != _EXT_VERSION:
+        raise UnknownExtError(f"NDArray ext version {version} is not supported")
+    if ndim > MAX_NDIM:
+        raise MalformedFrameError(f"NDArray ext declares {ndim} dimensions (at most {MAX_NDIM})")
+    start = _FIXED.size + 8 * ndim + descr_len + pad
+    if len(view) < start:
+        raise MalformedFrameError("NDArray ext payload shorter than its declared header")
+    shape = struct.unpack_from(f"<{ndim}Q", view, _FIXED.size)
+    descr_at = _FIXED.size + 8 * ndim
+    try:
+        descr = bytes(view[descr_at : descr_at + descr_len]).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise MalformedFrameError("NDArray dtype descriptor is not ASCII") from exc
+    dtype = parse_descriptor(descr)
+    count = math.prod(shape)
+    raw = view[start:]
+    if count * dtype.itemsize != len(raw):
+        raise MalformedFrameError(
+            f"NDArray of shape {tuple(shape)} and dtype {descr} needs "
+            f"{count * dtype.itemsize} bytes, the ext holds {len(raw)}"
+        )
+    if dtype.itemsize == 0:
+        array = np.zeros(shape, dtype=dtype)
+    else:
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    if copy:
+        return array.copy()
+    array.flags.writeable = False
+    return array
+
+
+# JSON form (truss_chains.pydantic_numpy.NumpyArrayField compatible) --------------------
+
+_DATA_KEY: Final = "data_b64"
+_SHAPE_KEY: Final = "shape"
+_DTYPE_KEY: Final = "dtype"
+
+
+def array_to_json(array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """The truss_chains JSON form: base64 of the C-order little-endian bytes."""
+    dtype, _ = wire_dtype(array.dtype)
+    data = np.ascontiguousarray(array, dtype=dtype)
+    dtype_name = dtype.name if dtype.kind not in "US" else dtype.str
+    return {
+        _DATA_KEY: base64.b64encode(data.data if data.size else b"").decode("ascii"),
+        _SHAPE_KEY: list(array.shape),
+        _DTYPE_KEY: dtype_name,
+    }
+
+
+def _json_descr(dtype_name: str) -> np.dtype[Any]:
+    if dtype_name in _ML_DTYPES:
+        return _ml_dtype(dtype_name)
+    if _DESCR_RE.fullmatch(dtype_name):
+        return parse_descriptor(dtype_name)
+    try:
+        dtype = np.dtype(dtype_name) if dtype_name.isidentifier() else None
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in _STANDARD_KINDS:
+        raise PydanticCustomError("ndarray_dtype", "unsupported array dtype {dtype}", {"dtype": dtype_name})
+    return dtype
+
+
+def array_from_json(value: dict[str, Any]) -> np.ndarray[Any, Any]:
+    data, shape, dtype_name = value[_DATA_KEY], value[_SHAPE_KEY], value[_DTYPE_KEY]
+    if not isinstance(data, str) or not isinstance(dtype_name, str):
+        raise PydanticCustomError("ndarray_json", "data_b64 and dtype must be strings")
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise PydanticCustomError("ndarray_json", "shape must be a list of non-negative integers")
+    if len(shape) > MAX_NDIM:
+        raise PydanticCustomError("ndarray_json", "too many dimensions")
+    dtype = _json_descr(dtype_name)
+    expected = math.prod(shape) * dtype.itemsize
+    # base64 length tells the byte count before decoding anything.
+    if len(data) // 4 * 3 < expected or len(data) // 4 * 3 > expected + 3:
+        raise PydanticCustomError(
+            "ndarray_json",
+            "data_b64 holds about {got} bytes, shape and dtype need {expected}",
+            {"got": len(data) // 4 * 3, "expected": expected},
+        )
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise PydanticCustomError("ndarray_json", "data_b64 is not valid base64") from exc
+    if len(raw) != expected:
+        raise PydanticCustomError(
+            "ndarray_json",
+            "data_b64 holds {got} bytes, shape and dtype need {expected}",
+            {"got": len(raw), "expected": expected},
+        )
+    if dtype.itemsize == 0:
+        return np.zeros(shape, dtype=dtype)
+    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    array.flags.writeable = False
+    return array
+
+
+# The pydantic field -----------------------------------------------------------------------
+
+
+def _validate(value: Any) -> np.ndarray[Any, Any]:
+    if isinstance(value, np.ndarray):
+        try:
+            wire_dtype(value.dtype)
+        except UnsupportedValueError as exc:
+            raise PydanticCustomError("ndarray_dtype", str(exc)) from None
+        return value
+    if isinstance(value, dict) and {_DATA_KEY, _SHAPE_KEY, _DTYPE_KEY} <= value.keys():
+        return array_from_json(value)
+    raise PydanticCustomError(
+        "ndarray_type",
+        "expected a numpy.ndarray or a {{data_b64, shape, dtype}} object, got {type}",
+        {"type": type(value).__name__},
+    )
+
+
+def _serialize(value: np.ndarray[Any, Any], info: core_schema.SerializationInfo) -> Any:
+    if info.mode == "json":
+        return array_to_json(value)
+    return value
+
+
+class _NDArrayAnnotation:
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source_type: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            _validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                _serialize, info_arg=True
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, _schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {
+            "type": "object",
+            "properties": {
+                _DATA_KEY: {"type": "string", "contentEncoding": "base64"},
+                _SHAPE_KEY: {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                _DTYPE_KEY: {"type": "string"},
+            },
+            "required": [_DATA_KEY, _SHAPE_KEY, _DTYPE_KEY],
+        }
+
+
+NDArray = Annotated[np.ndarray, _NDArrayAnnotation]  # type: ignore[type-arg]
+"""A pydantic field holding a ``numpy.ndarray`` directly.
+
+Arrays read from a stream are read-only views of the received frame (no copy);
+pass ``copy_arrays=True`` to :func:`stream_reader`, or call ``.copy()``, for
+writable arrays.
+"""
