@@ -85,7 +85,9 @@ def parse_tag(tag: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec, bo
     byte, length = _TAG.unpack_from(tag)
     kind = _KINDS.get(byte & _KIND_MASK)
     if kind is None:
-        raise MalformedFrameError(f"unknown frame kind {byte & _KIND_MASK} in tag byte 0x{byte:02x}")
+        raise MalformedFrameError(
+            f"unknown frame kind {byte & _KIND_MASK} in tag byte 0x{byte:02x}"
+        )
     if byte & _RESERVED_MASK:
         raise UnknownCodecError(f"reserved codec bits set in tag byte 0x{byte:02x}")
     codec = Codec.MSGPACK if byte & _CODEC_MASK else Codec.JSON

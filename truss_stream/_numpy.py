@@ -60,7 +60,8 @@ def _ml_dtype(name: str) -> np.dtype[Any]:
     scalar = getattr(ml_dtypes, name, None)
     if scalar is None:
         raise UnknownExtError(f"array dtype {name!r} is not known to the installed ml_dtypes")
-    return np.dtype(scalar)
+    dtype: np.dtype[Any] = np.dtype(scalar)
+    return dtype
 
 
 def wire_dtype(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], str]:
@@ -90,7 +91,7 @@ def parse_descriptor(descr: str) -> np.dtype[Any]:
         dtype = np.dtype(descr)
     except TypeError as exc:
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}") from exc
-    if dtype.kind not in _STANDARD_KINDS or dtype.itemsize == 0 and dtype.kind not in "US":
+    if dtype.kind not in _STANDARD_KINDS or (dtype.itemsize == 0 and dtype.kind not in "US"):
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
     return dtype
 
@@ -154,7 +155,8 @@ def decode_ext(data: memoryview | bytes, *, copy: bool) -> np.ndarray[Any, Any]:
     else:
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     if copy:
-        return array.copy()
+        copied: np.ndarray[Any, Any] = array.copy()
+        return copied
     array.flags.writeable = False
     return array
 
@@ -188,7 +190,9 @@ def _json_descr(dtype_name: str) -> np.dtype[Any]:
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind not in _STANDARD_KINDS:
-        raise PydanticCustomError("ndarray_dtype", "unsupported array dtype {dtype}", {"dtype": dtype_name})
+        raise PydanticCustomError(
+            "ndarray_dtype", "unsupported array dtype {dtype}", {"dtype": dtype_name}
+        )
     return dtype
 
 
@@ -280,7 +284,7 @@ class _NDArrayAnnotation:
         }
 
 
-NDArray = Annotated[np.ndarray, _NDArrayAnnotation]  # type: ignore[type-arg]
+NDArray = Annotated[np.ndarray, _NDArrayAnnotation]
 """A pydantic field holding a ``numpy.ndarray`` directly.
 
 Arrays read from a stream are read-only views of the received frame (no copy);

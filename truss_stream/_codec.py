@@ -1,0 +1,394 @@
+"""Payload codecs: a pydantic model <-> one frame's payload (msgpack or JSON).
+
+msgpack frames carry NumPy arrays as ext values (code 1) holding the raw bytes. The
+writer copies each array's bytes exactly once, straight into the frame: it packs
+the model with a small placeholder per array, then lays the frame out around them.
+The reader decodes large array-bearing frames without copying: it walks the msgpack
+structure to find the array ext values, hands msgpack a compact copy of everything
+else, and turns each array into a read-only view of the received frame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Final
+
+import msgpack
+import numpy as np
+import pydantic
+import pydantic_core
+
+from ._errors import (
+    MalformedFrameError,
+    StreamError,
+    UnknownExtError,
+    UnsupportedValueError,
+)
+from ._frames import TAG_SIZE, Codec, FrameKind, pack_tag
+from ._numpy import NDARRAY_EXT_CODE, decode_ext, ext_header
+
+__all__ = [
+    "MsgpackLimits",
+    "decode_error",
+    "decode_model",
+    "encode_error",
+    "encode_model",
+]
+
+# Placeholders the writer packs in place of arrays; never on the wire.
+_PLACEHOLDER_CODE: Final = 127
+# Decoded frames smaller than this take msgpack's own path (one small copy per array)
+# rather than the structure walk; the walk only pays off for big arrays.
+_ZERO_COPY_MIN_BYTES: Final = 64 * 1024
+# The walk gives up (and msgpack's own path takes over) after this many values.
+_WALK_BUDGET: Final = 4096
+_EXT32 = struct.Struct(">BIb")
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_STUB = struct.Struct(">BbI")  # fixext 4 carrying an array index
+
+
+class MsgpackLimits:
+    """Limits on msgpack payloads (besides the frame size, which bounds everything).
+
+    Attributes:
+        max_array_len: most elements in one msgpack array.
+        max_map_len: most entries in one msgpack map.
+        max_str_len: most bytes in one string.
+        max_bin_len: most bytes in one binary value.
+        max_ext_len: most bytes in one ext value (a NumPy array's header and data).
+    """
+
+    __slots__ = ("max_array_len", "max_bin_len", "max_ext_len", "max_map_len", "max_str_len")
+
+    def __init__(
+        self,
+        *,
+        max_array_len: int = 1_000_000,
+        max_map_len: int = 100_000,
+        max_str_len: int = 64 * 1024 * 1024,
+        max_bin_len: int = 1 << 31,
+        max_ext_len: int = 1 << 31,
+    ) -> None:
+        self.max_array_len = max_array_len
+        self.max_map_len = max_map_len
+        self.max_str_len = max_str_len
+        self.max_bin_len = max_bin_len
+        self.max_ext_len = max_ext_len
+
+
+def _default_hook(arrays: list[np.ndarray[Any, Any]], token: bytes) -> Any:
+    def default(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray):
+            arrays.append(obj)
+            return msgpack.ExtType(_PLACEHOLDER_CODE, token + _U32.pack(len(arrays) - 1))
+        if isinstance(obj, np.generic):
+            return obj.item()
+        try:
+            return pydantic_core.to_jsonable_python(obj)
+        except pydantic_core.PydanticSerializationError as exc:
+            raise UnsupportedValueError(
+                f"cannot encode a {type(obj).__name__} value with msgpack"
+            ) from exc
+
+    return default
+
+
+class MsgpackEncoder:
+    """Packs models into msgpack frames; one per writer (it holds a reusable packer)."""
+
+    def __init__(self) -> None:
+        self._arrays: list[np.ndarray[Any, Any]] = []
+        # A random token per encoder: user data cannot collide with a placeholder.
+        self._token = os.urandom(16)
+        self._packer = msgpack.Packer(
+            default=_default_hook(self._arrays, self._token), use_bin_type=True, datetime=False
+        )
+        self._placeholder_prefix = (
+            b"\xc7" + _U8.pack(len(self._token) + 4) + _U8.pack(_PLACEHOLDER_CODE) + self._token
+        )
+
+    def encode(self, kind: FrameKind, data: Any) -> bytes | memoryview:
+        arrays = self._arrays
+        arrays.clear()
+        try:
+            packed: bytes = self._packer.pack(data)
+        except StreamError:
+            self._packer.reset()
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._packer.reset()
+            raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
+        if not arrays:
+            return pack_tag(kind, Codec.MSGPACK, len(packed)) + packed
+        try:
+            return self._splice(kind, packed, arrays)
+        finally:
+            arrays.clear()
+
+    def _splice(
+        self, kind: FrameKind, packed: bytes, arrays: list[np.ndarray[Any, Any]]
+    ) -> memoryview:
+        prefix = self._placeholder_prefix
+        placeholder_len = len(prefix) + 4
+        cuts: list[int] = []
+        at = 0
+        for index in range(len(arrays)):
+            at = packed.find(prefix + _U32.pack(index), at)
+            if at < 0:  # pragma: no cover - guaranteed by construction
+                raise UnsupportedValueError("array placeholder lost while packing")
+            cuts.append(at)
+            at += placeholder_len
+        # First pass: lay out headers to know the frame's size and alignment.
+        layout: list[tuple[int, bytes, np.dtype[Any]]] = []
+        size = TAG_SIZE
+        prev = 0
+        for cut, array in zip(cuts, arrays, strict=True):
+            size += cut - prev
+            ext_data_at = size + _EXT32.size
+            header, dtype = ext_header(array, ext_data_at)
+            layout.append((cut, header, dtype))
+            size += _EXT32.size + len(header) + array.size * dtype.itemsize
+            prev = cut + placeholder_len
+        size += len(packed) - prev
+        payload_len = size - TAG_SIZE
+        buf = bytearray(size)
+        buf[:TAG_SIZE] = pack_tag(kind, Codec.MSGPACK, payload_len, array_hint=True)
+        pos = TAG_SIZE
+        prev = 0
+        for (cut, header, dtype), array in zip(layout, arrays, strict=True):
+            seg = cut - prev
+            buf[pos : pos + seg] = packed[prev:cut]
+            pos += seg
+            nbytes = array.size * dtype.itemsize
+            ext_len = len(header) + nbytes
+            if ext_len > 0xFFFF_FFFF:
+                raise UnsupportedValueError("an array above 4 GiB cannot be sent in one frame")
+            _EXT32.pack_into(buf, pos, 0xC9, ext_len, NDARRAY_EXT_CODE)
+            pos += _EXT32.size
+            buf[pos : pos + len(header)] = header
+            pos += len(header)
+            if nbytes:
+                # The one copy of the array's bytes: any layout or byte order in,
+                # C-order little-endian out.
+                dst = np.ndarray(array.shape, dtype=dtype, buffer=buf, offset=pos)
+                np.copyto(dst, array, casting="no" if array.dtype == dtype else "equiv")
+            pos += nbytes
+            prev = cut + placeholder_len
+        buf[pos:] = packed[prev:]
+        return memoryview(buf).toreadonly()
+
+
+def encode_json(kind: FrameKind, model: pydantic.BaseModel) -> bytes:
+    """The truss_chains-compatible frame: tag + the model's JSON."""
+    try:
+        payload = model.__pydantic_serializer__.to_json(model)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
+    return pack_tag(kind, Codec.JSON, len(payload)) + payload
+
+
+def encode_model(
+    encoder: MsgpackEncoder, codec: Codec, kind: FrameKind, model: pydantic.BaseModel
+) -> bytes | memoryview:
+    """Encode one model as a whole frame in ``codec``."""
+    if codec is Codec.JSON:
+        return encode_json(kind, model)
+    try:
+        data = model.__pydantic_serializer__.to_python(model)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
+    return encoder.encode(kind, data)
+
+
+def encode_error(codec: Codec, exc: BaseException) -> bytes:
+    """An ERROR frame carrying ``exc``'s type name and message."""
+    body = {"type": type(exc).__name__, "message": str(exc)}
+    if codec is Codec.JSON:
+        payload = json.dumps(body).encode()
+    else:
+        payload = msgpack.packb(body, use_bin_type=True)
+    return pack_tag(FrameKind.ERROR, codec, len(payload)) + payload
+
+
+# Decoding -------------------------------------------------------------------------------
+
+
+def _unpack(payload: memoryview, limits: MsgpackLimits, ext_hook: Any) -> Any:
+    try:
+        return msgpack.unpackb(
+            payload,
+            ext_hook=ext_hook,
+            raw=False,
+            strict_map_key=False,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_ext_len=limits.max_ext_len,
+        )
+    except StreamError:
+        raise
+    except Exception as exc:
+        # msgpack reports bad data as ValueError, TypeError, StackError, ExtraData,
+        # FormatError, UnicodeDecodeError...: one error for all of them.
+        raise MalformedFrameError(f"invalid msgpack payload: {exc}") from exc
+
+
+def _walk(payload: memoryview) -> list[tuple[int, int, int]] | None:
+    """Find the NDArray ext values in a msgpack payload.
+
+    Returns (value start, data start, data end) for each, in order, or None when
+    the structure has more values than the walk's budget.
+    """
+    found: list[tuple[int, int, int]] = []
+    pos = 0
+    end = len(payload)
+    pending = 1
+    budget = _WALK_BUDGET
+    try:
+        while pending:
+            budget -= 1
+            if budget < 0:
+                return None
+            pending -= 1
+            b = payload[pos]
+            if b <= 0x7F or b >= 0xE0 or b in (0xC0, 0xC2, 0xC3):
+                pos += 1
+            elif b <= 0x8F:
+                pending += 2 * (b & 0x0F)
+                pos += 1
+            elif b <= 0x9F:
+                pending += b & 0x0F
+                pos += 1
+            elif b <= 0xBF:
+                pos += 1 + (b & 0x1F)
+            elif b in (0xC4, 0xD9):
+                pos += 2 + payload[pos + 1]
+            elif b in (0xC5, 0xDA):
+                pos += 3 + _U16.unpack_from(payload, pos + 1)[0]
+            elif b in (0xC6, 0xDB):
+                pos += 5 + _U32.unpack_from(payload, pos + 1)[0]
+            elif b in (0xC7, 0xC8, 0xC9):
+                width = {0xC7: 1, 0xC8: 2, 0xC9: 4}[b]
+                length = int.from_bytes(payload[pos + 1 : pos + 1 + width], "big")
+                code = payload[pos + 1 + width]
+                start = pos + 2 + width
+                if code == NDARRAY_EXT_CODE:
+                    found.append((pos, start, start + length))
+                elif code == _PLACEHOLDER_CODE:
+                    raise UnknownExtError(f"msgpack ext code {_PLACEHOLDER_CODE} is reserved")
+                pos = start + length
+            elif 0xCA <= b <= 0xD3:
+                pos += 1 + (4, 8, 1, 2, 4, 8, 1, 2, 4, 8)[b - 0xCA]
+            elif 0xD4 <= b <= 0xD8:
+                length = 1 << (b - 0xD4)
+                code = payload[pos + 1]
+                if code == NDARRAY_EXT_CODE:
+                    found.append((pos, pos + 2, pos + 2 + length))
+                elif code == _PLACEHOLDER_CODE:
+                    raise UnknownExtError(f"msgpack ext code {_PLACEHOLDER_CODE} is reserved")
+                pos += 2 + length
+            elif b in (0xDC, 0xDD):
+                pending += (
+                    _U16.unpack_from(payload, pos + 1)[0]
+                    if b == 0xDC
+                    else _U32.unpack_from(payload, pos + 1)[0]
+                )
+                pos += 3 if b == 0xDC else 5
+            elif b in (0xDE, 0xDF):
+                count = (
+                    _U16.unpack_from(payload, pos + 1)[0]
+                    if b == 0xDE
+                    else _U32.unpack_from(payload, pos + 1)[0]
+                )
+                pending += 2 * count
+                pos += 3 if b == 0xDE else 5
+            else:  # 0xC1: never used
+                raise MalformedFrameError(f"invalid msgpack type byte 0x{b:02x}")
+            if pos > end:
+                raise MalformedFrameError("msgpack value runs past the end of the frame")
+    except (IndexError, struct.error) as exc:
+        raise MalformedFrameError("msgpack value runs past the end of the frame") from exc
+    if pos != end:
+        raise MalformedFrameError(f"{end - pos} bytes of extra data after the msgpack value")
+    return found
+
+
+def _decode_msgpack(
+    payload: memoryview, array_hint: bool, limits: MsgpackLimits, copy_arrays: bool
+) -> Any:
+    def ext_hook(code: int, data: bytes) -> Any:
+        if code == NDARRAY_EXT_CODE:
+            return decode_ext(data, copy=copy_arrays)
+        raise UnknownExtError(f"unknown msgpack ext code {code}")
+
+    if not array_hint or len(payload) < _ZERO_COPY_MIN_BYTES:
+        return _unpack(payload, limits, ext_hook)
+    found = _walk(payload)
+    if not found:
+        return _unpack(payload, limits, ext_hook)
+    # Compact copy of everything but the arrays, each replaced by a 6-byte stub.
+    pieces: list[bytes | memoryview] = []
+    prev = 0
+    for index, (value_at, _, data_end) in enumerate(found):
+        pieces.append(payload[prev:value_at])
+        pieces.append(_STUB.pack(0xD6, _PLACEHOLDER_CODE, index))
+        prev = data_end
+    pieces.append(payload[prev:])
+    compact = b"".join(pieces)
+
+    def stub_hook(code: int, data: bytes) -> Any:
+        if code == _PLACEHOLDER_CODE:
+            _, start, data_end = found[_U32.unpack(data)[0]]
+            return decode_ext(payload[start:data_end], copy=copy_arrays)
+        return ext_hook(code, data)
+
+    return _unpack(memoryview(compact), limits, stub_hook)
+
+
+def decode_model(
+    model_type: type[pydantic.BaseModel],
+    codec: Codec,
+    array_hint: bool,
+    payload: memoryview,
+    limits: MsgpackLimits,
+    copy_arrays: bool,
+) -> Any:
+    """Validate one frame's payload as ``model_type``.
+
+    Raises:
+        MalformedFrameError: the payload does not parse in its codec.
+        pydantic.ValidationError: it parses but does not fit the model.
+    """
+    if codec is Codec.JSON:
+        try:
+            return model_type.model_validate_json(payload.tobytes())
+        except pydantic.ValidationError as exc:
+            if any(err["type"] == "json_invalid" for err in exc.errors()):
+                raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc
+            raise
+    data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
+    return model_type.model_validate(data)
+
+
+def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tuple[str, str]:
+    """(type name, message) from an ERROR frame's payload."""
+    body: Any
+    if codec is Codec.JSON:
+        try:
+            body = json.loads(payload.tobytes())
+        except ValueError as exc:
+            raise MalformedFrameError(f"invalid ERROR frame payload: {exc}") from exc
+    else:
+        body = _unpack(payload, limits, None)
+    if not (
+        isinstance(body, dict)
+        and isinstance(body.get("type"), str)
+        and isinstance(body.get("message"), str)
+    ):
+        raise MalformedFrameError("ERROR frame payload must be {type: str, message: str}")
+    return body["type"], body["message"]

@@ -1,0 +1,371 @@
+"""The sans-IO reading core: bytes in, frames and validated models out.
+
+:class:`FrameDecoder` splits any chunking of a byte stream into frames (in the
+style of h11: ``feed()`` data, ``next_frame()`` returns a frame or ``None`` for
+"need data"). :class:`ReaderCore` adds the stream's order (header, items,
+footer, END) and the codecs. The sync and async readers in ``_reader.py`` are
+thin loops that move bytes from their source into a ``ReaderCore``.
+
+Copies of payload bytes: a frame that arrives inside one chunk is handed on as a
+view of that chunk (no copy); a frame spread over several chunks is assembled
+once into a buffer of its declared size, allocated when its tag arrives.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+from typing import Any, Final
+
+from ._codec import MsgpackLimits, decode_error, decode_model
+from ._errors import (
+    FrameTooLargeError,
+    MalformedFrameError,
+    RemoteStreamError,
+    StreamConsumedError,
+    StreamOrderError,
+    StreamTruncatedError,
+)
+from ._frames import DEFAULT_MAX_FRAME_BYTES, TAG_SIZE, Codec, Frame, FrameKind, parse_tag
+from ._schema import StreamTypes
+
+__all__ = ["DONE", "NEED_DATA", "FrameDecoder", "ReaderCore", "Sentinel"]
+
+
+class Sentinel(enum.Enum):
+    """Markers the core returns instead of a value."""
+
+    NEED_DATA = "NEED_DATA"
+    DONE = "DONE"
+
+
+NEED_DATA: Final = Sentinel.NEED_DATA
+DONE: Final = Sentinel.DONE
+
+
+class FrameDecoder:
+    """Splits a byte stream, chunked any way, into :class:`Frame` values.
+
+    Args:
+        max_frame_bytes: largest payload accepted; a tag declaring more raises
+            :class:`FrameTooLargeError` before anything of the payload is buffered.
+    """
+
+    __slots__ = (
+        "_assembly",
+        "_buffered",
+        "_chunks",
+        "_eof",
+        "_filled",
+        "_max",
+        "_offset",
+        "_tag",
+        "frames",
+    )
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        if max_frame_bytes < 0:
+            raise ValueError("max_frame_bytes must be >= 0")
+        self._max = max_frame_bytes
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._buffered = 0
+        self._tag: tuple[FrameKind, Codec, bool, int] | None = None
+        self._assembly: bytearray | None = None
+        self._filled = 0
+        self._eof = False
+        self._offset = 0
+        #: Frames decoded so far.
+        self.frames = 0
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream consumed into whole frames so far."""
+        return self._offset
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered."""
+        return self._tag is None and self._buffered == 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add the next chunk of the stream (kept by reference, not copied, if whole)."""
+        if self._eof:
+            raise RuntimeError("feed() after feed_eof()")
+        view = memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        if not view:
+            return
+        if self._assembly is not None:
+            # A frame is being assembled: copy straight into its buffer.
+            need = len(self._assembly) - self._filled
+            take = min(need, len(view))
+            self._assembly[self._filled : self._filled + take] = view[:take]
+            self._filled += take
+            view = view[take:]
+            if not view:
+                return
+        self._chunks.append(view)
+        self._buffered += len(view)
+
+    def feed_eof(self) -> None:
+        """Mark the end of the stream."""
+        self._eof = True
+
+    @property
+    def eof(self) -> bool:
+        """True once :meth:`feed_eof` was called."""
+        return self._eof
+
+    def _take(self, n: int) -> memoryview:
+        """Remove ``n`` buffered bytes (n <= buffered); a view when one chunk holds them."""
+        if n == 0:
+            return memoryview(b"")
+        first = self._chunks[0]
+        if len(first) >= n:
+            if len(first) == n:
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = first[n:]
+            self._buffered -= n
+            return first[:n]
+        out = bytearray(n)
+        filled = 0
+        while filled < n:
+            chunk = self._chunks[0]
+            take = min(n - filled, len(chunk))
+            out[filled : filled + take] = chunk[:take]
+            filled += take
+            if take == len(chunk):
+                self._chunks.popleft()
+            else:
+                self._chunks[0] = chunk[take:]
+        self._buffered -= n
+        return memoryview(out)
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None when more data is needed.
+
+        Raises:
+            FrameTooLargeError: a tag declares more than ``max_frame_bytes``.
+            MalformedFrameError: a tag is invalid.
+            StreamTruncatedError: the stream ended inside a frame.
+        """
+        tag = self._tag
+        if tag is None:
+            if self._buffered < TAG_SIZE:
+                if self._eof and self._buffered:
+                    raise StreamTruncatedError(
+                        f"stream ended inside a frame tag at byte {self._offset} "
+                        f"({self._buffered} of {TAG_SIZE} tag bytes)"
+                    )
+                return None
+            tag = parse_tag(self._take(TAG_SIZE))
+            if tag[3] > self._max:
+                raise FrameTooLargeError(tag[3], self._max)
+            self._tag = tag
+        kind, codec, hint, length = tag
+        if self._assembly is None:
+            if self._buffered >= length:
+                payload = self._take(length)
+            elif self._eof:
+                raise self._truncated(length, self._buffered)
+            else:
+                # Allocate once, at the declared size; later chunks copy straight in.
+                self._assembly = bytearray(length)
+                self._filled = 0
+                while self._chunks:
+                    chunk = self._chunks.popleft()
+                    self._assembly[self._filled : self._filled + len(chunk)] = chunk
+                    self._filled += len(chunk)
+                self._buffered = 0
+                return None
+        else:
+            if self._filled < length:
+                if self._eof:
+                    raise self._truncated(length, self._filled)
+                return None
+            payload = memoryview(self._assembly)
+            self._assembly = None
+        self._tag = None
+        self._offset += TAG_SIZE + length
+        self.frames += 1
+        return Frame(kind, codec, hint, payload.toreadonly())
+
+    def _truncated(self, length: int, have: int) -> StreamTruncatedError:
+        return StreamTruncatedError(
+            f"stream ended inside frame {self.frames + 1} at byte {self._offset}: "
+            f"{have} of {length} payload bytes arrived"
+        )
+
+
+class ReaderCore:
+    """Order state machine and decoding over a :class:`FrameDecoder`; no I/O.
+
+    Each ``read_*`` step returns a value, :data:`NEED_DATA` (feed more bytes with
+    :meth:`receive_data` / :meth:`receive_eof` and call again) or, for items,
+    :data:`DONE`. A step that raises an order error consumes nothing.
+    """
+
+    __slots__ = (
+        "_copy",
+        "_decoder",
+        "_ended",
+        "_footer_read",
+        "_header_read",
+        "_items_started",
+        "_limits",
+        "_peeked",
+        "_require_end",
+        "_types",
+    )
+
+    def __init__(
+        self,
+        types: StreamTypes[Any, Any, Any],
+        *,
+        require_end: bool = True,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        copy_arrays: bool = False,
+        msgpack_limits: MsgpackLimits | None = None,
+    ) -> None:
+        self._types = types
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._require_end = require_end
+        self._copy = copy_arrays
+        self._limits = msgpack_limits or MsgpackLimits()
+        self._peeked: Frame | None = None
+        self._header_read = False
+        self._items_started = False
+        self._footer_read = False
+        self._ended = False
+
+    # Input ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next chunk of bytes."""
+        self._decoder.feed(data)
+
+    def receive_eof(self) -> None:
+        """Tell the core the source is exhausted."""
+        self._decoder.feed_eof()
+
+    @property
+    def ended(self) -> bool:
+        """True once the END frame (or, without ``require_end``, a clean EOF) was seen."""
+        return self._ended
+
+    # Frames -----------------------------------------------------------------------
+
+    def _peek(self) -> Frame | Sentinel:
+        frame = self._peeked
+        if frame is None:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                if not self._decoder.eof:
+                    return NEED_DATA
+                if self._require_end:
+                    raise StreamTruncatedError(
+                        f"stream ended after {self._decoder.frames} frames "
+                        f"({self._decoder.offset} bytes) without an END frame"
+                    )
+                frame = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
+            self._peeked = frame
+        if frame.kind is FrameKind.ERROR:
+            remote_type, message = decode_error(frame.codec, frame.payload, self._limits)
+            raise RemoteStreamError(remote_type, message)
+        return frame
+
+    def _decode(self, model_type: Any, frame: Frame) -> Any:
+        self._peeked = None
+        return decode_model(
+            model_type, frame.codec, frame.array_hint, frame.payload, self._limits, self._copy
+        )
+
+    # Steps ------------------------------------------------------------------------
+
+    def read_header(self) -> Any:
+        """The header model, or NEED_DATA."""
+        header_type = self._types.header_type
+        if header_type is None:
+            raise StreamOrderError("this stream type declares no header")
+        if self._header_read:
+            raise StreamConsumedError("the header was already read")
+        if self._items_started:
+            raise StreamOrderError("the header cannot be read after the items")
+        frame = self._peek()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(frame, Frame)
+        if frame.kind is not FrameKind.HEADER:
+            raise StreamOrderError(
+                f"expected the header, but the stream's next frame is {frame.kind.name}"
+            )
+        header = self._decode(header_type, frame)
+        self._header_read = True
+        return header
+
+    def start_items(self) -> None:
+        """Mark the start of ``read_items``; items are read once.
+
+        Raises:
+            StreamConsumedError: ``read_items`` was already called.
+        """
+        if self._items_started:
+            raise StreamConsumedError("read_items() can be called only once per stream")
+        if self._footer_read:
+            raise StreamOrderError("the items cannot be read after the footer")
+        self._items_started = True
+
+    def next_item(self) -> Any:
+        """The next item, NEED_DATA, or DONE at the footer or END."""
+        frame = self._peek()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(frame, Frame)
+        kind = frame.kind
+        if kind is FrameKind.ITEM:
+            return self._decode(self._types.item_type, frame)
+        if kind is FrameKind.FOOTER:
+            return DONE  # stays peeked for read_footer
+        if kind is FrameKind.END:
+            self._peeked = None
+            self._ended = True
+            return DONE
+        # HEADER
+        if self._header_read or self._types.header_type is None:
+            raise MalformedFrameError("a HEADER frame after the stream's first frame")
+        raise StreamOrderError("the stream starts with a header: call read_header() first")
+
+    def read_footer(self) -> Any:
+        """The footer model (once END follows it), or NEED_DATA."""
+        footer_type = self._types.footer_type
+        if footer_type is None:
+            raise StreamOrderError("this stream type declares no footer")
+        if self._footer_read:
+            raise StreamConsumedError("the footer was already read")
+        frame = self._peek()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(frame, Frame)
+        if frame.kind is FrameKind.HEADER:
+            raise StreamOrderError("the header is unread: call read_header() first")
+        if frame.kind is FrameKind.ITEM:
+            raise StreamOrderError("items are unread: read them with read_items() first")
+        if frame.kind is FrameKind.END:
+            raise StreamOrderError("the stream ended without a footer")
+        footer = self._decode(footer_type, frame)
+        self._footer_read = True
+        return footer
+
+    def read_end(self) -> Sentinel:
+        """Consume the END frame after the footer: DONE, or NEED_DATA."""
+        frame = self._peek()
+        if frame is NEED_DATA:
+            return NEED_DATA
+        assert isinstance(frame, Frame)
+        if frame.kind is not FrameKind.END:
+            raise MalformedFrameError(f"a {frame.kind.name} frame after the footer")
+        self._peeked = None
+        self._ended = True
+        return DONE

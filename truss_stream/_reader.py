@@ -1,0 +1,223 @@
+"""Sync and async readers: thin loops moving bytes from a source into a ReaderCore.
+
+All decisions (framing, order, decoding, truncation) live in ``_protocol.py``;
+each method here only asks the core for a step and, on NEED_DATA, pulls one more
+chunk from its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, cast, overload
+
+from ._codec import MsgpackLimits
+from ._frames import DEFAULT_MAX_FRAME_BYTES
+from ._protocol import DONE, NEED_DATA, ReaderCore
+from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
+
+__all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
+
+_EXHAUSTED = object()
+
+
+class _ReaderBase(Generic[ItemT, HeaderTT, FooterTT]):
+    __slots__ = ("_core", "_types")
+
+    def __init__(self, types: StreamTypes[ItemT, HeaderTT, FooterTT], core: ReaderCore) -> None:
+        self._types = types
+        self._core = core
+
+    @property
+    def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
+        """The stream type this reader validates against."""
+        return self._types
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream's END frame was read."""
+        return self._core.ended
+
+
+class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
+    """Reads a stream from a sync iterable of byte chunks: header, items, footer.
+
+    Every method raises :class:`StreamError` subclasses for bad, misordered,
+    truncated or remotely failed streams, and ``pydantic.ValidationError`` for
+    payloads that do not fit the models. A misordered call consumes nothing.
+    """
+
+    __slots__ = ("_source",)
+
+    def __init__(
+        self,
+        types: StreamTypes[ItemT, HeaderTT, FooterTT],
+        source: Iterable[bytes | bytearray | memoryview],
+        core: ReaderCore,
+    ) -> None:
+        super().__init__(types, core)
+        self._source = iter(source)
+
+    def _pull(self) -> None:
+        chunk = next(self._source, _EXHAUSTED)
+        if chunk is _EXHAUSTED:
+            self._core.receive_eof()
+        else:
+            self._core.receive_data(cast("bytes", chunk))
+
+    def _run(self, step: Callable[[], Any]) -> Any:
+        while (result := step()) is NEED_DATA:
+            self._pull()
+        return result
+
+    def read_header(self: StreamReader[ItemT, HeaderT, FooterTT]) -> HeaderT:
+        """Read the header; it must be the stream's first frame.
+
+        Raises:
+            StreamOrderError: the next frame is not the header (nothing is consumed).
+            StreamConsumedError: the header was already read.
+        """
+        return cast("HeaderT", self._run(self._core.read_header))
+
+    def read_items(self) -> Iterator[ItemT]:
+        """Yield the items, until the footer or END. Call once per stream.
+
+        Raises:
+            StreamOrderError: the header is unread.
+            StreamConsumedError: called a second time.
+            StreamTruncatedError: the source ended before END.
+        """
+        core = self._core
+        core.start_items()
+        while True:
+            item = core.next_item()
+            if item is NEED_DATA:
+                self._pull()
+            elif item is DONE:
+                return
+            else:
+                yield item
+
+    def read_footer(self: StreamReader[ItemT, HeaderTT, FooterT]) -> FooterT:
+        """Read the footer, after all items, and the END frame that follows it.
+
+        Raises:
+            StreamOrderError: items or the header are unread, or there is no footer.
+        """
+        footer = self._run(self._core.read_footer)
+        self._run(self._core.read_end)
+        return cast("FooterT", footer)
+
+
+class AsyncStreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
+    """The async twin of :class:`StreamReader`, over an async iterable of chunks."""
+
+    __slots__ = ("_source",)
+
+    def __init__(
+        self,
+        types: StreamTypes[ItemT, HeaderTT, FooterTT],
+        source: AsyncIterable[bytes | bytearray | memoryview],
+        core: ReaderCore,
+    ) -> None:
+        super().__init__(types, core)
+        self._source = source.__aiter__()
+
+    async def _pull(self) -> None:
+        try:
+            chunk = await self._source.__anext__()
+        except StopAsyncIteration:
+            self._core.receive_eof()
+        else:
+            self._core.receive_data(chunk)
+
+    async def _run(self, step: Callable[[], Any]) -> Any:
+        while (result := step()) is NEED_DATA:
+            await self._pull()
+        return result
+
+    async def read_header(self: AsyncStreamReader[ItemT, HeaderT, FooterTT]) -> HeaderT:
+        """Read the header; see :meth:`StreamReader.read_header`."""
+        return cast("HeaderT", await self._run(self._core.read_header))
+
+    async def read_items(self) -> AsyncIterator[ItemT]:
+        """Yield the items; see :meth:`StreamReader.read_items`."""
+        core = self._core
+        core.start_items()
+        while True:
+            item = core.next_item()
+            if item is NEED_DATA:
+                await self._pull()
+            elif item is DONE:
+                return
+            else:
+                yield item
+
+    async def read_footer(self: AsyncStreamReader[ItemT, HeaderTT, FooterT]) -> FooterT:
+        """Read the footer and the END after it; see :meth:`StreamReader.read_footer`."""
+        footer = await self._run(self._core.read_footer)
+        await self._run(self._core.read_end)
+        return cast("FooterT", footer)
+
+
+@overload
+def stream_reader(
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
+    source: AsyncIterable[bytes] | AsyncIterable[bytes | memoryview] | AsyncIterable[memoryview],
+    *,
+    require_end: bool = ...,
+    max_frame_bytes: int = ...,
+    copy_arrays: bool = ...,
+    msgpack_limits: MsgpackLimits | None = ...,
+) -> AsyncStreamReader[ItemT, HeaderTT, FooterTT]: ...
+
+
+@overload
+def stream_reader(
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
+    source: Iterable[bytes] | Iterable[bytes | memoryview] | Iterable[memoryview],
+    *,
+    require_end: bool = ...,
+    max_frame_bytes: int = ...,
+    copy_arrays: bool = ...,
+    msgpack_limits: MsgpackLimits | None = ...,
+) -> StreamReader[ItemT, HeaderTT, FooterTT]: ...
+
+
+def stream_reader(
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
+    source: Any,
+    *,
+    require_end: bool = True,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    copy_arrays: bool = False,
+    msgpack_limits: MsgpackLimits | None = None,
+) -> StreamReader[ItemT, HeaderTT, FooterTT] | AsyncStreamReader[ItemT, HeaderTT, FooterTT]:
+    """Create a reader over ``source``: async for an async iterable, sync otherwise.
+
+    Args:
+        types: the stream type (from :func:`stream_types`).
+        source: the stream's bytes in chunks of any size (``bytes``, ``bytearray``
+            or ``memoryview``).
+        require_end: raise :class:`StreamTruncatedError` if the source ends before
+            an END frame. Set False only for streams written by
+            ``truss_chains.streaming``, which never sends END.
+        max_frame_bytes: largest frame payload accepted (default 256 MiB), checked
+            against each frame's declared length before it is buffered.
+        copy_arrays: give writable NumPy arrays (copies). By default arrays are
+            read-only views of the received bytes.
+        msgpack_limits: limits on msgpack containers and strings.
+    """
+    core = ReaderCore(
+        types,
+        require_end=require_end,
+        max_frame_bytes=max_frame_bytes,
+        copy_arrays=copy_arrays,
+        msgpack_limits=msgpack_limits,
+    )
+    if isinstance(source, AsyncIterable):
+        return AsyncStreamReader(types, source, core)
+    if isinstance(source, (bytes, bytearray, memoryview, str)):
+        raise TypeError("source must be an iterable of byte chunks, not a bytes object")
+    if isinstance(source, Iterable):
+        return StreamReader(types, source, core)
+    raise TypeError(f"source must be an Iterable or AsyncIterable of bytes, got {type(source)}")

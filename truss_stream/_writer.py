@@ -1,0 +1,175 @@
+"""StreamWriter: sans-IO, every call returns one whole frame."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic
+
+import pydantic
+
+from ._codec import MsgpackEncoder, encode_error, encode_model
+from ._errors import StreamError, StreamOrderError
+from ._frames import TAG_SIZE, Codec, FrameKind, pack_tag, parse_tag
+from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
+
+__all__ = [
+    "FrameBytes",
+    "StreamWriter",
+    "WrongModelError",
+    "end_frame",
+    "error_frame",
+    "frame_info",
+    "stream_writer",
+]
+
+FrameBytes = bytes | memoryview
+"""A frame as the writer returns it: ``bytes``, or a read-only ``memoryview`` for
+frames holding NumPy arrays (so their bytes are copied once, not twice)."""
+
+
+class WrongModelError(StreamError, TypeError):
+    """The writer was given an instance of the wrong model for its stream type."""
+
+
+class _State(enum.IntEnum):
+    START = 0
+    HEADER = 1
+    ITEMS = 2
+    FOOTER = 3
+    CLOSED = 4
+
+
+class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
+    """Turns a stream type's header, items and footer into frames.
+
+    The writer does no I/O: each method returns one frame (``bytes``-like) for the
+    caller to send. It enforces the order header, items, footer, then END (or
+    ERROR); a call out of order raises :class:`StreamOrderError` and changes nothing.
+    """
+
+    __slots__ = ("_codec", "_encoder", "_state", "_types")
+
+    def __init__(self, types: StreamTypes[ItemT, HeaderTT, FooterTT]) -> None:
+        self._types = types
+        self._codec = types.codec
+        self._encoder = MsgpackEncoder()
+        self._state = _State.START
+
+    @property
+    def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
+        """The stream type this writer writes."""
+        return self._types
+
+    @property
+    def closed(self) -> bool:
+        """True once END or ERROR was written."""
+        return self._state is _State.CLOSED
+
+    def _encode(self, kind: FrameKind, model: pydantic.BaseModel, expected: Any) -> FrameBytes:
+        if not isinstance(model, expected):
+            raise WrongModelError(
+                f"{kind.name.lower()} must be a {expected.__name__}, got {type(model).__name__}"
+            )
+        return encode_model(self._encoder, self._codec, kind, model)
+
+    def yield_header(self: StreamWriter[ItemT, HeaderT, FooterTT], header: HeaderT) -> FrameBytes:
+        """Return the HEADER frame; only as the stream's first frame.
+
+        Raises:
+            StreamOrderError: something was written already.
+            WrongModelError: ``header`` is not the stream type's header model.
+            UnsupportedValueError: a value cannot be encoded (object arrays, ...).
+        """
+        if self._state is not _State.START:
+            raise StreamOrderError("the header must be the first frame of a stream")
+        frame = self._encode(FrameKind.HEADER, header, self._types.header_type)
+        self._state = _State.HEADER
+        return frame
+
+    def yield_item(self, item: ItemT) -> FrameBytes:
+        """Return an ITEM frame.
+
+        Raises:
+            StreamOrderError: after the footer, END or ERROR.
+            WrongModelError: ``item`` is not the stream type's item model.
+            UnsupportedValueError: a value cannot be encoded.
+        """
+        if self._state >= _State.FOOTER:
+            raise StreamOrderError("cannot write an item after the footer, END or ERROR")
+        frame = self._encode(FrameKind.ITEM, item, self._types.item_type)
+        self._state = _State.ITEMS
+        return frame
+
+    def yield_footer(self: StreamWriter[ItemT, HeaderTT, FooterT], footer: FooterT) -> FrameBytes:
+        """Return the FOOTER frame; after the items, at most once.
+
+        Raises:
+            StreamOrderError: after the footer, END or ERROR.
+            WrongModelError: ``footer`` is not the stream type's footer model.
+        """
+        if self._state >= _State.FOOTER:
+            raise StreamOrderError("cannot write a footer after the footer, END or ERROR")
+        frame = self._encode(FrameKind.FOOTER, footer, self._types.footer_type)
+        self._state = _State.FOOTER
+        return frame
+
+    def yield_end(self) -> bytes:
+        """Return the END frame that closes the stream.
+
+        Raises:
+            StreamOrderError: END or ERROR was already written.
+        """
+        if self._state is _State.CLOSED:
+            raise StreamOrderError("the stream is already closed")
+        self._state = _State.CLOSED
+        return end_frame(self._codec)
+
+    def yield_error(self, exc: BaseException) -> bytes:
+        """Return an ERROR frame carrying ``exc`` (its type name and message).
+
+        The ERROR frame closes the stream; the reader raises
+        :class:`RemoteStreamError` when it reaches it.
+
+        Raises:
+            StreamOrderError: END or ERROR was already written.
+        """
+        if self._state is _State.CLOSED:
+            raise StreamOrderError("the stream is already closed")
+        self._state = _State.CLOSED
+        return encode_error(self._codec, exc)
+
+
+def stream_writer(
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
+) -> StreamWriter[ItemT, HeaderTT, FooterTT]:
+    """Create a :class:`StreamWriter` for ``types``; one writer per stream."""
+    return StreamWriter(types)
+
+
+def end_frame(codec: Codec = Codec.MSGPACK) -> bytes:
+    """The END frame (empty payload) in ``codec``'s tag."""
+    return pack_tag(FrameKind.END, codec, 0)
+
+
+def error_frame(exc: BaseException, codec: Codec = Codec.MSGPACK) -> bytes:
+    """An ERROR frame carrying ``exc``, for transports that catch a producer's failure."""
+    return encode_error(codec, exc)
+
+
+def frame_info(frame: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec]:
+    """The (kind, codec) of one whole frame, checked against its declared length.
+
+    Raises:
+        MalformedFrameError: not a whole, well-formed frame.
+    """
+    from ._errors import MalformedFrameError
+
+    view = memoryview(frame)
+    if len(view) < TAG_SIZE:
+        raise MalformedFrameError(f"a frame has at least {TAG_SIZE} bytes, got {len(view)}")
+    kind, codec, _, length = parse_tag(view[:TAG_SIZE])
+    if len(view) != TAG_SIZE + length:
+        raise MalformedFrameError(
+            f"frame declares {length} payload bytes but holds {len(view) - TAG_SIZE}"
+        )
+    return kind, codec
