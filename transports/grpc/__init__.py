@@ -1,0 +1,51 @@
+"""Typed streams over gRPC: one frame per message of a server-streaming call.
+
+Server::
+
+    service = FrameStreamService({"Generate": produce})  # produce(body, context) -> frames
+    async with serve(service, "127.0.0.1:50051") as running:
+        await running.server.wait_for_termination()
+
+Client::
+
+    async with aconnect("127.0.0.1:50051", "Generate", types, request=b"...") as reader:
+        header = await reader.read_header()
+        async for item in reader.read_items(): ...
+
+``connect`` is the sync twin over ``grpc``. See docs/grpc.md.
+"""
+
+from ._client import AsyncGrpcTransport, GrpcStatusError, GrpcTransport, aconnect, connect
+from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
+from ._server import (
+    FrameStreamService,
+    Producer,
+    RunningServer,
+    add_stream_method,
+    serve,
+    start_server,
+)
+from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
+
+__all__ = [
+    "DEFAULT_SERVICE_NAME",
+    "RAW_WIRE",
+    "WIRE_METADATA_KEY",
+    "AsyncGrpcTransport",
+    "ClientTLS",
+    "FrameStreamService",
+    "GrpcOptions",
+    "GrpcStatusError",
+    "GrpcTransport",
+    "Producer",
+    "RunningServer",
+    "ServerTLS",
+    "aconnect",
+    "acreate_channel",
+    "add_stream_method",
+    "connect",
+    "method_path",
+    "create_channel",
+    "serve",
+    "start_server",
+]

@@ -1,0 +1,315 @@
+"""Server side: producers as server-streaming methods, and a server with sane defaults.
+
+A producer is the same callable that feeds SSE and chunked HTTP: it returns the
+writer's frames as an (async) iterable. :class:`FrameStreamService` exposes each one
+as a method ``/<service>/<name>`` and sends one frame per message, unchanged, through
+:func:`transports.base.guard_frames` (END appended, later failures as an ERROR frame).
+A producer that fails before its first frame ends the call with status INTERNAL
+instead, the gRPC twin of an HTTP 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from typing import Any, NoReturn, cast
+
+import grpc
+import grpc.aio
+
+from transports.base import guard_frames
+
+from ._options import GrpcOptions, ServerTLS
+from ._wire import (
+    DEFAULT_SERVICE_NAME,
+    RAW_WIRE,
+    WIRE_METADATA_KEY,
+    build_descriptor_pool,
+    check_method_name,
+    check_service_name,
+    encode_frame_message,
+    frames_pool,
+    message_class,
+)
+
+__all__ = [
+    "FrameStreamService",
+    "Producer",
+    "RunningServer",
+    "add_stream_method",
+    "serve",
+    "start_server",
+]
+
+_log = logging.getLogger(__name__)
+
+FrameLike = bytes | bytearray | memoryview
+#: ``producer(request_body, context)`` returns the writer's frames for one call.
+Producer = Callable[
+    [bytes, grpc.aio.ServicerContext[Any, Any]], AsyncIterable[FrameLike] | Iterable[FrameLike]
+]
+
+
+def _as_bytes(frame: bytes | memoryview) -> bytes:
+    # gRPC sends only bytes; a writer's memoryview frame costs this one copy.
+    return frame if isinstance(frame, bytes) else bytes(frame)
+
+
+def _raw_wire_requested(details: grpc.HandlerCallDetails) -> bool:
+    return any(
+        key == WIRE_METADATA_KEY and value == RAW_WIRE
+        for key, value in (details.invocation_metadata or ())
+    )
+
+
+class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A gRPC service whose methods are stream producers, one frame per message.
+
+    Add it to a ``grpc.aio`` server with ``server.add_generic_rpc_handlers([service])``,
+    or let :func:`start_server` / :func:`serve` do that together with health and
+    reflection. Methods can be added until the server starts.
+
+    Args:
+        producers: method name -> producer.
+        service_name: the package-qualified service name.
+    """
+
+    def __init__(
+        self,
+        producers: Mapping[str, Producer] | None = None,
+        *,
+        service_name: str = DEFAULT_SERVICE_NAME,
+    ) -> None:
+        self._service_name = check_service_name(service_name)
+        self._producers: dict[str, Producer] = {}
+        self._request_type = message_class(frames_pool(), "StreamRequest")
+        for name, producer in (producers or {}).items():
+            self.add(name, producer)
+
+    @property
+    def service_name(self) -> str:
+        """The package-qualified service name, e.g. ``truss_stream.FrameStream``."""
+        return self._service_name
+
+    @property
+    def method_names(self) -> list[str]:
+        """The method names served, in the order they were added."""
+        return list(self._producers)
+
+    def add(self, name: str, producer: Producer) -> None:
+        """Serve ``producer`` as ``/<service_name>/<name>``.
+
+        Raises:
+            ValueError: ``name`` is not a valid method name or is already taken.
+        """
+        if check_method_name(name) in self._producers:
+            raise ValueError(f"method {name!r} is already served by {self._service_name}")
+        self._producers[name] = producer
+
+    def descriptor_pool(self, *, extra_files: Sequence[bytes] = ()) -> Any:
+        """A private protobuf descriptor pool describing this service (for reflection)."""
+        return build_descriptor_pool(self._service_name, self._producers, extra_files=extra_files)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        """Return the handler for a call to one of the producers, or ``None``."""
+        service, _, name = handler_call_details.method.lstrip("/").partition("/")
+        producer = self._producers.get(name) if service == self._service_name else None
+        if producer is None:
+            return None
+        return grpc.unary_stream_rpc_method_handler(
+            self._behavior(producer),
+            request_deserializer=self._request_type.FromString,
+            response_serializer=None
+            if _raw_wire_requested(handler_call_details)
+            else encode_frame_message,
+        )
+
+    @staticmethod
+    def _behavior(
+        producer: Producer,
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            # A coroutine writing with context.write, not an async generator: when the
+            # client cancels, the CancelledError lands here and the finally below
+            # closes the producer at once, not whenever the generator is collected.
+            try:
+                frames = cast(
+                    AsyncGenerator[bytes | memoryview, None],
+                    guard_frames(producer(bytes(request.body), context)),
+                )
+            except Exception as exc:
+                await _abort_before_first_frame(context, exc)
+            try:
+                try:
+                    first = await frames.__anext__()
+                except StopAsyncIteration:  # pragma: no cover - guard_frames always ends
+                    return
+                except Exception as exc:
+                    await _abort_before_first_frame(context, exc)
+                await context.write(_as_bytes(first))
+                async for frame in frames:
+                    await context.write(_as_bytes(frame))
+            finally:
+                await frames.aclose()
+
+        return handle
+
+
+async def _abort_before_first_frame(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception
+) -> NoReturn:
+    if isinstance(exc, grpc.aio.AbortError):  # the producer chose its own status
+        raise exc
+    _log.warning("stream producer failed before its first frame", exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def add_stream_method(
+    server: grpc.aio.Server,
+    name: str,
+    producer: Producer,
+    *,
+    service_name: str = DEFAULT_SERVICE_NAME,
+) -> FrameStreamService:
+    """Serve one producer on an existing ``grpc.aio`` server as ``/<service_name>/<name>``.
+
+    For several methods, health and reflection, build a :class:`FrameStreamService`
+    and use :func:`start_server` instead.
+
+    Returns:
+        The service registered on ``server``.
+    """
+    service = FrameStreamService({name: producer}, service_name=service_name)
+    server.add_generic_rpc_handlers([service])
+    return service
+
+
+@dataclasses.dataclass
+class RunningServer:
+    """A started server and what clients need to reach it.
+
+    Attributes:
+        server: the ``grpc.aio.Server``.
+        port: the bound port (useful with port 0).
+        host: the host part of the listen address.
+        health: the health servicer, or ``None`` when health checking is off; set a
+            status with ``await running.health.set(name, status)``.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    host: str
+    health: Any = None
+
+    @property
+    def target(self) -> str:
+        """``host:port`` for a client channel."""
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        """Report NOT_SERVING, let open calls finish for ``grace`` seconds, then stop."""
+        if self.health is not None:
+            await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _split_host(address: str) -> str:
+    host = address.rpartition(":")[0]
+    return host.strip("[]") if host else "127.0.0.1"
+
+
+async def start_server(
+    service: FrameStreamService,
+    address: str = "127.0.0.1:0",
+    *,
+    options: GrpcOptions | None = None,
+    tls: ServerTLS | None = None,
+    health: bool = True,
+    reflection: bool = True,
+    interceptors: Sequence[Any] = (),
+) -> RunningServer:
+    """Start a ``grpc.aio`` server for ``service`` with matched settings.
+
+    Args:
+        service: the producers to serve.
+        address: ``host:port`` to listen on; port 0 picks a free port.
+        options: message size and keepalive settings; give clients the same.
+        tls: serve TLS with this identity; ``None`` serves plaintext.
+        health: add the standard ``grpc.health.v1.Health`` service, reporting
+            SERVING for the server ("") and for ``service.service_name``.
+        reflection: add server reflection describing ``service`` (grpcurl works).
+        interceptors: ``grpc.aio.ServerInterceptor`` instances.
+
+    Returns:
+        The running server; stop it with ``await running.stop()``.
+
+    Raises:
+        RuntimeError: the address could not be bound.
+    """
+    opts = options or GrpcOptions()
+    server = grpc.aio.server(interceptors=list(interceptors), options=opts.server_options())
+    server.add_generic_rpc_handlers([service])
+    health_servicer = None
+    service_names = [service.service_name]
+    extra_files: list[bytes] = []
+    if health:
+        from grpc_health.v1 import health as health_module
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        # grpc_health's stubs omit its asyncio servicer.
+        health_servicer = health_module.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in ("", service.service_name):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        service_names.append(health_module.SERVICE_NAME)
+        extra_files.append(health_pb2.DESCRIPTOR.serialized_pb)
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as reflection_module
+        from grpc_reflection.v1alpha import reflection_pb2
+
+        service_names.append(reflection_module.SERVICE_NAME)
+        extra_files.append(reflection_pb2.DESCRIPTOR.serialized_pb)
+        reflection_module.enable_server_reflection(
+            service_names, server, pool=service.descriptor_pool(extra_files=extra_files)
+        )
+    port = (
+        server.add_secure_port(address, tls.credentials())
+        if tls is not None
+        else server.add_insecure_port(address)
+    )
+    if not port:
+        raise RuntimeError(f"could not bind gRPC server to {address}")
+    await server.start()
+    return RunningServer(
+        server=server, port=port, host=_split_host(address), health=health_servicer
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    service: FrameStreamService,
+    address: str = "127.0.0.1:0",
+    *,
+    grace: float | None = 1.0,
+    **kwargs: Any,
+) -> AsyncIterator[RunningServer]:
+    """Run a server for the duration of an ``async with`` block.
+
+    Takes the arguments of :func:`start_server`; on exit the server stops, giving
+    open calls ``grace`` seconds.
+    """
+    running = await start_server(service, address, **kwargs)
+    try:
+        yield running
+    finally:
+        await running.stop(grace)
