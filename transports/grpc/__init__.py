@@ -25,6 +25,7 @@ from ._server import (
     serve,
     start_server,
 )
+from ._thread import serve_in_thread
 from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
 
 __all__ = [
@@ -47,5 +48,6 @@ __all__ = [
     "method_path",
     "create_channel",
     "serve",
+    "serve_in_thread",
     "start_server",
 ]
