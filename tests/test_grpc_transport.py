@@ -247,11 +247,10 @@ def test_sync_producer_error_midway_is_remote_error(target: str) -> None:
 async def test_async_producer_error_midway_is_remote_error(target: str) -> None:
     async with aconnect(target, "FailsMidway", TYPES) as reader:
         await reader.read_header()
-        seen = []
+        items = reader.read_items().__aiter__()
+        assert (await items.__anext__()).index == 0
         with pytest.raises(RemoteStreamError, match="model went away"):
-            async for item in reader.read_items():
-                seen.append(item.index)
-        assert seen == [0]
+            await items.__anext__()
 
 
 @pytest.mark.parametrize("method", ["FailsFirst", "FailsOnCall"])
@@ -471,12 +470,14 @@ def test_quiet_stream_survives_frequent_keepalive_pings() -> None:
     # settings the server would answer GOAWAY too_many_pings and kill the stream.
     options = GrpcOptions(keepalive_time_ms=100, keepalive_timeout_ms=1000, min_ping_interval_ms=50)
     service = FrameStreamService({"HeaderThenSleeps": header_then_sleeps})
-    with serve_in_thread(service, options=options) as running:
-        with connect(
+    with (
+        serve_in_thread(service, options=options) as running,
+        connect(
             running.target, "HeaderThenSleeps", TYPES, options=options, request=b"1.5"
-        ) as reader:
-            reader.read_header()
-            _check_items(list(reader.read_items()), 1)
+        ) as reader,
+    ):
+        reader.read_header()
+        _check_items(list(reader.read_items()), 1)
 
 
 def test_options_refuse_a_ping_interval_the_server_would_reject() -> None:
@@ -548,7 +549,7 @@ def test_frames_proto_matches_the_built_descriptors(tmp_path: Path) -> None:
     pool.FindFileByName("truss_stream/frames.proto").CopyToProto(built)
     assert compiled.package == built.package
     assert [m.name for m in compiled.message_type] == [m.name for m in built.message_type]
-    for ours, theirs in zip(built.message_type, compiled.message_type):
+    for ours, theirs in zip(built.message_type, compiled.message_type, strict=True):
         assert [(f.name, f.number, f.type, f.label) for f in ours.field] == [
             (f.name, f.number, f.type, f.label) for f in theirs.field
         ]
