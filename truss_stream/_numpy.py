@@ -151,6 +151,9 @@ def decode_ext(data: memoryview | bytes, *, copy: bool) -> np.ndarray[Any, Any]:
             f"{count * dtype.itemsize} bytes, the ext holds {len(raw)}"
         )
     if dtype.itemsize == 0:
+        # NumPy stores U0/S0 as U1/S1: only an empty array is honest (and cheap).
+        if count:
+            raise MalformedFrameError(f"NDArray of zero-width dtype {descr} must be empty")
         array = np.zeros(shape, dtype=dtype)
     else:
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -174,7 +177,10 @@ def array_to_json(array: np.ndarray[Any, Any]) -> dict[str, Any]:
     data = np.ascontiguousarray(array, dtype=dtype)
     dtype_name = dtype.name if dtype.kind not in "US" else dtype.str
     return {
-        _DATA_KEY: base64.b64encode(data.data if data.size else b"").decode("ascii"),
+        # Viewed as bytes: ml_dtypes types cannot export a buffer of their own dtype.
+        _DATA_KEY: base64.b64encode(
+            data.reshape(-1).view(np.uint8).data if data.size else b""
+        ).decode("ascii"),
         _SHAPE_KEY: list(array.shape),
         _DTYPE_KEY: dtype_name,
     }
@@ -226,6 +232,8 @@ def array_from_json(value: dict[str, Any]) -> np.ndarray[Any, Any]:
             {"got": len(raw), "expected": expected},
         )
     if dtype.itemsize == 0:
+        if math.prod(shape):
+            raise PydanticCustomError("ndarray_json", "a zero-width dtype needs an empty shape")
         return np.zeros(shape, dtype=dtype)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     array.flags.writeable = False

@@ -41,6 +41,7 @@ class Sentinel(enum.Enum):
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 DONE: Final = Sentinel.DONE
+_END: Final = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
 
 
 class FrameDecoder:
@@ -259,6 +260,9 @@ class ReaderCore:
 
     def _peek(self) -> Frame | Sentinel:
         frame = self._peeked
+        if frame is None and self._ended:
+            # Nothing after END belongs to the stream: never read past it.
+            return _END
         if frame is None:
             frame = self._decoder.next_frame()
             if frame is None:
@@ -269,7 +273,7 @@ class ReaderCore:
                         f"stream ended after {self._decoder.frames} frames "
                         f"({self._decoder.offset} bytes) without an END frame"
                     )
-                frame = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
+                frame = _END
             self._peeked = frame
         if frame.kind is FrameKind.ERROR:
             remote_type, message = decode_error(frame.codec, frame.payload, self._limits)
@@ -335,6 +339,8 @@ class ReaderCore:
         # HEADER
         if self._header_read or self._types.header_type is None:
             raise MalformedFrameError("a HEADER frame after the stream's first frame")
+        # Nothing was consumed: read_header() and then read_items() still work.
+        self._items_started = False
         raise StreamOrderError("the stream starts with a header: call read_header() first")
 
     def read_footer(self) -> Any:
