@@ -96,7 +96,8 @@ async def aopen_reader(
 
 
 async def guard_frames(
-    frames: AsyncIterable[bytes | bytearray | memoryview] | Iterable[bytes | bytearray | memoryview],
+    frames: AsyncIterable[bytes | bytearray | memoryview]
+    | Iterable[bytes | bytearray | memoryview],
     *,
     default_codec: Codec = Codec.MSGPACK,
 ) -> AsyncIterator[bytes | memoryview]:
@@ -114,10 +115,7 @@ async def guard_frames(
     codec = default_codec
     first = True
     iterator: Any
-    if isinstance(frames, AsyncIterable):
-        iterator = frames.__aiter__()
-    else:
-        iterator = iter(frames)
+    iterator = frames.__aiter__() if isinstance(frames, AsyncIterable) else iter(frames)
     is_async = isinstance(frames, AsyncIterable)
     try:
         while True:

@@ -1,0 +1,190 @@
+"""The server half shared by the SSE and chunked HTTP responses.
+
+:class:`FrameStreamResponse` is a Starlette response that streams a producer's
+frames through :func:`transports.base.guard_frames`, encoding each one with a
+transport-specific function. What it adds over Starlette's ``StreamingResponse``:
+
+- The first frame is pulled *before* the response starts, so a producer that
+  fails straight away gets a real error status (500, or the status of a
+  Starlette ``HTTPException``) and a short text body instead of a 200.
+- A client that disconnects cancels the stream at once; the producer is then
+  closed (its ``finally`` runs) inside a shielded scope.
+- ``send_timeout``: uvicorn applies TCP flow control, so ``send`` blocks while
+  the client does not read and the server holds at most one frame plus the
+  socket buffers. A send blocked longer than ``send_timeout`` aborts the stream:
+  the producer is closed and the connection is dropped, so the client sees a
+  truncated stream, never a complete one.
+- Optional keep-alive bytes (SSE comment pings) when nothing was sent for
+  ``ping_interval`` seconds.
+
+One timer task watches both the send timeout and the ping interval, so the
+per-frame cost is two attribute writes rather than a cancel scope per send.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
+from typing import Any, cast
+
+import anyio
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from truss_stream import Codec
+
+from .base import guard_frames
+
+__all__ = ["FrameEncoder", "FrameStreamResponse", "Frames"]
+
+logger = logging.getLogger("transports")
+
+#: What a response takes: the writer's frames, async (preferred) or sync.
+Frames = AsyncIterable[bytes | bytearray | memoryview] | Iterable[bytes | bytearray | memoryview]
+#: Turns (sequence number, frame) into the bytes that go on the wire.
+FrameEncoder = Callable[[int, "bytes | memoryview"], "bytes | memoryview"]
+
+_MAX_ERROR_BODY = 1024
+
+
+class _StreamAborted(Exception):
+    """Raised inside the response when a send timed out."""
+
+
+class FrameStreamResponse(Response):
+    """Stream a producer's frames, each encoded by ``encode``, as one HTTP response."""
+
+    def __init__(
+        self,
+        frames: Frames,
+        *,
+        encode: FrameEncoder,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        send_timeout: float | None = 30.0,
+        ping_interval: float | None = None,
+        ping_bytes: bytes = b"",
+        default_codec: Codec = Codec.MSGPACK,
+    ) -> None:
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+        self._frames = frames
+        self._encode = encode
+        self._send_timeout = send_timeout
+        self._ping_interval = ping_interval if ping_bytes else None
+        self._ping_bytes = ping_bytes
+        self._default_codec = default_codec
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        run = _ResponseRun(self, send)
+        guarded = cast(
+            "AsyncGenerator[bytes | memoryview, None]",
+            guard_frames(self._frames, default_codec=self._default_codec),
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                try:
+                    first = await guarded.__anext__()
+                except Exception as exc:
+                    await _send_error_response(send, exc)
+                    tg.cancel_scope.cancel()
+                    return
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                if self._send_timeout is not None or self._ping_interval is not None:
+                    tg.start_soon(run.watch, tg.cancel_scope)
+                try:
+                    await run.send_body(self._encode(0, first))
+                    seq = 1
+                    async for frame in guarded:
+                        await run.send_body(self._encode(seq, frame))
+                        seq += 1
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except OSError:  # the client went away (ASGI spec >= 2.4 servers)
+                    pass
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await guarded.aclose()
+        if run.timed_out:
+            logger.warning("stream aborted: a send blocked longer than %ss", self._send_timeout)
+
+
+class _ResponseRun:
+    """Per-response state shared by the pump and the timer task."""
+
+    def __init__(self, response: FrameStreamResponse, send: Send) -> None:
+        self._send = send
+        self._send_timeout = response._send_timeout
+        self._ping_interval = response._ping_interval
+        self._ping_bytes = response._ping_bytes
+        self._sending_since: float | None = None
+        self._last_sent = time.monotonic()
+        self._ping: anyio.Event | None = None
+        self.timed_out = False
+
+    async def send_body(self, body: bytes | memoryview) -> None:
+        while self._ping is not None:  # a keep-alive is on the wire; rare
+            await self._ping.wait()
+        self._sending_since = time.monotonic()
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        self._sending_since = None
+        self._last_sent = time.monotonic()
+
+    async def watch(self, scope: anyio.CancelScope) -> None:
+        """Abort a send blocked past the timeout; send pings when idle."""
+        periods = [p for p in (self._send_timeout, self._ping_interval) if p is not None]
+        tick = max(min(periods) / 4, 0.01)
+        while True:
+            await anyio.sleep(tick)
+            now = time.monotonic()
+            since = self._sending_since
+            if since is not None:
+                if self._send_timeout is not None and now - since > self._send_timeout:
+                    self.timed_out = True
+                    scope.cancel()
+                    return
+                continue
+            if self._ping_interval is not None and now - self._last_sent >= self._ping_interval:
+                self._ping = event = anyio.Event()
+                try:
+                    await self._send(
+                        {"type": "http.response.body", "body": self._ping_bytes, "more_body": True}
+                    )
+                finally:
+                    self._ping = None
+                    event.set()
+                self._last_sent = time.monotonic()
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_error_response(send: Send, exc: Exception) -> None:
+    """Answer a producer that failed before its first frame with an error status."""
+    if isinstance(exc, HTTPException):
+        status, text = exc.status_code, str(exc.detail)
+    else:
+        logger.error("stream producer failed before its first frame", exc_info=exc)
+        status, text = 500, f"stream failed before its first frame: {type(exc).__name__}: {exc}"
+    body = text.encode("utf-8", "replace")[:_MAX_ERROR_BODY]
+    headers: list[tuple[bytes, bytes]] = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    extra: Any = getattr(exc, "headers", None)
+    if isinstance(extra, Mapping):
+        headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
