@@ -10,6 +10,7 @@ else, and turns each array into a read-only view of the received frame.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
@@ -26,7 +27,7 @@ from ._errors import (
     UnknownExtError,
     UnsupportedValueError,
 )
-from ._frames import TAG_SIZE, Codec, FrameKind, pack_tag
+from ._frames import TAG_SIZE, TAG_STRUCT, Codec, FrameKind, pack_tag
 from ._numpy import NDARRAY_EXT_CODE, decode_ext, ext_header
 
 __all__ = [
@@ -34,7 +35,8 @@ __all__ = [
     "decode_error",
     "decode_model",
     "encode_error",
-    "encode_model",
+    "encode_json",
+    "encode_msgpack",
 ]
 
 # Placeholders the writer packs in place of arrays; never on the wire.
@@ -45,12 +47,14 @@ _ZERO_COPY_MIN_BYTES: Final = 64 * 1024
 # The walk gives up (and msgpack's own path takes over) after this many values.
 _WALK_BUDGET: Final = 4096
 _EXT32 = struct.Struct(">BIb")
+_TAG_PACK = TAG_STRUCT.pack
 _U8 = struct.Struct(">B")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _STUB = struct.Struct(">BbI")  # fixext 4 carrying an array index
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
 class MsgpackLimits:
     """Limits on msgpack payloads (besides the frame size, which bounds everything).
 
@@ -62,22 +66,11 @@ class MsgpackLimits:
         max_ext_len: most bytes in one ext value (a NumPy array's header and data).
     """
 
-    __slots__ = ("max_array_len", "max_bin_len", "max_ext_len", "max_map_len", "max_str_len")
-
-    def __init__(
-        self,
-        *,
-        max_array_len: int = 1_000_000,
-        max_map_len: int = 100_000,
-        max_str_len: int = 64 * 1024 * 1024,
-        max_bin_len: int = 1 << 31,
-        max_ext_len: int = 1 << 31,
-    ) -> None:
-        self.max_array_len = max_array_len
-        self.max_map_len = max_map_len
-        self.max_str_len = max_str_len
-        self.max_bin_len = max_bin_len
-        self.max_ext_len = max_ext_len
+    max_array_len: int = 1_000_000
+    max_map_len: int = 100_000
+    max_str_len: int = 64 * 1024 * 1024
+    max_bin_len: int = 1 << 31
+    max_ext_len: int = 1 << 31
 
 
 def _default_hook(arrays: list[np.ndarray[Any, Any]], token: bytes) -> Any:
@@ -111,7 +104,8 @@ class MsgpackEncoder:
             b"\xc7" + _U8.pack(len(self._token) + 4) + _U8.pack(_PLACEHOLDER_CODE) + self._token
         )
 
-    def encode(self, kind: FrameKind, data: Any) -> bytes | memoryview:
+    def encode(self, tag_byte: int, data: Any) -> bytes | memoryview:
+        """Pack ``data`` as a whole frame whose tag byte (kind | codec) is ``tag_byte``."""
         arrays = self._arrays
         arrays.clear()
         try:
@@ -121,16 +115,16 @@ class MsgpackEncoder:
             raise
         except (TypeError, ValueError, OverflowError) as exc:
             self._packer.reset()
-            raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
+            raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
         if not arrays:
-            return pack_tag(kind, Codec.MSGPACK, len(packed)) + packed
+            return _TAG_PACK(tag_byte, len(packed)) + packed
         try:
-            return self._splice(kind, packed, arrays)
+            return self._splice(tag_byte, packed, arrays)
         finally:
             arrays.clear()
 
     def _splice(
-        self, kind: FrameKind, packed: bytes, arrays: list[np.ndarray[Any, Any]]
+        self, tag_byte: int, packed: bytes, arrays: list[np.ndarray[Any, Any]]
     ) -> memoryview:
         prefix = self._placeholder_prefix
         placeholder_len = len(prefix) + 4
@@ -156,7 +150,9 @@ class MsgpackEncoder:
         size += len(packed) - prev
         payload_len = size - TAG_SIZE
         buf = bytearray(size)
-        buf[:TAG_SIZE] = pack_tag(kind, Codec.MSGPACK, payload_len, array_hint=True)
+        buf[:TAG_SIZE] = pack_tag(
+            FrameKind(tag_byte & 0x0F), Codec.MSGPACK, payload_len, array_hint=True
+        )
         pos = TAG_SIZE
         prev = 0
         for (cut, header, dtype), array in zip(layout, arrays, strict=True):
@@ -182,26 +178,28 @@ class MsgpackEncoder:
         return memoryview(buf).toreadonly()
 
 
-def encode_json(kind: FrameKind, model: pydantic.BaseModel) -> bytes:
+def _kind_name(tag_byte: int) -> str:
+    return FrameKind(tag_byte & 0x0F).name.lower()
+
+
+def encode_json(tag_byte: int, model: pydantic.BaseModel) -> bytes:
     """The truss_chains-compatible frame: tag + the model's JSON."""
     try:
         payload = model.__pydantic_serializer__.to_json(model)
     except pydantic_core.PydanticSerializationError as exc:
-        raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
-    return pack_tag(kind, Codec.JSON, len(payload)) + payload
+        raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
+    return _TAG_PACK(tag_byte, len(payload)) + payload
 
 
-def encode_model(
-    encoder: MsgpackEncoder, codec: Codec, kind: FrameKind, model: pydantic.BaseModel
+def encode_msgpack(
+    encoder: MsgpackEncoder, tag_byte: int, model: pydantic.BaseModel
 ) -> bytes | memoryview:
-    """Encode one model as a whole frame in ``codec``."""
-    if codec is Codec.JSON:
-        return encode_json(kind, model)
+    """Encode one model as a whole msgpack frame."""
     try:
         data = model.__pydantic_serializer__.to_python(model)
     except pydantic_core.PydanticSerializationError as exc:
-        raise UnsupportedValueError(f"cannot encode {kind.name.lower()}: {exc}") from exc
-    return encoder.encode(kind, data)
+        raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
+    return encoder.encode(tag_byte, data)
 
 
 def encode_error(codec: Codec, exc: BaseException) -> bytes:
@@ -215,6 +213,10 @@ def encode_error(codec: Codec, exc: BaseException) -> bytes:
 
 
 # Decoding -------------------------------------------------------------------------------
+
+
+_unpackb = msgpack.unpackb
+_JSON: Final = Codec.JSON
 
 
 def _unpack(payload: memoryview, limits: MsgpackLimits, ext_hook: Any) -> Any:
@@ -318,14 +320,22 @@ def _walk(payload: memoryview) -> list[tuple[int, int, int]] | None:
     return found
 
 
+def _ext_hook_view(code: int, data: bytes) -> Any:
+    if code == NDARRAY_EXT_CODE:
+        return decode_ext(data, copy=False)
+    raise UnknownExtError(f"unknown msgpack ext code {code}")
+
+
+def _ext_hook_copy(code: int, data: bytes) -> Any:
+    if code == NDARRAY_EXT_CODE:
+        return decode_ext(data, copy=True)
+    raise UnknownExtError(f"unknown msgpack ext code {code}")
+
+
 def _decode_msgpack(
     payload: memoryview, array_hint: bool, limits: MsgpackLimits, copy_arrays: bool
 ) -> Any:
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code == NDARRAY_EXT_CODE:
-            return decode_ext(data, copy=copy_arrays)
-        raise UnknownExtError(f"unknown msgpack ext code {code}")
-
+    ext_hook = _ext_hook_copy if copy_arrays else _ext_hook_view
     if not array_hint or len(payload) < _ZERO_COPY_MIN_BYTES:
         return _unpack(payload, limits, ext_hook)
     found = _walk(payload)
@@ -364,15 +374,34 @@ def decode_model(
         MalformedFrameError: the payload does not parse in its codec.
         pydantic.ValidationError: it parses but does not fit the model.
     """
-    if codec is Codec.JSON:
+    validator = model_type.__pydantic_validator__
+    if codec is _JSON:
         try:
-            return model_type.model_validate_json(payload.tobytes())
+            return validator.validate_json(payload.tobytes())
         except pydantic.ValidationError as exc:
             if any(err["type"] == "json_invalid" for err in exc.errors()):
                 raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc
             raise
-    data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
-    return model_type.model_validate(data)
+    if array_hint or copy_arrays:
+        data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
+    else:
+        try:
+            data = _unpackb(
+                payload,
+                ext_hook=_ext_hook_view,
+                raw=False,
+                strict_map_key=False,
+                max_array_len=limits.max_array_len,
+                max_map_len=limits.max_map_len,
+                max_str_len=limits.max_str_len,
+                max_bin_len=limits.max_bin_len,
+                max_ext_len=limits.max_ext_len,
+            )
+        except StreamError:
+            raise
+        except Exception as exc:
+            raise MalformedFrameError(f"invalid msgpack payload: {exc}") from exc
+    return validator.validate_python(data)
 
 
 def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tuple[str, str]:
@@ -384,7 +413,7 @@ def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tu
         except ValueError as exc:
             raise MalformedFrameError(f"invalid ERROR frame payload: {exc}") from exc
     else:
-        body = _unpack(payload, limits, None)
+        body = _unpack(payload, limits, _ext_hook_view)
     if not (
         isinstance(body, dict)
         and isinstance(body.get("type"), str)

@@ -75,6 +75,23 @@ def pack_tag(kind: FrameKind, codec: Codec, length: int, *, array_hint: bool = F
     return _TAG.pack(kind | codec | (ARRAY_HINT if array_hint else 0), length)
 
 
+def _tag_info(byte: int) -> tuple[FrameKind, Codec, bool] | None:
+    kind = _KINDS.get(byte & _KIND_MASK)
+    if kind is None or byte & _RESERVED_MASK:
+        return None
+    codec = Codec.MSGPACK if byte & _CODEC_MASK else Codec.JSON
+    hint = bool(byte & ARRAY_HINT)
+    if hint and codec is not Codec.MSGPACK:
+        return None
+    return kind, codec, hint
+
+
+#: (kind, codec, array_hint) for each valid tag byte, None for invalid ones: the
+#: reader's hot path looks a tag up here instead of decoding its bits.
+TAG_TABLE: Final = tuple(_tag_info(byte) for byte in range(256))
+TAG_STRUCT: Final = _TAG
+
+
 def parse_tag(tag: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec, bool, int]:
     """Split a 5-byte tag into (kind, codec, array_hint, length).
 
@@ -83,6 +100,11 @@ def parse_tag(tag: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec, bo
         UnknownCodecError: codec bits this version does not define.
     """
     byte, length = _TAG.unpack_from(tag)
+    info = TAG_TABLE[byte]
+    if info is not None:
+        if info[0] is FrameKind.END and length:
+            raise MalformedFrameError(f"END frame with a {length}-byte payload (must be empty)")
+        return info[0], info[1], info[2], length
     kind = _KINDS.get(byte & _KIND_MASK)
     if kind is None:
         raise MalformedFrameError(
@@ -94,6 +116,4 @@ def parse_tag(tag: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec, bo
     hint = bool(byte & ARRAY_HINT)
     if hint and codec is not Codec.MSGPACK:
         raise UnknownCodecError(f"array hint on a JSON frame (tag byte 0x{byte:02x})")
-    if kind is FrameKind.END and length:
-        raise MalformedFrameError(f"END frame with a {length}-byte payload (must be empty)")
-    return kind, codec, hint, length
+    raise MalformedFrameError(f"invalid tag byte 0x{byte:02x}")  # pragma: no cover

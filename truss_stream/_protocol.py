@@ -26,7 +26,16 @@ from ._errors import (
     StreamOrderError,
     StreamTruncatedError,
 )
-from ._frames import DEFAULT_MAX_FRAME_BYTES, TAG_SIZE, Codec, Frame, FrameKind, parse_tag
+from ._frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    TAG_SIZE,
+    TAG_STRUCT,
+    TAG_TABLE,
+    Codec,
+    Frame,
+    FrameKind,
+    parse_tag,
+)
 from ._schema import StreamTypes
 
 __all__ = ["DONE", "NEED_DATA", "FrameDecoder", "ReaderCore", "Sentinel"]
@@ -41,6 +50,11 @@ class Sentinel(enum.Enum):
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 DONE: Final = Sentinel.DONE
+_unpack_tag = TAG_STRUCT.unpack_from
+_ITEM: Final = FrameKind.ITEM
+_DEFAULT_LIMITS: Final = MsgpackLimits()
+_END_KIND: Final = FrameKind.END
+_new_frame = tuple.__new__  # builds a Frame without NamedTuple's Python-level __new__
 _END: Final = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
 
 
@@ -97,6 +111,8 @@ class FrameDecoder:
             view = view.cast("B")
         if not view:
             return
+        if not view.readonly:
+            view = view.toreadonly()
         if self._assembly is not None:
             # A frame is being assembled: copy straight into its buffer.
             need = len(self._assembly) - self._filled
@@ -153,6 +169,28 @@ class FrameDecoder:
             StreamTruncatedError: the stream ended inside a frame.
         """
         tag = self._tag
+        if tag is None and self._chunks:
+            # Hot path: a whole frame at the front of the first chunk, as a view.
+            first = self._chunks[0]
+            size = len(first)
+            if size >= TAG_SIZE:
+                byte, length = _unpack_tag(first)
+                info = TAG_TABLE[byte]
+                end = TAG_SIZE + length
+                if (
+                    info is not None
+                    and size >= end
+                    and length <= self._max
+                    and (length == 0 or info[0] is not FrameKind.END)
+                ):
+                    if size == end:
+                        self._chunks.popleft()
+                    else:
+                        self._chunks[0] = first[end:]
+                    self._buffered -= end
+                    self._offset += end
+                    self.frames += 1
+                    return _new_frame(Frame, (info[0], info[1], info[2], first[TAG_SIZE:end]))
         if tag is None:
             if self._buffered < TAG_SIZE:
                 if self._eof and self._buffered:
@@ -191,7 +229,7 @@ class FrameDecoder:
         self._tag = None
         self._offset += TAG_SIZE + length
         self.frames += 1
-        return Frame(kind, codec, hint, payload.toreadonly())
+        return _new_frame(Frame, (kind, codec, hint, payload.toreadonly()))
 
     def _truncated(self, length: int, have: int) -> StreamTruncatedError:
         return StreamTruncatedError(
@@ -234,7 +272,7 @@ class ReaderCore:
         self._decoder = FrameDecoder(max_frame_bytes)
         self._require_end = require_end
         self._copy = copy_arrays
-        self._limits = msgpack_limits or MsgpackLimits()
+        self._limits = msgpack_limits if msgpack_limits is not None else _DEFAULT_LIMITS
         self._peeked: Frame | None = None
         self._header_read = False
         self._items_started = False
@@ -323,10 +361,25 @@ class ReaderCore:
 
     def next_item(self) -> Any:
         """The next item, NEED_DATA, or DONE at the footer or END."""
-        frame = self._peek()
-        if frame is NEED_DATA:
+        frame = self._peeked
+        if frame is None and not self._ended:
+            frame = self._decoder.next_frame()
+            if frame is not None and frame[0] is _ITEM:
+                # Hot path: an item frame straight from the decoder.
+                return decode_model(
+                    self._types.item_type,
+                    frame[1],
+                    frame[2],
+                    frame[3],
+                    self._limits,
+                    self._copy,
+                )
+            self._peeked = frame
+        peeked = self._peek()
+        if peeked is NEED_DATA:
             return NEED_DATA
-        assert isinstance(frame, Frame)
+        assert isinstance(peeked, Frame)
+        frame = peeked
         kind = frame.kind
         if kind is FrameKind.ITEM:
             return self._decode(self._types.item_type, frame)

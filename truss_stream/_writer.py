@@ -7,7 +7,7 @@ from typing import Any, Generic
 
 import pydantic
 
-from ._codec import MsgpackEncoder, encode_error, encode_model
+from ._codec import MsgpackEncoder, encode_error, encode_json, encode_msgpack
 from ._errors import StreamError, StreamOrderError
 from ._frames import TAG_SIZE, Codec, FrameKind, pack_tag, parse_tag
 from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
@@ -47,13 +47,26 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
     ERROR); a call out of order raises :class:`StreamOrderError` and changes nothing.
     """
 
-    __slots__ = ("_codec", "_encoder", "_state", "_types")
+    __slots__ = (
+        "_codec",
+        "_encoder",
+        "_footer_tag",
+        "_header_tag",
+        "_item_tag",
+        "_state",
+        "_types",
+    )
 
     def __init__(self, types: StreamTypes[ItemT, HeaderTT, FooterTT]) -> None:
         self._types = types
         self._codec = types.codec
-        self._encoder = MsgpackEncoder()
+        self._encoder = MsgpackEncoder() if types.codec is Codec.MSGPACK else None
         self._state = _State.START
+        # Tag bytes as plain ints: enum arithmetic is slow on the per-item path.
+        codec = int(types.codec)
+        self._header_tag = int(FrameKind.HEADER) | codec
+        self._item_tag = int(FrameKind.ITEM) | codec
+        self._footer_tag = int(FrameKind.FOOTER) | codec
 
     @property
     def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
@@ -65,12 +78,16 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         """True once END or ERROR was written."""
         return self._state is _State.CLOSED
 
-    def _encode(self, kind: FrameKind, model: pydantic.BaseModel, expected: Any) -> FrameBytes:
+    def _encode(self, tag_byte: int, model: pydantic.BaseModel, expected: Any) -> FrameBytes:
         if not isinstance(model, expected):
             raise WrongModelError(
-                f"{kind.name.lower()} must be a {expected.__name__}, got {type(model).__name__}"
+                f"{FrameKind(tag_byte & 0x0F).name.lower()} must be a {expected.__name__}, "
+                f"got {type(model).__name__}"
             )
-        return encode_model(self._encoder, self._codec, kind, model)
+        encoder = self._encoder
+        if encoder is None:
+            return encode_json(tag_byte, model)
+        return encode_msgpack(encoder, tag_byte, model)
 
     def yield_header(self: StreamWriter[ItemT, HeaderT, FooterTT], header: HeaderT) -> FrameBytes:
         """Return the HEADER frame; only as the stream's first frame.
@@ -80,9 +97,11 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             WrongModelError: ``header`` is not the stream type's header model.
             UnsupportedValueError: a value cannot be encoded (object arrays, ...).
         """
+        if self._types.header_type is None:
+            raise StreamOrderError("this stream type declares no header")
         if self._state is not _State.START:
             raise StreamOrderError("the header must be the first frame of a stream")
-        frame = self._encode(FrameKind.HEADER, header, self._types.header_type)
+        frame = self._encode(self._header_tag, header, self._types.header_type)
         self._state = _State.HEADER
         return frame
 
@@ -96,7 +115,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         """
         if self._state >= _State.FOOTER:
             raise StreamOrderError("cannot write an item after the footer, END or ERROR")
-        frame = self._encode(FrameKind.ITEM, item, self._types.item_type)
+        frame = self._encode(self._item_tag, item, self._types.item_type)
         self._state = _State.ITEMS
         return frame
 
@@ -107,9 +126,11 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             StreamOrderError: after the footer, END or ERROR.
             WrongModelError: ``footer`` is not the stream type's footer model.
         """
+        if self._types.footer_type is None:
+            raise StreamOrderError("this stream type declares no footer")
         if self._state >= _State.FOOTER:
             raise StreamOrderError("cannot write a footer after the footer, END or ERROR")
-        frame = self._encode(FrameKind.FOOTER, footer, self._types.footer_type)
+        frame = self._encode(self._footer_tag, footer, self._types.footer_type)
         self._state = _State.FOOTER
         return frame
 
