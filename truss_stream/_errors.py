@@ -12,6 +12,7 @@ is a :class:`StreamError`, which is a :class:`ValueError`::
     ├── MalformedFrameError     bytes that do not form a valid frame or payload
     │   ├── UnknownCodecError   a frame tag names a codec this reader does not know
     │   └── UnknownExtError     a msgpack ext code, or an array dtype, it does not know
+    ├── StreamTimeoutError      idle or total timeout (also a TimeoutError)
     ├── RemoteStreamError       the producer failed and said so with an ERROR frame
     └── UnsupportedValueError   the writer was given a value it cannot put on the wire
                                 (object or void arrays, for example)
@@ -32,6 +33,7 @@ __all__ = [
     "StreamConsumedError",
     "StreamError",
     "StreamOrderError",
+    "StreamTimeoutError",
     "StreamTruncatedError",
     "UnknownCodecError",
     "UnknownExtError",
@@ -57,6 +59,10 @@ class StreamConsumedError(StreamError):
 
 class StreamTruncatedError(StreamError):
     """The source ended before the stream's END frame, or in the middle of a frame."""
+
+
+class StreamTimeoutError(StreamError, TimeoutError):
+    """No data within the idle timeout, or the whole stream took over its total timeout."""
 
 
 class FrameTooLargeError(StreamError):

@@ -7,10 +7,13 @@ chunk from its source.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, cast, overload
 
 from ._codec import MsgpackLimits
+from ._errors import StreamTimeoutError
 from ._frames import DEFAULT_MAX_FRAME_BYTES
 from ._protocol import DONE, NEED_DATA, ReaderCore
 from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
@@ -20,12 +23,45 @@ __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
 _EXHAUSTED = object()
 
 
-class _ReaderBase(Generic[ItemT, HeaderTT, FooterTT]):
-    __slots__ = ("_core", "_types")
+class _Timer:
+    """Idle and total time limits of one reader; shared by both drivers."""
 
-    def __init__(self, types: StreamTypes[ItemT, HeaderTT, FooterTT], core: ReaderCore) -> None:
+    __slots__ = ("deadline", "idle", "total")
+
+    def __init__(self, idle: float | None, total: float | None) -> None:
+        for name, value in (("idle_timeout", idle), ("total_timeout", total)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None")
+        self.idle = idle
+        self.total = total
+        self.deadline = None if total is None else time.monotonic() + total
+
+    def budget(self) -> float | None:
+        """Seconds the next chunk may take, or None for no limit."""
+        if self.deadline is None:
+            return self.idle
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise self.expired(total=True)
+        return left if self.idle is None else min(left, self.idle)
+
+    def expired(self, *, total: bool | None = None) -> StreamTimeoutError:
+        if total is None:
+            total = self.deadline is not None and time.monotonic() >= self.deadline
+        if total:
+            return StreamTimeoutError(f"the stream took longer than total_timeout={self.total}s")
+        return StreamTimeoutError(f"no data for idle_timeout={self.idle}s")
+
+
+class _ReaderBase(Generic[ItemT, HeaderTT, FooterTT]):
+    __slots__ = ("_core", "_timer", "_types")
+
+    def __init__(
+        self, types: StreamTypes[ItemT, HeaderTT, FooterTT], core: ReaderCore, timer: _Timer
+    ) -> None:
         self._types = types
         self._core = core
+        self._timer = timer
 
     @property
     def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
@@ -53,11 +89,17 @@ class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
         types: StreamTypes[ItemT, HeaderTT, FooterTT],
         source: Iterable[bytes | bytearray | memoryview],
         core: ReaderCore,
+        timer: _Timer,
     ) -> None:
-        super().__init__(types, core)
+        super().__init__(types, core, timer)
         self._source = iter(source)
 
     def _pull(self) -> None:
+        # A blocking iterator cannot be interrupted from here: the total deadline is
+        # checked between chunks, and transports map their read timeouts (the idle
+        # limit) onto StreamTimeoutError.
+        if self._timer.deadline is not None:
+            self._timer.budget()
         chunk = next(self._source, _EXHAUSTED)
         if chunk is _EXHAUSTED:
             self._core.receive_eof()
@@ -118,13 +160,20 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
         types: StreamTypes[ItemT, HeaderTT, FooterTT],
         source: AsyncIterable[bytes | bytearray | memoryview],
         core: ReaderCore,
+        timer: _Timer,
     ) -> None:
-        super().__init__(types, core)
+        super().__init__(types, core, timer)
         self._source = source.__aiter__()
 
     async def _pull(self) -> None:
+        budget = self._timer.budget()
         try:
-            chunk = await self._source.__anext__()
+            if budget is None:
+                chunk = await self._source.__anext__()
+            else:
+                chunk = await asyncio.wait_for(self._source.__anext__(), budget)
+        except asyncio.TimeoutError:
+            raise self._timer.expired() from None
         except StopAsyncIteration:
             self._core.receive_eof()
         else:
@@ -168,6 +217,8 @@ def stream_reader(
     max_frame_bytes: int = ...,
     copy_arrays: bool = ...,
     msgpack_limits: MsgpackLimits | None = ...,
+    idle_timeout: float | None = ...,
+    total_timeout: float | None = ...,
 ) -> AsyncStreamReader[ItemT, HeaderTT, FooterTT]: ...
 
 
@@ -180,6 +231,8 @@ def stream_reader(
     max_frame_bytes: int = ...,
     copy_arrays: bool = ...,
     msgpack_limits: MsgpackLimits | None = ...,
+    idle_timeout: float | None = ...,
+    total_timeout: float | None = ...,
 ) -> StreamReader[ItemT, HeaderTT, FooterTT]: ...
 
 
@@ -191,6 +244,8 @@ def stream_reader(
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     copy_arrays: bool = False,
     msgpack_limits: MsgpackLimits | None = None,
+    idle_timeout: float | None = None,
+    total_timeout: float | None = None,
 ) -> StreamReader[ItemT, HeaderTT, FooterTT] | AsyncStreamReader[ItemT, HeaderTT, FooterTT]:
     """Create a reader over ``source``: async for an async iterable, sync otherwise.
 
@@ -206,6 +261,13 @@ def stream_reader(
         copy_arrays: give writable NumPy arrays (copies). By default arrays are
             read-only views of the received bytes.
         msgpack_limits: limits on msgpack containers and strings.
+        idle_timeout: most seconds to wait for the next chunk (async reader; the
+            sync reader relies on its transport's read timeout).
+        total_timeout: most seconds for the whole stream, counted from here
+            (async: enforced while waiting; sync: checked between chunks).
+
+    Raises (from the read methods):
+        StreamTimeoutError: a timeout above expired.
     """
     core = ReaderCore(
         types,
@@ -214,10 +276,11 @@ def stream_reader(
         copy_arrays=copy_arrays,
         msgpack_limits=msgpack_limits,
     )
+    timer = _Timer(idle_timeout, total_timeout)
     if isinstance(source, AsyncIterable):
-        return AsyncStreamReader(types, source, core)
+        return AsyncStreamReader(types, source, core, timer)
     if isinstance(source, (bytes, bytearray, memoryview, str)):
         raise TypeError("source must be an iterable of byte chunks, not a bytes object")
     if isinstance(source, Iterable):
-        return StreamReader(types, source, core)
+        return StreamReader(types, source, core, timer)
     raise TypeError(f"source must be an Iterable or AsyncIterable of bytes, got {type(source)}")
