@@ -1,0 +1,470 @@
+"""The Triton thin proxy: ``python -m transports.triton.proxy``.
+
+Clients stream ``DataPacket`` messages over ``MultimodalService.Chat`` (or send one
+with ``SendUnary``); the proxy authenticates the call (see :mod:`.auth`), validates
+each packet (see :mod:`._packets`), forwards it to Triton (or to an embedded Python
+backend) and answers every packet with exactly one ``Ack`` carrying its correlation
+id. On one Chat call, up to ``--max-in-flight`` packets are worked on at once and
+Acks are sent as they complete, so they may overtake each other: match them by
+``correlation_id``. A client that goes away cancels its in-flight backend calls.
+
+Command line (flags win over the environment)::
+
+    python -m transports.triton.proxy --listen HOST:PORT --triton-url TARGET
+        [--auth-url URL] [--backend triton|demo|python:module:callable]
+        [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
+        [--tls-cert PEM --tls-key PEM]
+
+    TRITON_URL   default of --triton-url
+    DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
+
+See ``docs/triton-proxy.md`` for the protocol, scale-out and where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from transports.triton import multimodal_pb2 as pb
+from transports.triton import multimodal_pb2_grpc as pbg
+from transports.triton._backends import Backend, PythonBackend, TritonBackend, load_backend
+from transports.triton._packets import BackendError, PacketError, error_ack, ok_ack, parse_packet
+from transports.triton.auth import DominoAuthInterceptor, principal_url
+
+__all__ = [
+    "Backend",
+    "MultimodalProxy",
+    "ProxyConfig",
+    "ProxyServer",
+    "ProxyStats",
+    "PythonBackend",
+    "TritonBackend",
+    "main",
+    "start_proxy",
+]
+
+_log = logging.getLogger("transports.triton.proxy")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MultimodalService"].full_name
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass
+class ProxyStats:
+    """Counters of one proxy instance (for tests, logs and benchmarks).
+
+    Attributes:
+        packets: packets received.
+        ok: Acks with status OK.
+        failed: Acks with any other status.
+        cancelled: backend calls cancelled because their Chat call ended early.
+    """
+
+    packets: int = 0
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class MultimodalProxy(pbg.MultimodalServiceServicer):
+    """The ``MultimodalService`` implementation over a :class:`Backend`.
+
+    Args:
+        backend: where inferences go.
+        max_in_flight: packets worked on at once per Chat call; also bounds the Acks
+            waiting to be sent, so a client that stops reading stalls its own call.
+        default_timeout: backend deadline in seconds when ``Control.timeout_secs`` is 0.
+    """
+
+    def __init__(
+        self, backend: Backend, *, max_in_flight: int = 32, default_timeout: float = 30.0
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self.backend = backend
+        self.max_in_flight = max_in_flight
+        self.default_timeout = default_timeout
+        self.stats = ProxyStats()
+
+    def _count(self, ack: pb.Ack) -> pb.Ack:
+        if ack.status == pb.OK:
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+        return ack
+
+    async def handle(self, packet: pb.DataPacket, received: float | None = None) -> pb.Ack:
+        """Answer one packet. Never raises, except when cancelled.
+
+        Args:
+            packet: the packet.
+            received: ``time.perf_counter()`` when it arrived (for ``total_ms``).
+        """
+        received = time.perf_counter() if received is None else received
+        self.stats.packets += 1
+        name = self.backend.name
+        if packet.event in (pb.SEV_START, pb.SEV_END):
+            # The proxy keeps no per-stream state: start/end markers are no-ops.
+            cid = packet.meta.correlation_id
+            body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
+            return self._count(pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body)))
+        try:
+            request = parse_packet(packet, default_timeout=self.default_timeout)
+        except PacketError as exc:
+            return self._count(
+                error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
+            )
+        started = time.perf_counter()
+        try:
+            outputs = await self.backend.infer(request)
+        except BackendError as exc:
+            return self._count(
+                error_ack(
+                    packet,
+                    exc.status,
+                    str(exc),
+                    backend=name,
+                    triton_infer_ms=_ms(started),
+                    total_ms=_ms(received),
+                )
+            )
+        except Exception as exc:  # a bug or an unexpected backend failure: still one Ack
+            _log.exception("packet %r: unexpected backend failure", request.cid)
+            return self._count(
+                error_ack(
+                    packet,
+                    pb.INTERNAL,
+                    f"{type(exc).__name__}: {exc}",
+                    backend=name,
+                    triton_infer_ms=_ms(started),
+                    total_ms=_ms(received),
+                )
+            )
+        infer_ms = _ms(started)
+        return self._count(
+            ok_ack(request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received))
+        )
+
+    async def Chat(
+        self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
+    ) -> AsyncIterator[pb.Ack]:
+        """Many packets per call, up to ``max_in_flight`` at once; Acks in completion order."""
+        slots = asyncio.Semaphore(self.max_in_flight)
+        acks: asyncio.Queue[pb.Ack | BaseException | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def answer(packet: pb.DataPacket, received: float) -> None:
+            acks.put_nowait(await self.handle(packet, received))
+
+        async def read() -> None:
+            try:
+                async for packet in request_iterator:
+                    received = time.perf_counter()
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(packet, received))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.wait(set(tasks))
+                acks.put_nowait(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # the request stream broke: end the call with it
+                acks.put_nowait(exc)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await acks.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                slots.release()
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                if not task.done():
+                    task.cancel()
+                    self.stats.cancelled += 1
+            if tasks or not reader.done():
+                await asyncio.gather(reader, *tasks, return_exceptions=True)
+
+    async def SendUnary(self, request: pb.DataPacket, context: _Context) -> pb.Ack:
+        """One packet, one Ack."""
+        return await self.handle(request)
+
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: _Context
+    ) -> pb.ModelMetadataResponse:
+        """The model's inputs and outputs from the backend; gRPC errors, not Acks."""
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing model")
+        try:
+            return await self.backend.model_metadata(request.model, request.model_version)
+        except BackendError as exc:
+            await context.abort(exc.code, str(exc))
+
+    async def ModelReady(self, request: pb.ReadyRequest, context: _Context) -> pb.ReadyResponse:
+        """Whether ``request.model`` is ready on the backend."""
+        if not request.model:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing model")
+        ready, why = await self.backend.model_ready(request.model, request.model_version)
+        return pb.ReadyResponse(ready=ready, message=why)
+
+    async def ServerReady(self, request: pb.ReadyRequest, context: _Context) -> pb.ReadyResponse:
+        """Whether the backend (Triton) is ready."""
+        ready, why = await self.backend.server_ready()
+        return pb.ReadyResponse(ready=ready, message=why)
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Everything the command line sets. See :func:`main` for the flags.
+
+    Attributes:
+        listen: ``host:port`` to bind; port 0 picks a free one.
+        backend: ``"triton"``, ``"demo"`` or ``"python:module:callable"``.
+        triton_url: Triton's gRPC target (several replicas: ``ipv4:h1:p1,h2:p2``).
+        auth_url: the principal endpoint; None runs without authentication.
+        max_in_flight: packets worked on at once per Chat call.
+        default_timeout: backend deadline when a packet gives none.
+        max_message_bytes: largest gRPC message, both to clients and to Triton.
+        tls_cert, tls_key: PEM files to serve TLS; both or neither.
+        auth_cache_ttl: seconds a positive auth answer is reused.
+    """
+
+    listen: str = "[::]:50051"
+    backend: str = "triton"
+    triton_url: str | None = None
+    auth_url: str | None = None
+    max_in_flight: int = 32
+    default_timeout: float = 30.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    auth_cache_ttl: float = 30.0
+
+
+@dataclass
+class ProxyServer:
+    """A running proxy, from :func:`start_proxy`.
+
+    Attributes:
+        server: the ``grpc.aio`` server.
+        port: the port it listens on.
+        proxy: the servicer (``proxy.stats`` has its counters).
+        health: the health servicer.
+    """
+
+    server: grpc.aio.Server
+    port: int
+    proxy: MultimodalProxy
+    health: Any  # grpc_health's asyncio HealthServicer (untyped)
+    auth: DominoAuthInterceptor | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    async def stop(self, grace: float | None = 2.0) -> None:
+        """Mark NOT_SERVING, let calls finish for ``grace`` seconds, close the backend."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.proxy.backend.close()
+        if self.auth is not None:
+            await self.auth.aclose()
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server stops."""
+        await self.server.wait_for_termination()
+
+
+def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Accept the keepalive pings long-lived client streams send (every 10 s and
+        # up), instead of answering them with GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) -> ProxyServer:
+    """Build, bind and start a proxy in the running event loop.
+
+    Args:
+        config: the settings.
+        backend: use this backend instead of building one from ``config``.
+
+    Returns:
+        The running server; call ``await server.stop()`` to end it.
+
+    Raises:
+        ValueError: inconsistent settings (no Triton URL, half a TLS pair).
+        RuntimeError: the address could not be bound.
+    """
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if backend is None:
+        backend = load_backend(
+            config.backend,
+            triton_url=config.triton_url,
+            max_message_bytes=config.max_message_bytes,
+        )
+    auth: DominoAuthInterceptor | None = None
+    if config.auth_url:
+        auth = DominoAuthInterceptor(config.auth_url, cache_ttl=config.auth_cache_ttl)
+    else:
+        _log.warning(
+            "!!! AUTHENTICATION IS OFF: no --auth-url and no DOMINO_HOST; "
+            "the proxy accepts every caller !!!"
+        )
+    server = grpc.aio.server(
+        interceptors=[auth] if auth is not None else None,
+        options=_server_options(config.max_message_bytes),
+    )
+    proxy = MultimodalProxy(
+        backend, max_in_flight=config.max_in_flight, default_timeout=config.default_timeout
+    )
+    pbg.add_MultimodalServiceServicer_to_server(proxy, server)
+    health_servicer = AsyncHealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise RuntimeError(f"could not bind {config.listen}")
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    await health_servicer.set("", serving)
+    await health_servicer.set(SERVICE_NAME, serving)
+    return ProxyServer(server=server, port=port, proxy=proxy, health=health_servicer, auth=auth)
+
+
+def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="python -m transports.triton.proxy",
+        description="gRPC thin proxy in front of NVIDIA Triton Inference Server.",
+    )
+    parser.add_argument("--listen", default="[::]:50051", help="HOST:PORT (default [::]:50051)")
+    parser.add_argument(
+        "--triton-url",
+        default=env.get("TRITON_URL"),
+        help="Triton gRPC target, e.g. triton:8001 or ipv4:10.0.0.1:8001,10.0.0.2:8001 "
+        "(default $TRITON_URL)",
+    )
+    domino_host = env.get("DOMINO_HOST")
+    parser.add_argument(
+        "--auth-url",
+        default=principal_url(domino_host) if domino_host else None,
+        help="principal endpoint (default $DOMINO_HOST/v4/auth/principal); "
+        "without it the proxy runs unauthenticated",
+    )
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help="triton (default when a Triton URL is set), demo, or python:module:callable",
+    )
+    parser.add_argument("--max-in-flight", type=int, default=32, help="per Chat call (32)")
+    parser.add_argument(
+        "--default-timeout", type=float, default=30.0, help="seconds, when a packet sets none"
+    )
+    parser.add_argument("--max-message-mb", type=int, default=64, help="largest message (64)")
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate chain to serve TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key to serve TLS")
+    parser.add_argument("--auth-cache-secs", type=float, default=30.0)
+    parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    backend = args.backend or "triton"
+    if backend == "triton" and not args.triton_url:
+        parser.error("set --triton-url (or TRITON_URL), or use --backend demo")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    return ProxyConfig(
+        listen=args.listen,
+        backend=backend,
+        triton_url=args.triton_url,
+        auth_url=args.auth_url,
+        max_in_flight=args.max_in_flight,
+        default_timeout=args.default_timeout,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        auth_cache_ttl=args.auth_cache_secs,
+    )
+
+
+async def _serve(config: ProxyConfig) -> None:
+    running = await start_proxy(config)
+    host = config.listen.rsplit(":", 1)[0]
+    where = config.triton_url if config.backend == "triton" else config.backend
+    # One machine-readable line on stdout: scripts and tests wait for it.
+    print(f"LISTENING {host}:{running.port} backend={where}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    _log.info("shutting down")
+    await running.stop(grace=5.0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the proxy until SIGINT or SIGTERM.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        The process exit status.
+    """
+    config = _parse_args(argv)
+    try:
+        asyncio.run(_serve(config))
+    except (ValueError, RuntimeError, ImportError, AttributeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
