@@ -2,4 +2,23 @@
 
 - ``transports.triton.multimodal_pb2`` / ``multimodal_pb2_grpc``: the generated protocol.
 - ``python -m transports.triton.proxy``: the proxy (see ``docs/triton-proxy.md``).
+- :class:`TritonBytesStreamer` / :class:`AsyncTritonBytesStreamer`: the clients, many
+  frames pipelined over one ``Chat`` call (see ``docs/triton-clients.md``).
 """
+
+from . import multimodal_pb2, multimodal_pb2_grpc
+from ._client_core import FrameResult, ModelInfo, PacketSpec, TensorInfo, TritonClientError
+from .aio_client import AsyncTritonBytesStreamer
+from .client import TritonBytesStreamer
+
+__all__ = [
+    "AsyncTritonBytesStreamer",
+    "FrameResult",
+    "ModelInfo",
+    "PacketSpec",
+    "TensorInfo",
+    "TritonBytesStreamer",
+    "TritonClientError",
+    "multimodal_pb2",
+    "multimodal_pb2_grpc",
+]

@@ -1,0 +1,219 @@
+"""The async client of the Triton proxy: :class:`AsyncTritonBytesStreamer` (``grpc.aio``).
+
+The twin of :class:`~transports.triton.TritonBytesStreamer`, the same constructor
+and methods as coroutines. ``stream_bytes`` opens one ``Chat`` call: gRPC's task
+pulls packets while fewer than ``max_in_flight`` frames await their results, and
+the caller's task reads Acks (sent by the proxy as packets complete) and yields
+results in frame order. The bookkeeping is the sans-IO ``_client_core`` module's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from transports.grpc import acreate_channel
+
+from . import multimodal_pb2 as pb
+from . import multimodal_pb2_grpc as pbg
+from ._client_core import (
+    FrameResult,
+    ModelInfo,
+    PacketSpec,
+    ReadyStep,
+    StreamerSettings,
+    TritonClientError,
+    readiness_steps,
+    status_error,
+    unavailable_error,
+)
+
+__all__ = ["AsyncTritonBytesStreamer"]
+
+Frames = Iterable[bytes] | AsyncIterable[bytes]
+
+
+class AsyncTritonBytesStreamer(StreamerSettings):
+    """Stream raw tensor bytes to the Triton proxy from asyncio; results in frame order.
+
+    Takes the arguments of :class:`~transports.triton.TritonBytesStreamer` (see
+    there), ``max_in_flight`` included. The channel opens on first use, inside the
+    running event loop; use ``async with`` (or ``await close()``) to close it.
+    ``frame_bytes_iter`` may be a sync or an async iterable; a sync one runs on the
+    event loop, so it should not block.
+    """
+
+    def __init__(self, addr: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(addr, *args, **kwargs)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pbg.MultimodalServiceAsyncStub | None = None
+        self._specs: dict[tuple[str, str], PacketSpec] = {}
+
+    # Lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncTritonBytesStreamer:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; calls in progress fail with ``CANCELLED``."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close(None)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the channel is closed (or not opened yet)."""
+        return self._channel is None
+
+    def _stub_now(self) -> tuple[grpc.aio.Channel, pbg.MultimodalServiceAsyncStub]:
+        if self._channel is None or self._stub is None:
+            self._channel = acreate_channel(self.addr, options=self.options, tls=self.tls)
+            self._stub = pbg.MultimodalServiceStub(self._channel)
+        return self._channel, self._stub
+
+    async def _connected_stub(self) -> pbg.MultimodalServiceAsyncStub:
+        channel, stub = self._stub_now()
+        if channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
+            try:
+                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout_sec)
+            except asyncio.TimeoutError:
+                raise unavailable_error(self.addr, self.connect_timeout_sec) from None
+        return stub
+
+    # Discovery and readiness ----------------------------------------------------------
+
+    async def model_metadata(self, model: str, model_version: str = "") -> ModelInfo:
+        """Ask the proxy for a model's inputs and outputs; see the sync twin."""
+        stub = await self._connected_stub()
+        request = pb.ModelMetadataRequest(model=model, model_version=model_version)
+        try:
+            response = await stub.ModelMetadata(
+                request, timeout=self.request_timeout_sec, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise status_error("ModelMetadata", exc) from exc
+        return ModelInfo.from_proto(response)
+
+    async def prepare(self, model: str, model_version: str = "") -> PacketSpec:
+        """Fill in and check the packet settings from the model's metadata; see the sync twin."""
+        spec = self.spec_from(await self.model_metadata(model, model_version))
+        self._specs[(model, model_version)] = spec
+        return spec
+
+    async def _spec_for(self, model: str, model_version: str) -> PacketSpec:
+        spec = self._specs.get((model, model_version)) or self.explicit_spec()
+        return spec if spec is not None else await self.prepare(model, model_version)
+
+    async def wait_for_ready(
+        self, model: str | None = None, timeout_s: float = 30.0, model_version: str = ""
+    ) -> None:
+        """Wait until the proxy's backend (and ``model``) is ready; see the sync twin."""
+        _, stub = self._stub_now()
+        steps = readiness_steps(
+            model, model_version, timeout_s, self.request_timeout_sec, time.monotonic
+        )
+        step: ReadyStep = next(steps)
+        while True:
+            answer: pb.ReadyResponse | TritonClientError | None = None
+            if step.method == "sleep":
+                await asyncio.sleep(step.sleep_s)
+            else:
+                rpc = stub.ModelReady if step.method == "ModelReady" else stub.ServerReady
+                try:
+                    answer = await rpc(step.request, timeout=step.timeout_s, metadata=self.metadata)
+                except grpc.RpcError as exc:
+                    answer = status_error(step.method, exc)
+            try:
+                step = steps.send(answer)
+            except StopIteration:
+                return
+
+    # Inference ------------------------------------------------------------------------
+
+    async def send_unary(
+        self, model: str, model_version: str, frame_bytes: bytes, *, seq: int = 0
+    ) -> FrameResult:
+        """Send one frame with ``SendUnary`` and return its result."""
+        stub = await self._connected_stub()
+        spec = await self._spec_for(model, model_version)
+        packet = self.unary_packet(spec, model, model_version, frame_bytes, seq)
+        started = time.perf_counter()
+        try:
+            ack = await stub.SendUnary(
+                packet, timeout=self.request_timeout_sec, metadata=self.metadata
+            )
+        except grpc.RpcError as exc:
+            raise status_error("SendUnary", exc) from exc
+        return self.unary_result(ack, seq, time.perf_counter() - started)
+
+    async def stream_bytes(
+        self, model: str, model_version: str, frame_bytes_iter: Frames
+    ) -> AsyncIterator[tuple[int, dict[str, Any], dict[str, Any] | None]]:
+        """Send frames over one pipelined ``Chat`` call; yield ``(seq, ack_dict, outputs)``.
+
+        Raises:
+            TritonClientError: the call failed as a whole.
+            Exception: whatever ``frame_bytes_iter`` raised, after the results of the
+                frames before it.
+        """
+        async for result in self.stream_results(model, model_version, frame_bytes_iter):
+            yield result.seq, result.ack, result.outputs
+
+    async def stream_results(
+        self, model: str, model_version: str, frame_bytes_iter: Frames
+    ) -> AsyncIterator[FrameResult]:
+        """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
+        stub = await self._connected_stub()
+        spec = await self._spec_for(model, model_version)
+        pipe = self.pipeline(spec, model, model_version)
+        window = asyncio.Semaphore(self.max_in_flight)
+        failure: list[Exception] = []
+
+        async def requests() -> AsyncIterator[pb.DataPacket]:
+            # gRPC's own task consumes this: waiting on the window is the back-pressure.
+            try:
+                async for data in _aiter(frame_bytes_iter):
+                    await window.acquire()
+                    yield pipe.packet(data)
+            except Exception as exc:
+                # End the request stream cleanly; the reader re-raises it once the
+                # frames sent before it have their results.
+                failure.append(exc)
+
+        call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
+        try:
+            try:
+                async for ack in call:
+                    for result in pipe.on_ack(ack):
+                        window.release()
+                        yield result
+            except grpc.RpcError as exc:
+                raise status_error("Chat", exc) from exc
+            if failure:
+                raise failure[0]
+            pipe.finish()
+        finally:
+            call.cancel()
+
+
+async def _aiter(frames: Frames) -> AsyncIterator[bytes]:
+    if isinstance(frames, AsyncIterable):
+        async for data in frames:
+            yield data
+    else:
+        for data in frames:
+            yield data
