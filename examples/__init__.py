@@ -1,0 +1,1 @@
+"""Runnable examples: shared stream types, a Starlette server, clients and the demo."""

@@ -1,0 +1,91 @@
+"""``make demo``: the example server under uvicorn, read by the example clients.
+
+Starts ``examples.sse_server:app`` with uvicorn on a free loopback port (a
+subprocess), streams detections from it over SSE and chunked HTTP with the async
+and sync clients (header, items with tensor shapes and dtypes, footer), and
+shuts the server down cleanly. Each step is a function, so more segments (the
+Triton proxy, say) can be added to :func:`main`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from examples.client import consume_async, consume_sync
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Poll ``url`` until the server answers, or fail if it died or took too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with status {process.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the server did not answer at {url} within {timeout}s")
+
+
+@contextlib.contextmanager
+def example_server(port: int) -> Iterator[str]:
+    """Run the example app under uvicorn in a subprocess; yield its base URL."""
+    command = [
+        sys.executable, "-m", "uvicorn", "examples.sse_server:app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    print("$ python", " ".join(command[1:]))
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base_url + "/", process)
+        yield base_url
+    finally:
+        shutdown(process)
+
+
+def shutdown(process: subprocess.Popen[bytes]) -> None:
+    """Stop uvicorn gracefully (SIGINT), killing it only if it hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    print(f"server stopped (exit status {process.returncode})")
+
+
+def stream_segment(base_url: str) -> None:
+    """Read the detection stream with both clients, over both transports."""
+    items = asyncio.run(consume_async(base_url, frames=4))
+    items += consume_sync(base_url, frames=3)
+    print(f"read {items} items over SSE and chunked HTTP, async and sync")
+    print(f"browser page: {base_url}/ (EventSource on /sse/detections?codec=json)")
+
+
+def main() -> None:
+    with example_server(free_port()) as base_url:
+        print(f"serving on {base_url}")
+        stream_segment(base_url)
+
+
+if __name__ == "__main__":
+    main()

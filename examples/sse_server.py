@@ -1,0 +1,73 @@
+"""The example server: one producer served over SSE and chunked HTTP, plus a browser page.
+
+Run it with uvicorn::
+
+    uvicorn examples.sse_server:app --port 8000
+
+Routes:
+
+- ``GET /``: the browser page (examples/browser/index.html), which reads
+  ``/sse/detections?codec=json`` with ``EventSource``;
+- ``GET /sse/detections?frames=8&delay_ms=50&codec=json|msgpack``: server-sent events;
+- ``GET /http/detections?...``: the same stream as binary chunked HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from examples.shared_types import DETECTIONS, DETECTIONS_JSON, detect
+from transports.http import stream_response
+from transports.sse import sse_response
+
+PAGE = Path(__file__).parent / "browser" / "index.html"
+MAX_FRAMES = 10_000
+
+
+def _producer(request: Request) -> AsyncIterator[bytes | memoryview]:
+    params = request.query_params
+    try:
+        frames = int(params.get("frames", "8"))
+        delay = float(params.get("delay_ms", "0")) / 1000
+    except ValueError as exc:
+        raise HTTPException(400, "frames and delay_ms must be numbers") from exc
+    if not 0 <= frames <= MAX_FRAMES or not 0 <= delay <= 10:
+        raise HTTPException(400, f"frames must be in [0, {MAX_FRAMES}], delay_ms in [0, 10000]")
+    codec = params.get("codec", "msgpack")
+    if codec not in ("json", "msgpack"):
+        raise HTTPException(400, "codec must be json or msgpack")
+    types = DETECTIONS_JSON if codec == "json" else DETECTIONS
+    request_id = params.get("request_id") or uuid.uuid4().hex[:12]
+    return detect(types, request_id=request_id, frames=frames, delay=delay)
+
+
+async def sse_detections(request: Request) -> Response:
+    """Detections as server-sent events (JSON codec readable by EventSource)."""
+    return sse_response(_producer(request))
+
+
+async def http_detections(request: Request) -> Response:
+    """Detections as a binary chunked body (application/vnd.truss-stream)."""
+    return stream_response(_producer(request))
+
+
+async def page(request: Request) -> Response:
+    """The browser page."""
+    return FileResponse(PAGE, media_type="text/html")
+
+
+app = Starlette(
+    routes=[
+        Route("/", page),
+        Route("/sse/detections", sse_detections),
+        Route("/http/detections", http_detections),
+    ]
+)
