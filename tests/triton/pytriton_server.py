@@ -31,17 +31,17 @@ from pytriton.triton import Triton, TritonConfig
 
 
 @batch
-def _add_one(INPUT: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803 - Triton's tensor name
+def _add_one(INPUT: np.ndarray) -> dict[str, np.ndarray]:
     return {"OUTPUT": (INPUT + 1).astype(np.float32)}
 
 
 @batch
-def _invert(IMAGE: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+def _invert(IMAGE: np.ndarray) -> dict[str, np.ndarray]:
     return {"IMAGE_OUT": (255 - IMAGE).astype(np.uint8)}
 
 
 @batch
-def _two_outputs(INPUT: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+def _two_outputs(INPUT: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "PLUS_ONE": (INPUT + 1).astype(np.float32),
         "TIMES_TWO": (INPUT * 2).astype(np.float32),
@@ -49,7 +49,7 @@ def _two_outputs(INPUT: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
 
 
 @batch
-def _sleep(SECONDS: np.ndarray) -> dict[str, np.ndarray]:  # noqa: N803
+def _sleep(SECONDS: np.ndarray) -> dict[str, np.ndarray]:
     time.sleep(float(SECONDS.max()))
     return {"SLEPT": SECONDS.astype(np.float32)}
 

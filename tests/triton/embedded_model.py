@@ -1,0 +1,21 @@
+"""Models for ``--backend python:embedded_model:...`` in the proxy tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def double(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every model doubles its input into OUTPUT."""
+    (array,) = inputs.values()
+    return {"OUTPUT": array * 2}
+
+
+async def slow_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Echo after 50 ms, so several packets are in flight at once."""
+    await asyncio.sleep(0.05)
+    (array,) = inputs.values()
+    return {"OUTPUT": array}
