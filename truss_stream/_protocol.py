@@ -8,7 +8,8 @@ thin loops that move bytes from their source into a ``ReaderCore``.
 
 Copies of payload bytes: a frame that arrives inside one chunk is handed on as a
 view of that chunk (no copy); a frame spread over several chunks is assembled
-once into a buffer of its declared size, allocated when its tag arrives.
+once into a buffer of its declared size, allocated when its tag arrives (for
+frames above 16 MiB, once half the payload is there, so a lying tag costs nothing).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ _DEFAULT_LIMITS: Final = MsgpackLimits()
 _END_KIND: Final = FrameKind.END
 _new_frame = tuple.__new__  # builds a Frame without NamedTuple's Python-level __new__
 _END: Final = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
+#: Frames up to this size get their assembly buffer as soon as their tag arrives;
+#: bigger ones once half their payload is buffered (peak about 1.5x the frame).
+EAGER_ASSEMBLY_BYTES: Final = 16 * 1024 * 1024
 
 
 class FrameDecoder:
@@ -209,6 +213,10 @@ class FrameDecoder:
                 payload = self._take(length)
             elif self._eof:
                 raise self._truncated(length, self._buffered)
+            elif length > EAGER_ASSEMBLY_BYTES and self._buffered * 2 < length:
+                # A big frame's buffer waits until half of it has arrived: what a tag
+                # merely claims (up to max_frame_bytes) costs no memory.
+                return None
             else:
                 # Allocate once, at the declared size; later chunks copy straight in.
                 self._assembly = bytearray(length)
