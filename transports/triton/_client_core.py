@@ -641,13 +641,30 @@ def not_ready_error(what: str, timeout_s: float, last: str) -> TritonClientError
     )
 
 
-def unavailable_error(addr: str, timeout_s: float) -> TritonClientError:
-    """The error raised when the channel does not connect within the connect timeout."""
-    return TritonClientError(
-        "connect",
-        grpc.StatusCode.UNAVAILABLE,
-        f"could not connect to the Triton proxy at {addr} within {timeout_s:g}s",
-    )
+def connect_probe_error(
+    addr: str, timeout_s: float, exc: TritonClientError
+) -> TritonClientError | None:
+    """What the connect probe's failure means: None (connected after all) or the error.
+
+    The probe is a ``ServerReady`` call with ``wait_for_ready`` and the connect timeout
+    as its deadline: it waits for the channel to connect, as gRPC retries, and no
+    longer. A proxy without the RPC (``UNIMPLEMENTED``, e.g. the seed's) is connected.
+    """
+    if exc.code is grpc.StatusCode.UNIMPLEMENTED:
+        return None
+    if exc.code in _TRANSIENT:
+        return TritonClientError(
+            "connect",
+            grpc.StatusCode.UNAVAILABLE,
+            f"could not connect to the Triton proxy at {addr} within {timeout_s:g}s "
+            f"({exc.code.name}: {exc.details})",
+        )
+    return exc
+
+
+def closed_error() -> TritonClientError:
+    """The error a call on a closed client raises."""
+    return TritonClientError("connect", grpc.StatusCode.CANCELLED, "the client is closed")
 
 
 # Readiness ----------------------------------------------------------------------------

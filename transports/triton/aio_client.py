@@ -29,9 +29,10 @@ from ._client_core import (
     ReadyStep,
     StreamerSettings,
     TritonClientError,
+    closed_error,
+    connect_probe_error,
     readiness_steps,
     status_error,
-    unavailable_error,
 )
 
 __all__ = ["AsyncTritonBytesStreamer"]
@@ -54,6 +55,8 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         self._channel: grpc.aio.Channel | None = None
         self._stub: pbg.MultimodalServiceAsyncStub | None = None
         self._specs: dict[tuple[str, str], PacketSpec] = {}
+        self._closed = False
+        self._connected = False
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -69,30 +72,50 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; calls in progress fail with ``CANCELLED``."""
+        """Close the channel; calls in progress and later calls fail with ``CANCELLED``."""
+        self._closed = True
         channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             await channel.close(None)
 
     @property
     def closed(self) -> bool:
-        """Whether the channel is closed (or not opened yet)."""
-        return self._channel is None
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def _stub_now(self) -> tuple[grpc.aio.Channel, pbg.MultimodalServiceAsyncStub]:
+        if self._closed:
+            raise closed_error()
         if self._channel is None or self._stub is None:
             self._channel = acreate_channel(self.addr, options=self.options, tls=self.tls)
             self._stub = pbg.MultimodalServiceStub(self._channel)
         return self._channel, self._stub
 
     async def _connected_stub(self) -> pbg.MultimodalServiceAsyncStub:
-        channel, stub = self._stub_now()
-        if channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
-            try:
-                await asyncio.wait_for(channel.channel_ready(), self.connect_timeout_sec)
-            except asyncio.TimeoutError:
-                raise unavailable_error(self.addr, self.connect_timeout_sec) from None
+        _, stub = self._stub_now()
+        if self._connected:
+            return stub
+        try:
+            await stub.ServerReady(
+                pb.ReadyRequest(),
+                timeout=self.connect_timeout_sec,
+                metadata=self.metadata,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            error = connect_probe_error(
+                self.addr, self.connect_timeout_sec, status_error("ServerReady", exc)
+            )
+            if error is not None:
+                raise error from exc
+        self._connected = True
         return stub
+
+    def _check(self, exc: grpc.RpcError, method: str) -> TritonClientError:
+        error = status_error(method, exc)
+        if error.code is grpc.StatusCode.UNAVAILABLE:
+            self._connected = False  # probe again (with the connect timeout) next time
+        return error
 
     # Discovery and readiness ----------------------------------------------------------
 
@@ -105,7 +128,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                 request, timeout=self.request_timeout_sec, metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise status_error("ModelMetadata", exc) from exc
+            raise self._check(exc, "ModelMetadata") from exc
         return ModelInfo.from_proto(response)
 
     async def prepare(self, model: str, model_version: str = "") -> PacketSpec:
@@ -114,7 +137,8 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         self._specs[(model, model_version)] = spec
         return spec
 
-    async def _spec_for(self, model: str, model_version: str) -> PacketSpec:
+    async def packet_spec(self, model: str, model_version: str) -> PacketSpec:
+        """The packet settings used for ``model``: prepared, explicit, or discovered now."""
         spec = self._specs.get((model, model_version)) or self.explicit_spec()
         return spec if spec is not None else await self.prepare(model, model_version)
 
@@ -149,7 +173,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
     ) -> FrameResult:
         """Send one frame with ``SendUnary`` and return its result."""
         stub = await self._connected_stub()
-        spec = await self._spec_for(model, model_version)
+        spec = await self.packet_spec(model, model_version)
         packet = self.unary_packet(spec, model, model_version, frame_bytes, seq)
         started = time.perf_counter()
         try:
@@ -157,7 +181,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                 packet, timeout=self.request_timeout_sec, metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise status_error("SendUnary", exc) from exc
+            raise self._check(exc, "SendUnary") from exc
         return self.unary_result(ack, seq, time.perf_counter() - started)
 
     async def stream_bytes(
@@ -178,7 +202,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
     ) -> AsyncIterator[FrameResult]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
         stub = await self._connected_stub()
-        spec = await self._spec_for(model, model_version)
+        spec = await self.packet_spec(model, model_version)
         pipe = self.pipeline(spec, model, model_version)
         window = asyncio.Semaphore(self.max_in_flight)
         failure: list[Exception] = []
@@ -202,7 +226,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                         window.release()
                         yield result
             except grpc.RpcError as exc:
-                raise status_error("Chat", exc) from exc
+                raise self._check(exc, "Chat") from exc
             if failure:
                 raise failure[0]
             pipe.finish()

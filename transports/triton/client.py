@@ -30,9 +30,10 @@ from ._client_core import (
     ReadyStep,
     StreamerSettings,
     TritonClientError,
+    closed_error,
+    connect_probe_error,
     readiness_steps,
     status_error,
-    unavailable_error,
 )
 
 __all__ = ["TritonBytesStreamer"]
@@ -60,8 +61,11 @@ class TritonBytesStreamer(StreamerSettings):
             deadline of each unary call (``send_unary``, metadata, readiness).
         parse_outputs_numpy: give outputs as ``np.ndarray`` (read-only views of the
             received bytes); ``False`` gives the JSON ``"outputs"`` map as the seed.
-        connect_timeout_sec: how long a call waits for the channel to connect before
-            failing with ``UNAVAILABLE``; separate from the per-request timeout.
+        connect_timeout_sec: how long the first call (and the first after the
+            proxy became unreachable) waits for the channel to connect, as gRPC
+            retries, before failing with ``UNAVAILABLE``; separate from the
+            per-request timeout. The wait is a ``ServerReady`` call with
+            ``wait_for_ready``.
         stream_timeout_sec: optional deadline of a whole ``stream_bytes`` call;
             ``None`` (default) lets a stream run as long as frames keep coming.
         max_in_flight: frames sent whose results have not been yielded yet, at most.
@@ -80,13 +84,14 @@ class TritonBytesStreamer(StreamerSettings):
             raised: their results carry a non-OK ``status``.
     """
 
-    _channel: grpc.Channel | None = None
-    _stub: pbg.MultimodalServiceStub | None = None
-
     def __init__(self, addr: str, *args: Any, **kwargs: Any) -> None:
         super().__init__(addr, *args, **kwargs)
+        self._channel: grpc.Channel | None = None
+        self._stub: pbg.MultimodalServiceStub | None = None
         self._specs: dict[tuple[str, str], PacketSpec] = {}
         self._lock = threading.Lock()
+        self._closed = False
+        self._connected = False
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -102,19 +107,22 @@ class TritonBytesStreamer(StreamerSettings):
         self.close()
 
     def close(self) -> None:
-        """Close the channel; calls in progress fail with ``CANCELLED``."""
+        """Close the channel; calls in progress and later calls fail with ``CANCELLED``."""
         with self._lock:
+            self._closed = True
             channel, self._channel, self._stub = self._channel, None, None
         if channel is not None:
             channel.close()
 
     @property
     def closed(self) -> bool:
-        """Whether the channel is closed (or not opened yet)."""
-        return self._channel is None
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def _stub_now(self) -> pbg.MultimodalServiceStub:
         with self._lock:
+            if self._closed:
+                raise closed_error()
             if self._stub is None:
                 self._channel = create_channel(self.addr, options=self.options, tls=self.tls)
                 self._stub = pbg.MultimodalServiceStub(self._channel)
@@ -122,13 +130,29 @@ class TritonBytesStreamer(StreamerSettings):
 
     def _connected_stub(self) -> pbg.MultimodalServiceStub:
         stub = self._stub_now()
-        channel = self._channel
-        assert channel is not None
+        if self._connected:
+            return stub
         try:
-            grpc.channel_ready_future(channel).result(timeout=self.connect_timeout_sec)
-        except grpc.FutureTimeoutError:
-            raise unavailable_error(self.addr, self.connect_timeout_sec) from None
+            stub.ServerReady(
+                pb.ReadyRequest(),
+                timeout=self.connect_timeout_sec,
+                metadata=self.metadata,
+                wait_for_ready=True,
+            )
+        except grpc.RpcError as exc:
+            error = connect_probe_error(
+                self.addr, self.connect_timeout_sec, status_error("ServerReady", exc)
+            )
+            if error is not None:
+                raise error from exc
+        self._connected = True
         return stub
+
+    def _check(self, exc: grpc.RpcError, method: str) -> TritonClientError:
+        error = status_error(method, exc)
+        if error.code is grpc.StatusCode.UNAVAILABLE:
+            self._connected = False  # probe again (with the connect timeout) next time
+        return error
 
     # Discovery and readiness ----------------------------------------------------------
 
@@ -146,7 +170,7 @@ class TritonBytesStreamer(StreamerSettings):
                 request, timeout=self.request_timeout_sec, metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise status_error("ModelMetadata", exc) from exc
+            raise self._check(exc, "ModelMetadata") from exc
         return ModelInfo.from_proto(response)
 
     def prepare(self, model: str, model_version: str = "") -> PacketSpec:
@@ -164,7 +188,8 @@ class TritonBytesStreamer(StreamerSettings):
         self._specs[(model, model_version)] = spec
         return spec
 
-    def _spec_for(self, model: str, model_version: str) -> PacketSpec:
+    def packet_spec(self, model: str, model_version: str) -> PacketSpec:
+        """The packet settings used for ``model``: prepared, explicit, or discovered now."""
         spec = self._specs.get((model, model_version)) or self.explicit_spec()
         return spec if spec is not None else self.prepare(model, model_version)
 
@@ -211,13 +236,13 @@ class TritonBytesStreamer(StreamerSettings):
             TritonClientError: the call failed (a failed frame is a non-OK result).
         """
         stub = self._connected_stub()
-        spec = self._spec_for(model, model_version)
+        spec = self.packet_spec(model, model_version)
         packet = self.unary_packet(spec, model, model_version, frame_bytes, seq)
         started = time.perf_counter()
         try:
             ack = stub.SendUnary(packet, timeout=self.request_timeout_sec, metadata=self.metadata)
         except grpc.RpcError as exc:
-            raise status_error("SendUnary", exc) from exc
+            raise self._check(exc, "SendUnary") from exc
         return self.unary_result(ack, seq, time.perf_counter() - started)
 
     def stream_bytes(
@@ -242,7 +267,7 @@ class TritonBytesStreamer(StreamerSettings):
     ) -> Iterator[FrameResult]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
         stub = self._connected_stub()
-        spec = self._spec_for(model, model_version)
+        spec = self.packet_spec(model, model_version)
         pipe = self.pipeline(spec, model, model_version)
         lock = threading.Lock()
         window = threading.Semaphore(self.max_in_flight)
@@ -276,7 +301,7 @@ class TritonBytesStreamer(StreamerSettings):
             except grpc.RpcError as exc:
                 if failure:
                     raise failure[0] from None
-                raise status_error("Chat", exc) from exc
+                raise self._check(exc, "Chat") from exc
             if failure:
                 raise failure[0]
             pipe.finish()

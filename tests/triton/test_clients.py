@@ -1,0 +1,575 @@
+"""The Triton proxy clients: sync and async streamers, discovery, readiness, typed view.
+
+Three kinds of server, all real gRPC on loopback:
+- the proxy with its embedded ``--backend demo`` models (no Triton needed);
+- a scrambling servicer in this process that answers out of order and counts calls
+  and packets in flight, to pin down pipelining and reordering exactly;
+- the proxy in front of a real Triton (``@pytest.mark.triton``), with auth on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+from triton_helpers import API_KEY, TOKEN, PrincipalEndpoint, ProxyProcess, free_port
+
+from transports.base import TransportError
+from transports.triton import (
+    AsyncTritonBytesStreamer,
+    TritonBytesStreamer,
+    TritonClientError,
+)
+from transports.triton import multimodal_pb2 as pb
+from transports.triton import multimodal_pb2_grpc as pbg
+from transports.triton._client_core import (
+    AckPipeline,
+    PacketSpec,
+    auth_metadata,
+    latency_percentiles,
+)
+from transports.triton.typed import triton_frames, triton_stream_types
+from truss_stream import StreamError, stream_reader
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def fp32_frames(n: int, width: int = 4) -> list[bytes]:
+    return [np.full((1, width), i, np.float32).tobytes() for i in range(n)]
+
+
+def seed_streamer(addr: str, **kwargs: object) -> TritonBytesStreamer:
+    """The seed's documented constructor, for the demo/Triton add_one_fp32 model."""
+    return TritonBytesStreamer(
+        addr=addr,
+        input_name="INPUT",
+        shape=(1, 4),
+        dtype_enum=pb.DT_FP32,
+        outputs=("OUTPUT",),
+        stream_id="cam-001",
+        request_timeout_sec=10.0,
+        parse_outputs_numpy=True,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+# Servers --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_proxy() -> Iterator[ProxyProcess]:
+    """The proxy through its CLI with the embedded demo models, unauthenticated."""
+    proxy = ProxyProcess(["--backend", "demo", "--max-in-flight", "64"])
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_auth_proxy() -> Iterator[tuple[ProxyProcess, PrincipalEndpoint]]:
+    """The demo proxy with auth against a real principal endpoint."""
+    endpoint = PrincipalEndpoint().start()
+    proxy = ProxyProcess(["--backend", "demo", "--auth-url", endpoint.url])
+    yield proxy, endpoint
+    proxy.stop()
+    endpoint.stop()
+
+
+class ScramblingServicer(pbg.MultimodalServiceServicer):
+    """Answers Chat packets in reverse order, ``batch`` at a time, and keeps counts."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+        self.chat_calls = 0
+        self.packets = 0
+        self.max_outstanding = 0
+        self.seen_metadata: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _ack(self, packet: pb.DataPacket) -> pb.Ack:
+        data = np.frombuffer(packet.tensor.data, np.float32) + 1
+        out = pb.NamedTensor(
+            name="OUTPUT", dtype=pb.DT_FP32, shape=packet.tensor.shape, data=data.tobytes()
+        )
+        return pb.Ack(
+            correlation_id=packet.meta.correlation_id,
+            status=pb.OK,
+            message='{"backend": "scramble"}',
+            outputs=[out],
+        )
+
+    def Chat(self, request_iterator, context):  # type: ignore[no-untyped-def,override]
+        with self._lock:
+            self.chat_calls += 1
+            self.seen_metadata.append(dict(context.invocation_metadata()))
+        held: list[pb.DataPacket] = []
+        for packet in request_iterator:
+            with self._lock:
+                self.packets += 1
+            held.append(packet)
+            self.max_outstanding = max(self.max_outstanding, len(held))
+            if len(held) >= self.batch:
+                for p in reversed(held):
+                    yield self._ack(p)
+                held.clear()
+        for p in reversed(held):
+            yield self._ack(p)
+
+
+@pytest.fixture
+def scrambler() -> Iterator[tuple[str, ScramblingServicer]]:
+    servicer = ScramblingServicer(batch=4)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pbg.add_MultimodalServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", servicer
+    server.stop(None)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# The sans-IO core -----------------------------------------------------------------------
+
+
+SPEC = PacketSpec("INPUT", (1, 2), pb.DT_FP32, ("OUTPUT",), 5.0, True)
+
+
+def test_pipeline_releases_in_frame_order() -> None:
+    pipe = AckPipeline(SPEC, "m", "1", stream_id="s", parse_numpy=True)
+    packets = [pipe.packet(np.zeros(2, np.float32).tobytes()) for _ in range(3)]
+    assert [p.meta.correlation_id for p in packets] == ["s:0", "s:1", "s:2"]
+    assert packets[0].control.inputs[0].name == "INPUT"
+    assert getattr(packets[0].control.inputs[0], "from") == pb.SRC_TENSOR
+    assert pipe.on_ack(pb.Ack(correlation_id="s:2", status=pb.OK, message="{}")) == []
+    assert pipe.on_ack(pb.Ack(correlation_id="s:1", status=pb.INTERNAL, message="{}")) == []
+    assert pipe.unreleased == 3
+    ready = pipe.on_ack(pb.Ack(correlation_id="s:0", status=pb.OK, message="{}"))
+    assert [(r.seq, r.status) for r in ready] == [(0, "OK"), (1, "INTERNAL"), (2, "OK")]
+    assert pipe.unreleased == 0
+    pipe.finish()
+
+
+def test_pipeline_rejects_unknown_and_missing_acks() -> None:
+    pipe = AckPipeline(SPEC, "m", "1", stream_id="s", parse_numpy=True)
+    pipe.packet(b"\0" * 8)
+    with pytest.raises(TritonClientError) as info:
+        pipe.on_ack(pb.Ack(correlation_id="other:0"))
+    assert info.value.code is grpc.StatusCode.INTERNAL
+    with pytest.raises(TritonClientError, match="unacknowledged"):
+        pipe.finish()
+
+
+def test_ack_outputs_from_binary_or_b64_json() -> None:
+    pipe = AckPipeline(SPEC, "m", "1", stream_id="s", parse_numpy=True)
+    pipe.packet(b"")
+    pipe.packet(b"")
+    arr = np.array([[1.5, 2.5]], np.float32)
+    binary = pb.NamedTensor(name="OUTPUT", dtype=pb.DT_FP32, shape=pb.Shape(dims=[1, 2]))
+    binary.data = arr.tobytes()
+    b64 = '{"outputs": {"OUTPUT": {"dtype": "FP32", "shape": [1, 2], "b64": "AADAPwAAIEA="}}}'
+    r0 = pipe.on_ack(pb.Ack(correlation_id="s:0", outputs=[binary], message="{}"))[0]
+    r1 = pipe.on_ack(pb.Ack(correlation_id="s:1", message=b64))[0]
+    np.testing.assert_array_equal(r0.outputs["OUTPUT"], arr)  # type: ignore[index]
+    np.testing.assert_array_equal(r1.outputs["OUTPUT"], arr)  # type: ignore[index]
+    assert r1.ack["status"] == "OK"
+    assert "client_ms" in r0.timings
+
+
+def test_auth_metadata_from_env() -> None:
+    assert auth_metadata({}) == ()
+    assert auth_metadata({"DOMINO_USER_API_KEY": "k", "Authorization": "tok"}) == (
+        ("x-domino-api-key", "k"),
+        ("authorization", "Bearer tok"),
+    )
+    assert auth_metadata({"Authorization": "Bearer tok"}) == (("authorization", "Bearer tok"),)
+
+
+def test_latency_percentiles() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert latency_percentiles(values) == {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+    assert latency_percentiles([]) == {"p50": 0.0, "p90": 0.0, "p99": 0.0}
+
+
+def test_client_error_is_a_transport_and_stream_error() -> None:
+    assert issubclass(TritonClientError, TransportError)
+    assert issubclass(TritonClientError, StreamError)
+
+
+# Pipelining and ordering, against the scrambling servicer --------------------------------
+
+
+def test_sync_many_frames_one_call_in_order(scrambler: tuple[str, ScramblingServicer]) -> None:
+    addr, servicer = scrambler
+    with seed_streamer(addr, max_in_flight=4) as streamer:
+        got = list(streamer.stream_bytes("m", "1", fp32_frames(200)))
+    assert [seq for seq, _, _ in got] == list(range(200))
+    assert all(out["OUTPUT"][0, 0] == seq + 1 for seq, _, out in got)  # type: ignore[index]
+    assert servicer.chat_calls == 1
+    assert servicer.packets == 200
+    assert servicer.max_outstanding == 4  # pipelined, and never more than the window
+
+
+@pytest.mark.anyio
+async def test_async_many_frames_one_call_in_order(
+    scrambler: tuple[str, ScramblingServicer],
+) -> None:
+    addr, servicer = scrambler
+
+    async def frames() -> AsyncIterator[bytes]:
+        for data in fp32_frames(200):
+            yield data
+
+    async with AsyncTritonBytesStreamer(
+        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=4
+    ) as streamer:
+        got = [r async for r in streamer.stream_bytes("m", "1", frames())]
+    assert [seq for seq, _, _ in got] == list(range(200))
+    assert all(out["OUTPUT"][0, 0] == seq + 1 for seq, _, out in got)  # type: ignore[index]
+    assert (servicer.chat_calls, servicer.packets, servicer.max_outstanding) == (1, 200, 4)
+
+
+def test_frame_iterator_error_after_earlier_results(
+    scrambler: tuple[str, ScramblingServicer],
+) -> None:
+    addr, _ = scrambler
+
+    def frames() -> Iterator[bytes]:
+        yield from fp32_frames(10)
+        raise OSError("camera unplugged")
+
+    seen: list[int] = []
+    with seed_streamer(addr, max_in_flight=4) as streamer:
+        results = streamer.stream_bytes("m", "1", frames())
+        with pytest.raises(OSError, match="camera"):
+            seen.extend(seq for seq, _, _ in results)
+    assert seen == list(range(10))
+
+
+def test_sync_early_break_does_not_hang(scrambler: tuple[str, ScramblingServicer]) -> None:
+    addr, _ = scrambler
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            yield np.zeros((1, 4), np.float32).tobytes()
+
+    with seed_streamer(addr, max_in_flight=4) as streamer:
+        results = streamer.stream_bytes("m", "1", endless())
+        for seq, _, _ in results:
+            if seq == 20:
+                break
+        results.close()  # type: ignore[attr-defined]
+        # The client stays usable after an abandoned stream.
+        assert len(list(streamer.stream_bytes("m", "1", fp32_frames(3)))) == 3
+
+
+def test_env_auth_headers_reach_the_server(
+    scrambler: tuple[str, ScramblingServicer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addr, servicer = scrambler
+    monkeypatch.setenv("DOMINO_USER_API_KEY", "key-1")
+    monkeypatch.setenv("Authorization", "tok-2")
+    with seed_streamer(addr) as streamer:
+        list(streamer.stream_bytes("m", "1", fp32_frames(1)))
+    assert servicer.seen_metadata[0]["x-domino-api-key"] == "key-1"
+    assert servicer.seen_metadata[0]["authorization"] == "Bearer tok-2"
+
+
+# Against the proxy with its embedded demo backend -----------------------------------------
+
+
+def test_seed_documented_usage(demo_proxy: ProxyProcess) -> None:
+    streamer = seed_streamer(demo_proxy.target)
+    try:
+        frames = (np.full((1, 4), i, np.float32).tobytes(order="C") for i in range(50))
+        results = list(
+            streamer.stream_bytes(model="add_one_fp32", model_version="1", frame_bytes_iter=frames)
+        )
+    finally:
+        streamer.close()
+    assert [seq for seq, _, _ in results] == list(range(50))
+    for seq, ack, outputs in results:
+        assert ack["status"] == "OK"
+        assert ack["cid"] == f"cam-001:{seq}"
+        assert ack["model"] == "add_one_fp32"
+        assert outputs is not None
+        np.testing.assert_array_equal(outputs["OUTPUT"], np.full((1, 4), seq + 1, np.float32))
+
+
+def test_seed_json_outputs_when_not_parsing(demo_proxy: ProxyProcess) -> None:
+    with seed_streamer(demo_proxy.target) as streamer:
+        streamer.parse_outputs_numpy = False
+        streamer.binary_outputs = False
+        ((_, ack, outputs),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
+    assert outputs is not None
+    assert set(outputs["OUTPUT"]) >= {"dtype", "shape", "b64"}
+    assert ack["outputs"] == outputs
+
+
+def test_uint8_and_per_frame_failures(demo_proxy: ProxyProcess) -> None:
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
+    frames = [image.tobytes(), b"short", image.tobytes()]
+    with TritonBytesStreamer(
+        demo_proxy.target, "IMAGE", image.shape, pb.DT_UINT8, ("IMAGE_OUT",)
+    ) as streamer:
+        results = list(streamer.stream_results("invert_u8", "1", frames))
+    assert [r.status for r in results] == ["OK", "BAD_REQUEST", "OK"]
+    assert "got 5 bytes, expected 18" in (results[1].error or "")
+    np.testing.assert_array_equal(results[2].outputs["IMAGE_OUT"], 255 - image)  # type: ignore[index]
+
+
+def test_send_unary(demo_proxy: ProxyProcess) -> None:
+    with seed_streamer(demo_proxy.target) as streamer:
+        result = streamer.send_unary("add_one_fp32", "1", fp32_frames(8)[7], seq=7)
+    assert (result.seq, result.status, result.correlation_id) == (7, "OK", "cam-001:7")
+    assert result.outputs["OUTPUT"][0, 0] == 8.0  # type: ignore[index]
+
+
+def test_metadata_discovery_fills_in_and_checks(demo_proxy: ProxyProcess) -> None:
+    with TritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
+        info = streamer.model_metadata("add_one_fp32", "1")
+        assert [(t.name, t.triton_dtype) for t in info.inputs] == [("INPUT", "FP32")]
+        spec = streamer.prepare("add_one_fp32", "1")
+        assert (spec.input_name, spec.dtype, spec.outputs) == ("INPUT", pb.DT_FP32, ("OUTPUT",))
+        ((_, ack, _),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
+        assert ack["status"] == "OK"
+    with TritonBytesStreamer(demo_proxy.target, "INPUT", (1, 4), pb.DT_UINT8) as wrong:
+        with pytest.raises(ValueError, match="FP32"):
+            wrong.prepare("add_one_fp32", "1")
+        with pytest.raises(TritonClientError) as info_err:
+            wrong.model_metadata("no_such_model")
+        assert info_err.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
+    with seed_streamer(demo_proxy.target) as streamer:
+        streamer.wait_for_ready("add_one_fp32", timeout_s=5)
+        started = time.monotonic()
+        with pytest.raises(TritonClientError) as info:
+            streamer.wait_for_ready("no_such_model", timeout_s=0.5)
+        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.anyio
+async def test_async_wait_for_ready_and_metadata(demo_proxy: ProxyProcess) -> None:
+    async with AsyncTritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
+        await streamer.wait_for_ready("add_one_fp32", timeout_s=5)
+        spec = await streamer.prepare("add_one_fp32")
+        assert spec.input_name == "INPUT"
+        result = await streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
+        assert result.ok
+        with pytest.raises(TritonClientError) as info:
+            await streamer.wait_for_ready("no_such_model", timeout_s=0.3)
+        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.anyio
+async def test_async_stream_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
+    async with AsyncTritonBytesStreamer(
+        demo_proxy.target, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=16
+    ) as streamer:
+        seqs = []
+        async for seq, ack, outputs in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(300)):
+            assert ack["status"] == "OK"
+            assert outputs is not None
+            assert outputs["OUTPUT"][0, 0] == seq + 1
+            seqs.append(seq)
+    assert seqs == list(range(300))
+
+
+def test_auth_accepted_and_rejected(
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint],
+) -> None:
+    proxy, _ = demo_auth_proxy
+    for env in ({"DOMINO_USER_API_KEY": API_KEY}, {"Authorization": TOKEN}):
+        with seed_streamer(proxy.target, environ=env) as streamer:
+            ((_, ack, _),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
+            assert ack["status"] == "OK"
+    with seed_streamer(proxy.target, environ={"DOMINO_USER_API_KEY": "wrong"}) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1)))
+        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(TritonClientError) as info:
+            streamer.wait_for_ready(timeout_s=5)
+        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.anyio
+async def test_async_auth_rejected(demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint]) -> None:
+    proxy, _ = demo_auth_proxy
+    async with AsyncTritonBytesStreamer(proxy.target, shape=(1, 4), environ={}) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            await streamer.model_metadata("add_one_fp32")
+        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+
+# Proxy down, closed clients ---------------------------------------------------------------
+
+
+def test_proxy_down_is_unavailable_quickly() -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with seed_streamer(addr, connect_timeout_sec=1.0) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
+        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(TritonClientError) as ready:
+            streamer.wait_for_ready(timeout_s=0.5)
+        assert ready.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.anyio
+async def test_async_proxy_down_is_unavailable_quickly() -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    async with AsyncTritonBytesStreamer(
+        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), connect_timeout_sec=1.0
+    ) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
+                pass
+        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    assert time.monotonic() - started < 5
+
+
+def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
+    with seed_streamer(demo_proxy.target) as streamer:
+        streamer.wait_for_ready(timeout_s=5)
+        assert not streamer.closed
+    assert streamer.closed
+    with pytest.raises(TritonClientError) as info:
+        streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
+    assert info.value.code is grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.anyio
+async def test_async_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
+    async with AsyncTritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
+        await streamer.wait_for_ready(timeout_s=5)
+        assert not streamer.closed
+    assert streamer.closed
+    with pytest.raises(TritonClientError):
+        await streamer.model_metadata("add_one_fp32")
+
+
+# The typed view ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_typed_view_round_trips_through_the_reader(
+    demo_proxy: ProxyProcess, codec: str
+) -> None:
+    types = triton_stream_types(codec=codec)  # type: ignore[arg-type]
+    frames = fp32_frames(20)
+    frames[5] = b"bad"
+    async with AsyncTritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
+        wire = [
+            bytes(f)
+            async for f in triton_frames(streamer, "add_one_fp32", "1", frames, types=types)
+        ]
+    reader = stream_reader(types, iter(wire))
+    header = reader.read_header()
+    assert (header.model, header.inputs[0].name, header.inputs[0].dtype) == (
+        "add_one_fp32",
+        "INPUT",
+        "FP32",
+    )
+    items = list(reader.read_items())
+    assert [i.seq for i in items] == list(range(20))
+    assert items[5].status == "BAD_REQUEST"
+    assert items[5].error
+    np.testing.assert_array_equal(items[3].outputs["OUTPUT"], np.full((1, 4), 4, np.float32))
+    footer = reader.read_footer()
+    assert (footer.count, footer.ok, footer.failed) == (20, 19, 1)
+    assert 0 < footer.latency_p50_ms <= footer.latency_p90_ms <= footer.latency_p99_ms
+
+
+# Against a real Triton ---------------------------------------------------------------------
+
+
+@pytest.mark.triton
+def test_seed_usage_over_real_triton(proxy_cli: ProxyProcess) -> None:
+    env = {"DOMINO_USER_API_KEY": API_KEY}
+    with seed_streamer(proxy_cli.target, environ=env, max_in_flight=16) as streamer:
+        streamer.wait_for_ready("add_one_fp32", timeout_s=30)
+        results = list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(100)))
+    assert [seq for seq, _, _ in results] == list(range(100))
+    for seq, ack, outputs in results:
+        assert ack["status"] == "OK"
+        assert ack["backend"] == "triton"
+        np.testing.assert_array_equal(outputs["OUTPUT"], np.full((1, 4), seq + 1, np.float32))  # type: ignore[index]
+
+
+@pytest.mark.triton
+@pytest.mark.anyio
+async def test_async_uint8_over_real_triton_with_discovery(proxy_cli: ProxyProcess) -> None:
+    image = np.random.default_rng(0).integers(0, 255, (1, 8, 8, 3), dtype=np.uint8)
+    async with AsyncTritonBytesStreamer(
+        proxy_cli.target, shape=image.shape, environ={"Authorization": TOKEN}, max_in_flight=8
+    ) as streamer:
+        await streamer.wait_for_ready("invert_u8", timeout_s=30)
+        spec = await streamer.prepare("invert_u8")
+        assert (spec.input_name, spec.dtype, spec.outputs) == ("IMAGE", pb.DT_UINT8, ("IMAGE_OUT",))
+        results = [
+            r async for r in streamer.stream_results("invert_u8", "", [image.tobytes()] * 20)
+        ]
+    assert [r.seq for r in results] == list(range(20))
+    assert all(r.ok for r in results)
+    np.testing.assert_array_equal(results[-1].outputs["IMAGE_OUT"], 255 - image)  # type: ignore[index]
+    assert results[0].timings["triton_infer_ms"] > 0
+
+
+@pytest.mark.triton
+@pytest.mark.anyio
+async def test_ordering_with_out_of_order_completions_over_real_triton(
+    proxy_cli: ProxyProcess,
+) -> None:
+    # sleep_fp32 sleeps for its input: early frames sleep longest, so Triton
+    # finishes them last and the proxy acks them last.
+    sleeps = [0.3, 0.2, 0.1, 0.0, 0.0, 0.0]
+    frames = [np.array([[s]], np.float32).tobytes() for s in sleeps]
+    async with AsyncTritonBytesStreamer(
+        proxy_cli.target,
+        "SECONDS",
+        (1, 1),
+        pb.DT_FP32,
+        ("SLEPT",),
+        environ={"DOMINO_USER_API_KEY": API_KEY},
+        max_in_flight=6,
+    ) as streamer:
+        started = time.monotonic()
+        results = [r async for r in streamer.stream_results("sleep_fp32", "1", frames)]
+        elapsed = time.monotonic() - started
+    assert [r.seq for r in results] == list(range(6))
+    assert [float(r.outputs["SLEPT"][0, 0]) for r in results] == pytest.approx(sleeps)  # type: ignore[index]
+    assert results[3].timings["client_ms"] < results[0].timings["client_ms"]
+    assert elapsed < 0.6 * 3  # pipelined: not the sum of sleeps one by one plus overhead
+
+
+@pytest.mark.triton
+def test_typed_view_sync_thread_over_real_triton(proxy_cli: ProxyProcess) -> None:
+    async def collect() -> list[bytes]:
+        async with AsyncTritonBytesStreamer(
+            proxy_cli.target, shape=(1, 4), environ={"DOMINO_USER_API_KEY": API_KEY}
+        ) as streamer:
+            return [
+                bytes(f)
+                async for f in triton_frames(streamer, "add_one_fp32", "1", fp32_frames(10))
+            ]
+
+    wire = asyncio.run(collect())
+    reader = stream_reader(triton_stream_types(), iter(wire))
+    assert reader.read_header().max_batch_size == 64
+    assert [i.status for i in reader.read_items()] == ["OK"] * 10
+    assert reader.read_footer().ok == 10
