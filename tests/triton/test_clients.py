@@ -522,7 +522,7 @@ async def test_async_uint8_over_real_triton_with_discovery(proxy_cli: ProxyProce
         spec = await streamer.prepare("invert_u8")
         assert (spec.input_name, spec.dtype, spec.outputs) == ("IMAGE", pb.DT_UINT8, ("IMAGE_OUT",))
         results = [
-            r async for r in streamer.stream_results("invert_u8", "", [image.tobytes()] * 20)
+            r async for r in streamer.stream_results("invert_u8", "1", [image.tobytes()] * 20)
         ]
     assert [r.seq for r in results] == list(range(20))
     assert all(r.ok for r in results)
