@@ -10,17 +10,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Generic, cast, overload
+from typing import Any, Generic, TypeVar, cast, overload
+
+import pydantic
 
 from ._codec import MsgpackLimits
 from ._errors import StreamTimeoutError
 from ._frames import DEFAULT_MAX_FRAME_BYTES
 from ._protocol import DONE, NEED_DATA, ReaderCore
-from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
+from ._schema import FooterTT, HeaderTT, ItemT, StreamTypes
 
 __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
 
 _EXHAUSTED = object()
+
+
+# Why covariant header/footer parameters: mypy does not check a TypeVar's bound when
+# it binds it through a ``self`` annotation, so ``self: StreamReader[I, HeaderT, F]``
+# let ``read_header`` through on ``StreamReader[I, None, F]`` (returning None). With
+# covariant parameters, ``self: StreamReader[Any, BaseModel, Any]`` accepts any model
+# and rejects None ("invalid self argument"), and the method returns the bound model.
+HeaderCo = TypeVar("HeaderCo", covariant=True)
+FooterCo = TypeVar("FooterCo", covariant=True)
+_WithHeader = pydantic.BaseModel
+_WithFooter = pydantic.BaseModel
 
 
 class _Timer:
@@ -53,18 +66,18 @@ class _Timer:
         return StreamTimeoutError(f"no data for idle_timeout={self.idle}s")
 
 
-class _ReaderBase(Generic[ItemT, HeaderTT, FooterTT]):
+class _ReaderBase(Generic[ItemT, HeaderCo, FooterCo]):
     __slots__ = ("_core", "_timer", "_types")
 
     def __init__(
-        self, types: StreamTypes[ItemT, HeaderTT, FooterTT], core: ReaderCore, timer: _Timer
+        self, types: StreamTypes[ItemT, HeaderCo, FooterCo], core: ReaderCore, timer: _Timer
     ) -> None:
         self._types = types
         self._core = core
         self._timer = timer
 
     @property
-    def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
+    def types(self) -> StreamTypes[ItemT, HeaderCo, FooterCo]:
         """The stream type this reader validates against."""
         return self._types
 
@@ -74,7 +87,7 @@ class _ReaderBase(Generic[ItemT, HeaderTT, FooterTT]):
         return self._core.ended
 
 
-class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
+class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
     """Reads a stream from a sync iterable of byte chunks: header, items, footer.
 
     Every method raises :class:`StreamError` subclasses for bad, misordered,
@@ -86,7 +99,7 @@ class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
 
     def __init__(
         self,
-        types: StreamTypes[ItemT, HeaderTT, FooterTT],
+        types: StreamTypes[ItemT, HeaderCo, FooterCo],
         source: Iterable[bytes | bytearray | memoryview],
         core: ReaderCore,
         timer: _Timer,
@@ -111,14 +124,14 @@ class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
             self._pull()
         return result
 
-    def read_header(self: StreamReader[ItemT, HeaderT, FooterTT]) -> HeaderT:
+    def read_header(self: StreamReader[Any, _WithHeader, Any]) -> HeaderCo:
         """Read the header; it must be the stream's first frame.
 
         Raises:
             StreamOrderError: the next frame is not the header (nothing is consumed).
             StreamConsumedError: the header was already read.
         """
-        return cast("HeaderT", self._run(self._core.read_header))
+        return cast("HeaderCo", self._run(self._core.read_header))
 
     def read_items(self) -> Iterator[ItemT]:
         """Yield the items, until the footer or END. Call once per stream.
@@ -139,7 +152,7 @@ class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
             else:
                 yield item
 
-    def read_footer(self: StreamReader[ItemT, HeaderTT, FooterT]) -> FooterT:
+    def read_footer(self: StreamReader[Any, Any, _WithFooter]) -> FooterCo:
         """Read the footer, after all items, and the END frame that follows it.
 
         Raises:
@@ -147,17 +160,17 @@ class StreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
         """
         footer = self._run(self._core.read_footer)
         self._run(self._core.read_end)
-        return cast("FooterT", footer)
+        return cast("FooterCo", footer)
 
 
-class AsyncStreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
+class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
     """The async twin of :class:`StreamReader`, over an async iterable of chunks."""
 
     __slots__ = ("_source",)
 
     def __init__(
         self,
-        types: StreamTypes[ItemT, HeaderTT, FooterTT],
+        types: StreamTypes[ItemT, HeaderCo, FooterCo],
         source: AsyncIterable[bytes | bytearray | memoryview],
         core: ReaderCore,
         timer: _Timer,
@@ -184,9 +197,9 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
             await self._pull()
         return result
 
-    async def read_header(self: AsyncStreamReader[ItemT, HeaderT, FooterTT]) -> HeaderT:
+    async def read_header(self: AsyncStreamReader[Any, _WithHeader, Any]) -> HeaderCo:
         """Read the header; see :meth:`StreamReader.read_header`."""
-        return cast("HeaderT", await self._run(self._core.read_header))
+        return cast("HeaderCo", await self._run(self._core.read_header))
 
     async def read_items(self) -> AsyncIterator[ItemT]:
         """Yield the items; see :meth:`StreamReader.read_items`."""
@@ -201,11 +214,11 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderTT, FooterTT]):
             else:
                 yield item
 
-    async def read_footer(self: AsyncStreamReader[ItemT, HeaderTT, FooterT]) -> FooterT:
+    async def read_footer(self: AsyncStreamReader[Any, Any, _WithFooter]) -> FooterCo:
         """Read the footer and the END after it; see :meth:`StreamReader.read_footer`."""
         footer = await self._run(self._core.read_footer)
         await self._run(self._core.read_end)
-        return cast("FooterT", footer)
+        return cast("FooterCo", footer)
 
 
 @overload
