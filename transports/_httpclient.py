@@ -7,7 +7,9 @@ errors are translated here, at the boundary, ``raise ... from exc``:
 - the connection failing before a response: :class:`transports.base.TransportError`;
 - an error status or a body that is not the expected stream:
   :class:`StreamResponseError` (with ``status``, ``content_type`` and ``body``);
-- the connection dropping mid-body: :class:`truss_stream.StreamTruncatedError`.
+- the connection dropping mid-body: :class:`truss_stream.StreamTruncatedError`;
+- httpx's read timeout expiring mid-body (the idle limit of a sync reader):
+  :class:`truss_stream.StreamTimeoutError`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from truss_stream import StreamTruncatedError
+from truss_stream import StreamTimeoutError, StreamTruncatedError
 
 from .base import TransportError
 
@@ -133,11 +135,14 @@ def iter_body(response: httpx.Response) -> Iterator[bytes]:
 
     Raises:
         StreamTruncatedError: the connection dropped before the body ended.
+        StreamTimeoutError: httpx's read timeout expired between chunks.
     """
     try:
         yield from response.iter_raw()
     except _CUT as exc:
         raise StreamTruncatedError(f"connection lost mid-stream: {exc!r}") from exc
+    except httpx.TimeoutException as exc:
+        raise StreamTimeoutError(f"no data within httpx's read timeout: {exc!r}") from exc
 
 
 async def aiter_body(response: httpx.Response) -> AsyncIterator[bytes]:
@@ -147,3 +152,5 @@ async def aiter_body(response: httpx.Response) -> AsyncIterator[bytes]:
             yield chunk
     except _CUT as exc:
         raise StreamTruncatedError(f"connection lost mid-stream: {exc!r}") from exc
+    except httpx.TimeoutException as exc:
+        raise StreamTimeoutError(f"no data within httpx's read timeout: {exc!r}") from exc

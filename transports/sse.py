@@ -35,11 +35,14 @@ from typing import Any, Final
 import httpx
 
 from truss_stream import (
+    DEFAULT_MAX_FRAME_BYTES,
     TAG_SIZE,
     AsyncStreamReader,
     Codec,
     FrameKind,
+    FrameTooLargeError,
     MalformedFrameError,
+    StreamError,
     StreamReader,
     StreamTypes,
     end_frame,
@@ -63,6 +66,7 @@ from .base import AsyncBaseTransport, BaseTransport, TransportError
 __all__ = [
     "MEDIA_TYPE",
     "AsyncSSETransport",
+    "SSEEventTooLargeError",
     "SSEFrameDecoder",
     "SSETransport",
     "StreamResponseError",
@@ -95,6 +99,24 @@ _ESCAPES: Final = (
     (b"\xe2\x80\xa9", b"\\u2029"),
 )
 _PING: Final = b": ping\n\n"
+# Room for the "event:"/"id:"/"data:" lines around a frame's base64.
+_EVENT_OVERHEAD: Final = 64 * 1024
+
+
+def max_event_bytes_for(max_frame_bytes: int) -> int:
+    """The SSE event size that carries a frame of ``max_frame_bytes`` (as base64)."""
+    return -(-max_frame_bytes // 3) * 4 + _EVENT_OVERHEAD
+
+
+class SSEEventTooLargeError(FrameTooLargeError):
+    """An SSE event grew past ``max_event_bytes`` before its closing blank line."""
+
+    def __init__(self, length: int, limit: int) -> None:
+        StreamError.__init__(
+            self, f"SSE event of more than {length} bytes, above max_event_bytes={limit}"
+        )
+        self.length = length
+        self.limit = limit
 
 
 def encode_event(seq: int, frame: bytes | memoryview) -> bytes:
@@ -176,9 +198,16 @@ class SSEFrameDecoder:
     Bytes are scanned once (the search for an event's end resumes where it
     stopped) and a ``data:`` value is decoded straight from the buffer. Lines end
     with LF, as :func:`sse_response` writes them.
+
+    Args:
+        max_event_bytes: most bytes one event may take; a server that sends more
+            without ending the event raises :class:`SSEEventTooLargeError` instead
+            of growing the buffer. The default fits a frame of the readers' default
+            ``max_frame_bytes`` as base64.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int = max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)) -> None:
+        self._max_event = max_event_bytes
         self._buffer = bytearray()
         self._scanned = 0
         self.last_event_id: str | None = None
@@ -188,6 +217,7 @@ class SSEFrameDecoder:
 
         Raises:
             MalformedFrameError: an event that is not one of ours.
+            SSEEventTooLargeError: an event above ``max_event_bytes``.
         """
         buf = self._buffer
         buf += chunk
@@ -202,6 +232,8 @@ class SSEFrameDecoder:
                 start = pos = end + 2
         if start:
             del buf[:start]
+        if len(buf) > self._max_event:
+            raise SSEEventTooLargeError(len(buf), self._max_event)
         self._scanned = len(buf)
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -261,25 +293,37 @@ def _frame(event: bytes, data: bytes | memoryview) -> bytes:
     return pack_tag(kind, Codec.JSON, len(data)) + data
 
 
-def _frames(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    decoder = SSEFrameDecoder()
+def _frames(chunks: Iterator[bytes], max_event_bytes: int) -> Iterator[bytes]:
+    decoder = SSEFrameDecoder(max_event_bytes)
     for chunk in chunks:
         if frames := decoder.feed(chunk):
             yield frames
 
 
-async def _aframes(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    decoder = SSEFrameDecoder()
+async def _aframes(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncIterator[bytes]:
+    decoder = SSEFrameDecoder(max_event_bytes)
     async for chunk in chunks:
         if frames := decoder.feed(chunk):
             yield frames
 
 
 class SSETransport(BaseTransport):
-    """Sync SSE client transport: one request over an ``httpx.Client``, frames out."""
+    """Sync SSE client transport: one request over an ``httpx.Client``, frames out.
 
-    def __init__(self, client: httpx.Client, method: str, url: str, **httpx_kwargs: Any) -> None:
+    ``max_event_bytes`` bounds one event (see :class:`SSEFrameDecoder`).
+    """
+
+    def __init__(
+        self,
+        client: httpx.Client,
+        method: str,
+        url: str,
+        *,
+        max_event_bytes: int | None = None,
+        **httpx_kwargs: Any,
+    ) -> None:
         self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+        self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
@@ -288,16 +332,23 @@ class SSETransport(BaseTransport):
         with open_http_stream(
             self._client, self._method, self._url, MEDIA_TYPE, **kwargs
         ) as response:
-            yield _frames(iter_body(response))
+            yield _frames(iter_body(response), self._max_event)
 
 
 class AsyncSSETransport(AsyncBaseTransport):
     """Async SSE client transport over an ``httpx.AsyncClient``."""
 
     def __init__(
-        self, client: httpx.AsyncClient, method: str, url: str, **httpx_kwargs: Any
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        *,
+        max_event_bytes: int | None = None,
+        **httpx_kwargs: Any,
     ) -> None:
         self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+        self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -306,7 +357,13 @@ class AsyncSSETransport(AsyncBaseTransport):
         async with aopen_http_stream(
             self._client, self._method, self._url, MEDIA_TYPE, **kwargs
         ) as response:
-            yield _aframes(aiter_body(response))
+            yield _aframes(aiter_body(response), self._max_event)
+
+
+def _event_limit(reader_options: Mapping[str, Any] | None) -> int:
+    # An event carries one frame: the reader's frame limit sets the event limit.
+    max_frame = (reader_options or {}).get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)
+    return max_event_bytes_for(max_frame)
 
 
 @contextlib.asynccontextmanager
@@ -338,7 +395,9 @@ async def aconnect(
         TransportError: the request failed before a response arrived.
         StreamTruncatedError: (while reading) the connection dropped before END.
     """
-    transport = AsyncSSETransport(client, method, url, **httpx_kwargs)
+    transport = AsyncSSETransport(
+        client, method, url, max_event_bytes=_event_limit(reader_options), **httpx_kwargs
+    )
     async with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))
 
@@ -354,6 +413,8 @@ def connect(
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
     """Open an SSE stream and give its typed sync reader; see :func:`aconnect`."""
-    transport = SSETransport(client, method, url, **httpx_kwargs)
+    transport = SSETransport(
+        client, method, url, max_event_bytes=_event_limit(reader_options), **httpx_kwargs
+    )
     with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))
