@@ -17,18 +17,29 @@ transport-specific function. What it adds over Starlette's ``StreamingResponse``
 - Optional keep-alive bytes (SSE comment pings) when nothing was sent for
   ``ping_interval`` seconds.
 
+- Frames produced back to back are coalesced into one send of up to 64 KiB;
+  a frame is never held back while the producer is waiting (see ``_ResponseRun``).
+
 One timer task watches both the send timeout and the ping interval, so the
-per-frame cost is two attribute writes rather than a cancel scope per send.
+per-send cost is two attribute writes rather than a cancel scope per send.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import Any, cast
 
 import anyio
+import anyio.lowlevel
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -47,6 +58,8 @@ Frames = AsyncIterable[bytes | bytearray | memoryview] | Iterable[bytes | bytear
 FrameEncoder = Callable[[int, "bytes | memoryview"], "bytes | memoryview"]
 
 _MAX_ERROR_BODY = 1024
+#: A batch of small frames is sent once it holds this many bytes.
+_BATCH_BYTES = 64 * 1024
 
 
 class _StreamAborted(Exception):
@@ -81,6 +94,7 @@ class FrameStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run = _ResponseRun(self, send)
+        complete = False
         guarded = cast(
             "AsyncGenerator[bytes | memoryview, None]",
             guard_frames(self._frames, default_codec=self._default_codec),
@@ -97,18 +111,19 @@ class FrameStreamResponse(Response):
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
+                tg.start_soon(run.flush_when_idle)
                 if self._send_timeout is not None or self._ping_interval is not None:
                     tg.start_soon(run.watch, tg.cancel_scope)
                 try:
-                    await run.send_body(self._encode(0, first))
-                    seq = 1
-                    async for frame in guarded:
-                        await run.send_body(self._encode(seq, frame))
-                        seq += 1
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await run.pump(first, guarded, self._encode)
+                    complete = True
                 except OSError:  # the client went away (ASGI spec >= 2.4 servers)
                     pass
-                tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()  # the flusher and the timer stop here
+            if complete:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass
         finally:
             with anyio.CancelScope(shield=True):
                 await guarded.aclose()
@@ -117,28 +132,74 @@ class FrameStreamResponse(Response):
 
 
 class _ResponseRun:
-    """Per-response state shared by the pump and the timer task."""
+    """Per-response state shared by the pump, the flusher and the timer task.
+
+    Frames are coalesced: the pump encodes frames into a pending list and the
+    flusher task sends them as soon as the pump waits for its producer, so a
+    slow producer's frame goes out one event-loop turn after it was yielded,
+    while a fast producer's frames leave in batches of up to ``_BATCH_BYTES``
+    (one ``send`` and, for the client, one read for many small frames). The pump
+    sends itself (and gives other tasks a turn) whenever the batch is full,
+    which is also where backpressure from a slow client stops it.
+    """
 
     def __init__(self, response: FrameStreamResponse, send: Send) -> None:
         self._send = send
         self._send_timeout = response._send_timeout
         self._ping_interval = response._ping_interval
         self._ping_bytes = response._ping_bytes
+        self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
+        self._wake = anyio.Event()
+        self._lock = anyio.Lock()
         self._sending_since: float | None = None
         self._last_sent = time.monotonic()
-        self._ping: anyio.Event | None = None
         self.timed_out = False
 
-    async def send_body(self, body: bytes | memoryview) -> None:
-        while self._ping is not None:  # a keep-alive is on the wire; rare
-            await self._ping.wait()
-        self._sending_since = time.monotonic()
-        await self._send({"type": "http.response.body", "body": body, "more_body": True})
-        self._sending_since = None
-        self._last_sent = time.monotonic()
+    async def pump(
+        self,
+        first: bytes | memoryview,
+        frames: AsyncIterator[bytes | memoryview],
+        encode: FrameEncoder,
+    ) -> None:
+        """Encode every frame into the pending batch; send when it is full."""
+        self._add(encode(0, first))
+        seq = 1
+        async for frame in frames:
+            self._add(encode(seq, frame))
+            seq += 1
+            if self._pending_bytes >= _BATCH_BYTES:
+                await self._flush()
+                await anyio.lowlevel.checkpoint()
+        await self._flush()
+
+    def _add(self, data: bytes | memoryview) -> None:
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        self._wake.set()
+
+    async def flush_when_idle(self) -> None:
+        """Send what is pending whenever the pump lets the event loop run."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            pending = self._pending
+            if not pending:
+                return
+            body = pending[0] if len(pending) == 1 else b"".join(pending)
+            self._pending = []
+            self._pending_bytes = 0
+            self._sending_since = time.monotonic()
+            await self._send({"type": "http.response.body", "body": body, "more_body": True})
+            self._sending_since = None
+            self._last_sent = time.monotonic()
 
     async def watch(self, scope: anyio.CancelScope) -> None:
-        """Abort a send blocked past the timeout; send pings when idle."""
+        """Abort a send blocked past the timeout; queue pings when idle."""
         periods = [p for p in (self._send_timeout, self._ping_interval) if p is not None]
         tick = max(min(periods) / 4, 0.01)
         while True:
@@ -152,15 +213,8 @@ class _ResponseRun:
                     return
                 continue
             if self._ping_interval is not None and now - self._last_sent >= self._ping_interval:
-                self._ping = event = anyio.Event()
-                try:
-                    await self._send(
-                        {"type": "http.response.body", "body": self._ping_bytes, "more_body": True}
-                    )
-                finally:
-                    self._ping = None
-                    event.set()
-                self._last_sent = time.monotonic()
+                self._last_sent = now
+                self._add(self._ping_bytes)
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -1,0 +1,383 @@
+"""SSE and chunked HTTP: typed streams vs the anchors, side by side in one run.
+
+Servers run under uvicorn[standard] (httptools, uvloop) in their own process;
+the clients run here, async, over loopback. Each figure is the best of a few
+repeats. Three measurements:
+
+1. SSE, 20k small typed items (int, float, 8 strings): ``sse_response`` +
+   ``transports.sse.aconnect`` + ``read_items`` (validated models), vs
+   sse-starlette's ``EventSourceResponse`` + httpx-sse with untyped JSON
+   (``json.dumps`` per item on the server, ``json.loads`` per event on the client).
+2. Chunked HTTP, 100 items of 4 MiB float32 tensors: ``stream_response`` +
+   ``transports.http.aconnect`` + ``read_items`` (each item decoded into a model
+   holding a NumPy array), vs a raw Starlette ``StreamingResponse`` of the same
+   bytes read with ``httpx`` ``aiter_raw``.
+3. Latency: a producer yielding one item every 10 ms, stamped with
+   ``time.monotonic_ns()`` (system-wide on Linux): per-item delivery latency
+   (p50/p99) and time to first item, over SSE and chunked HTTP.
+
+Run: ``python -m benchmarks.bench_http`` (writes benchmarks/results/http.md), or
+through ``benchmarks/run.py``, which calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pydantic
+
+from truss_stream import NDArray, stream_types, stream_writer
+
+SMALL_ITEMS = int(os.environ.get("BENCH_HTTP_SMALL_ITEMS", "20000"))
+TENSOR_ITEMS = int(os.environ.get("BENCH_HTTP_TENSOR_ITEMS", "100"))
+TENSOR_BYTES = 4 * 1024 * 1024
+TICK_ITEMS = int(os.environ.get("BENCH_HTTP_TICK_ITEMS", "200"))
+TICK_SECONDS = 0.010
+REPEATS = int(os.environ.get("BENCH_HTTP_REPEATS", "3"))
+RESULTS = Path(__file__).parent / "results" / "http.md"
+
+
+class Small(pydantic.BaseModel):
+    index: int
+    score: float
+    words: list[str]
+
+
+class Tensor(pydantic.BaseModel):
+    index: int
+    tensor: NDArray
+
+
+class Tick(pydantic.BaseModel):
+    index: int
+    sent_ns: int
+
+
+SMALL = {c: stream_types(Small, codec=c) for c in ("json", "msgpack")}
+TENSORS = stream_types(Tensor)
+TICKS = stream_types(Tick, codec="json")
+WORDS = [f"word{i}" for i in range(8)]
+
+
+# Servers (run in a subprocess: ``--serve ours|baseline``) ---------------------------------
+
+
+def ours_app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from transports.http import stream_response
+    from transports.sse import sse_response
+
+    tensor = np.random.default_rng(0).random(TENSOR_BYTES // 4, dtype=np.float32)
+
+    async def small(codec: str, n: int) -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(SMALL[codec])
+        for i in range(n):
+            yield writer.yield_item(Small(index=i, score=i * 0.5, words=WORDS))
+
+    async def tensors(n: int) -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(TENSORS)
+        for i in range(n):
+            yield writer.yield_item(Tensor(index=i, tensor=tensor))
+
+    async def ticks(n: int) -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(TICKS)
+        for i in range(n):
+            yield writer.yield_item(Tick(index=i, sent_ns=time.monotonic_ns()))
+            await asyncio.sleep(TICK_SECONDS)
+
+    async def sse_small(request: Request) -> Response:
+        q = request.query_params
+        return sse_response(small(q["codec"], int(q["n"])))
+
+    async def http_tensors(request: Request) -> Response:
+        return stream_response(tensors(int(request.query_params["n"])))
+
+    async def sse_ticks(request: Request) -> Response:
+        return sse_response(ticks(int(request.query_params["n"])))
+
+    async def http_ticks(request: Request) -> Response:
+        return stream_response(ticks(int(request.query_params["n"])))
+
+    return Starlette(
+        routes=[
+            Route("/sse/small", sse_small),
+            Route("/http/tensors", http_tensors),
+            Route("/sse/ticks", sse_ticks),
+            Route("/http/ticks", http_ticks),
+        ]
+    )
+
+
+def baseline_app() -> Any:
+    from sse_starlette import EventSourceResponse
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    raw = np.random.default_rng(0).random(TENSOR_BYTES // 4, dtype=np.float32).tobytes()
+
+    async def small(n: int) -> AsyncIterator[dict[str, str]]:
+        for i in range(n):
+            item = {"index": i, "score": i * 0.5, "words": WORDS}
+            yield {"event": "item", "data": json.dumps(item)}
+
+    async def raw_bytes(n: int) -> AsyncIterator[bytes]:
+        for _ in range(n):
+            yield raw
+
+    async def sse_small(request: Request) -> Response:
+        return EventSourceResponse(small(int(request.query_params["n"])))
+
+    async def http_tensors(request: Request) -> Response:
+        n = int(request.query_params["n"])
+        return StreamingResponse(raw_bytes(n), media_type="application/octet-stream")
+
+    return Starlette(routes=[Route("/sse/small", sse_small), Route("/http/tensors", http_tensors)])
+
+
+def serve(which: str, port: int) -> None:
+    import uvicorn
+
+    app = ours_app() if which == "ours" else baseline_app()
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(which: str) -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "benchmarks.bench_http", "--serve", which, "--port", str(port)]
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(cmd, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"benchmark server {which} did not start")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# Clients -----------------------------------------------------------------------------------
+
+
+async def ours_sse_small(client: httpx.AsyncClient, codec: str) -> float:
+    from transports.sse import aconnect
+
+    start = time.perf_counter()
+    count = 0
+    params = {"codec": codec, "n": SMALL_ITEMS}
+    async with aconnect(client, "GET", "/sse/small", SMALL[codec], params=params) as reader:
+        async for item in reader.read_items():
+            count += item.index >= 0
+    elapsed = time.perf_counter() - start
+    assert count == SMALL_ITEMS
+    return SMALL_ITEMS / elapsed
+
+
+async def baseline_sse_small(client: httpx.AsyncClient) -> float:
+    from httpx_sse import aconnect_sse
+
+    start = time.perf_counter()
+    count = 0
+    async with aconnect_sse(client, "GET", "/sse/small", params={"n": SMALL_ITEMS}) as source:
+        async for event in source.aiter_sse():
+            count += json.loads(event.data)["index"] >= 0
+    elapsed = time.perf_counter() - start
+    assert count == SMALL_ITEMS
+    return SMALL_ITEMS / elapsed
+
+
+async def ours_http_tensors(client: httpx.AsyncClient) -> float:
+    from transports.http import aconnect
+
+    start = time.perf_counter()
+    total = 0
+    params = {"n": TENSOR_ITEMS}
+    async with aconnect(client, "GET", "/http/tensors", TENSORS, params=params) as reader:
+        async for item in reader.read_items():
+            total += item.tensor.nbytes
+    elapsed = time.perf_counter() - start
+    assert total == TENSOR_ITEMS * TENSOR_BYTES
+    return total / elapsed / 1e6
+
+
+async def baseline_http_tensors(client: httpx.AsyncClient) -> float:
+    start = time.perf_counter()
+    total = 0
+    async with client.stream("GET", "/http/tensors", params={"n": TENSOR_ITEMS}) as response:
+        async for chunk in response.aiter_raw():
+            total += len(chunk)
+    elapsed = time.perf_counter() - start
+    assert total == TENSOR_ITEMS * TENSOR_BYTES
+    return total / elapsed / 1e6
+
+
+async def latency(client: httpx.AsyncClient, transport: str) -> dict[str, float]:
+    from transports import http, sse
+
+    module = sse if transport == "sse" else http
+    delays: list[float] = []
+    start = time.monotonic_ns()
+    first = 0
+    params = {"n": TICK_ITEMS}
+    async with module.aconnect(client, "GET", f"/{transport}/ticks", TICKS, params=params) as r:
+        async for item in r.read_items():
+            now = time.monotonic_ns()
+            first = first or now
+            delays.append((now - item.sent_ns) / 1e6)
+    delays.sort()
+    return {
+        "p50": statistics.median(delays),
+        "p99": delays[min(len(delays) - 1, int(len(delays) * 0.99))],
+        "first": (first - start) / 1e6,
+    }
+
+
+async def _interleaved(variants: dict[str, Any], repeats: int = REPEATS) -> dict[str, float]:
+    """Best of ``repeats`` per variant, run in turn so load drift hits all alike."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        for key, factory in variants.items():
+            best[key] = max(best.get(key, 0.0), await factory())
+    return best
+
+
+async def measure() -> dict[str, Any]:
+    timeout = httpx.Timeout(120.0)
+    out: dict[str, Any] = {}
+    with server("ours") as ours_url, server("baseline") as base_url:
+        async with (
+            httpx.AsyncClient(base_url=ours_url, timeout=timeout) as ours,
+            httpx.AsyncClient(base_url=base_url, timeout=timeout) as base,
+        ):
+            await ours_sse_small(ours, "json")  # warm-up
+            await baseline_sse_small(base)
+            sse_variants = {
+                "sse_base": lambda: baseline_sse_small(base),
+                "sse_json": lambda: ours_sse_small(ours, "json"),
+                "sse_msgpack": lambda: ours_sse_small(ours, "msgpack"),
+            }
+            out.update(await _interleaved(sse_variants))
+            http_variants = {
+                "http_base": lambda: baseline_http_tensors(base),
+                "http_ours": lambda: ours_http_tensors(ours),
+            }
+            out.update(await _interleaved(http_variants))
+            out["lat_sse"] = await latency(ours, "sse")
+            out["lat_http"] = await latency(ours, "http")
+    return out
+
+
+def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
+    sse_anchor = "sse-starlette + httpx-sse, untyped JSON"
+    http_anchor = "raw StreamingResponse + httpx, same bytes"
+    rows: list[dict[str, Any]] = [
+        {"benchmark": f"SSE {SMALL_ITEMS} small items", "variant": sse_anchor,
+         "value": m["sse_base"], "unit": "items/s"},
+        {"benchmark": f"SSE {SMALL_ITEMS} small items", "variant": "truss-stream SSE, json, typed",
+         "value": m["sse_json"], "unit": "items/s", "ratio_vs": sse_anchor,
+         "ratio": m["sse_json"] / m["sse_base"], "goal": ">= 1.0x"},
+        {"benchmark": f"SSE {SMALL_ITEMS} small items",
+         "variant": "truss-stream SSE, msgpack (base64), typed", "value": m["sse_msgpack"],
+         "unit": "items/s", "ratio_vs": sse_anchor, "ratio": m["sse_msgpack"] / m["sse_base"],
+         "goal": ">= 1.0x"},
+        {"benchmark": f"chunked HTTP {TENSOR_ITEMS} x 4 MiB float32", "variant": http_anchor,
+         "value": m["http_base"], "unit": "MB/s"},
+        {"benchmark": f"chunked HTTP {TENSOR_ITEMS} x 4 MiB float32",
+         "variant": "truss-stream chunked, msgpack, decoded items", "value": m["http_ours"],
+         "unit": "MB/s", "ratio_vs": http_anchor, "ratio": m["http_ours"] / m["http_base"],
+         "goal": ">= 0.8x"},
+    ]  # fmt: skip
+    for transport in ("sse", "http"):
+        lat = m[f"lat_{transport}"]
+        name = "SSE" if transport == "sse" else "chunked HTTP"
+        bench = f"latency, 1 item / 10 ms ({TICK_ITEMS} items)"
+        for key, label in (("p50", "p50 delivery"), ("p99", "p99 delivery"), ("first", "TTFI")):
+            rows.append(
+                {"benchmark": bench, "variant": f"{name}: {label}", "value": lat[key], "unit": "ms"}
+            )
+    return rows
+
+
+def run() -> list[dict[str, Any]]:
+    """Run every measurement; return the result rows (see benchmarks/run.py)."""
+    return rows_from(asyncio.run(measure()))
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# SSE and chunked HTTP benchmarks",
+        "",
+        f"Machine: {os.cpu_count()} cores (`nproc` {len(os.sched_getaffinity(0))}), "
+        f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}; "
+        "uvicorn[standard] (httptools, uvloop) server in its own process, async httpx "
+        f"client, loopback. Best of {REPEATS} runs, variants interleaved. "
+        "Produced by `python -m benchmarks.bench_http`.",
+        "",
+        "| benchmark | variant | value | unit | ratio vs anchor | goal |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        lines.append(
+            f"| {r['benchmark']} | {r['variant']} | {r['value']:,.1f} | {r['unit']} | "
+            f"{ratio} | {r.get('goal', '')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--serve", choices=["ours", "baseline"])
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
+    rows = run()
+    text = to_markdown(rows)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
