@@ -8,8 +8,9 @@ tritonserver), never the project's, and imports nothing from this repository::
     .venv-triton/bin/python tests/triton/pytriton_server.py \
         --grpc-port 8001 --http-port 8000 --metrics-port 8002
 
-Prints ``READY grpc=<port>`` once every model is loaded, then serves until SIGTERM or
-SIGINT. Models (all with max_batch_size 64, so requests carry a leading batch dim):
+Prints ``READY grpc=<port> token=<statistics token>`` once every model is loaded, then
+serves until SIGTERM or SIGINT. Models (all with max_batch_size 64, so requests carry a
+leading batch dim):
 
 - ``add_one_fp32``: INPUT fp32 [-1] -> OUTPUT fp32 [-1] (INPUT + 1)
 - ``invert_u8``: IMAGE uint8 [-1, -1, 3] -> IMAGE_OUT uint8 (255 - IMAGE)
@@ -68,7 +69,7 @@ def main() -> int:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
-    parser.add_argument("--instances", type=int, default=2, help="instances per model")
+    parser.add_argument("--instances", type=int, default=2, help="instances of add_one_fp32")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_term)
 
@@ -91,7 +92,7 @@ def main() -> int:
         )
         triton.bind(
             model_name="invert_u8",
-            infer_func=[_invert] * args.instances,
+            infer_func=_invert,
             inputs=[Tensor(name="IMAGE", dtype=np.uint8, shape=(-1, -1, 3))],
             outputs=[Tensor(name="IMAGE_OUT", dtype=np.uint8, shape=(-1, -1, 3))],
             config=batching,
@@ -108,13 +109,15 @@ def main() -> int:
         )
         triton.bind(
             model_name="sleep_fp32",
-            infer_func=[_sleep] * args.instances,
+            infer_func=[_sleep] * 2,  # two sleeping at once
             inputs=[Tensor(name="SECONDS", dtype=fp32, shape=(1,))],
             outputs=[Tensor(name="SLEPT", dtype=fp32, shape=(1,))],
             config=ModelConfig(max_batch_size=64),
         )
         triton.run()
-        print(f"READY grpc={args.grpc_port}", flush=True)
+        # PyTriton guards Triton's statistics API with a per-run token; the tests read
+        # inference counts, so hand it over (loopback test servers only).
+        print(f"READY grpc={args.grpc_port} token={triton.get_access_token()}", flush=True)
         triton.serve()
     return 0
 

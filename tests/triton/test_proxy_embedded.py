@@ -199,7 +199,6 @@ class _Recorder:
 async def test_chat_pipelines_up_to_max_in_flight() -> None:
     recorder = _Recorder(0.05)
     backend = PythonBackend(recorder)
-    backend._is_async = True
     async with running_proxy(backend_object=backend, max_in_flight=4) as server:
         channel, stub = _stub(f"127.0.0.1:{server.port}")
         async with channel:
@@ -216,7 +215,6 @@ async def test_chat_pipelines_up_to_max_in_flight() -> None:
 async def test_client_disconnect_cancels_in_flight_calls() -> None:
     recorder = _Recorder(30.0)
     backend = PythonBackend(recorder)
-    backend._is_async = True
     async with running_proxy(backend_object=backend, max_in_flight=8) as server:
         channel, stub = _stub(f"127.0.0.1:{server.port}")
         async with channel:

@@ -272,7 +272,10 @@ class PythonBackend(Backend):
         metadata: Mapping[str, pb.ModelMetadataResponse] | None = None,
     ) -> None:
         self._fn = fn
-        self._is_async = inspect.iscoroutinefunction(fn)
+        # Async callables: coroutine functions and objects with an async __call__.
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - the method, not callability
+        )
         self._metadata = dict(metadata or {})
         self.name = name
 

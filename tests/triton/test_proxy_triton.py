@@ -1,0 +1,268 @@
+"""The proxy in front of a real Triton (PyTriton's tritonserver, in .venv-triton).
+
+The session's proxy runs through its real command line with auth on (``proxy_cli``);
+tests that need to look inside the proxy or stop Triton run one in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+from triton_helpers import (
+    ProxyProcess,
+    TritonProcess,
+    ack_json,
+    auth_metadata,
+    decode_output,
+    packet,
+    running_proxy,
+)
+
+from transports.triton import multimodal_pb2 as pb
+from transports.triton import multimodal_pb2_grpc as pbg
+
+# Generous: the first test also pays for starting Triton (10-30 s, retried when flaky).
+pytestmark = [pytest.mark.triton, pytest.mark.anyio, pytest.mark.timeout(400)]
+
+X = np.linspace(-1, 1, 12, dtype=np.float32).reshape(1, 12)
+AUTH = auth_metadata("key")
+
+
+def test_seed_usage_one_short_chat_per_frame(proxy_cli: ProxyProcess) -> None:
+    """The seed's client: sync grpc, one Chat call per frame, JSON outputs in b64."""
+    with grpc.insecure_channel(proxy_cli.target) as channel:
+        stub = pbg.MultimodalServiceStub(channel)
+        for seq in range(5):
+            frame = X + seq
+            (ack,) = list(
+                stub.Chat(iter([packet(f"cam-001:{seq}", frame)]), timeout=60, metadata=AUTH)
+            )
+            body = ack_json(ack)
+            assert ack.status == pb.OK, body
+            assert ack.correlation_id == f"cam-001:{seq}"
+            assert body["backend"] == "triton"
+            assert body["cid"] == f"cam-001:{seq}"
+            assert (body["model"], body["model_version"]) == ("add_one_fp32", "1")
+            assert body["outputs"]["OUTPUT"]["dtype"] == "FP32"
+            assert body["outputs"]["OUTPUT"]["shape"] == [1, 12]
+            np.testing.assert_allclose(decode_output(body["outputs"]["OUTPUT"]), frame + 1)
+            assert body["total_ms"] >= body["triton_infer_ms"] > 0
+
+
+def test_unary_uint8_image(proxy_cli: ProxyProcess) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (1, 8, 10, 3), dtype=np.uint8)
+    with grpc.insecure_channel(proxy_cli.target) as channel:
+        ack = pbg.MultimodalServiceStub(channel).SendUnary(
+            packet("img:0", image, model="invert_u8", input_name="IMAGE", outputs=("IMAGE_OUT",)),
+            metadata=AUTH,
+            timeout=60,
+        )
+    body = ack_json(ack)
+    assert ack.status == pb.OK, body
+    np.testing.assert_array_equal(decode_output(body["outputs"]["IMAGE_OUT"]), 255 - image)
+
+
+async def test_many_frames_on_one_chat_call(proxy_cli: ProxyProcess) -> None:
+    frames = {f"cam:{i}": X * i for i in range(200)}
+    async with grpc.aio.insecure_channel(proxy_cli.target) as channel:
+        stub = pbg.MultimodalServiceStub(channel)
+        packets = (packet(cid, frame) for cid, frame in frames.items())
+        acks = [a async for a in stub.Chat(packets, metadata=AUTH, timeout=120)]
+    assert sorted(a.correlation_id for a in acks) == sorted(frames)
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        np.testing.assert_allclose(
+            decode_output(body["outputs"]["OUTPUT"]), frames[ack.correlation_id] + 1
+        )
+
+
+async def test_two_outputs_missing_output_and_binary(proxy_cli: ProxyProcess) -> None:
+    async with grpc.aio.insecure_channel(proxy_cli.target) as channel:
+        stub = pbg.MultimodalServiceStub(channel)
+        wanted = ("TIMES_TWO", "PLUS_ONE", "NO_SUCH_OUTPUT")
+        ack = await stub.SendUnary(
+            packet("two:0", X, model="two_outputs_fp32", outputs=wanted), metadata=AUTH
+        )
+        binary = await stub.SendUnary(
+            packet("two:1", X, model="two_outputs_fp32", outputs=("TIMES_TWO",), binary=True),
+            metadata=AUTH,
+        )
+    body = ack_json(ack)
+    assert ack.status == pb.OK, body
+    assert list(body["outputs"]) == list(wanted)
+    np.testing.assert_allclose(decode_output(body["outputs"]["TIMES_TWO"]), X * 2)
+    np.testing.assert_allclose(decode_output(body["outputs"]["PLUS_ONE"]), X + 1)
+    assert body["outputs"]["NO_SUCH_OUTPUT"] == {"error": "missing"}
+    (out,) = binary.outputs
+    assert "b64" not in ack_json(binary)["outputs"]["TIMES_TWO"]
+    np.testing.assert_allclose(np.frombuffer(out.data, np.float32).reshape(1, 12), X * 2)
+
+
+async def test_failure_modes_against_triton(proxy_cli: ProxyProcess) -> None:
+    short = packet("f:size", X)
+    short.tensor.data = short.tensor.data[:-1]
+    no_control = packet("f:control", X)
+    no_control.ClearField("control")
+    packets = [
+        packet("f:ok", X),
+        no_control,
+        short,
+        packet("f:source", X, source=pb.SRC_TEXT),
+        packet("f:model", X, model="no_such_model"),
+        packet("f:input", X, input_name="WRONG_INPUT"),
+        packet("f:timeout", np.full((1, 1), 5.0, np.float32), model="sleep_fp32",
+               input_name="SECONDS", outputs=("SLEPT",), timeout=0.5),
+    ]  # fmt: skip
+    async with grpc.aio.insecure_channel(proxy_cli.target) as channel:
+        stub = pbg.MultimodalServiceStub(channel)
+        acks = {a.correlation_id: a async for a in stub.Chat(iter(packets), metadata=AUTH)}
+    statuses = {cid: a.status for cid, a in acks.items()}
+    assert statuses == {
+        "f:ok": pb.OK,
+        "f:control": pb.BAD_REQUEST,
+        "f:size": pb.BAD_REQUEST,
+        "f:source": pb.UNSUPPORTED,
+        "f:model": pb.INTERNAL,
+        "f:input": pb.INTERNAL,
+        "f:timeout": pb.INTERNAL,
+    }
+    assert ack_json(acks["f:control"])["error"] == "missing control"
+    assert "size mismatch: got 47 bytes, expected 48" in ack_json(acks["f:size"])["error"]
+    for cid in ("f:model", "f:input", "f:timeout"):
+        body = ack_json(acks[cid])
+        assert body["backend"] == "triton"
+        assert body["error"]
+    assert "timed out after 0.5s" in ack_json(acks["f:timeout"])["error"]
+
+
+async def test_model_metadata_and_readiness(proxy_cli: ProxyProcess) -> None:
+    async with grpc.aio.insecure_channel(proxy_cli.target) as channel:
+        stub = pbg.MultimodalServiceStub(channel)
+        meta = await stub.ModelMetadata(pb.ModelMetadataRequest(model="invert_u8"), metadata=AUTH)
+        server = await stub.ServerReady(pb.ReadyRequest(), metadata=AUTH)
+        model = await stub.ModelReady(pb.ReadyRequest(model="add_one_fp32"), metadata=AUTH)
+        missing = await stub.ModelReady(pb.ReadyRequest(model="nope"), metadata=AUTH)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ModelMetadata(pb.ModelMetadataRequest(model="nope"), metadata=AUTH)
+        with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+            await stub.ServerReady(pb.ReadyRequest())
+    assert meta.max_batch_size == 64
+    assert meta.ready
+    assert [(t.name, t.dtype, list(t.shape.dims)) for t in meta.inputs] == [
+        ("IMAGE", pb.DT_UINT8, [-1, -1, -1, 3])
+    ]
+    assert [t.name for t in meta.outputs] == ["IMAGE_OUT"]
+    assert server.ready
+    assert model.ready
+    assert not missing.ready
+    assert info.value.code() != grpc.StatusCode.OK
+    assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_client_disconnect_cancels_triton_calls(triton: TritonProcess) -> None:
+    sleepy = np.full((1, 1), 3.0, np.float32)
+    async with (
+        running_proxy(triton_url=triton.url) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+
+        async def packets() -> Any:
+            for i in range(3):
+                yield packet(f"c:{i}", sleepy, model="sleep_fp32", input_name="SECONDS",
+                             outputs=("SLEPT",), timeout=30)  # fmt: skip
+            await asyncio.sleep(60)
+
+        call = stub.Chat(packets())
+        for _ in range(100):
+            if server.proxy.stats.packets == 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the three ModelInfer calls are out
+        call.cancel()
+        for _ in range(100):
+            if server.proxy.stats.cancelled == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert server.proxy.stats.cancelled == 3
+        assert server.proxy.stats.ok == 0
+        # the proxy and its channel to Triton are fine afterwards
+        ack = await stub.SendUnary(packet("after:0", X))
+        assert ack.status == pb.OK, ack.message
+
+
+async def test_two_replicas_both_receive_traffic(
+    triton: TritonProcess, spare_triton: TritonProcess
+) -> None:
+    before = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
+    target = f"ipv4:{triton.url},{spare_triton.url}"
+    async with (
+        running_proxy(triton_url=target, max_in_flight=8) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+        packets = (packet(f"rr:{i}", X) for i in range(100))
+        acks = [a async for a in stub.Chat(packets)]
+    assert [a.status for a in acks] == [pb.OK] * 100
+    after = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
+    served = [a - b for a, b in zip(after, before, strict=True)]
+    assert sum(served) == 100
+    assert min(served) >= 20, served  # round_robin: both replicas get a fair share
+
+
+async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) -> None:
+    """Error Acks (INTERNAL, backend triton) while Triton is down, not a hang; then OK again."""
+    async with (
+        running_proxy(triton_url=spare_triton.url, max_in_flight=4) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+        done = asyncio.Event()
+
+        async def packets() -> Any:
+            i = 0
+            while not done.is_set():
+                yield packet(f"live:{i}", X, timeout=5)
+                i += 1
+                await asyncio.sleep(0.05)
+
+        phase = "up"
+        seen: dict[str, list[int]] = {"up": [], "stopping": [], "down": [], "back": []}
+        errors: list[dict[str, Any]] = []
+        transition: asyncio.Future[None] | None = None
+        call = stub.Chat(packets(), timeout=240)
+        async for ack in call:
+            seen[phase].append(ack.status)
+            if ack.status != pb.OK:
+                errors.append(ack_json(ack))
+            if phase == "up" and len(seen["up"]) >= 5:
+                phase = "stopping"
+                transition = asyncio.ensure_future(asyncio.to_thread(spare_triton.stop))
+            elif phase == "stopping" and transition is not None and transition.done():
+                transition.result()
+                phase = "down"
+            elif phase == "down" and seen["down"].count(pb.INTERNAL) >= 3:
+                phase = "back"
+                transition = asyncio.ensure_future(asyncio.to_thread(spare_triton.start))
+            elif (
+                phase == "back"
+                and transition is not None
+                and transition.done()
+                and seen["back"][-3:] == [pb.OK] * 3
+            ):
+                transition.result()
+                done.set()
+    assert set(seen["up"]) == {pb.OK}
+    assert set(seen["down"]) == {pb.INTERNAL}
+    assert seen["back"][-3:] == [pb.OK] * 3
+    assert errors
+    for body in errors:
+        assert body["backend"] == "triton"
+        assert "triton inference failed" in body["error"] or "timed out" in body["error"]
+    assert server.proxy.stats.packets == server.proxy.stats.ok + server.proxy.stats.failed
