@@ -341,6 +341,13 @@ def _decode_msgpack(
     found = _walk(payload)
     if not found:
         return _unpack(payload, limits, ext_hook)
+    for _, start, data_end in found:
+        # The arrays skip msgpack (and its limits) on this path: check them here.
+        if data_end - start > limits.max_ext_len:
+            raise MalformedFrameError(
+                f"invalid msgpack payload: {data_end - start} exceeds "
+                f"max_ext_len({limits.max_ext_len})"
+            )
     # Compact copy of everything but the arrays, each replaced by a 6-byte stub.
     pieces: list[bytes | memoryview] = []
     prev = 0
