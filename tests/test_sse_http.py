@@ -265,3 +265,34 @@ def test_stream_ending_without_end_frame_is_truncated(module: Any) -> None:
         reader.read_header()
         with pytest.raises(StreamTruncatedError):
             list(reader.read_items())
+
+
+@pytest.mark.parametrize("module", [sse, http], ids=["sse", "http"])
+def test_each_frame_is_flushed_while_the_producer_waits(module: Any) -> None:
+    # The producer waits for the client to have read item 0: a frame held back in
+    # a batch would deadlock this until the producer's own timeout fails it.
+    seen = threading.Event()
+    types = stream_types(Item, codec="msgpack")
+
+    async def produce() -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(types)
+        yield writer.yield_item(Item(index=0))
+        with anyio.fail_after(5):
+            while not seen.is_set():
+                await anyio.sleep(0.002)
+        yield writer.yield_item(Item(index=1))
+
+    async def endpoint(request: Request) -> Response:
+        respond = sse.sse_response if module is sse else http.stream_response
+        return respond(produce())
+
+    async def main(url: str) -> list[int]:
+        async with httpx.AsyncClient() as client, module.aconnect(client, "GET", url, types) as r:
+            indices = []
+            async for item in r.read_items():
+                indices.append(item.index)
+                seen.set()
+            return indices
+
+    with live_server(app_for(endpoint)) as server:
+        assert anyio.run(main, f"{server.url}/s") == [0, 1]
