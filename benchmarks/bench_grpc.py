@@ -1,6 +1,6 @@
 """gRPC typed stream vs raw grpc.aio, 4 MiB float32 tensor items.
 
-Both variants talk to the same server process (its own core) over loopback:
+All variants talk to one server process (its own core) over loopback:
 
 - raw: a plain grpc.aio server-streaming handler yields one prebuilt 4 MiB
   ``bytes`` object per message; the client counts the bytes it receives.
@@ -8,8 +8,14 @@ Both variants talk to the same server process (its own core) over loopback:
   (msgpack, the array as an ext value); the client reads it with
   ``transports.grpc.aconnect`` and ``read_items()``, so every item is decoded and
   validated into a model holding a NumPy array.
+- typed, pre-encoded frames: the same, but the producer yields one frame encoded
+  up front, which isolates the transport and the reader from the writer's cost.
 
-Run: ``python -m benchmarks.bench_grpc`` (or through ``benchmarks/run.py``).
+Besides throughput (median of interleaved runs) it reports CPU time per item on
+each side, which a busy shared machine disturbs much less than wall time.
+
+Run: ``python -m benchmarks.bench_grpc`` (or through ``benchmarks/run.py``);
+``BENCH_GRPC_ITEMS`` and ``BENCH_GRPC_REPEATS`` change the sizes.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,7 @@ import pydantic
 from truss_stream import NDArray, stream_types, stream_writer
 
 ITEM_BYTES = 4 * 1024 * 1024
-ITEMS = int(os.environ.get("BENCH_GRPC_ITEMS", "256"))
+ITEMS = int(os.environ.get("BENCH_GRPC_ITEMS", "128"))
 REPEATS = int(os.environ.get("BENCH_GRPC_REPEATS", "5"))
 RAW_PATH = "/bench.Raw/Bytes"
 
@@ -42,6 +49,11 @@ class Item(pydantic.BaseModel):
 
 
 TYPES = stream_types(Item)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _tensor() -> np.ndarray[Any, Any]:
@@ -55,58 +67,71 @@ async def _serve() -> None:
 
     tensor = _tensor()
     raw_message = tensor.tobytes()
+    encoded = bytes(stream_writer(TYPES).yield_item(Item(index=0, tensor=tensor)))
 
-    async def typed(body: bytes, context: Any) -> AsyncIterator[bytes | memoryview]:
+    def metered(
+        produce: Callable[[int], AsyncIterator[Any]],
+    ) -> Callable[[bytes, Any], AsyncIterator[Any]]:
+        async def producer(body: bytes, context: Any) -> AsyncIterator[Any]:
+            started = _cpu_seconds()
+            async for frame in produce(int(body)):
+                yield frame
+            print((_cpu_seconds() - started) / ITEMS, flush=True)
+
+        return producer
+
+    async def typed(count: int) -> AsyncIterator[bytes | memoryview]:
         writer = stream_writer(TYPES)
-        for i in range(int(body)):
+        for i in range(count):
             yield writer.yield_item(Item(index=i, tensor=tensor))
 
-    async def raw(request: bytes, context: Any) -> AsyncIterator[bytes]:
-        for _ in range(int(request)):
+    async def pre_encoded(count: int) -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield encoded
+
+    async def raw(count: int) -> AsyncIterator[bytes]:
+        for _ in range(count):
             yield raw_message
 
-    running = await start_server(FrameStreamService({"Tensors": typed}))
+    running = await start_server(
+        FrameStreamService({"Tensors": metered(typed), "PreEncoded": metered(pre_encoded)})
+    )
+    raw_handler = grpc.unary_stream_rpc_method_handler(metered(raw))
     running.server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "bench.Raw", {"Bytes": grpc.unary_stream_rpc_method_handler(raw)}
-            )
-        ]
+        [grpc.method_handlers_generic_handler("bench.Raw", {"Bytes": raw_handler})]
     )
     print(running.port, flush=True)
     await running.server.wait_for_termination()
 
 
-async def _raw_client(target: str) -> float:
-    from transports.grpc import acreate_channel
-
-    async with acreate_channel(target) as channel:
-        call = channel.unary_stream(RAW_PATH, None, None)
-        started = time.perf_counter()
-        received = 0
-        async for message in call(str(ITEMS).encode()):
-            received += len(message)
-        elapsed = time.perf_counter() - started
-    assert received == ITEMS * ITEM_BYTES
-    return received / elapsed
+async def _raw_client(channel: Any) -> int:
+    received = 0
+    async for message in channel.unary_stream(RAW_PATH, None, None)(str(ITEMS).encode()):
+        received += len(message)
+    return received
 
 
-async def _typed_client(target: str) -> float:
-    from transports.grpc import aconnect, acreate_channel
+async def _typed_client(channel: Any, method: str) -> int:
+    from transports.grpc import aconnect
 
-    async with acreate_channel(target) as channel:
-        started = time.perf_counter()
-        received = 0
-        async with aconnect(channel, "Tensors", TYPES, request=str(ITEMS).encode()) as reader:
-            async for item in reader.read_items():
-                received += item.tensor.nbytes
-        elapsed = time.perf_counter() - started
-    assert received == ITEMS * ITEM_BYTES
-    return received / elapsed
+    received = 0
+    async with aconnect(channel, method, TYPES, request=str(ITEMS).encode()) as reader:
+        async for item in reader.read_items():
+            received += item.tensor.nbytes
+    return received
+
+
+VARIANTS = {
+    "raw grpc.aio bytes": lambda channel: _raw_client(channel),
+    "typed stream (transports.grpc)": lambda channel: _typed_client(channel, "Tensors"),
+    "typed, pre-encoded frames": lambda channel: _typed_client(channel, "PreEncoded"),
+}
 
 
 def run() -> list[dict[str, Any]]:
-    """Run both variants against one server process; rows in MB/s (median of repeats)."""
+    """Run every variant against one server process, interleaved; rows as documented."""
+    from transports.grpc import acreate_channel
+
     root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.bench_grpc", "--serve"],
@@ -114,36 +139,66 @@ def run() -> list[dict[str, Any]]:
         stdout=subprocess.PIPE,
         text=True,
     )
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    client_cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    server_cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     try:
         assert server.stdout is not None
-        target = f"127.0.0.1:{server.stdout.readline().strip()}"
+        stdout = server.stdout
+        target = f"127.0.0.1:{stdout.readline().strip()}"
 
-        async def measure() -> dict[str, list[float]]:
-            rates: dict[str, list[float]] = {"raw": [], "typed": []}
-            await _raw_client(target)  # warm-up: connection, allocator
-            await _typed_client(target)
-            for _ in range(REPEATS):
-                rates["raw"].append(await _raw_client(target))
-                rates["typed"].append(await _typed_client(target))
-            return rates
+        async def measure() -> None:
+            async with acreate_channel(target) as channel:
+                for repeat in range(REPEATS + 1):  # the first round warms up
+                    for name, variant in VARIANTS.items():
+                        call: Awaitable[int] = variant(channel)
+                        cpu, started = _cpu_seconds(), time.perf_counter()
+                        received = await call
+                        elapsed = time.perf_counter() - started
+                        cpu = _cpu_seconds() - cpu
+                        server_seconds = float(stdout.readline())
+                        assert received == ITEMS * ITEM_BYTES
+                        if repeat:
+                            rates[name].append(received / elapsed / 1e6)
+                            client_cpu[name].append(cpu / ITEMS * 1e3)
+                            server_cpu[name].append(server_seconds * 1e3)
 
-        rates = asyncio.run(measure())
+        asyncio.run(measure())
     finally:
         server.terminate()
         server.wait()
-    raw = statistics.median(rates["raw"]) / 1e6
-    typed = statistics.median(rates["typed"]) / 1e6
     common = {"benchmark": "grpc_4mib_tensor_items", "items": ITEMS, "repeats": REPEATS}
-    return [
-        {**common, "variant": "raw grpc.aio bytes", "value": round(raw, 1), "unit": "MB/s"},
-        {
-            **common,
-            "variant": "typed stream (transports.grpc)",
-            "value": round(typed, 1),
-            "unit": "MB/s",
-        },
-        {**common, "variant": "ratio typed/raw", "value": round(typed / raw, 3), "unit": "x"},
-    ]
+    rows: list[dict[str, Any]] = []
+    raw = "raw grpc.aio bytes"
+    for name in VARIANTS:
+        rows.append(
+            {
+                **common,
+                "variant": name,
+                "value": round(statistics.median(rates[name]), 1),
+                "unit": "MB/s",
+            }
+        )
+        if name != raw:
+            ratios = [typed / base for typed, base in zip(rates[name], rates[raw], strict=True)]
+            rows.append(
+                {
+                    **common,
+                    "variant": f"{name} / raw (median of paired runs)",
+                    "value": round(statistics.median(ratios), 3),
+                    "unit": "x",
+                }
+            )
+        for side, cpu in (("server", server_cpu), ("client", client_cpu)):
+            rows.append(
+                {
+                    **common,
+                    "variant": f"{name}: {side} CPU per item",
+                    "value": round(statistics.median(cpu[name]), 2),
+                    "unit": "ms",
+                }
+            )
+    return rows
 
 
 def main() -> None:
@@ -152,7 +207,7 @@ def main() -> None:
         return
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     for row in run():
-        print(f"{row['variant']:<34} {row['value']:>10} {row['unit']}")
+        print(f"{row['variant']:<62} {row['value']:>10} {row['unit']}")
 
 
 if __name__ == "__main__":
