@@ -29,10 +29,13 @@ import binascii
 import contextlib
 import re
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from typing import Any, Final
 
+import anyio
 import httpx
+from starlette.exceptions import HTTPException
 
 from truss_stream import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -44,6 +47,7 @@ from truss_stream import (
     MalformedFrameError,
     StreamError,
     StreamReader,
+    StreamTruncatedError,
     StreamTypes,
     end_frame,
     pack_tag,
@@ -52,7 +56,7 @@ from truss_stream import (
 )
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
-from ._asgi import Frames, FrameStreamResponse
+from ._asgi import FrameEncoder, Frames, FrameStreamResponse
 from ._httpclient import (
     StreamResponseError,
     aiter_body,
@@ -74,6 +78,8 @@ __all__ = [
     "aconnect",
     "connect",
     "encode_event",
+    "replay_from",
+    "resume_position",
     "sse_response",
 ]
 
@@ -156,6 +162,7 @@ def sse_response(
     send_timeout: float | None = 30.0,
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
+    first_id: int = 0,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -172,15 +179,18 @@ def sse_response(
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
+        first_id: the ``id:`` of the first event: the position ``frames`` starts
+            at, when resuming (see :func:`resume_position`).
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
     """
     all_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     all_headers.update(headers or {})
+    encode = encode_event if not first_id else _offset(first_id)
     return FrameStreamResponse(
         frames,
-        encode=encode_event,
+        encode=encode,
         media_type=MEDIA_TYPE,
         headers=all_headers,
         send_timeout=send_timeout,
@@ -188,6 +198,59 @@ def sse_response(
         ping_bytes=_PING,
         default_codec=default_codec,
     )
+
+
+def _offset(first_id: int) -> FrameEncoder:
+    def encode(seq: int, frame: bytes | memoryview) -> bytes:
+        return encode_event(seq + first_id, frame)
+
+    return encode
+
+
+def resume_position(headers: Mapping[str, str]) -> int:
+    """Where a reconnecting client resumes: its ``Last-Event-ID`` + 1, or 0.
+
+    Args:
+        headers: the request's headers (``request.headers`` in Starlette).
+
+    Returns:
+        The position (sequence number) of the first frame to send.
+
+    Raises:
+        HTTPException: 400 for a ``Last-Event-ID`` that is not a sequence number.
+    """
+    last = headers.get("last-event-id")
+    if last is None or last == "":
+        return 0
+    if not last.isdigit() or len(last) > 18:
+        raise HTTPException(400, f"Last-Event-ID must be a sequence number, got {last[:40]!r}")
+    return int(last) + 1
+
+
+async def replay_from(frames: Frames, position: int) -> AsyncIterator[bytes | memoryview]:
+    """Skip the first ``position`` frames of a producer that replays its stream.
+
+    For producers that give the same frames again (cached or deterministic
+    results); a producer that can start at ``position`` by itself should.
+
+    Args:
+        frames: the whole stream's frames, as on the first request.
+        position: how many frames the client already has.
+
+    Returns:
+        The frames from ``position`` on.
+    """
+    seen = 0
+    if isinstance(frames, AsyncIterable):
+        async for frame in frames:
+            if seen >= position:
+                yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
+            seen += 1
+    else:
+        for frame in frames:
+            if seen >= position:
+                yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
+            seen += 1
 
 
 class SSEFrameDecoder:
@@ -210,7 +273,10 @@ class SSEFrameDecoder:
         self._max_event = max_event_bytes
         self._buffer = bytearray()
         self._scanned = 0
+        #: The ``id:`` of the last whole event decoded (for ``Last-Event-ID``).
         self.last_event_id: str | None = None
+        #: True once an ``end`` or ``error`` event was decoded.
+        self.ended = False
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
         """Add ``chunk``; return the frames it completed, concatenated.
@@ -262,7 +328,15 @@ class SSEFrameDecoder:
         if not data and event == b"message":
             return None
         payload = data[0] if len(data) == 1 else b"\n".join(data)
-        return _frame(event, payload)
+        frame = _frame(event, payload)
+        if event in (b"end", b"error"):
+            self.ended = True
+        return frame
+
+    def discard_partial(self) -> None:
+        """Drop a partly received event (before reading a resumed connection)."""
+        self._buffer.clear()
+        self._scanned = 0
 
 
 if sys.version_info >= (3, 11):
@@ -293,24 +367,56 @@ def _frame(event: bytes, data: bytes | memoryview) -> bytes:
     return pack_tag(kind, Codec.JSON, len(data)) + data
 
 
-def _frames(chunks: Iterator[bytes], max_event_bytes: int) -> Iterator[bytes]:
-    decoder = SSEFrameDecoder(max_event_bytes)
-    for chunk in chunks:
-        if frames := decoder.feed(chunk):
-            yield frames
+class _Resumer:
+    """The reconnect policy of one client stream (``resume_attempts``).
+
+    After the connection drops, the client reconnects with ``Last-Event-ID`` set
+    to the last event it decoded whole; a partial event is discarded, so the reader
+    sees every frame once, in order, if the server replays from that id.
+    """
+
+    def __init__(self, attempts: int, max_event_bytes: int) -> None:
+        self.decoder = SSEFrameDecoder(max_event_bytes)
+        self.left = attempts
+        self._failures = 0
+
+    def retry(self, exc: Exception) -> float:
+        """Decide after ``exc``: the delay before reconnecting, or re-raise ``exc``."""
+        if isinstance(exc, StreamResponseError) or self.left <= 0 or self.decoder.ended:
+            raise exc
+        self.left -= 1
+        self._failures += 1
+        self.decoder.discard_partial()
+        return float(min(0.05 * 2**self._failures, 2.0))
+
+    def headers(self) -> dict[str, str]:
+        last = self.decoder.last_event_id
+        return {} if last is None else {"Last-Event-ID": last}
 
 
-async def _aframes(chunks: AsyncIterator[bytes], max_event_bytes: int) -> AsyncIterator[bytes]:
-    decoder = SSEFrameDecoder(max_event_bytes)
-    async for chunk in chunks:
-        if frames := decoder.feed(chunk):
-            yield frames
+class _HTTPSource:
+    """What a transport needs to (re)send its request."""
+
+    def __init__(self, method: str, url: str, kwargs: Mapping[str, Any]) -> None:
+        self.method, self.url, self.kwargs = method, url, kwargs
+
+    def request_kwargs(self, extra_headers: Mapping[str, str]) -> dict[str, Any]:
+        kwargs = with_accept(self.kwargs, MEDIA_TYPE)
+        kwargs["headers"].update(extra_headers)
+        return kwargs
 
 
 class SSETransport(BaseTransport):
     """Sync SSE client transport: one request over an ``httpx.Client``, frames out.
 
-    ``max_event_bytes`` bounds one event (see :class:`SSEFrameDecoder`).
+    Args:
+        client: the httpx client.
+        method: HTTP method.
+        url: the SSE endpoint.
+        max_event_bytes: bounds one event (see :class:`SSEFrameDecoder`).
+        resume_attempts: reconnections allowed after the connection drops, each
+            sending ``Last-Event-ID`` (the server must replay; see :func:`replay_from`).
+        **httpx_kwargs: passed to ``client.stream``.
     """
 
     def __init__(
@@ -320,23 +426,50 @@ class SSETransport(BaseTransport):
         url: str,
         *,
         max_event_bytes: int | None = None,
+        resume_attempts: int = 0,
         **httpx_kwargs: Any,
     ) -> None:
-        self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+        self._client = client
+        self._source = _HTTPSource(method, url, httpx_kwargs)
         self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
+        self._resume_attempts = resume_attempts
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
         """Open the stream; see :meth:`transports.base.BaseTransport.open_stream`."""
-        kwargs = with_accept(self._kwargs, MEDIA_TYPE)
-        with open_http_stream(
-            self._client, self._method, self._url, MEDIA_TYPE, **kwargs
-        ) as response:
-            yield _frames(iter_body(response), self._max_event)
+        resumer = _Resumer(self._resume_attempts, self._max_event)
+        with contextlib.ExitStack() as stack:
+            response = stack.enter_context(self._open(resumer))
+            yield self._frames(stack, response, resumer)
+
+    def _open(self, resumer: _Resumer) -> contextlib.AbstractContextManager[httpx.Response]:
+        src = self._source
+        kwargs = src.request_kwargs(resumer.headers())
+        return open_http_stream(self._client, src.method, src.url, MEDIA_TYPE, **kwargs)
+
+    def _frames(
+        self, stack: contextlib.ExitStack, response: httpx.Response, resumer: _Resumer
+    ) -> Iterator[bytes]:
+        decoder = resumer.decoder
+        while True:
+            try:
+                for chunk in iter_body(response):
+                    if frames := decoder.feed(chunk):
+                        yield frames
+                return
+            except (StreamTruncatedError, TransportError) as exc:
+                delay = resumer.retry(exc)
+            while True:
+                time.sleep(delay)
+                try:
+                    response = stack.enter_context(self._open(resumer))
+                    break
+                except (StreamTruncatedError, TransportError) as exc:
+                    delay = resumer.retry(exc)
 
 
 class AsyncSSETransport(AsyncBaseTransport):
-    """Async SSE client transport over an ``httpx.AsyncClient``."""
+    """Async SSE client transport over an ``httpx.AsyncClient``; see :class:`SSETransport`."""
 
     def __init__(
         self,
@@ -345,19 +478,46 @@ class AsyncSSETransport(AsyncBaseTransport):
         url: str,
         *,
         max_event_bytes: int | None = None,
+        resume_attempts: int = 0,
         **httpx_kwargs: Any,
     ) -> None:
-        self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+        self._client = client
+        self._source = _HTTPSource(method, url, httpx_kwargs)
         self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
+        self._resume_attempts = resume_attempts
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open the stream; see :meth:`transports.base.AsyncBaseTransport.open_stream`."""
-        kwargs = with_accept(self._kwargs, MEDIA_TYPE)
-        async with aopen_http_stream(
-            self._client, self._method, self._url, MEDIA_TYPE, **kwargs
-        ) as response:
-            yield _aframes(aiter_body(response), self._max_event)
+        resumer = _Resumer(self._resume_attempts, self._max_event)
+        async with contextlib.AsyncExitStack() as stack:
+            response = await stack.enter_async_context(self._open(resumer))
+            yield self._frames(stack, response, resumer)
+
+    def _open(self, resumer: _Resumer) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
+        src = self._source
+        kwargs = src.request_kwargs(resumer.headers())
+        return aopen_http_stream(self._client, src.method, src.url, MEDIA_TYPE, **kwargs)
+
+    async def _frames(
+        self, stack: contextlib.AsyncExitStack, response: httpx.Response, resumer: _Resumer
+    ) -> AsyncIterator[bytes]:
+        decoder = resumer.decoder
+        while True:
+            try:
+                async for chunk in aiter_body(response):
+                    if frames := decoder.feed(chunk):
+                        yield frames
+                return
+            except (StreamTruncatedError, TransportError) as exc:
+                delay = resumer.retry(exc)
+            while True:
+                await anyio.sleep(delay)
+                try:
+                    response = await stack.enter_async_context(self._open(resumer))
+                    break
+                except (StreamTruncatedError, TransportError) as exc:
+                    delay = resumer.retry(exc)
 
 
 def _event_limit(reader_options: Mapping[str, Any] | None) -> int:
@@ -374,6 +534,7 @@ async def aconnect(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     reader_options: Mapping[str, Any] | None = None,
+    resume_attempts: int = 0,
     **httpx_kwargs: Any,
 ) -> AsyncIterator[AsyncStreamReader[ItemT, HeaderTT, FooterTT]]:
     """Open an SSE stream and give its typed async reader.
@@ -385,6 +546,9 @@ async def aconnect(
         types: the stream type both sides share.
         reader_options: keyword arguments for :func:`truss_stream.stream_reader`
             (``max_frame_bytes``, ``copy_arrays``...).
+        resume_attempts: how many times to reconnect, with ``Last-Event-ID``, after
+            the connection drops mid-stream (default 0: the drop raises). Only for
+            servers that replay from that id (:func:`resume_position`).
         **httpx_kwargs: passed to ``client.stream`` (``json=``, ``params=``, ``headers=``...).
 
     Returns:
@@ -396,7 +560,12 @@ async def aconnect(
         StreamTruncatedError: (while reading) the connection dropped before END.
     """
     transport = AsyncSSETransport(
-        client, method, url, max_event_bytes=_event_limit(reader_options), **httpx_kwargs
+        client,
+        method,
+        url,
+        max_event_bytes=_event_limit(reader_options),
+        resume_attempts=resume_attempts,
+        **httpx_kwargs,
     )
     async with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))
@@ -410,11 +579,17 @@ def connect(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     reader_options: Mapping[str, Any] | None = None,
+    resume_attempts: int = 0,
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
     """Open an SSE stream and give its typed sync reader; see :func:`aconnect`."""
     transport = SSETransport(
-        client, method, url, max_event_bytes=_event_limit(reader_options), **httpx_kwargs
+        client,
+        method,
+        url,
+        max_event_bytes=_event_limit(reader_options),
+        resume_attempts=resume_attempts,
+        **httpx_kwargs,
     )
     with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))
