@@ -21,6 +21,7 @@ from transports.grpc import (
     FrameStreamService,
     GrpcOptions,
     GrpcStatusError,
+    GrpcStreamTruncatedError,
     GrpcTransport,
     ServerTLS,
     aconnect,
@@ -271,6 +272,21 @@ async def test_async_error_before_first_frame_is_internal_status(target: str) ->
     assert info.value.code is grpc.StatusCode.INTERNAL
 
 
+def test_producer_may_choose_its_own_status() -> None:
+    async def refuses(body: bytes, context: Any) -> AsyncIterator[bytes]:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not for you")
+        yield b""  # pragma: no cover
+
+    with (
+        serve_in_thread(FrameStreamService({"Refuses": refuses})) as running,
+        pytest.raises(GrpcStatusError) as info,
+        connect(running.target, "Refuses", TYPES),
+    ):
+        pass
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.details == "not for you"
+
+
 def test_unknown_method_is_unimplemented(target: str) -> None:
     with pytest.raises(GrpcStatusError) as info, connect(target, "NoSuchMethod", TYPES):
         pass
@@ -294,6 +310,7 @@ async def test_deadline_mid_stream(target: str) -> None:
             async for _ in reader.read_items():
                 pass
     assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert isinstance(info.value, StreamTruncatedError)
 
 
 def test_unreachable_server_is_unavailable() -> None:
@@ -343,7 +360,8 @@ def test_server_stopped_mid_stream_is_never_a_complete_stream() -> None:
         reader_error.append(info.value)
     finally:
         stream.__exit__(None, None, None)
-    assert isinstance(reader_error[0], (GrpcStatusError, StreamTruncatedError))
+    assert isinstance(reader_error[0], GrpcStreamTruncatedError)
+    assert isinstance(reader_error[0], StreamTruncatedError)
 
 
 def test_stream_without_end_is_truncated() -> None:

@@ -15,7 +15,14 @@ Client::
 ``connect`` is the sync twin over ``grpc``. See docs/grpc.md.
 """
 
-from ._client import AsyncGrpcTransport, GrpcStatusError, GrpcTransport, aconnect, connect
+from ._client import (
+    AsyncGrpcTransport,
+    GrpcStatusError,
+    GrpcStreamTruncatedError,
+    GrpcTransport,
+    aconnect,
+    connect,
+)
 from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
 from ._server import (
     FrameStreamService,
@@ -25,7 +32,7 @@ from ._server import (
     serve,
     start_server,
 )
-from ._thread import serve_in_thread
+from ._thread import ServerThread, serve_in_thread
 from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
 
 __all__ = [
@@ -37,10 +44,12 @@ __all__ = [
     "FrameStreamService",
     "GrpcOptions",
     "GrpcStatusError",
+    "GrpcStreamTruncatedError",
     "GrpcTransport",
     "Producer",
     "RunningServer",
     "ServerTLS",
+    "ServerThread",
     "aconnect",
     "acreate_channel",
     "add_stream_method",

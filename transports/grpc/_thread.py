@@ -9,9 +9,42 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import grpc.aio
+
 from ._server import FrameStreamService, RunningServer, start_server
 
-__all__ = ["serve_in_thread"]
+__all__ = ["ServerThread", "serve_in_thread"]
+
+
+class ServerThread:
+    """A :class:`RunningServer` whose event loop runs on a background thread.
+
+    Attributes:
+        running: the server, living on the thread's loop.
+    """
+
+    def __init__(self, running: RunningServer, loop: asyncio.AbstractEventLoop) -> None:
+        self.running = running
+        self._loop = loop
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        """The ``grpc.aio.Server`` (call its methods on the thread's loop only)."""
+        return self.running.server
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return self.running.port
+
+    @property
+    def target(self) -> str:
+        """``host:port`` for a client channel."""
+        return self.running.target
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop the server from any thread; ``grace=0`` cancels open calls at once."""
+        asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result()
 
 
 @contextlib.contextmanager
@@ -21,7 +54,7 @@ def serve_in_thread(
     *,
     grace: float | None = 1.0,
     **kwargs: Any,
-) -> Iterator[RunningServer]:
+) -> Iterator[ServerThread]:
     """Run :func:`start_server` on a background thread's event loop for a ``with`` block.
 
     The producers run on that loop. Takes the arguments of :func:`start_server`.
@@ -35,13 +68,13 @@ def serve_in_thread(
     try:
         future = asyncio.run_coroutine_threadsafe(start_server(service, address, **kwargs), loop)
         try:
-            running = future.result()
+            handle = ServerThread(future.result(), loop)
         except (Exception, concurrent.futures.CancelledError) as exc:
             raise RuntimeError(f"gRPC server on {address} did not start") from exc
         try:
-            yield running
+            yield handle
         finally:
-            asyncio.run_coroutine_threadsafe(running.stop(grace), loop).result()
+            handle.stop(grace)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
