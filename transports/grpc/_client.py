@@ -13,6 +13,8 @@ refused connection) raises when the stream is opened, as an HTTP error status wo
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -26,7 +28,7 @@ from transports.base import (
     aopen_reader,
     open_reader,
 )
-from truss_stream import StreamTruncatedError
+from truss_stream import StreamTimeoutError, StreamTruncatedError
 
 from ._options import ClientTLS, GrpcOptions, acreate_channel, create_channel
 from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, encode_request, method_path
@@ -111,6 +113,36 @@ class _CallSpec:
         self.wait_for_ready = wait_for_ready
 
 
+class _IdleWatchdog:
+    """Cancels a sync call blocked longer than ``idle`` seconds waiting for a message.
+
+    The sync ``grpc`` iterator has no per-message timeout; one thread per call checks
+    the time spent inside ``next()`` (time the consumer spends elsewhere is not idle).
+    """
+
+    def __init__(self, call: Any, idle: float) -> None:
+        self.idle = idle
+        self.waiting_since: float | None = None
+        self.fired = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(call,), name="grpc-idle-watchdog", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, call: Any) -> None:
+        tick = min(self.idle / 4, 0.25)
+        while not self._stop.wait(tick):
+            since = self.waiting_since
+            if since is not None and time.monotonic() - since > self.idle:
+                self.fired = True
+                call.cancel()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class GrpcTransport(BaseTransport):
     """Sync transport: one call to a FrameStream method over a ``grpc.Channel``.
 
@@ -126,6 +158,9 @@ class GrpcTransport(BaseTransport):
         tls: TLS when ``channel`` is a target; ``None`` is plaintext.
         wait_for_ready: queue the call until the channel connects instead of failing
             fast with UNAVAILABLE.
+        idle_timeout: most seconds to wait for each message; past it the call is
+            cancelled and :class:`truss_stream.StreamTimeoutError` raised (the sync
+            twin of the async reader's ``idle_timeout``).
     """
 
     def __init__(
@@ -140,11 +175,15 @@ class GrpcTransport(BaseTransport):
         options: GrpcOptions | None = None,
         tls: ClientTLS | None = None,
         wait_for_ready: bool | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self._channel = channel
         self._spec = _CallSpec(method, request, timeout, metadata, service_name, wait_for_ready)
         self._options = options
         self._tls = tls
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be > 0 or None")
+        self._idle = idle_timeout
 
     def open_stream(self) -> contextlib.AbstractContextManager[Iterator[bytes]]:
         """Start the call and give its messages, one frame each.
@@ -170,24 +209,39 @@ class GrpcTransport(BaseTransport):
                 wait_for_ready=spec.wait_for_ready,
             )
             stack.callback(call.cancel)
+            watchdog = None
+            if self._idle is not None:
+                watchdog = _IdleWatchdog(call, self._idle)
+                stack.callback(watchdog.stop)
             messages = iter(call)
-            first = self._next(messages)
-            yield self._chunks(messages, first)
+            first = self._next(messages, watchdog)
+            yield self._chunks(messages, first, watchdog)
 
-    def _next(self, messages: Iterator[bytes]) -> bytes | None:
+    def _next(self, messages: Iterator[bytes], watchdog: _IdleWatchdog | None) -> bytes | None:
+        if watchdog is not None:
+            watchdog.waiting_since = time.monotonic()
         try:
             return next(messages)
         except StopIteration:
             return None
         except grpc.RpcError as exc:
+            if watchdog is not None and watchdog.fired:
+                raise StreamTimeoutError(
+                    f"no message for idle_timeout={watchdog.idle}s on {self._spec.path}"
+                ) from exc
             raise _status_error(self._spec.path, exc) from exc
+        finally:
+            if watchdog is not None:
+                watchdog.waiting_since = None
 
-    def _chunks(self, messages: Iterator[bytes], first: bytes | None) -> Iterator[bytes]:
+    def _chunks(
+        self, messages: Iterator[bytes], first: bytes | None, watchdog: _IdleWatchdog | None
+    ) -> Iterator[bytes]:
         message = first
         while message is not None:
             yield message
             try:
-                message = self._next(messages)
+                message = self._next(messages, watchdog)
             except GrpcStatusError as exc:
                 raise _cut_short(exc) from exc.__cause__
 
@@ -293,7 +347,8 @@ def connect(
         tls: TLS when ``channel`` is a target.
         wait_for_ready: wait for the channel to connect instead of failing fast.
         **reader_kwargs: passed to ``truss_stream.stream_reader`` (``require_end``,
-            ``max_frame_bytes``, ``copy_arrays``).
+            ``max_frame_bytes``, ``copy_arrays``, ``total_timeout``); ``idle_timeout``
+            also goes to the transport, which enforces it for the sync reader.
 
     Returns:
         A context manager giving the reader; leaving it cancels the call.
@@ -313,6 +368,7 @@ def connect(
         options=options,
         tls=tls,
         wait_for_ready=wait_for_ready,
+        idle_timeout=reader_kwargs.get("idle_timeout"),
     )
     with open_reader(transport, types, **reader_kwargs) as reader:
         yield reader
