@@ -495,6 +495,31 @@ async def test_typed_view_round_trips_through_the_reader(
     assert 0 < footer.latency_p50_ms <= footer.latency_p90_ms <= footer.latency_p99_ms
 
 
+@pytest.mark.anyio
+async def test_typed_view_re_served_over_sse(demo_proxy: ProxyProcess) -> None:
+    import httpx
+    from live_server import live_server
+
+    from examples.triton_sse import create_app
+    from transports import sse
+
+    types = triton_stream_types()
+    with live_server(create_app(demo_proxy.target)) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            sse.aconnect(
+                client, "GET", "/triton/add_one", types, params={"frames": 7, "codec": "json"}
+            ) as reader,
+        ):
+            header = await reader.read_header()
+            items = [item async for item in reader.read_items()]
+            footer = await reader.read_footer()
+    assert header.model == "add_one_fp32"
+    assert [i.seq for i in items] == list(range(7))
+    np.testing.assert_array_equal(items[6].outputs["OUTPUT"], np.full((1, 8), 7, np.float32))
+    assert (footer.count, footer.ok) == (7, 7)
+
+
 # Against a real Triton ---------------------------------------------------------------------
 
 
