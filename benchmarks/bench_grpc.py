@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ ITEM_BYTES = 4 * 1024 * 1024
 ITEMS = int(os.environ.get("BENCH_GRPC_ITEMS", "128"))
 REPEATS = int(os.environ.get("BENCH_GRPC_REPEATS", "5"))
 RAW_PATH = "/bench.Raw/Bytes"
+RESULTS = Path(__file__).parent / "results" / "grpc.md"
 
 
 class Item(pydantic.BaseModel):
@@ -167,37 +167,27 @@ def run() -> list[dict[str, Any]]:
     finally:
         server.terminate()
         server.wait()
-    common = {"benchmark": "grpc_4mib_tensor_items", "items": ITEMS, "repeats": REPEATS}
-    rows: list[dict[str, Any]] = []
     raw = "raw grpc.aio bytes"
+    benchmark = f"gRPC, {ITEMS} x 4 MiB float32 items, server process -> grpc.aio client"
+    rows: list[dict[str, Any]] = []
     for name in VARIANTS:
-        rows.append(
-            {
-                **common,
-                "variant": name,
-                "value": round(statistics.median(rates[name]), 1),
-                "unit": "MB/s",
-            }
-        )
+        row: dict[str, Any] = {
+            "benchmark": benchmark,
+            "variant": name,
+            "value": round(statistics.median(rates[name]), 1),
+            "unit": "MB/s",
+            "note": (
+                f"CPU per item: server {statistics.median(server_cpu[name]):.2f} ms, "
+                f"client {statistics.median(client_cpu[name]):.2f} ms"
+            ),
+        }
         if name != raw:
-            ratios = [typed / base for typed, base in zip(rates[name], rates[raw], strict=True)]
-            rows.append(
-                {
-                    **common,
-                    "variant": f"{name} / raw (median of paired runs)",
-                    "value": round(statistics.median(ratios), 3),
-                    "unit": "x",
-                }
-            )
-        for side, cpu in (("server", server_cpu), ("client", client_cpu)):
-            rows.append(
-                {
-                    **common,
-                    "variant": f"{name}: {side} CPU per item",
-                    "value": round(statistics.median(cpu[name]), 2),
-                    "unit": "ms",
-                }
-            )
+            paired = [ours / base for ours, base in zip(rates[name], rates[raw], strict=True)]
+            row["ratio"] = round(statistics.median(paired), 3)
+            row["ratio_vs"] = "raw (median of paired runs)"
+        if name == "typed stream (transports.grpc)":
+            row["goal"] = ">= 0.8x"
+        rows.append(row)
     return rows
 
 
@@ -205,9 +195,28 @@ def main() -> None:
     if sys.argv[1:] == ["--serve"]:
         asyncio.run(_serve())
         return
-    print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
-    for row in run():
-        print(f"{row['variant']:<62} {row['value']:>10} {row['unit']}")
+    from benchmarks.machine import machine_lines
+    from benchmarks.run import format_table
+
+    table = format_table(run())
+    print("\n".join(table))
+    RESULTS.write_text(
+        "\n".join(
+            [
+                "# gRPC benchmark",
+                "",
+                "Written by `python -m benchmarks.bench_grpc` (also run by `make bench`). "
+                f"Median of {REPEATS} interleaved runs after a warm-up round; ratios are the "
+                "median of the ratios of runs made side by side. See the module docstring "
+                "for the variants.",
+                "",
+                *machine_lines(),
+                "",
+                *table,
+                "",
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":
