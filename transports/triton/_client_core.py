@@ -54,16 +54,33 @@ _SEED_ALIASES: Mapping[str, str] = MappingProxyType(
 )
 
 
-def numpy_dtype(dtype: int | str) -> np.dtype[Any] | None:
-    """The NumPy dtype of a ``DataType`` value or a Triton datatype name, if it has one.
-
-    BF16 and BYTES have none: their outputs are returned as raw ``uint8`` bytes.
-    """
+def _numpy_dtype(dtype: int | str) -> np.dtype[Any] | None:
     name = _dtypes.triton_name(dtype) if isinstance(dtype, int) else dtype.upper()
     if name is None:
         return None
     descr = _dtypes.NUMPY_NAME.get(_SEED_ALIASES.get(name, name))
     return None if descr is None else np.dtype(descr)
+
+
+_BYTES = np.dtype("u1")
+
+# Read-only lookup tables, built once: Ack parsing is on the per-frame path.
+_NUMPY_BY_ENUM: Mapping[int, np.dtype[Any]] = MappingProxyType(
+    {dt: d for dt in _dtypes.TRITON_NAME if (d := _numpy_dtype(dt)) is not None}
+)
+_STATUS_NAMES: Mapping[int, str] = MappingProxyType(
+    {value: name for name, value in pb.AckStatus.items()}
+)
+
+
+def numpy_dtype(dtype: int | str) -> np.dtype[Any] | None:
+    """The NumPy dtype of a ``DataType`` value or a Triton datatype name, if it has one.
+
+    BF16 and BYTES have none: their outputs are returned as raw ``uint8`` bytes.
+    """
+    if isinstance(dtype, int):
+        return _NUMPY_BY_ENUM.get(dtype)
+    return _numpy_dtype(dtype)
 
 
 def as_dtype(value: int) -> pb.DataType:
@@ -351,10 +368,7 @@ class FrameResult:
 
 
 def _status_name(status: int) -> str:
-    try:
-        return pb.AckStatus.Name(cast("pb.AckStatus", status))
-    except ValueError:
-        return str(status)
+    return _STATUS_NAMES.get(status) or str(status)
 
 
 def parse_ack(
@@ -392,7 +406,7 @@ def parse_ack(
 
 
 def _binary_output(tensor: pb.NamedTensor) -> np.ndarray[Any, Any]:
-    np_dtype = numpy_dtype(tensor.dtype) or np.dtype("u1")
+    np_dtype = _NUMPY_BY_ENUM.get(tensor.dtype, _BYTES)
     array = np.frombuffer(tensor.data, dtype=np_dtype)
     dims = tuple(tensor.shape.dims)
     return array.reshape(dims) if dims and np_dtype.itemsize else array

@@ -210,9 +210,14 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         async def requests() -> AsyncIterator[pb.DataPacket]:
             # gRPC's own task consumes this: waiting on the window is the back-pressure.
             try:
-                async for data in _aiter(frame_bytes_iter):
-                    await window.acquire()
-                    yield pipe.packet(data)
+                if isinstance(frame_bytes_iter, AsyncIterable):
+                    async for data in frame_bytes_iter:
+                        await window.acquire()
+                        yield pipe.packet(data)
+                else:
+                    for data in frame_bytes_iter:
+                        await window.acquire()
+                        yield pipe.packet(data)
             except Exception as exc:
                 # End the request stream cleanly; the reader re-raises it once the
                 # frames sent before it have their results.
@@ -232,12 +237,3 @@ class AsyncTritonBytesStreamer(StreamerSettings):
             pipe.finish()
         finally:
             call.cancel()
-
-
-async def _aiter(frames: Frames) -> AsyncIterator[bytes]:
-    if isinstance(frames, AsyncIterable):
-        async for data in frames:
-            yield data
-    else:
-        for data in frames:
-            yield data
