@@ -338,8 +338,11 @@ def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run() -> list[dict[str, Any]]:
-    """Run every measurement; return the result rows (see benchmarks/run.py)."""
-    return rows_from(asyncio.run(measure()))
+    """Run every measurement, write benchmarks/results/http.md, return the rows."""
+    rows = rows_from(asyncio.run(measure()))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(to_markdown(rows))
+    return rows
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -351,6 +354,11 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "uvicorn[standard] (httptools, uvloop) server in its own process, async httpx "
         f"client, loopback. Best of {REPEATS} runs, variants interleaved. "
         "Produced by `python -m benchmarks.bench_http`.",
+        "",
+        "Load average when the table was written (other jobs share the 2 cores): "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + ". Ratios come from one run, variants taking turns, so load hits them alike; "
+        "absolute figures move with the load.",
         "",
         "| benchmark | variant | value | unit | ratio vs anchor | goal |",
         "|---|---|---:|---|---:|---|",
@@ -372,11 +380,8 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args.port)
         return
-    rows = run()
-    text = to_markdown(rows)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text)
-    print(text)
+    run()
+    print(RESULTS.read_text())
 
 
 if __name__ == "__main__":
