@@ -147,12 +147,17 @@ class TritonBackend(Backend):
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """Send one ModelInfer to Triton; see :meth:`Backend.infer`."""
-        try:
-            known: frozenset[str] | None = await self._known_outputs(
-                request.model, request.model_version, min(request.timeout, 5.0)
-            )
-        except grpc.aio.AioRpcError:
-            known = None  # ModelInfer below reports what is wrong
+        cached = self._output_names.get((request.model, request.model_version))
+        known: frozenset[str] | None
+        if cached is not None and cached[0] > time.monotonic():
+            known = cached[1]  # the common case, without a coroutine
+        else:
+            try:
+                known = await self._known_outputs(
+                    request.model, request.model_version, min(request.timeout, 5.0)
+                )
+            except grpc.aio.AioRpcError:
+                known = None  # ModelInfer below reports what is wrong
         # Ask only for outputs the model has: Triton fails the whole request on an
         # unknown name, while the seed's protocol marks it {"error": "missing"}.
         wanted = [n for n in request.outputs if known is None or n in known]

@@ -175,7 +175,14 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(packet: pb.DataPacket, received: float) -> None:
-            acks.put_nowait(await self.handle(packet, received))
+            try:
+                ack = await self.handle(packet, received)
+            except Exception as exc:  # a bug in building the Ack: still one Ack
+                _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id)
+                ack = self._count(
+                    error_ack(packet, pb.INTERNAL, f"{type(exc).__name__}", backend="proxy")
+                )
+            acks.put_nowait(ack)
 
         async def read() -> None:
             try:
