@@ -27,7 +27,7 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from transports.grpc import GrpcStatusError
+from transports.grpc import ClientTLS, GrpcOptions, GrpcStatusError
 
 from . import _dtypes
 from . import multimodal_pb2 as pb
@@ -557,10 +557,10 @@ class StreamerSettings:
         stream_timeout_sec: float | None = None,
         max_in_flight: int = 32,
         binary_outputs: bool | None = None,
-        tls: Any = None,
+        tls: ClientTLS | None = None,
         root_certs: bytes | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
-        options: Any = None,
+        options: GrpcOptions | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         if max_in_flight < 1:
@@ -582,12 +582,17 @@ class StreamerSettings:
         # seed's JSON outputs (parse_outputs_numpy=False) gets the b64 form.
         self.binary_outputs = parse_outputs_numpy if binary_outputs is None else binary_outputs
         if tls is None and root_certs is not None:
-            from transports.grpc import ClientTLS
-
             tls = ClientTLS(root_certificates=root_certs)
         self.tls = tls
         self.options = options
         self.metadata: Metadata = (*auth_metadata(environ), *tuple(metadata or ()))
+        self._specs: dict[tuple[str, str], PacketSpec] = {}
+        self._closed = False
+        self._connected = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """Set up the driver's own state (its channel is opened on first use)."""
 
     def explicit_spec(self) -> PacketSpec | None:
         """The packet spec from the constructor alone, or None if discovery must fill it."""

@@ -50,13 +50,9 @@ class AsyncTritonBytesStreamer(StreamerSettings):
     event loop, so it should not block.
     """
 
-    def __init__(self, addr: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(addr, *args, **kwargs)
+    def _setup(self) -> None:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pbg.MultimodalServiceAsyncStub | None = None
-        self._specs: dict[tuple[str, str], PacketSpec] = {}
-        self._closed = False
-        self._connected = False
 
     # Lifecycle ------------------------------------------------------------------------
 

@@ -84,14 +84,10 @@ class TritonBytesStreamer(StreamerSettings):
             raised: their results carry a non-OK ``status``.
     """
 
-    def __init__(self, addr: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(addr, *args, **kwargs)
+    def _setup(self) -> None:
         self._channel: grpc.Channel | None = None
         self._stub: pbg.MultimodalServiceStub | None = None
-        self._specs: dict[tuple[str, str], PacketSpec] = {}
         self._lock = threading.Lock()
-        self._closed = False
-        self._connected = False
 
     # Lifecycle ------------------------------------------------------------------------
 
