@@ -22,9 +22,9 @@ __all__ = [
     "stream_writer",
 ]
 
-FrameBytes = bytes | memoryview
-"""A frame as the writer returns it: ``bytes``, or a read-only ``memoryview`` for
-frames holding NumPy arrays (so their bytes are copied once, not twice)."""
+FrameBytes = bytes
+"""A frame as the writer returns it: always ``bytes`` (a frame holding NumPy arrays
+is still built with one copy of their bytes)."""
 
 
 class WrongModelError(StreamError, TypeError):
@@ -78,7 +78,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         """True once END or ERROR was written."""
         return self._state is _State.CLOSED
 
-    def _encode(self, tag_byte: int, model: pydantic.BaseModel, expected: Any) -> FrameBytes:
+    def _encode(self, tag_byte: int, model: pydantic.BaseModel, expected: Any) -> bytes:
         if not isinstance(model, expected):
             raise WrongModelError(
                 f"{FrameKind(tag_byte & 0x0F).name.lower()} must be a {expected.__name__}, "
@@ -89,7 +89,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             return encode_json(tag_byte, model)
         return encode_msgpack(encoder, tag_byte, model)
 
-    def yield_header(self: StreamWriter[ItemT, HeaderT, FooterTT], header: HeaderT) -> FrameBytes:
+    def yield_header(self: StreamWriter[ItemT, HeaderT, FooterTT], header: HeaderT) -> bytes:
         """Return the HEADER frame; only as the stream's first frame.
 
         Raises:
@@ -105,7 +105,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         self._state = _State.HEADER
         return frame
 
-    def yield_item(self, item: ItemT) -> FrameBytes:
+    def yield_item(self, item: ItemT) -> bytes:
         """Return an ITEM frame.
 
         Raises:
@@ -119,7 +119,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         self._state = _State.ITEMS
         return frame
 
-    def yield_footer(self: StreamWriter[ItemT, HeaderTT, FooterT], footer: FooterT) -> FrameBytes:
+    def yield_footer(self: StreamWriter[ItemT, HeaderTT, FooterT], footer: FooterT) -> bytes:
         """Return the FOOTER frame; after the items, at most once.
 
         Raises:
