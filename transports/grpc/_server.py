@@ -61,8 +61,14 @@ Producer = Callable[
 
 
 def _as_bytes(frame: bytes | memoryview) -> bytes:
-    # gRPC sends only bytes; a writer's memoryview frame costs this one copy.
-    return frame if isinstance(frame, bytes) else bytes(frame)
+    # gRPC sends only bytes: a memoryview over a whole bytes object is unwrapped,
+    # any other costs one copy.
+    if isinstance(frame, bytes):
+        return frame
+    owner = frame.obj
+    if type(owner) is bytes and frame.c_contiguous and frame.nbytes == len(owner):
+        return owner
+    return bytes(frame)
 
 
 def _raw_wire_requested(details: grpc.HandlerCallDetails) -> bool:
