@@ -103,24 +103,34 @@ def running_triton() -> Iterator[tuple[str, int]]:
     env = dict(os.environ)
     # The python backend stub links the system libpython3.11 (see DESIGN.md).
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
-    grpc_port = _free_port()
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(
-            [
-                str(python),
-                str(ROOT / "tests" / "triton" / "pytriton_server.py"),
-                f"--grpc-port={grpc_port}",
-                f"--http-port={_free_port()}",
-                f"--metrics-port={_free_port()}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            env=env,
-            start_new_session=True,
-        )
+        # PyTriton's start-up sometimes fails when the machine is busy (a model's
+        # handshake socket refused); a fresh attempt on fresh ports succeeds.
+        for attempt in range(3):
+            grpc_port = _free_port()
+            proc = subprocess.Popen(
+                [
+                    str(python),
+                    str(ROOT / "tests" / "triton" / "pytriton_server.py"),
+                    f"--grpc-port={grpc_port}",
+                    f"--http-port={_free_port()}",
+                    f"--metrics-port={_free_port()}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
+            try:
+                _read_line(proc, "READY", 240)
+                break
+            except (RuntimeError, TimeoutError):
+                _stop(proc, group=True)
+                if attempt == 2:
+                    log.seek(0)
+                    raise RuntimeError(f"Triton did not start: {log.read()[-3000:]}") from None
         try:
-            _read_line(proc, "READY", 240)
             yield f"127.0.0.1:{grpc_port}", proc.pid
         finally:
             _stop(proc, group=True)

@@ -442,6 +442,40 @@ async def test_async_proxy_down_is_unavailable_quickly() -> None:
     assert time.monotonic() - started < 5
 
 
+def test_proxy_killed_mid_stream_raises_unavailable() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transports.triton.proxy", "--listen=127.0.0.1:0", "--backend=demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        addr = proc.stdout.readline().split()[1]
+
+        def endless() -> Iterator[bytes]:
+            while True:
+                yield np.zeros((1, 4), np.float32).tobytes()
+
+        with seed_streamer(addr, max_in_flight=8) as streamer:
+            results = streamer.stream_bytes("add_one_fp32", "1", endless())
+
+            def kill_at_20() -> None:
+                for seq, _, _ in results:
+                    if seq == 20:
+                        proc.kill()
+
+            with pytest.raises(TritonClientError) as info:
+                kill_at_20()
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
     with seed_streamer(demo_proxy.target) as streamer:
         streamer.wait_for_ready(timeout_s=5)
