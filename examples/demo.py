@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import httpx
 
 from examples.client import consume_async, consume_sync
+from examples.grpc_client import demo_segment as grpc_demo_segment
 
 
 def free_port() -> int:
@@ -85,6 +86,8 @@ def main() -> None:
     with example_server(free_port()) as base_url:
         print(f"serving on {base_url}")
         stream_segment(base_url)
+    print("\n== gRPC: the same producer as a server-streaming method")
+    grpc_demo_segment(free_port())
 
 
 if __name__ == "__main__":
