@@ -56,6 +56,7 @@ bench: venv triton-venv
 
 fuzz: venv
 	TRUSS_STREAM_FUZZ_EXAMPLES=20000 $(PY) -m pytest -q tests/test_fuzz.py
+	PYTHONPATH=. $(PY) tests/reliability/fuzz_reader.py -max_total_time=$${FUZZ_SECONDS:-120} -rss_limit_mb=2048
 
 soak: venv triton-venv
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
