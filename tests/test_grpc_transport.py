@@ -463,6 +463,56 @@ def test_tls(tmp_path: Path) -> None:
         assert info.value.code is grpc.StatusCode.UNAVAILABLE
 
 
+def test_mutual_tls() -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1")
+    client_cert = ca.issue_cert("client@example.com")
+    server_tls = ServerTLS(
+        private_key=server_cert.private_key_pem.bytes(),
+        certificate_chain=b"".join(blob.bytes() for blob in server_cert.cert_chain_pems),
+        client_root_certificates=ca.cert_pem.bytes(),
+        require_client_auth=True,
+    )
+    with_cert = ClientTLS(
+        root_certificates=ca.cert_pem.bytes(),
+        private_key=client_cert.private_key_pem.bytes(),
+        certificate_chain=b"".join(blob.bytes() for blob in client_cert.cert_chain_pems),
+    )
+    without_cert = ClientTLS(root_certificates=ca.cert_pem.bytes())
+    with serve_in_thread(FrameStreamService({"Tensors": tensors}), tls=server_tls) as running:
+        with connect(running.target, "Tensors", TYPES, tls=with_cert, request=b"1") as reader:
+            reader.read_header()
+            _check_items(list(reader.read_items()), 1)
+        with (
+            pytest.raises(GrpcStatusError) as info,
+            connect(running.target, "Tensors", TYPES, tls=without_cert, timeout=5),
+        ):
+            pass
+    assert info.value.code is grpc.StatusCode.UNAVAILABLE
+
+
+def test_health_reports_not_serving_while_draining() -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    def check(target: str) -> int:
+        with create_channel(target) as channel:
+            request = health_pb2.HealthCheckRequest(service="truss_stream.FrameStream")
+            return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status)
+
+    with serve_in_thread(FrameStreamService({"Tensors": tensors})) as running:
+        assert check(running.target) == health_pb2.HealthCheckResponse.SERVING
+        stopper = threading.Thread(target=running.stop, kwargs={"grace": 1, "drain": 1.5})
+        stopper.start()
+        time.sleep(0.3)
+        assert check(running.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # still accepting calls while draining
+        with connect(running.target, "Tensors", TYPES, request=b"1") as reader:
+            reader.read_header()
+            _check_items(list(reader.read_items()), 1)
+        stopper.join()
+
+
 def test_message_size_mismatch_is_a_clear_error() -> None:
     big = 2 * 1024 * 1024  # floats: an 8 MiB item, above the client's 1 MiB
 

@@ -10,6 +10,7 @@ instead, the gRPC twin of an HTTP 500.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -222,10 +223,19 @@ class RunningServer:
         """``host:port`` for a client channel."""
         return f"{self.host}:{self.port}"
 
-    async def stop(self, grace: float | None = 1.0) -> None:
-        """Report NOT_SERVING, let open calls finish for ``grace`` seconds, then stop."""
+    async def stop(self, grace: float | None = 1.0, *, drain: float = 0.0) -> None:
+        """Report NOT_SERVING, then stop, letting open calls finish for ``grace`` seconds.
+
+        Args:
+            grace: seconds open calls may take to finish once new calls are refused;
+                ``0`` or ``None`` cancels them at once.
+            drain: seconds to keep accepting calls while health checks already say
+                NOT_SERVING, so load balancers can take the server out first.
+        """
         if self.health is not None:
             await self.health.enter_graceful_shutdown()
+        if drain > 0:
+            await asyncio.sleep(drain)
         await self.server.stop(grace)
 
 

@@ -42,9 +42,10 @@ class ServerThread:
         """``host:port`` for a client channel."""
         return self.running.target
 
-    def stop(self, grace: float | None = 1.0) -> None:
-        """Stop the server from any thread; ``grace=0`` cancels open calls at once."""
-        asyncio.run_coroutine_threadsafe(self.running.stop(grace), self._loop).result()
+    def stop(self, grace: float | None = 1.0, *, drain: float = 0.0) -> None:
+        """Stop the server from any thread; see :meth:`RunningServer.stop`."""
+        future = asyncio.run_coroutine_threadsafe(self.running.stop(grace, drain=drain), self._loop)
+        future.result()
 
 
 @contextlib.contextmanager
