@@ -226,3 +226,34 @@ def test_credentials_never_reach_the_proxy_logs_or_client_errors(log_level: str)
         assert secret not in stderr
         for text in errors:
             assert secret not in text
+
+
+def test_proxy_refuses_an_oversized_packet_cleanly_and_keeps_serving() -> None:
+    from transports.triton import multimodal_pb2_grpc as pbg
+
+    proxy = Proxy(free_port(), "--max-message-mb", "1")
+    try:
+        big = pb.DataPacket(
+            meta=pb.Meta(correlation_id="big"),
+            tensor=pb.Tensor(dtype=pb.DT_FP32, data=b"\0" * (2 * 1024 * 1024)),
+        )
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        with grpc.insecure_channel(proxy.target, options=options) as channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as unary:
+                stub.SendUnary(big, timeout=10)
+            with pytest.raises(grpc.RpcError) as chat:
+                list(stub.Chat(iter([big]), timeout=10))
+            assert time.monotonic() - started < 5
+        assert unary.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert chat.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        with TritonBytesStreamer(**settings(proxy.target)) as streamer:
+            frames = [np.full((1, 4), i, np.float32).tobytes() for i in range(3)]
+            assert [s for s, _, _ in streamer.stream_bytes("add_one_fp32", "1", frames)] == [
+                0,
+                1,
+                2,
+            ]
+    finally:
+        proxy.stop()

@@ -224,6 +224,7 @@ def test_connection_cut_at_random_points_is_truncation_and_closes_the_producer(
     tracker = Tracker()
     n_items, floats = 40, 64
     cuts: list[int | None] = [None]
+    kinds: dict[str, int] = {}
 
     @contextlib_server(transport, tracker)
     def run(upstream: str, port: int) -> None:
@@ -241,9 +242,11 @@ def test_connection_cut_at_random_points_is_truncation_and_closes_the_producer(
                     aread(transport, base, stream=k, n=n_items, codec=codec, floats=floats)
                 )
                 assert not out.complete, f"cut at {cuts[-1]} of {total} bytes read as complete"
+                kinds[type(out.error).__name__] = kinds.get(type(out.error).__name__, 0) + 1
                 assert isinstance(out.error, StreamError), out.error
                 _check_prefix(out, k)
         assert tracker.wait_all_closed(5), f"{tracker.started - tracker.closed} producers left open"
+        print(f"FIGURE cuts {transport}-{codec} stream_bytes={total} cuts={len(cuts) - 1} {kinds}")
 
     run()
 
@@ -313,6 +316,7 @@ def test_grpc_stalled_consumer_does_not_let_the_producer_run_ahead() -> None:
     with serve_in_thread(grpc_service(tracker), reflection=False, health=False) as running:
         ahead_1s, ahead_2s, got = asyncio.run(main(running.target))
         assert tracker.wait_all_closed(5), "the producer was not closed after the client left"
+    print(f"FIGURE grpc-stall items_1MiB_ahead_after_1s={ahead_1s} after_2s={ahead_2s}")
     assert got == 50
     # Bounded, and not growing while the client sleeps.
     assert ahead_2s <= 40, f"producer ran {ahead_2s} MiB ahead of a stalled client"
@@ -350,6 +354,7 @@ def test_http_stalled_httpx_consumer_is_bounded_then_aborted(transport: str) -> 
         started = time.monotonic()
         ahead, produced, error = asyncio.run(main(server.url))
         assert tracker.wait_all_closed(5)
+    print(f"FIGURE {transport}-stall items_1MiB_ahead={ahead} produced_total={produced}")
     assert ahead <= 64, ahead
     assert produced <= 96, produced
     assert isinstance(error, StreamTruncatedError), "an aborted stream must read as truncated"
