@@ -28,7 +28,14 @@ from transports.base import (
     aopen_reader,
     open_reader,
 )
-from truss_stream import StreamTimeoutError, StreamTruncatedError
+from truss_stream import (
+    AsyncStreamReader,
+    StreamReader,
+    StreamTimeoutError,
+    StreamTruncatedError,
+    StreamTypes,
+)
+from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._options import ClientTLS, GrpcOptions, acreate_channel, create_channel
 from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, encode_request, method_path
@@ -322,7 +329,7 @@ class AsyncGrpcTransport(AsyncBaseTransport):
 def connect(
     channel: grpc.Channel | str,
     method: str,
-    types: Any,
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     request: bytes = b"",
     timeout: float | None = None,
@@ -332,7 +339,7 @@ def connect(
     tls: ClientTLS | None = None,
     wait_for_ready: bool | None = None,
     **reader_kwargs: Any,
-) -> Iterator[Any]:
+) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
     """Call a FrameStream method and give a sync typed reader over its stream.
 
     Args:
@@ -378,7 +385,7 @@ def connect(
 async def aconnect(
     channel: grpc.aio.Channel | str,
     method: str,
-    types: Any,
+    types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     request: bytes = b"",
     timeout: float | None = None,
@@ -388,7 +395,7 @@ async def aconnect(
     tls: ClientTLS | None = None,
     wait_for_ready: bool | None = None,
     **reader_kwargs: Any,
-) -> AsyncIterator[Any]:
+) -> AsyncIterator[AsyncStreamReader[ItemT, HeaderTT, FooterTT]]:
     """The async twin of :func:`connect`, over a ``grpc.aio.Channel`` or a target."""
     transport = AsyncGrpcTransport(
         channel,
