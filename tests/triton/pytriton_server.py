@@ -21,6 +21,7 @@ leading batch dim):
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -69,6 +70,7 @@ def main() -> int:
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
+    parser.add_argument("--ready-file", default=None, help="also write the READY line here")
     parser.add_argument("--instances", type=int, default=2, help="instances of add_one_fp32")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, _on_term)
@@ -117,7 +119,15 @@ def main() -> int:
         triton.run()
         # PyTriton guards Triton's statistics API with a per-run token; the tests read
         # inference counts, so hand it over (loopback test servers only).
-        print(f"READY grpc={args.grpc_port} token={triton.get_access_token()}", flush=True)
+        ready = f"READY grpc={args.grpc_port} token={triton.get_access_token()}"
+        if args.ready_file:
+            # Written whole, then renamed: readers never see half a line, and Triton's
+            # log (which shares stdout's file in the tests) cannot interleave.
+            tmp = f"{args.ready_file}.tmp"
+            with open(tmp, "w") as f:
+                f.write(ready + "\n")
+            os.replace(tmp, args.ready_file)
+        print(ready, flush=True)
         triton.serve()
     return 0
 

@@ -25,6 +25,8 @@ from triton_helpers import (
 
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
+from transports.triton._backends import TritonBackend
+from transports.triton._packets import BackendError, InferRequest
 
 # Generous: the first test also pays for starting Triton (10-30 s, retried when flaky).
 pytestmark = [pytest.mark.triton, pytest.mark.anyio, pytest.mark.timeout(400)]
@@ -266,3 +268,102 @@ async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) 
         assert body["backend"] == "triton"
         assert "triton inference failed" in body["error"] or "timed out" in body["error"]
     assert server.proxy.stats.packets == server.proxy.stats.ok + server.proxy.stats.failed
+
+
+def _request(cid: str, array: np.ndarray, **kwargs: Any) -> InferRequest:
+    fields: dict[str, Any] = {
+        "model": "add_one_fp32",
+        "model_version": "1",
+        "input_name": "INPUT",
+        "outputs": ("OUTPUT",),
+        "timeout": 10.0,
+    }
+    fields.update(kwargs)
+    return InferRequest(
+        cid=cid,
+        datatype="FP32",
+        shape=tuple(array.shape),
+        data=array.tobytes(),
+        **fields,
+    )
+
+
+async def test_coalesce_sends_packets_arriving_together_as_one_request(
+    triton: TritonProcess,
+) -> None:
+    backend = TritonBackend(triton.url, coalesce=16)
+    try:
+        await backend.infer(_request("warm", X))  # learns max_batch_size
+        arrays = [X * i for i in range(7)] + [np.vstack([X, -X])]  # one packet of 2 rows
+        before = triton.counts("add_one_fp32")
+        results = await asyncio.gather(
+            *(backend.infer(_request(f"co:{i}", a)) for i, a in enumerate(arrays))
+        )
+        after = triton.counts("add_one_fp32")
+    finally:
+        await backend.close()
+    assert after[0] - before[0] == 1  # one Triton request ...
+    assert after[1] - before[1] == 9  # ... of nine rows
+    for array, outputs in zip(arrays, results, strict=True):
+        out = outputs["OUTPUT"]
+        assert out.shape == array.shape
+        np.testing.assert_allclose(
+            np.frombuffer(out.data, np.float32).reshape(out.shape), array + 1
+        )
+
+
+async def test_coalesce_keeps_models_and_outputs_apart(triton: TritonProcess) -> None:
+    backend = TritonBackend(triton.url, coalesce=8)
+    try:
+        two = {"model": "two_outputs_fp32", "outputs": ("TIMES_TWO", "NOPE")}
+        await backend.infer(_request("warm1", X))
+        await backend.infer(_request("warm2", X, **two))
+        results = await asyncio.gather(
+            *(
+                backend.infer(_request(f"m:{i}", X * i, **(two if i % 2 else {})))
+                for i in range(20)  # more rows than `coalesce`: several requests
+            )
+        )
+    finally:
+        await backend.close()
+    for i, outputs in enumerate(results):
+        if i % 2:
+            assert set(outputs) == {"TIMES_TWO"}
+            data = np.frombuffer(outputs["TIMES_TWO"].data, np.float32)
+            np.testing.assert_allclose(data, (X * i * 2).ravel())
+        else:
+            np.testing.assert_allclose(
+                np.frombuffer(outputs["OUTPUT"].data, np.float32), (X * i + 1).ravel()
+            )
+
+
+async def test_coalesce_failure_reaches_every_packet(triton: TritonProcess) -> None:
+    backend = TritonBackend(triton.url, coalesce=8)
+    try:
+        await backend.infer(_request("warm", X))
+        results = await asyncio.gather(
+            *(backend.infer(_request(f"e:{i}", X, input_name="WRONG")) for i in range(4)),
+            return_exceptions=True,
+        )
+    finally:
+        await backend.close()
+    assert all(isinstance(r, BackendError) for r in results), results
+    assert all("triton inference failed" in str(r) for r in results)
+
+
+async def test_coalesce_through_the_proxy(triton: TritonProcess) -> None:
+    frames = {f"cc:{i}": X * i for i in range(150)}
+    async with (
+        running_proxy(triton_url=triton.url, coalesce=16, max_in_flight=32) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+        packets = (packet(cid, frame) for cid, frame in frames.items())
+        acks = [a async for a in stub.Chat(packets)]
+    assert sorted(a.correlation_id for a in acks) == sorted(frames)
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        np.testing.assert_allclose(
+            decode_output(body["outputs"]["OUTPUT"]), frames[ack.correlation_id] + 1
+        )

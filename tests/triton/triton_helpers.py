@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
 API_KEY = "test-api-key-123"
 TOKEN = "test-jwt-token-456"
+READY_LINE = re.compile(r"READY grpc=\d+ token=([A-Za-z0-9_\-]+)")
 MODELS = ("add_one_fp32", "invert_u8", "two_outputs_fp32", "sleep_fp32")
 
 
@@ -53,8 +55,8 @@ class TritonProcess:
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_dir / f"{name}.log"
+        self.ready_path = log_dir / f"{name}.ready"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._ready_before = 0
 
     @property
     def url(self) -> str:
@@ -80,7 +82,7 @@ class TritonProcess:
             capture_output=True,
             text=True,
         ).stdout.strip()
-        self._ready_before = len(self._ready_lines())
+        self.ready_path.unlink(missing_ok=True)
         env = dict(os.environ)
         # The python backend stub links the system libpython3.11 (see DESIGN.md).
         env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
@@ -92,6 +94,7 @@ class TritonProcess:
                     f"--grpc-port={self.grpc_port}",
                     f"--http-port={self.http_port}",
                     f"--metrics-port={self.metrics_port}",
+                    f"--ready-file={self.ready_path}",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -104,7 +107,6 @@ class TritonProcess:
         import tritonclient.grpc as triton_grpc
 
         deadline = time.monotonic() + timeout
-        ready_before = self._ready_before
         client = triton_grpc.InferenceServerClient(self.url)
         try:
             while time.monotonic() < deadline:
@@ -113,7 +115,7 @@ class TritonProcess:
                     raise RuntimeError(f"pytriton exited early; see {self.log_path}")
                 with contextlib.suppress(Exception):
                     if (
-                        len(self._ready_lines()) > ready_before
+                        self._ready_token() is not None
                         and client.is_server_ready()
                         and all(client.is_model_ready(m) for m in MODELS)
                     ):
@@ -137,17 +139,24 @@ class TritonProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
 
-    def _ready_lines(self) -> list[str]:
-        if not self.log_path.exists():
-            return []
-        text = self.log_path.read_text(errors="replace")
-        return [line for line in text.splitlines() if line.startswith("READY ")]
+    def _ready_token(self) -> str | None:
+        try:
+            match = READY_LINE.search(self.ready_path.read_text())
+        except FileNotFoundError:
+            return None
+        return match.group(1) if match else None
 
     def _token(self) -> str:
-        return self._ready_lines()[-1].split("token=", 1)[1].strip()
+        token = self._ready_token()
+        assert token is not None, "Triton is not running"
+        return token
 
     def inference_count(self, model: str) -> int:
-        """Successful inferences of ``model`` so far, from Triton's own statistics."""
+        """Successful inference requests of ``model`` so far, from Triton's statistics."""
+        return self.counts(model)[0]
+
+    def counts(self, model: str) -> tuple[int, int]:
+        """(successful requests, inferred batch rows) of ``model`` so far."""
         import tritonclient.grpc as triton_grpc
 
         client = triton_grpc.InferenceServerClient(self.url)
@@ -159,9 +168,11 @@ class TritonProcess:
             )
         finally:
             client.close()
-        return sum(
+        requests = sum(
             int(s["inference_stats"]["success"].get("count", 0)) for s in stats["model_stats"]
         )
+        rows = sum(int(s.get("inference_count", 0)) for s in stats["model_stats"])
+        return requests, rows
 
 
 class PrincipalEndpoint:

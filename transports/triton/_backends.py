@@ -14,6 +14,7 @@ import importlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import grpc
@@ -42,6 +43,24 @@ plain or ``async``. Plain functions run in a worker thread."""
 
 _OUTPUT_NAMES_TTL = 60.0
 _OUTPUT_NAMES_MAX = 1024
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    outputs: frozenset[str]
+    max_batch_size: int  # 0 when unknown or not batching
+
+
+@dataclass
+class _Batch:
+    """Packets waiting to go to Triton as one request (``TritonBackend(coalesce=...)``)."""
+
+    wanted: tuple[str, ...]
+    items: list[tuple[InferRequest, asyncio.Future[Mapping[str, OutputTensor]]]] = field(
+        default_factory=list
+    )
+    rows: int = 0
+    sent: bool = False
 
 
 class Backend(abc.ABC):
@@ -99,6 +118,12 @@ class TritonBackend(Backend):
             addresses): the channel balances them with gRPC's ``round_robin`` policy.
         max_message_bytes: largest message either way.
         credentials: TLS credentials for Triton, or None for plaintext.
+        coalesce: if > 1, packets for the same model, input and output names that
+            arrive together (in the same event-loop turn) and fit the model's
+            ``max_batch_size`` are sent as one Triton request of up to ``coalesce``
+            rows along the batch dimension, and the outputs are split back per
+            packet. Fewer, larger requests cost the proxy and Triton less per frame;
+            a Triton error then fails every packet of that request. Off by default.
     """
 
     name = "triton"
@@ -109,6 +134,7 @@ class TritonBackend(Backend):
         *,
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
+        coalesce: int = 0,
     ) -> None:
         options: Sequence[tuple[str, Any]] = [
             ("grpc.lb_policy_name", "round_robin"),
@@ -128,39 +154,57 @@ class TritonBackend(Backend):
             self._channel = grpc.aio.secure_channel(target, credentials, options=options)
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.target = target
-        # (model, version) -> (expiry on the monotonic clock, output names)
-        self._output_names: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        self.coalesce = coalesce
+        # (model, version) -> (expiry on the monotonic clock, what we know of the model)
+        self._models: dict[tuple[str, str], tuple[float, _ModelInfo]] = {}
+        self._pending: dict[tuple[Any, ...], _Batch] = {}
 
-    async def _known_outputs(self, model: str, version: str, timeout: float) -> frozenset[str]:
-        key = (model, version)
-        now = time.monotonic()
-        cached = self._output_names.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        request = service_pb2.ModelMetadataRequest(name=model, version=version)
-        response = await self._stub.ModelMetadata(request, timeout=timeout)
-        names = frozenset(o.name for o in response.outputs)
-        if len(self._output_names) >= _OUTPUT_NAMES_MAX:
-            self._output_names.clear()
-        self._output_names[key] = (now + _OUTPUT_NAMES_TTL, names)
-        return names
+    async def _fetch_model_info(self, model: str, version: str, timeout: float) -> _ModelInfo:
+        meta = await self._stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name=model, version=version), timeout=timeout
+        )
+        max_batch_size = 0
+        if self.coalesce > 1:
+            config = await self._stub.ModelConfig(
+                service_pb2.ModelConfigRequest(name=model, version=version), timeout=timeout
+            )
+            max_batch_size = int(config.config.max_batch_size)
+        info = _ModelInfo(frozenset(o.name for o in meta.outputs), max_batch_size)
+        if len(self._models) >= _OUTPUT_NAMES_MAX:
+            self._models.clear()
+        self._models[(model, version)] = (time.monotonic() + _OUTPUT_NAMES_TTL, info)
+        return info
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """Send one ModelInfer to Triton; see :meth:`Backend.infer`."""
-        cached = self._output_names.get((request.model, request.model_version))
-        known: frozenset[str] | None
+        cached = self._models.get((request.model, request.model_version))
+        info: _ModelInfo | None
         if cached is not None and cached[0] > time.monotonic():
-            known = cached[1]  # the common case, without a coroutine
+            info = cached[1]  # the common case, without a coroutine
         else:
             try:
-                known = await self._known_outputs(
+                info = await self._fetch_model_info(
                     request.model, request.model_version, min(request.timeout, 5.0)
                 )
             except grpc.aio.AioRpcError:
-                known = None  # ModelInfer below reports what is wrong
+                info = None  # ModelInfer below reports what is wrong
         # Ask only for outputs the model has: Triton fails the whole request on an
         # unknown name, while the seed's protocol marks it {"error": "missing"}.
-        wanted = [n for n in request.outputs if known is None or n in known]
+        wanted = tuple(n for n in request.outputs if info is None or n in info.outputs)
+        if (
+            info is not None
+            and self.coalesce > 1
+            and info.max_batch_size > 1
+            and request.datatype != "BYTES"
+            and 0 < request.shape[0] < info.max_batch_size
+        ):
+            limit = min(self.coalesce, info.max_batch_size)
+            return await self._coalesced(request, wanted, limit)
+        return await self._infer_one(request, wanted)
+
+    async def _infer_one(
+        self, request: InferRequest, wanted: Sequence[str]
+    ) -> Mapping[str, OutputTensor]:
         message = service_pb2.ModelInferRequest(
             model_name=request.model,
             model_version=request.model_version,
@@ -183,6 +227,126 @@ class TritonBackend(Backend):
             out.name: OutputTensor(out.name, out.datatype, tuple(out.shape), raw)
             for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
         }
+
+    async def _coalesced(
+        self, request: InferRequest, wanted: tuple[str, ...], limit: int
+    ) -> Mapping[str, OutputTensor]:
+        key = (
+            request.model,
+            request.model_version,
+            request.input_name,
+            request.datatype,
+            request.shape[1:],
+            wanted,
+        )
+        loop = asyncio.get_running_loop()
+        batch = self._pending.get(key)
+        if batch is not None and batch.rows + request.shape[0] > limit:
+            self._flush(key, batch)
+            batch = None
+        if batch is None:
+            batch = _Batch(wanted)
+            self._pending[key] = batch
+            # Send whatever else arrives in this event-loop turn along with it: no
+            # timer, so a lone packet waits for nothing.
+            loop.call_soon(self._flush, key, batch)
+        future: asyncio.Future[Mapping[str, OutputTensor]] = loop.create_future()
+        batch.items.append((request, future))
+        batch.rows += request.shape[0]
+        return await future
+
+    def _flush(self, key: tuple[Any, ...], batch: _Batch) -> None:
+        if self._pending.get(key) is batch:
+            del self._pending[key]
+        if batch.sent:
+            return
+        batch.sent = True
+        items = [(r, f) for r, f in batch.items if not f.done()]
+        if not items:
+            return
+        task = asyncio.ensure_future(self._run_batch(items, batch.wanted))
+        live = [len(items)]
+
+        def on_done(future: asyncio.Future[Mapping[str, OutputTensor]]) -> None:
+            # Cancel the shared Triton call once nobody waits for it any more.
+            if future.cancelled():
+                live[0] -= 1
+                if live[0] == 0:
+                    task.cancel()
+
+        for _, future in items:
+            future.add_done_callback(on_done)
+
+    async def _run_batch(
+        self,
+        items: list[tuple[InferRequest, asyncio.Future[Mapping[str, OutputTensor]]]],
+        wanted: tuple[str, ...],
+    ) -> None:
+        futures = [f for _, f in items]
+        try:
+            if len(items) == 1:
+                outputs: list[Mapping[str, OutputTensor]] = [
+                    await self._infer_one(items[0][0], wanted)
+                ]
+            else:
+                outputs = await self._infer_rows([r for r, _ in items], wanted)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        except Exception as exc:  # every waiter gets an error, never silence
+            code = exc.code if isinstance(exc, BackendError) else grpc.StatusCode.INTERNAL
+            message = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            for future in futures:
+                if not future.done():
+                    future.set_exception(BackendError(message, code=code))
+            return
+        for future, result in zip(futures, outputs, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+    async def _infer_rows(
+        self, requests: list[InferRequest], wanted: tuple[str, ...]
+    ) -> list[Mapping[str, OutputTensor]]:
+        first = requests[0]
+        rows = [r.shape[0] for r in requests]
+        total = sum(rows)
+        timeout = min(r.timeout for r in requests)
+        message = service_pb2.ModelInferRequest(
+            model_name=first.model,
+            model_version=first.model_version,
+            id=f"{first.cid}+{len(requests) - 1}",
+            inputs=[
+                service_pb2.ModelInferRequest.InferInputTensor(
+                    name=first.input_name, datatype=first.datatype, shape=(total, *first.shape[1:])
+                )
+            ],
+            outputs=[
+                service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in wanted
+            ],
+            raw_input_contents=[b"".join(r.data for r in requests)],
+        )
+        try:
+            response = await self._stub.ModelInfer(message, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _triton_error(exc, "inference", timeout) from exc
+        split: list[dict[str, OutputTensor]] = [{} for _ in requests]
+        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+            if not out.shape or out.shape[0] != total or len(raw) % total:
+                raise BackendError(
+                    f"triton output {out.name!r} has shape {list(out.shape)}: "
+                    f"cannot split {total} coalesced rows"
+                )
+            row_bytes = len(raw) // total
+            view = memoryview(raw)
+            offset = 0
+            for i, n in enumerate(rows):
+                end = offset + n * row_bytes
+                split[i][out.name] = OutputTensor(
+                    out.name, out.datatype, (n, *out.shape[1:]), bytes(view[offset:end])
+                )
+                offset = end
+        return list(split)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """Triton's model metadata and config, translated; see :meth:`Backend.model_metadata`."""
@@ -341,7 +505,9 @@ class PythonBackend(Backend):
         return False, f"unknown model {model!r}"
 
 
-def load_backend(spec: str, *, triton_url: str | None, max_message_bytes: int) -> Backend:
+def load_backend(
+    spec: str, *, triton_url: str | None, max_message_bytes: int, coalesce: int = 0
+) -> Backend:
     """Build the backend a ``--backend`` value names.
 
     Args:
@@ -350,6 +516,7 @@ def load_backend(spec: str, *, triton_url: str | None, max_message_bytes: int) -
             :data:`ModelFunction` imported from ``module``).
         triton_url: the Triton target, needed by ``"triton"``.
         max_message_bytes: largest message to and from Triton.
+        coalesce: see :class:`TritonBackend`.
 
     Raises:
         ValueError: the spec is malformed or ``triton`` has no URL.
@@ -358,7 +525,7 @@ def load_backend(spec: str, *, triton_url: str | None, max_message_bytes: int) -
     if spec == "triton":
         if not triton_url:
             raise ValueError("--backend triton needs --triton-url (or TRITON_URL)")
-        return TritonBackend(triton_url, max_message_bytes=max_message_bytes)
+        return TritonBackend(triton_url, max_message_bytes=max_message_bytes, coalesce=coalesce)
     if spec == "demo":
         from transports.triton import _demo
 

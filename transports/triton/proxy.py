@@ -13,7 +13,7 @@ Command line (flags win over the environment)::
     python -m transports.triton.proxy --listen HOST:PORT --triton-url TARGET
         [--auth-url URL] [--backend triton|demo|python:module:callable]
         [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
-        [--tls-cert PEM --tls-key PEM]
+        [--tls-cert PEM --tls-key PEM] [--coalesce N]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
@@ -261,6 +261,8 @@ class ProxyConfig:
         max_message_bytes: largest gRPC message, both to clients and to Triton.
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
         auth_cache_ttl: seconds a positive auth answer is reused.
+        coalesce: if > 1, send packets that arrive together as one Triton request of
+            up to this many batch rows (see ``TritonBackend``); 0 is off.
     """
 
     listen: str = "[::]:50051"
@@ -273,6 +275,7 @@ class ProxyConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     auth_cache_ttl: float = 30.0
+    coalesce: int = 0
 
 
 @dataclass
@@ -344,6 +347,7 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
             config.backend,
             triton_url=config.triton_url,
             max_message_bytes=config.max_message_bytes,
+            coalesce=config.coalesce,
         )
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
@@ -415,6 +419,13 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     parser.add_argument("--tls-cert", default=None, help="PEM certificate chain to serve TLS")
     parser.add_argument("--tls-key", default=None, help="PEM private key to serve TLS")
     parser.add_argument("--auth-cache-secs", type=float, default=30.0)
+    parser.add_argument(
+        "--coalesce",
+        type=int,
+        default=0,
+        help="send packets arriving together as one Triton request of up to N batch rows "
+        "(models with max_batch_size > 0; default 0: off)",
+    )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -436,6 +447,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_cache_ttl=args.auth_cache_secs,
+        coalesce=args.coalesce,
     )
 
 
