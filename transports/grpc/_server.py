@@ -27,6 +27,7 @@ from typing import Any, NoReturn, cast
 
 import grpc
 import grpc.aio
+from google.protobuf.descriptor_pool import DescriptorPool
 
 from transports.base import guard_frames
 
@@ -123,7 +124,7 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             raise ValueError(f"method {name!r} is already served by {self._service_name}")
         self._producers[name] = producer
 
-    def descriptor_pool(self, *, extra_files: Sequence[bytes] = ()) -> Any:
+    def descriptor_pool(self, *, extra_files: Sequence[bytes] = ()) -> DescriptorPool:
         """A private protobuf descriptor pool describing this service (for reflection)."""
         return build_descriptor_pool(self._service_name, self._producers, extra_files=extra_files)
 
