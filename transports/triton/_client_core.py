@@ -594,6 +594,20 @@ class StreamerSettings:
     def _setup(self) -> None:
         """Set up the driver's own state (its channel is opened on first use)."""
 
+    def _rpc_error(self, exc: BaseException, method: str) -> TritonClientError:
+        """Translate a failed call; after UNAVAILABLE the next call probes the channel again."""
+        error = status_error(method, exc)
+        if error.code is grpc.StatusCode.UNAVAILABLE:
+            self._connected = False
+        return error
+
+    def _probe_failed(self, exc: BaseException) -> None:
+        """Handle a failed connect probe: raise, unless the proxy just lacks the RPC."""
+        probe = status_error("ServerReady", exc)
+        error = connect_probe_error(self.addr, self.connect_timeout_sec, probe)
+        if error is not None:
+            raise error from exc
+
     def explicit_spec(self) -> PacketSpec | None:
         """The packet spec from the constructor alone, or None if discovery must fill it."""
         if self.input_name is None or self.shape is None or self.dtype_enum is None:

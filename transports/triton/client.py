@@ -31,7 +31,6 @@ from ._client_core import (
     StreamerSettings,
     TritonClientError,
     closed_error,
-    connect_probe_error,
     readiness_steps,
     status_error,
 )
@@ -128,27 +127,15 @@ class TritonBytesStreamer(StreamerSettings):
         stub = self._stub_now()
         if self._connected:
             return stub
+        probe = pb.ReadyRequest()
         try:
             stub.ServerReady(
-                pb.ReadyRequest(),
-                timeout=self.connect_timeout_sec,
-                metadata=self.metadata,
-                wait_for_ready=True,
+                probe, timeout=self.connect_timeout_sec, metadata=self.metadata, wait_for_ready=True
             )
         except grpc.RpcError as exc:
-            error = connect_probe_error(
-                self.addr, self.connect_timeout_sec, status_error("ServerReady", exc)
-            )
-            if error is not None:
-                raise error from exc
+            self._probe_failed(exc)
         self._connected = True
         return stub
-
-    def _check(self, exc: grpc.RpcError, method: str) -> TritonClientError:
-        error = status_error(method, exc)
-        if error.code is grpc.StatusCode.UNAVAILABLE:
-            self._connected = False  # probe again (with the connect timeout) next time
-        return error
 
     # Discovery and readiness ----------------------------------------------------------
 
@@ -166,7 +153,7 @@ class TritonBytesStreamer(StreamerSettings):
                 request, timeout=self.request_timeout_sec, metadata=self.metadata
             )
         except grpc.RpcError as exc:
-            raise self._check(exc, "ModelMetadata") from exc
+            raise self._rpc_error(exc, "ModelMetadata") from exc
         return ModelInfo.from_proto(response)
 
     def prepare(self, model: str, model_version: str = "") -> PacketSpec:
@@ -238,7 +225,7 @@ class TritonBytesStreamer(StreamerSettings):
         try:
             ack = stub.SendUnary(packet, timeout=self.request_timeout_sec, metadata=self.metadata)
         except grpc.RpcError as exc:
-            raise self._check(exc, "SendUnary") from exc
+            raise self._rpc_error(exc, "SendUnary") from exc
         return self.unary_result(ack, seq, time.perf_counter() - started)
 
     def stream_bytes(
@@ -297,7 +284,7 @@ class TritonBytesStreamer(StreamerSettings):
             except grpc.RpcError as exc:
                 if failure:
                     raise failure[0] from None
-                raise self._check(exc, "Chat") from exc
+                raise self._rpc_error(exc, "Chat") from exc
             if failure:
                 raise failure[0]
             pipe.finish()
