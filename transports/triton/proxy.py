@@ -287,6 +287,7 @@ class ProxyServer:
         port: the port it listens on.
         proxy: the servicer (``proxy.stats`` has its counters).
         health: the health servicer.
+        auth: the auth interceptor, None when running unauthenticated.
     """
 
     server: grpc.aio.Server
