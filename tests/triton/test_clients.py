@@ -184,6 +184,30 @@ def test_ack_outputs_from_binary_or_b64_json() -> None:
     assert "client_ms" in r0.timings
 
 
+def test_pipeline_stacks_frames_and_splits_outputs() -> None:
+    pipe = AckPipeline(SPEC, "m", "1", stream_id="s", parse_numpy=True)
+    frames = [np.full((1, 2), i, np.float32).tobytes() for i in range(3)]
+    packet = pipe.packet_frames(frames)
+    assert packet.meta.correlation_id == "s:0..2"
+    assert list(packet.tensor.shape.dims) == [3, 2]
+    assert list(packet.control.inputs[0].shape.dims) == [3, 2]
+    assert packet.tensor.data == b"".join(frames)
+    out = pb.NamedTensor(name="OUTPUT", dtype=pb.DT_FP32, shape=pb.Shape(dims=[3, 2]))
+    out.data = (np.arange(3, dtype=np.float32).repeat(2).reshape(3, 2) + 1).tobytes()
+    results = pipe.on_ack(pb.Ack(correlation_id="s:0..2", message="{}", outputs=[out]))
+    assert [r.seq for r in results] == [0, 1, 2]
+    for r in results:
+        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 2), r.seq + 1))  # type: ignore[index]
+    pipe.finish()
+
+
+def test_frames_per_packet_is_checked() -> None:
+    with pytest.raises(ValueError, match="frames_per_packet"):
+        TritonBytesStreamer("127.0.0.1:1", frames_per_packet=8, max_in_flight=4)
+    with pytest.raises(ValueError, match="parse_outputs_numpy"):
+        TritonBytesStreamer("127.0.0.1:1", frames_per_packet=2, parse_outputs_numpy=False)
+
+
 def test_auth_metadata_from_env() -> None:
     assert auth_metadata({}) == ()
     assert auth_metadata({"DOMINO_USER_API_KEY": "k", "Authorization": "tok"}) == (
@@ -324,6 +348,30 @@ def test_uint8_and_per_frame_failures(demo_proxy: ProxyProcess) -> None:
     assert [r.status for r in results] == ["OK", "BAD_REQUEST", "OK"]
     assert "got 5 bytes, expected 18" in (results[1].error or "")
     np.testing.assert_array_equal(results[2].outputs["IMAGE_OUT"], 255 - image)  # type: ignore[index]
+
+
+def test_frames_per_packet_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
+    with seed_streamer(demo_proxy.target, frames_per_packet=4, max_in_flight=16) as streamer:
+        results = list(streamer.stream_results("add_one_fp32", "1", fp32_frames(10)))
+    assert [r.seq for r in results] == list(range(10))
+    assert [r.correlation_id for r in results][-2:] == ["cam-001:8..9"] * 2
+    for r in results:
+        assert r.ok
+        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_async_frames_per_packet_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
+    async def frames() -> AsyncIterator[bytes]:
+        for data in fp32_frames(50):
+            yield data
+
+    async with AsyncTritonBytesStreamer(
+        demo_proxy.target, shape=(1, 4), frames_per_packet=8, max_in_flight=32
+    ) as streamer:
+        results = [r async for r in streamer.stream_results("add_one_fp32", "1", frames())]
+    assert [r.seq for r in results] == list(range(50))
+    assert all(r.outputs["OUTPUT"][0, 0] == r.seq + 1 for r in results)  # type: ignore[index]
 
 
 def test_send_unary(demo_proxy: ProxyProcess) -> None:
@@ -613,6 +661,17 @@ async def test_ordering_with_out_of_order_completions_over_real_triton(
     assert all(r.ok for r in results)
     slept = [float(r.outputs["SLEPT"][0, 0]) for r in results]  # type: ignore[index]
     assert slept == pytest.approx(sleeps)
+
+
+@pytest.mark.triton
+def test_frames_per_packet_over_real_triton(proxy_cli: ProxyProcess) -> None:
+    env = {"DOMINO_USER_API_KEY": API_KEY}
+    with seed_streamer(proxy_cli.target, environ=env, frames_per_packet=8) as streamer:
+        results = list(streamer.stream_results("add_one_fp32", "1", fp32_frames(60)))
+    assert [r.seq for r in results] == list(range(60))
+    for r in results:
+        assert r.ok
+        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))  # type: ignore[index]
 
 
 @pytest.mark.triton

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import json
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -40,6 +41,7 @@ __all__ = [
     "TensorInfo",
     "TritonClientError",
     "auth_metadata",
+    "chunked",
     "latency_percentiles",
     "numpy_dtype",
     "parse_ack",
@@ -427,7 +429,8 @@ def _b64_outputs(described: Mapping[str, Any]) -> dict[str, Any]:
 class AckPipeline:
     """Frame numbering, Ack matching and in-order release for one Chat call.
 
-    Drivers call :meth:`packet` for each frame they send, :meth:`on_ack` for each
+    Drivers call :meth:`packet` (one frame) or :meth:`packet_frames` (several frames
+    stacked along the batch dim) for each packet they send, :meth:`on_ack` for each
     Ack they receive (it returns the results now releasable, in frame order) and
     :meth:`finish` once the response stream has ended. :attr:`unreleased` (frames
     sent and not yet released) is what drivers bound to ``max_in_flight``: a slow
@@ -446,15 +449,17 @@ class AckPipeline:
     ) -> None:
         self._control = spec.control(model, model_version)
         self._dtype = as_dtype(spec.dtype)
+        self._dims = spec.shape
         self._shape = pb.Shape(dims=spec.shape)
         self._stream_id = stream_id
         self._parse_numpy = parse_numpy
         self._clock = clock
         self._sent = 0
         self._next_release = 0
-        self._seq_by_cid: dict[str, int] = {}
-        self._sent_at: dict[int, float] = {}
+        # correlation id -> (first frame's seq, frames in the packet, time sent)
+        self._in_flight: dict[str, tuple[int, int, float]] = {}
         self._done: dict[int, FrameResult] = {}
+        self._batched: dict[int, pb.Control] = {}
 
     @property
     def sent(self) -> int:
@@ -470,7 +475,6 @@ class AckPipeline:
         """Number the next frame and build its packet (a full Control, as the seed)."""
         seq = self._sent
         cid = f"{self._stream_id}:{seq}"
-        self._seq_by_cid[cid] = seq
         self._sent += 1
         packet = pb.DataPacket(
             meta=pb.Meta(correlation_id=cid),
@@ -478,26 +482,72 @@ class AckPipeline:
             tensor=pb.Tensor(dtype=self._dtype, shape=self._shape, data=data),
             event=pb.SEV_DATA,
         )
-        self._sent_at[seq] = self._clock()
+        self._in_flight[cid] = (seq, 1, self._clock())
         return packet
+
+    def packet_frames(self, frames: Sequence[bytes]) -> pb.DataPacket:
+        """Stack frames along the leading batch dim (of 1) into one packet.
+
+        The packet's correlation id is ``<stream_id>:<first>..<last>``; its Ack's
+        outputs are split back along the batch dim, one result per frame.
+
+        Raises:
+            ValueError: the spec's shape has no leading batch dim of 1.
+        """
+        if len(frames) == 1:
+            return self.packet(frames[0])
+        if not self._dims or self._dims[0] != 1:
+            raise ValueError(
+                f"stacking frames needs a leading batch dim of 1, shape is {list(self._dims)}"
+            )
+        first, count = self._sent, len(frames)
+        cid = f"{self._stream_id}:{first}..{first + count - 1}"
+        self._sent += count
+        shape = pb.Shape(dims=(count, *self._dims[1:]))
+        packet = pb.DataPacket(
+            meta=pb.Meta(correlation_id=cid),
+            control=self._batched_control(count),
+            tensor=pb.Tensor(dtype=self._dtype, shape=shape, data=b"".join(frames)),
+            event=pb.SEV_DATA,
+        )
+        self._in_flight[cid] = (first, count, self._clock())
+        return packet
+
+    def _batched_control(self, count: int) -> pb.Control:
+        control = self._batched.get(count)
+        if control is None:
+            control = pb.Control()
+            control.CopyFrom(self._control)
+            control.inputs[0].shape.dims[0] = count
+            self._batched[count] = control
+        return control
 
     def on_ack(self, ack: pb.Ack) -> list[FrameResult]:
         """Take one Ack; return the results that are now releasable, in frame order.
 
         Raises:
-            TritonClientError: (INTERNAL) the Ack names no frame in flight.
+            TritonClientError: (INTERNAL) the Ack names no packet in flight.
         """
-        seq = self._seq_by_cid.pop(ack.correlation_id, None)
-        if seq is None:
+        entry = self._in_flight.pop(ack.correlation_id, None)
+        if entry is None:
             raise TritonClientError(
                 "Chat",
                 grpc.StatusCode.INTERNAL,
                 f"the proxy acknowledged an unknown or already acknowledged frame "
                 f"{ack.correlation_id!r}",
             )
+        first, count, sent_at = entry
         status, msg, outputs, timings = parse_ack(ack, parse_numpy=self._parse_numpy)
-        timings["client_ms"] = (self._clock() - self._sent_at.pop(seq)) * 1000.0
-        self._done[seq] = FrameResult(seq, ack.correlation_id, status, msg, outputs, timings)
+        timings["client_ms"] = (self._clock() - sent_at) * 1000.0
+        cid = ack.correlation_id
+        if count == 1:
+            self._done[first] = FrameResult(first, cid, status, msg, outputs, timings)
+        else:
+            for i in range(count):
+                part = None if outputs is None else _batch_slice(outputs, i, count)
+                self._done[first + i] = FrameResult(
+                    first + i, cid, status, dict(msg), part, dict(timings)
+                )
         ready: list[FrameResult] = []
         while self._next_release in self._done:
             ready.append(self._done.pop(self._next_release))
@@ -511,13 +561,31 @@ class AckPipeline:
             TritonClientError: (INTERNAL) the response stream ended early.
         """
         if self.unreleased:
-            missing = sorted(self._seq_by_cid.values())[:5]
+            missing = sorted(first for first, _, _ in self._in_flight.values())[:5]
             raise TritonClientError(
                 "Chat",
                 grpc.StatusCode.INTERNAL,
-                f"the proxy ended the stream with {len(self._seq_by_cid)} frames "
+                f"the proxy ended the stream with {self.unreleased} frames "
                 f"unacknowledged (first seqs: {missing})",
             )
+
+
+def _batch_slice(outputs: dict[str, Any], i: int, count: int) -> dict[str, Any]:
+    # Arrays whose leading dim is the batch are split (keeping a batch dim of 1, as a
+    # single frame's result has); anything else is shared by the packet's frames.
+    return {
+        name: value[i : i + 1]
+        if isinstance(value, np.ndarray) and value.ndim and value.shape[0] == count
+        else value
+        for name, value in outputs.items()
+    }
+
+
+def chunked(frames: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
+    """Consecutive lists of ``size`` frames (the last may be shorter)."""
+    iterator = iter(frames)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def latency_percentiles(values_ms: Sequence[float]) -> dict[str, float]:
@@ -556,6 +624,7 @@ class StreamerSettings:
         connect_timeout_sec: float = 10.0,
         stream_timeout_sec: float | None = None,
         max_in_flight: int = 32,
+        frames_per_packet: int = 1,
         binary_outputs: bool | None = None,
         tls: ClientTLS | None = None,
         root_certs: bytes | None = None,
@@ -565,6 +634,13 @@ class StreamerSettings:
     ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if not 1 <= frames_per_packet <= max_in_flight:
+            raise ValueError(
+                f"frames_per_packet must be within 1..max_in_flight ({max_in_flight}), "
+                f"got {frames_per_packet}"
+            )
+        if frames_per_packet > 1 and not parse_outputs_numpy:
+            raise ValueError("frames_per_packet > 1 needs parse_outputs_numpy=True")
         if isinstance(outputs, str):
             outputs = (outputs,)
         self.addr = addr
@@ -578,6 +654,7 @@ class StreamerSettings:
         self.connect_timeout_sec = float(connect_timeout_sec)
         self.stream_timeout_sec = stream_timeout_sec
         self.max_in_flight = int(max_in_flight)
+        self.frames_per_packet = int(frames_per_packet)
         # Raw bytes are cheaper than base64 for both ends; a caller that wants the
         # seed's JSON outputs (parse_outputs_numpy=False) gets the b64 form.
         self.binary_outputs = parse_outputs_numpy if binary_outputs is None else binary_outputs

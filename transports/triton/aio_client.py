@@ -29,6 +29,7 @@ from ._client_core import (
     ReadyStep,
     StreamerSettings,
     TritonClientError,
+    chunked,
     closed_error,
     readiness_steps,
     status_error,
@@ -189,11 +190,17 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         pipe = self.pipeline(spec, model, model_version)
         window = asyncio.Semaphore(self.max_in_flight)
         failure: list[Exception] = []
+        per_packet = self.frames_per_packet
 
         async def requests() -> AsyncIterator[pb.DataPacket]:
             # gRPC's own task consumes this: waiting on the window is the back-pressure.
             try:
-                if isinstance(frame_bytes_iter, AsyncIterable):
+                if per_packet > 1:
+                    async for chunk in _chunks(frame_bytes_iter, per_packet):
+                        for _ in chunk:
+                            await window.acquire()
+                        yield pipe.packet_frames(chunk)
+                elif isinstance(frame_bytes_iter, AsyncIterable):
                     async for data in frame_bytes_iter:
                         await window.acquire()
                         yield pipe.packet(data)
@@ -220,3 +227,18 @@ class AsyncTritonBytesStreamer(StreamerSettings):
             pipe.finish()
         finally:
             call.cancel()
+
+
+async def _chunks(frames: Frames, size: int) -> AsyncIterator[list[bytes]]:
+    if not isinstance(frames, AsyncIterable):
+        for whole in chunked(frames, size):
+            yield whole
+        return
+    chunk: list[bytes] = []
+    async for data in frames:
+        chunk.append(data)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
