@@ -31,10 +31,11 @@ from reliability_helpers import (
 
 from transports import grpc as tgrpc
 from transports import http, sse
-from transports.grpc import serve_in_thread
+from transports.grpc import GrpcOptions, serve_in_thread
 from truss_stream import StreamError, StreamTruncatedError
 
 TRANSPORTS = ["sse", "http", "grpc"]
+PRIVATE_CONNECTION = GrpcOptions(extra=[("grpc.use_local_subchannel_pool", 1)])
 
 
 class Outcome:
@@ -66,8 +67,15 @@ async def aread(
     params = {"stream": stream, "n": n, "codec": codec, "delay": delay, "floats": floats}
     try:
         if transport == "grpc":
+            # A private subchannel pool: grpc-core otherwise shares connections between
+            # channels to one target, and a stream could ride an earlier, uncut one.
             cm: Any = tgrpc.aconnect(
-                base, "Stream", types, request=grpc_request(**params), timeout=timeout
+                base,
+                "Stream",
+                types,
+                request=grpc_request(**params),
+                timeout=timeout,
+                options=PRIVATE_CONNECTION,
             )
             async with cm as reader:
                 await _drain(reader, out, on_item)
