@@ -25,7 +25,13 @@ from starlette.routing import Route
 from transports import http, sse
 from transports.base import TransportError
 from transports.sse import SSEFrameDecoder, encode_event
-from truss_stream import NDArray, StreamTruncatedError, stream_reader, stream_types, stream_writer
+from truss_stream import (
+    NDArray,
+    StreamTruncatedError,
+    stream_reader,
+    stream_types,
+    stream_writer,
+)
 
 
 class Header(pydantic.BaseModel):

@@ -105,7 +105,8 @@ async def guard_frames(
 
     - A producer that finishes without END gets one appended.
     - A producer that raises after its first frame gets an ERROR frame carrying
-      the exception (type and message) and nothing after it.
+      the exception (type and message) and nothing after it; so does one that
+      yields something other than one whole frame (``MalformedFrameError``).
     - A producer that raises before its first frame re-raises, so the server can
       still answer with an error status instead of a 200.
     - After END or ERROR the producer is closed: nothing follows them on the wire.
@@ -114,6 +115,8 @@ async def guard_frames(
     """
     codec = default_codec
     first = True
+    kind: FrameKind
+    frame_codec: Codec
     iterator: Any
     iterator = frames.__aiter__() if isinstance(frames, AsyncIterable) else iter(frames)
     is_async = isinstance(frames, AsyncIterable)
@@ -124,14 +127,18 @@ async def guard_frames(
                     frame = await iterator.__anext__()
                 else:
                     frame = next(iterator)
+                kind, frame_codec = frame_info(frame)
             except (StopAsyncIteration, StopIteration):
                 break
             except Exception as exc:
+                # A producer that raises, or yields something that is not one whole
+                # frame, failed: before its first frame the server answers with an
+                # error status, after it the reader gets an ERROR frame.
                 if first:
                     raise
                 yield error_frame(exc, codec)
                 return
-            kind, codec = frame_info(frame)
+            codec = frame_codec
             first = False
             yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
             if kind in (FrameKind.END, FrameKind.ERROR):
