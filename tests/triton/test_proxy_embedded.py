@@ -209,7 +209,7 @@ async def test_chat_pipelines_up_to_max_in_flight() -> None:
     assert len(acks) == 40
     assert {a.status for a in acks} == {pb.OK}
     assert recorder.peak == 4
-    assert elapsed < 40 * 0.05 / 2  # pipelined, far from one at a time
+    assert elapsed < 40 * 0.05 * 0.8  # pipelined: one at a time would take 2 s
 
 
 async def test_client_disconnect_cancels_in_flight_calls() -> None:

@@ -202,13 +202,16 @@ async def test_client_disconnect_cancels_triton_calls(triton: TritonProcess) -> 
 async def test_two_replicas_both_receive_traffic(
     triton: TritonProcess, spare_triton: TritonProcess
 ) -> None:
-    before = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
     target = f"ipv4:{triton.url},{spare_triton.url}"
     async with (
         running_proxy(triton_url=target, max_in_flight=8) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         stub = pbg.MultimodalServiceStub(channel)
+        # Warm up: round_robin only picks connected replicas, so connect both first.
+        assert (await stub.ServerReady(pb.ReadyRequest())).ready
+        [a async for a in stub.Chat(packet(f"warm:{i}", X) for i in range(10))]
+        before = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
         packets = (packet(f"rr:{i}", X) for i in range(100))
         acks = [a async for a in stub.Chat(packets)]
     assert [a.status for a in acks] == [pb.OK] * 100
@@ -261,7 +264,9 @@ async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) 
                 transition.result()
                 done.set()
     assert set(seen["up"]) == {pb.OK}
-    assert set(seen["down"]) == {pb.INTERNAL}
+    # (an OK sent before Triton went away may still arrive just after)
+    assert seen["down"].count(pb.INTERNAL) >= 3
+    assert set(seen["down"]) <= {pb.OK, pb.INTERNAL}
     assert seen["back"][-3:] == [pb.OK] * 3
     assert errors
     for body in errors:
