@@ -16,7 +16,6 @@ transport-specific function. What it adds over Starlette's ``StreamingResponse``
   truncated stream, never a complete one.
 - Optional keep-alive bytes (SSE comment pings) when nothing was sent for
   ``ping_interval`` seconds.
-
 - Frames produced back to back are coalesced into one send of up to 64 KiB;
   a frame is never held back while the producer is waiting (see ``_ResponseRun``).
 
@@ -52,7 +51,9 @@ __all__ = ["FrameEncoder", "FrameStreamResponse", "Frames"]
 
 logger = logging.getLogger("transports")
 
-#: What a response takes: the writer's frames, async (preferred) or sync.
+#: What a response takes: the writer's frames, async (preferred) or sync. A sync
+#: iterable is iterated on the event loop: use it for frames that are ready, not
+#: for blocking work.
 Frames = AsyncIterable[bytes | bytearray | memoryview] | Iterable[bytes | bytearray | memoryview]
 #: Turns (sequence number, frame) into the bytes that go on the wire.
 FrameEncoder = Callable[[int, "bytes | memoryview"], "bytes | memoryview"]
@@ -60,10 +61,6 @@ FrameEncoder = Callable[[int, "bytes | memoryview"], "bytes | memoryview"]
 _MAX_ERROR_BODY = 1024
 #: A batch of small frames is sent once it holds this many bytes.
 _BATCH_BYTES = 64 * 1024
-
-
-class _StreamAborted(Exception):
-    """Raised inside the response when a send timed out."""
 
 
 class FrameStreamResponse(Response):
