@@ -302,3 +302,26 @@ def test_each_frame_is_flushed_while_the_producer_waits(module: Any) -> None:
 
     with live_server(app_for(endpoint)) as server:
         assert anyio.run(main, f"{server.url}/s") == [0, 1]
+
+
+@pytest.mark.parametrize("module", [sse, http], ids=["sse", "http"])
+def test_client_leaving_before_the_first_frame_closes_the_producer(module: Any) -> None:
+    closed = threading.Event()
+
+    async def produce() -> AsyncIterator[bytes | memoryview]:
+        try:
+            await anyio.sleep(30)  # a slow model, before anything was sent
+            yield b""  # pragma: no cover
+        finally:
+            closed.set()
+
+    async def endpoint(request: Request) -> Response:
+        respond = sse.sse_response if module is sse else http.stream_response
+        return respond(produce())
+
+    with live_server(app_for(endpoint)) as server, httpx.Client(timeout=0.3) as client:
+        url = f"{server.url}/s"
+        # httpx's read timeout expires while opening: the client closes the connection.
+        with pytest.raises(TransportError), module.connect(client, "GET", url, JSON_TYPES):
+            pass  # pragma: no cover
+        assert closed.wait(5)
