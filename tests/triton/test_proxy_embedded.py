@@ -387,3 +387,22 @@ async def test_tls(tmp_path: Any) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
             with pytest.raises(grpc.aio.AioRpcError):
                 await pbg.MultimodalServiceStub(plain).SendUnary(packet("tls:1", X), timeout=5)
+
+
+def test_tls_through_the_cli(tmp_path: Any) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert_path.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    proxy = ProxyProcess(
+        ["--backend", "demo", "--tls-cert", str(cert_path), "--tls-key", str(key_path)]
+    )
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
+        with grpc.secure_channel(f"localhost:{proxy.port}", credentials) as channel:
+            ack = pbg.MultimodalServiceStub(channel).SendUnary(packet("tls:cli", X), timeout=30)
+    finally:
+        proxy.stop()
+    assert ack.status == pb.OK
