@@ -680,7 +680,7 @@ class StreamerSettings:
 
     def _probe_failed(self, exc: BaseException) -> None:
         """Handle a failed connect probe: raise, unless the proxy just lacks the RPC."""
-        probe = status_error("ServerReady", exc)
+        probe = status_error(HEALTH_CHECK_METHOD, exc)
         error = connect_probe_error(self.addr, self.connect_timeout_sec, probe)
         if error is not None:
             raise error from exc
@@ -751,17 +751,23 @@ def not_ready_error(what: str, timeout_s: float, last: str) -> TritonClientError
     )
 
 
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+"""The connect probe: the standard gRPC health check (answered by the proxy itself)."""
+
+HEALTH_CHECK_REQUEST = b""
+"""A serialized ``HealthCheckRequest`` for the whole server (``service=""``)."""
+
+
 def connect_probe_error(
     addr: str, timeout_s: float, exc: TritonClientError
 ) -> TritonClientError | None:
     """What the connect probe's failure means: None (connected after all) or the error.
 
-    The probe is a ``ServerReady`` call with ``wait_for_ready`` and the connect timeout
-    as its deadline: it waits for the channel to connect, as gRPC retries, and no
-    longer. A proxy without the RPC (``UNIMPLEMENTED``, e.g. the seed's) is connected.
+    The probe is a health check with ``wait_for_ready`` and the connect timeout as its
+    deadline: it waits for the channel to connect, as gRPC retries, and no longer. Any
+    answer but a transient failure or an auth refusal means the channel is connected
+    (a proxy without the health service, e.g. the seed's, says ``UNIMPLEMENTED``).
     """
-    if exc.code is grpc.StatusCode.UNIMPLEMENTED:
-        return None
     if exc.code in _TRANSIENT:
         return TritonClientError(
             "connect",
@@ -769,7 +775,9 @@ def connect_probe_error(
             f"could not connect to the Triton proxy at {addr} within {timeout_s:g}s "
             f"({exc.code.name}: {exc.details})",
         )
-    return exc
+    if exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return exc
+    return None
 
 
 def closed_error() -> TritonClientError:

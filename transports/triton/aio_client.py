@@ -23,6 +23,8 @@ from transports.grpc import acreate_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    HEALTH_CHECK_METHOD,
+    HEALTH_CHECK_REQUEST,
     FrameResult,
     ModelInfo,
     PacketSpec,
@@ -88,13 +90,16 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         return self._channel, self._stub
 
     async def _connected_stub(self) -> pbg.MultimodalServiceAsyncStub:
-        _, stub = self._stub_now()
+        channel, stub = self._stub_now()
         if self._connected:
             return stub
-        probe = pb.ReadyRequest()
+        probe = channel.unary_unary(HEALTH_CHECK_METHOD, None, None)  # raw bytes in and out
         try:
-            await stub.ServerReady(
-                probe, timeout=self.connect_timeout_sec, metadata=self.metadata, wait_for_ready=True
+            await probe(
+                HEALTH_CHECK_REQUEST,
+                timeout=self.connect_timeout_sec,
+                metadata=self.metadata,
+                wait_for_ready=True,
             )
         except grpc.RpcError as exc:
             self._probe_failed(exc)

@@ -24,6 +24,8 @@ from transports.grpc import create_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    HEALTH_CHECK_METHOD,
+    HEALTH_CHECK_REQUEST,
     FrameResult,
     ModelInfo,
     PacketSpec,
@@ -64,8 +66,8 @@ class TritonBytesStreamer(StreamerSettings):
         connect_timeout_sec: how long the first call (and the first after the
             proxy became unreachable) waits for the channel to connect, as gRPC
             retries, before failing with ``UNAVAILABLE``; separate from the
-            per-request timeout. The wait is a ``ServerReady`` call with
-            ``wait_for_ready``.
+            per-request timeout. The wait is a gRPC health check with
+            ``wait_for_ready``, answered by the proxy itself.
         stream_timeout_sec: optional deadline of a whole ``stream_bytes`` call;
             ``None`` (default) lets a stream run as long as frames keep coming.
         max_in_flight: frames sent whose results have not been yielded yet, at most.
@@ -121,23 +123,26 @@ class TritonBytesStreamer(StreamerSettings):
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def _stub_now(self) -> pbg.MultimodalServiceStub:
+    def _stub_now(self) -> tuple[grpc.Channel, pbg.MultimodalServiceStub]:
         with self._lock:
             if self._closed:
                 raise closed_error()
-            if self._stub is None:
+            if self._channel is None or self._stub is None:
                 self._channel = create_channel(self.addr, options=self.options, tls=self.tls)
                 self._stub = pbg.MultimodalServiceStub(self._channel)
-            return self._stub
+            return self._channel, self._stub
 
     def _connected_stub(self) -> pbg.MultimodalServiceStub:
-        stub = self._stub_now()
+        channel, stub = self._stub_now()
         if self._connected:
             return stub
-        probe = pb.ReadyRequest()
+        probe = channel.unary_unary(HEALTH_CHECK_METHOD, None, None)  # raw bytes in and out
         try:
-            stub.ServerReady(
-                probe, timeout=self.connect_timeout_sec, metadata=self.metadata, wait_for_ready=True
+            probe(
+                HEALTH_CHECK_REQUEST,
+                timeout=self.connect_timeout_sec,
+                metadata=self.metadata,
+                wait_for_ready=True,
             )
         except grpc.RpcError as exc:
             self._probe_failed(exc)
@@ -195,7 +200,7 @@ class TritonBytesStreamer(StreamerSettings):
             TritonClientError: ``DEADLINE_EXCEEDED`` when ``timeout_s`` runs out;
                 ``UNAUTHENTICATED`` (or another non-transient status) at once.
         """
-        stub = self._stub_now()
+        _, stub = self._stub_now()
         steps = readiness_steps(
             model, model_version, timeout_s, self.request_timeout_sec, time.monotonic
         )
