@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent import futures
+from typing import Any
 
 import grpc
 import numpy as np
@@ -295,6 +296,26 @@ def test_sync_early_break_does_not_hang(scrambler: tuple[str, ScramblingServicer
         assert len(list(streamer.stream_bytes("m", "1", fp32_frames(3)))) == 3
 
 
+@pytest.mark.anyio
+async def test_async_early_break_does_not_hang(scrambler: tuple[str, ScramblingServicer]) -> None:
+    addr, _ = scrambler
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield np.zeros((1, 4), np.float32).tobytes()
+
+    async with AsyncTritonBytesStreamer(
+        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=4
+    ) as streamer:
+        results = streamer.stream_bytes("m", "1", endless())
+        async for seq, _, _ in results:
+            if seq == 20:
+                break
+        await results.aclose()  # type: ignore[attr-defined]
+        again = [r async for r in streamer.stream_bytes("m", "1", fp32_frames(3))]
+    assert [seq for seq, _, _ in again] == [0, 1, 2]
+
+
 def test_env_auth_headers_reach_the_server(
     scrambler: tuple[str, ScramblingServicer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,6 +543,27 @@ def test_proxy_killed_mid_stream_raises_unavailable() -> None:
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_tls_with_root_certs(tmp_path: Any) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key_path))
+    cert_path.write_bytes(b"".join(pem.bytes() for pem in cert.cert_chain_pems))
+    proxy = ProxyProcess(["--backend=demo", f"--tls-cert={cert_path}", f"--tls-key={key_path}"])
+    try:
+        addr = f"localhost:{proxy.port}"
+        with seed_streamer(addr, root_certs=ca.cert_pem.bytes()) as streamer:
+            results = list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(5)))
+        assert [ack["status"] for _, ack, _ in results] == ["OK"] * 5
+        with seed_streamer(addr, connect_timeout_sec=1.0) as plain:  # no TLS: no connection
+            with pytest.raises(TritonClientError) as info:
+                plain.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
+            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+    finally:
+        proxy.stop()
 
 
 def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
