@@ -257,3 +257,72 @@ def test_proxy_refuses_an_oversized_packet_cleanly_and_keeps_serving() -> None:
             ]
     finally:
         proxy.stop()
+
+
+# Triton client timeouts ---------------------------------------------------------------------
+
+
+def test_triton_clients_connect_timeout_against_a_black_hole() -> None:
+    from test_timeouts import full_backlog_listener
+
+    frames = [np.zeros((1, 4), np.float32).tobytes()]
+    with full_backlog_listener() as port:
+        target = f"127.0.0.1:{port}"
+        started = time.monotonic()
+        with (
+            TritonBytesStreamer(**settings(target, connect_timeout_sec=0.5)) as streamer,
+            pytest.raises(TritonClientError) as sync_info,
+        ):
+            list(streamer.stream_bytes("add_one_fp32", "1", frames))
+        sync_took = time.monotonic() - started
+
+        async def main() -> float:
+            started = time.monotonic()
+            async with AsyncTritonBytesStreamer(**settings(target, connect_timeout_sec=0.5)) as s:
+                with pytest.raises(TritonClientError) as info:
+                    async for _ in s.stream_bytes("add_one_fp32", "1", frames):
+                        pass
+            assert info.value.code in (
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            return time.monotonic() - started
+
+        async_took = asyncio.run(main())
+    assert sync_info.value.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    assert sync_took < 3, sync_took
+    assert async_took < 3, async_took
+
+
+def test_triton_clients_stream_timeout_is_a_total_limit() -> None:
+    proxy = Proxy(free_port())
+    stop = threading.Event()
+    try:
+        started = time.monotonic()
+        with (
+            TritonBytesStreamer(**settings(proxy.target, stream_timeout_sec=1.0)) as streamer,
+            pytest.raises(TritonClientError) as sync_info,
+        ):
+            for _ in streamer.stream_bytes("add_one_fp32", "1", slow_frames(stop)):
+                pass
+        stop.set()
+        sync_took = time.monotonic() - started
+
+        async def main() -> float:
+            started = time.monotonic()
+            async with AsyncTritonBytesStreamer(
+                **settings(proxy.target, stream_timeout_sec=1.0)
+            ) as s:
+                with pytest.raises(TritonClientError) as info:
+                    async for _ in s.stream_bytes("add_one_fp32", "1", aslow_frames()):
+                        pass
+            assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            return time.monotonic() - started
+
+        async_took = asyncio.run(main())
+    finally:
+        stop.set()
+        proxy.stop()
+    assert sync_info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert 0.9 < sync_took < 4, sync_took
+    assert 0.9 < async_took < 4, async_took
