@@ -47,7 +47,8 @@ class AsyncTritonBytesStreamer(StreamerSettings):
 
     Takes the arguments of :class:`~transports.triton.TritonBytesStreamer` (see
     there), ``max_in_flight`` included. The channel opens on first use, inside the
-    running event loop; use ``async with`` (or ``await close()``) to close it.
+    running event loop, and belongs to that loop (use one client per event loop);
+    use ``async with`` (or ``await close()``) to close it.
     ``frame_bytes_iter`` may be a sync or an async iterable; a sync one runs on the
     event loop, so it should not block.
     """
