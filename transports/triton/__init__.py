@@ -4,12 +4,22 @@
 - ``python -m transports.triton.proxy``: the proxy (see ``docs/triton-proxy.md``).
 - :class:`TritonBytesStreamer` / :class:`AsyncTritonBytesStreamer`: the clients, many
   frames pipelined over one ``Chat`` call (see ``docs/triton-clients.md``).
+- :func:`triton_frames` / :func:`triton_stream_types`: their results as a typed
+  truss_stream stream (header, items, footer), to re-serve on any transport.
 """
 
 from . import multimodal_pb2, multimodal_pb2_grpc
 from ._client_core import FrameResult, ModelInfo, PacketSpec, TensorInfo, TritonClientError
 from .aio_client import AsyncTritonBytesStreamer
 from .client import TritonBytesStreamer
+from .typed import (
+    TritonFooter,
+    TritonHeader,
+    TritonItem,
+    TritonTensorSpec,
+    triton_frames,
+    triton_stream_types,
+)
 
 __all__ = [
     "AsyncTritonBytesStreamer",
@@ -19,6 +29,12 @@ __all__ = [
     "TensorInfo",
     "TritonBytesStreamer",
     "TritonClientError",
+    "TritonFooter",
+    "TritonHeader",
+    "TritonItem",
+    "TritonTensorSpec",
     "multimodal_pb2",
     "multimodal_pb2_grpc",
+    "triton_frames",
+    "triton_stream_types",
 ]
