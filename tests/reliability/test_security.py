@@ -427,3 +427,25 @@ def test_asyncio_interceptor_check_is_consistent_under_concurrency(
     codes = asyncio.run(main())
     assert codes.count(grpc.StatusCode.OK) == 10
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) == 10
+
+
+def test_auth_principal_that_hangs_or_redirects_is_never_a_bypass() -> None:
+    from test_timeouts import silent_listener
+
+    async def redirect(request: Request) -> Response:
+        return Response(status_code=302, headers={"location": "http://127.0.0.1:9/ok"})
+
+    app = Starlette(routes=[Route("/v4/auth/principal", redirect)])
+    with silent_listener() as port, live_server(app) as web:
+        for url, expected in (
+            (f"http://127.0.0.1:{port}/v4/auth/principal", grpc.StatusCode.UNAVAILABLE),
+            (f"{web.url}/v4/auth/principal", grpc.StatusCode.UNAUTHENTICATED),
+        ):
+            interceptor = DominoAuthInterceptor(url, cache_ttl=30, timeout=0.5)
+            with serve_in_thread(
+                grpc_service(), interceptors=[interceptor], reflection=False
+            ) as running:
+                for _ in range(2):  # nothing cached either
+                    started = time.monotonic()
+                    assert _call(running.target, KEY) == expected
+                    assert time.monotonic() - started < 3
