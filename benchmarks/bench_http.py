@@ -1,7 +1,7 @@
 """SSE and chunked HTTP: typed streams vs the anchors, side by side in one run.
 
 Servers run under uvicorn[standard] (httptools, uvloop) in their own process;
-the clients run here, async, over loopback. Each figure is the best of a few
+the clients run here, async, over loopback. Each figure is the median of a few
 repeats. Three measurements:
 
 1. SSE, 20k small typed items (int, float, 8 strings): ``sse_response`` +
@@ -33,7 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(which: str) -> Iterator[str]:
+def server(which: str) -> Iterator[tuple[str, int]]:
     port = _free_port()
     cmd = [sys.executable, "-m", "benchmarks.bench_http", "--serve", which, "--port", str(port)]
     root = Path(__file__).resolve().parent.parent
@@ -185,7 +185,7 @@ def server(which: str) -> Iterator[str]:
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"benchmark server {which} did not start")
             time.sleep(0.05)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         try:
@@ -271,19 +271,43 @@ async def latency(client: httpx.AsyncClient, transport: str) -> dict[str, float]
     }
 
 
-async def _interleaved(variants: dict[str, Any], repeats: int = REPEATS) -> dict[str, float]:
-    """Best of ``repeats`` per variant, run in turn so load drift hits all alike."""
-    best: dict[str, float] = {}
+def _cpu_seconds(pid: int) -> float:
+    import psutil  # type: ignore[import-untyped]
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def _interleaved(
+    variants: Mapping[str, tuple[Any, int, float]], repeats: int = REPEATS
+) -> dict[str, dict[str, float]]:
+    """Run the variants in turn, ``repeats`` times, so load drift hits all alike.
+
+    ``variants`` maps a name to (factory, server pid, units per run); the first is
+    the anchor. Each variant gets its median value, its median ratio to the anchor
+    run just before it, and the CPU seconds per unit spent by client and server.
+    """
+    runs: dict[str, list[dict[str, float]]] = {key: [] for key in variants}
+    anchor = next(iter(variants))
     for _ in range(repeats):
-        for key, factory in variants.items():
-            best[key] = max(best.get(key, 0.0), await factory())
-    return best
+        for key, (factory, pid, units) in variants.items():
+            client0, server0 = time.process_time(), _cpu_seconds(pid)
+            value = await factory()
+            client_cpu = (time.process_time() - client0) / units
+            server_cpu = (_cpu_seconds(pid) - server0) / units
+            run = {"value": value, "client_cpu": client_cpu, "server_cpu": server_cpu}
+            run["ratio"] = value / runs[anchor][-1]["value"] if key != anchor else 1.0
+            runs[key].append(run)
+    return {
+        key: {field: statistics.median(r[field] for r in rs) for field in rs[0]}
+        for key, rs in runs.items()
+    }
 
 
 async def measure() -> dict[str, Any]:
     timeout = httpx.Timeout(120.0)
     out: dict[str, Any] = {}
-    with server("ours") as ours_url, server("baseline") as base_url:
+    with server("ours") as (ours_url, ours_pid), server("baseline") as (base_url, base_pid):
         async with (
             httpx.AsyncClient(base_url=ours_url, timeout=timeout) as ours,
             httpx.AsyncClient(base_url=base_url, timeout=timeout) as base,
@@ -291,14 +315,14 @@ async def measure() -> dict[str, Any]:
             await ours_sse_small(ours, "json")  # warm-up
             await baseline_sse_small(base)
             sse_variants = {
-                "sse_base": lambda: baseline_sse_small(base),
-                "sse_json": lambda: ours_sse_small(ours, "json"),
-                "sse_msgpack": lambda: ours_sse_small(ours, "msgpack"),
+                "sse_base": (lambda: baseline_sse_small(base), base_pid, SMALL_ITEMS),
+                "sse_json": (lambda: ours_sse_small(ours, "json"), ours_pid, SMALL_ITEMS),
+                "sse_msgpack": (lambda: ours_sse_small(ours, "msgpack"), ours_pid, SMALL_ITEMS),
             }
             out.update(await _interleaved(sse_variants))
             http_variants = {
-                "http_base": lambda: baseline_http_tensors(base),
-                "http_ours": lambda: ours_http_tensors(ours),
+                "http_base": (lambda: baseline_http_tensors(base), base_pid, TENSOR_ITEMS),
+                "http_ours": (lambda: ours_http_tensors(ours), ours_pid, TENSOR_ITEMS),
             }
             out.update(await _interleaved(http_variants))
             out["lat_sse"] = await latency(ours, "sse")
@@ -306,26 +330,30 @@ async def measure() -> dict[str, Any]:
     return out
 
 
+def _cpu_note(m: dict[str, float], unit: str) -> str:
+    return (
+        f"CPU per {unit}: client {m['client_cpu'] * 1e6:,.0f} us, "
+        f"server {m['server_cpu'] * 1e6:,.0f} us"
+    )
+
+
 def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
     sse_anchor = "sse-starlette + httpx-sse, untyped JSON"
     http_anchor = "raw StreamingResponse + httpx, same bytes"
-    rows: list[dict[str, Any]] = [
-        {"benchmark": f"SSE {SMALL_ITEMS} small items", "variant": sse_anchor,
-         "value": m["sse_base"], "unit": "items/s"},
-        {"benchmark": f"SSE {SMALL_ITEMS} small items", "variant": "truss-stream SSE, json, typed",
-         "value": m["sse_json"], "unit": "items/s", "ratio_vs": sse_anchor,
-         "ratio": m["sse_json"] / m["sse_base"], "goal": ">= 1.0x"},
-        {"benchmark": f"SSE {SMALL_ITEMS} small items",
-         "variant": "truss-stream SSE, msgpack (base64), typed", "value": m["sse_msgpack"],
-         "unit": "items/s", "ratio_vs": sse_anchor, "ratio": m["sse_msgpack"] / m["sse_base"],
-         "goal": ">= 1.0x"},
-        {"benchmark": f"chunked HTTP {TENSOR_ITEMS} x 4 MiB float32", "variant": http_anchor,
-         "value": m["http_base"], "unit": "MB/s"},
-        {"benchmark": f"chunked HTTP {TENSOR_ITEMS} x 4 MiB float32",
-         "variant": "truss-stream chunked, msgpack, decoded items", "value": m["http_ours"],
-         "unit": "MB/s", "ratio_vs": http_anchor, "ratio": m["http_ours"] / m["http_base"],
-         "goal": ">= 0.8x"},
-    ]  # fmt: skip
+    sse_bench = f"SSE, {SMALL_ITEMS} small items"
+    http_bench = f"chunked HTTP, {TENSOR_ITEMS} x 4 MiB float32"
+    rows: list[dict[str, Any]] = []
+    for key, variant, goal in (
+        ("sse_base", sse_anchor, ""),
+        ("sse_json", "truss-stream SSE, json, typed", ">= 1.0x"),
+        ("sse_msgpack", "truss-stream SSE, msgpack (base64), typed", ">= 1.0x"),
+    ):
+        rows.append(_row(sse_bench, variant, m[key], "items/s", sse_anchor, goal, "item"))
+    for key, variant, goal in (
+        ("http_base", http_anchor, ""),
+        ("http_ours", "truss-stream chunked, msgpack, decoded items", ">= 0.8x"),
+    ):
+        rows.append(_row(http_bench, variant, m[key], "MB/s", http_anchor, goal, "4 MiB item"))
     for transport in ("sse", "http"):
         lat = m[f"lat_{transport}"]
         name = "SSE" if transport == "sse" else "chunked HTTP"
@@ -335,6 +363,17 @@ def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
                 {"benchmark": bench, "variant": f"{name}: {label}", "value": lat[key], "unit": "ms"}
             )
     return rows
+
+
+def _row(
+    bench: str, variant: str, m: dict[str, float], unit: str, anchor: str, goal: str, per: str
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"benchmark": bench, "variant": variant, "value": m["value"]}
+    row["unit"] = unit
+    row["notes"] = _cpu_note(m, per)
+    if goal:
+        row.update(ratio_vs=anchor, ratio=m["ratio"], goal=goal)
+    return row
 
 
 def run() -> list[dict[str, Any]]:
@@ -352,7 +391,8 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         f"Machine: {os.cpu_count()} cores (`nproc` {len(os.sched_getaffinity(0))}), "
         f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}; "
         "uvicorn[standard] (httptools, uvloop) server in its own process, async httpx "
-        f"client, loopback. Best of {REPEATS} runs, variants interleaved. "
+        f"client, loopback. Median of {REPEATS} runs, variants taking turns; a ratio is the "
+        "median of the ratios of runs made side by side. "
         "Produced by `python -m benchmarks.bench_http`.",
         "",
         "Load average when the table was written (other jobs share the 2 cores): "
@@ -360,14 +400,14 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         + ". Ratios come from one run, variants taking turns, so load hits them alike; "
         "absolute figures move with the load.",
         "",
-        "| benchmark | variant | value | unit | ratio vs anchor | goal |",
-        "|---|---|---:|---|---:|---|",
+        "| benchmark | variant | value | unit | ratio vs anchor | goal | notes |",
+        "|---|---|---:|---|---:|---|---|",
     ]
     for r in rows:
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
         lines.append(
             f"| {r['benchmark']} | {r['variant']} | {r['value']:,.1f} | {r['unit']} | "
-            f"{ratio} | {r.get('goal', '')} |"
+            f"{ratio} | {r.get('goal', '')} | {r.get('notes', '')} |"
         )
     lines += [
         "",
@@ -380,7 +420,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         "- Chunked HTTP: the anchor's client only counts bytes; ours assembles each 4 MiB "
         "frame from ~64 KiB reads (one copy, in the core's decoder), decodes and validates "
         "it into a model holding a NumPy array (zero-copy view), and the server's writer "
-        "copies the tensor into its frame once. Those two copies are the gap.",
+        "copies the tensor into its frame once. Those copies and the reader's per-chunk "
+        "work are the gap; the CPU per item (client and server process time, less "
+        "sensitive to the machine's load than throughput) shows its size.",
         "- Latency: p99 and time to first item include scheduling delays from the other "
         "jobs on the machine; p50 is the figure to compare.",
     ]
