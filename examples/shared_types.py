@@ -73,6 +73,7 @@ async def detect(
     frames: int = 8,
     delay: float = 0.0,
     seed: int = 0,
+    fail_at: int | None = None,
 ) -> AsyncIterator[bytes | memoryview]:
     """A stand-in detector: the producer every transport serves, written once.
 
@@ -82,6 +83,7 @@ async def detect(
         frames: how many items.
         delay: seconds between items (a model's inference time).
         seed: makes the fake detections reproducible.
+        fail_at: raise at this frame, to show how a failure reaches the client.
 
     Returns:
         An async iterator of frames (header, items, footer, END).
@@ -103,6 +105,8 @@ async def detect(
         t0 = time.perf_counter()
         if delay:
             await anyio.sleep(delay)
+        if index == fail_at:
+            raise RuntimeError(f"detector crashed at frame {index}")
         n = int(rng.integers(1, 5))
         xy = rng.uniform(0, [width - 50, height - 50], size=(n, 2))
         wh = rng.uniform(20, 50, size=(n, 2))

@@ -8,7 +8,8 @@ Routes:
 
 - ``GET /``: the browser page (examples/browser/index.html), which reads
   ``/sse/detections?codec=json`` with ``EventSource``;
-- ``GET /sse/detections?frames=8&delay_ms=50&codec=json|msgpack``: server-sent events;
+- ``GET /sse/detections?frames=8&delay_ms=50&codec=json|msgpack``: server-sent events
+  (``&fail_at=3`` makes the detector fail at frame 3, to show an ERROR event);
 - ``GET /http/detections?...``: the same stream as binary chunked HTTP.
 """
 
@@ -37,8 +38,9 @@ def _producer(request: Request) -> AsyncIterator[bytes | memoryview]:
     try:
         frames = int(params.get("frames", "8"))
         delay = float(params.get("delay_ms", "0")) / 1000
+        fail_at = int(params["fail_at"]) if params.get("fail_at") else None
     except ValueError as exc:
-        raise HTTPException(400, "frames and delay_ms must be numbers") from exc
+        raise HTTPException(400, "frames, delay_ms and fail_at must be numbers") from exc
     if not 0 <= frames <= MAX_FRAMES or not 0 <= delay <= 10:
         raise HTTPException(400, f"frames must be in [0, {MAX_FRAMES}], delay_ms in [0, 10000]")
     codec = params.get("codec", "msgpack")
@@ -46,7 +48,7 @@ def _producer(request: Request) -> AsyncIterator[bytes | memoryview]:
         raise HTTPException(400, "codec must be json or msgpack")
     types = DETECTIONS_JSON if codec == "json" else DETECTIONS
     request_id = params.get("request_id") or uuid.uuid4().hex[:12]
-    return detect(types, request_id=request_id, frames=frames, delay=delay)
+    return detect(types, request_id=request_id, frames=frames, delay=delay, fail_at=fail_at)
 
 
 async def sse_detections(request: Request) -> Response:

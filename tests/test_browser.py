@@ -62,3 +62,12 @@ def test_page_renders_the_items_live(tmp_path: Path) -> None:
         assert re.search(r"<td>([01]\.\d\d ?)+</td>", cells), cells  # scores decoded from base64
     assert re.search(r"model toy-detector-v1, 6 frames", dom)
     assert re.search(r"done: \d+ detections in 6 frames", dom)
+
+
+def test_page_shows_a_producer_failure(tmp_path: Path) -> None:
+    with live_server(app) as server:
+        dom = dump_dom(f"{server.url}/?frames=6&delay_ms=20&fail_at=2", tmp_path)
+    assert 'data-state="failed"' in dom
+    assert "failed: RuntimeError: detector crashed at frame 2" in dom
+    rows = re.findall(r'<tr class="item" data-frame="(\d+)">', dom)
+    assert [int(frame) for frame in rows] == [0, 1]
