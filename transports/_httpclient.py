@@ -30,6 +30,7 @@ __all__ = [
     "aiter_body",
     "iter_body",
     "open_http_stream",
+    "sync_idle_timeout",
     "with_accept",
 ]
 
@@ -121,6 +122,23 @@ async def aopen_http_stream(
         except httpx.TransportError as exc:
             raise _translate(exc, method, url) from exc
         yield response
+
+
+def sync_idle_timeout(
+    client: httpx.Client, httpx_kwargs: dict[str, Any], reader_options: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Give a sync reader's ``idle_timeout`` to httpx as its read timeout.
+
+    A sync reader cannot interrupt a blocking read, so the read timeout is how the
+    idle limit holds (it then raises ``StreamTimeoutError``, see :func:`iter_body`).
+    An explicit ``timeout=`` in ``httpx_kwargs`` wins.
+    """
+    idle = (reader_options or {}).get("idle_timeout")
+    if idle is None or "timeout" in httpx_kwargs:
+        return httpx_kwargs
+    base = client.timeout
+    timeout = httpx.Timeout(connect=base.connect, read=idle, write=base.write, pool=base.pool)
+    return {**httpx_kwargs, "timeout": timeout}
 
 
 def with_accept(kwargs: Mapping[str, Any], media_type: str) -> dict[str, Any]:

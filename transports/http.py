@@ -25,6 +25,7 @@ from ._httpclient import (
     aopen_http_stream,
     iter_body,
     open_http_stream,
+    sync_idle_timeout,
     with_accept,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError
@@ -161,7 +162,13 @@ def connect(
     reader_options: Mapping[str, Any] | None = None,
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
-    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`."""
-    transport = HTTPTransport(client, method, url, **httpx_kwargs)
+    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`.
+
+    ``reader_options["idle_timeout"]`` becomes httpx's read timeout unless ``timeout=``
+    is given: a sync read cannot be interrupted otherwise.
+    """
+    transport = HTTPTransport(
+        client, method, url, **sync_idle_timeout(client, httpx_kwargs, reader_options)
+    )
     with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))

@@ -51,6 +51,7 @@ from ._httpclient import (
     aopen_http_stream,
     iter_body,
     open_http_stream,
+    sync_idle_timeout,
     with_accept,
 )
 from ._sse_events import (
@@ -395,14 +396,18 @@ def connect(
     resume_attempts: int = 0,
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
-    """Open an SSE stream and give its typed sync reader; see :func:`aconnect`."""
+    """Open an SSE stream and give its typed sync reader; see :func:`aconnect`.
+
+    ``reader_options["idle_timeout"]`` becomes httpx's read timeout unless ``timeout=``
+    is given: a sync read cannot be interrupted otherwise.
+    """
     transport = SSETransport(
         client,
         method,
         url,
         max_event_bytes=_event_limit(reader_options),
         resume_attempts=resume_attempts,
-        **httpx_kwargs,
+        **sync_idle_timeout(client, httpx_kwargs, reader_options),
     )
     with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **(reader_options or {}))

@@ -12,7 +12,8 @@ connect        httpx ``timeout=httpx.Timeout(connect=...)``  ``timeout=`` (deadl
                                                              ``wait_for_ready=True``; else fails
                                                              fast with UNAVAILABLE
 idle, async    reader ``idle_timeout`` (or httpx read)       reader ``idle_timeout``
-idle, sync     httpx read timeout                            ``idle_timeout`` (transport watchdog)
+idle, sync     reader ``idle_timeout`` (as httpx's read      ``idle_timeout`` (transport watchdog)
+               timeout), or httpx read
 total          reader ``total_timeout``                      ``timeout=`` deadline or reader
                                                              ``total_timeout``
 =============  ===========================================  =====================================
@@ -252,27 +253,23 @@ STALLS = {"stream": 1, "n": 5, "delay": 30}  # header and item 0, then 30 s of s
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_idle_timeout_between_items(transport: str, mode: str) -> None:
+    # Sync SSE/HTTP: connect() hands the idle limit to httpx as its read timeout.
     with served(transport) as base:
-        if mode == "sync" and transport != "grpc":
-            # A sync reader cannot interrupt httpx: its read timeout is the idle limit.
-            error, took, count = read_stream(
-                transport, mode, base, STALLS, httpx_timeout=httpx.Timeout(30.0, read=0.5)
-            )
-        else:
-            error, took, count = read_stream(
-                transport, mode, base, STALLS, reader={"idle_timeout": 0.5}
-            )
+        error, took, count = read_stream(
+            transport, mode, base, STALLS, reader={"idle_timeout": 0.5}
+        )
     assert isinstance(error, StreamTimeoutError), error
     assert isinstance(error, TimeoutError)
     assert count == 1
     assert 0.4 < took < 4, took
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("transport", ["sse", "http"])
-def test_async_httpx_read_timeout_mid_stream_is_a_stream_timeout(transport: str) -> None:
+def test_httpx_read_timeout_mid_stream_is_a_stream_timeout(transport: str, mode: str) -> None:
     with served(transport) as base:
         error, took, count = read_stream(
-            transport, "async", base, STALLS, httpx_timeout=httpx.Timeout(30.0, read=0.5)
+            transport, mode, base, STALLS, httpx_timeout=httpx.Timeout(30.0, read=0.5)
         )
     assert isinstance(error, StreamTimeoutError), error
     assert count == 1
@@ -285,12 +282,9 @@ def test_idle_timeout_does_not_fire_on_a_steady_stream(transport: str) -> None:
     params = {"stream": 1, "n": 10, "delay": 0.03}
     with served(transport) as base:
         for mode in MODES:
-            kwargs: dict[str, Any] = (
-                {"httpx_timeout": httpx.Timeout(30.0, read=0.25)}
-                if mode == "sync" and transport != "grpc"
-                else {"reader": {"idle_timeout": 0.25}}
+            error, _, count = read_stream(
+                transport, mode, base, params, reader={"idle_timeout": 0.25}
             )
-            error, _, count = read_stream(transport, mode, base, params, **kwargs)
             assert error is None, (mode, error)
             assert count == 10
 
