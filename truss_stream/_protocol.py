@@ -372,7 +372,11 @@ class ReaderCore:
         frame = self._peeked
         if frame is None and not self._ended:
             frame = self._decoder.next_frame()
-            if frame is not None and frame[0] is _ITEM:
+            if frame is None:
+                if not self._decoder.eof:
+                    # The common case between two items: a frame per chunk.
+                    return NEED_DATA
+            elif frame[0] is _ITEM:
                 # Hot path: an item frame straight from the decoder.
                 return decode_model(
                     self._types.item_type,

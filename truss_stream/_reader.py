@@ -205,10 +205,23 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         """Yield the items; see :meth:`StreamReader.read_items`."""
         core = self._core
         core.start_items()
+        next_item = core.next_item
+        timer = self._timer
+        # Without time limits, pull inline: a coroutine per chunk (_pull) costs
+        # about as much as the rest of the driver's per-item work.
+        anext = self._source.__anext__ if timer.deadline is None and timer.idle is None else None
         while True:
-            item = core.next_item()
+            item = next_item()
             if item is NEED_DATA:
-                await self._pull()
+                if anext is None:
+                    await self._pull()
+                    continue
+                try:
+                    chunk = await anext()
+                except StopAsyncIteration:
+                    core.receive_eof()
+                else:
+                    core.receive_data(chunk)
             elif item is DONE:
                 return
             else:
