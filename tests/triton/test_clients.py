@@ -29,12 +29,8 @@ from transports.triton import (
 )
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._client_core import (
-    AckPipeline,
-    PacketSpec,
-    auth_metadata,
-    latency_percentiles,
-)
+from transports.triton._client_core import auth_metadata
+from transports.triton._client_packets import AckPipeline, PacketSpec, latency_percentiles
 from transports.triton.typed import triton_frames, triton_stream_types
 from truss_stream import StreamError, stream_reader
 

@@ -9,7 +9,8 @@
 """
 
 from . import multimodal_pb2, multimodal_pb2_grpc
-from ._client_core import FrameResult, ModelInfo, PacketSpec, TensorInfo, TritonClientError
+from ._client_errors import TritonClientError
+from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
 from .aio_client import AsyncTritonBytesStreamer
 from .client import TritonBytesStreamer
 from .typed import (

@@ -4,7 +4,8 @@ The twin of :class:`~transports.triton.TritonBytesStreamer`, the same constructo
 and methods as coroutines. ``stream_bytes`` opens one ``Chat`` call: gRPC's task
 pulls packets while fewer than ``max_in_flight`` frames await their results, and
 the caller's task reads Acks (sent by the proxy as packets complete) and yields
-results in frame order. The bookkeeping is the sans-IO ``_client_core`` module's.
+results in frame order. The bookkeeping is the sans-IO ``_client_packets`` and
+``_client_core`` modules'.
 """
 
 from __future__ import annotations
@@ -23,18 +24,22 @@ from transports.grpc import acreate_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    ReadyStep,
+    StreamerSettings,
+    readiness_steps,
+)
+from ._client_errors import (
     HEALTH_CHECK_METHOD,
     HEALTH_CHECK_REQUEST,
+    TritonClientError,
+    closed_error,
+    status_error,
+)
+from ._client_packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
-    ReadyStep,
-    StreamerSettings,
-    TritonClientError,
     chunked,
-    closed_error,
-    readiness_steps,
-    status_error,
 )
 
 __all__ = ["AsyncTritonBytesStreamer"]

@@ -5,8 +5,8 @@ frame of ``stream_bytes`` over one ``Chat`` call, pipelined: gRPC's request thre
 pulls packets from a generator that blocks once ``max_in_flight`` frames await
 their results, while the caller's thread reads Acks, which the proxy sends as
 packets complete, and yields results in frame order. Packet building, Ack parsing
-and reordering live in the sans-IO ``_client_core`` module shared with
-:class:`~transports.triton.AsyncTritonBytesStreamer`.
+and reordering live in the sans-IO ``_client_packets`` and ``_client_core`` modules
+shared with :class:`~transports.triton.AsyncTritonBytesStreamer`.
 """
 
 from __future__ import annotations
@@ -24,18 +24,22 @@ from transports.grpc import create_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    ReadyStep,
+    StreamerSettings,
+    readiness_steps,
+)
+from ._client_errors import (
     HEALTH_CHECK_METHOD,
     HEALTH_CHECK_REQUEST,
+    TritonClientError,
+    closed_error,
+    status_error,
+)
+from ._client_packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
-    ReadyStep,
-    StreamerSettings,
-    TritonClientError,
     chunked,
-    closed_error,
-    readiness_steps,
-    status_error,
 )
 
 __all__ = ["TritonBytesStreamer"]

@@ -28,7 +28,8 @@ import pydantic
 from truss_stream import FrameBytes, NDArray, StreamTypes, stream_types, stream_writer
 from truss_stream._schema import CodecName
 
-from ._client_core import FrameResult, ModelInfo, PacketSpec, TritonClientError, latency_percentiles
+from ._client_errors import TritonClientError
+from ._client_packets import FrameResult, ModelInfo, PacketSpec, latency_percentiles
 from ._dtypes import triton_name
 from .aio_client import AsyncTritonBytesStreamer, Frames
 
