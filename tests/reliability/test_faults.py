@@ -326,3 +326,49 @@ def test_triton_clients_stream_timeout_is_a_total_limit() -> None:
     assert sync_info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert 0.9 < sync_took < 4, sync_took
     assert 0.9 < async_took < 4, async_took
+
+
+def test_proxy_connection_cut_at_random_points_never_gives_a_short_result() -> None:
+    import random
+
+    from reliability_helpers import CutProxy
+
+    from transports.grpc import GrpcOptions
+
+    proxy = Proxy(free_port())
+    rng = random.Random("proxy-cuts")
+    cuts: list[int | None] = [None]
+    frames = [np.full((1, 4), i, np.float32).tobytes() for i in range(20)]
+    # A private subchannel pool, so each client really uses its own (cut) connection.
+    private = GrpcOptions(extra=[("grpc.use_local_subchannel_pool", 1)])
+    outcomes: dict[str, int] = {}
+    try:
+        upstream = int(proxy.target.rsplit(":", 1)[1])
+        with CutProxy(upstream, lambda: cuts[-1]) as cutter:
+            target = f"127.0.0.1:{cutter.port}"
+            with TritonBytesStreamer(**settings(target, options=private)) as streamer:
+                assert len(list(streamer.stream_bytes("add_one_fp32", "1", frames))) == 20
+            total = cutter.sent[-1]
+            for _ in range(10):
+                cuts.append(rng.randrange(0, total))
+                seen: list[int] = []
+                started = time.monotonic()
+                with TritonBytesStreamer(
+                    **settings(target, options=private, connect_timeout_sec=2.0)
+                ) as streamer:
+                    try:
+                        for seq, ack, _ in streamer.stream_bytes("add_one_fp32", "1", frames):
+                            assert ack["status"] == "OK"
+                            seen.append(seq)
+                        outcome = "complete"
+                    except TritonClientError as exc:
+                        outcome = exc.code.name
+                assert time.monotonic() - started < 10
+                assert seen == list(range(len(seen))), "results out of order"
+                if outcome == "complete":
+                    assert len(seen) == 20, f"cut at {cuts[-1]}: a short stream read as complete"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    finally:
+        proxy.stop()
+    print(f"FIGURE proxy-cuts stream_bytes={total} {outcomes}")
+    assert sum(outcomes.values()) == 10
