@@ -48,7 +48,7 @@ TENSOR_ITEMS = int(os.environ.get("BENCH_HTTP_TENSOR_ITEMS", "100"))
 TENSOR_BYTES = 4 * 1024 * 1024
 TICK_ITEMS = int(os.environ.get("BENCH_HTTP_TICK_ITEMS", "200"))
 TICK_SECONDS = 0.010
-REPEATS = int(os.environ.get("BENCH_HTTP_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_HTTP_REPEATS", "5"))
 RESULTS = Path(__file__).parent / "results" / "http.md"
 
 
