@@ -325,3 +325,28 @@ def test_client_leaving_before_the_first_frame_closes_the_producer(module: Any) 
         with pytest.raises(TransportError), module.connect(client, "GET", url, JSON_TYPES):
             pass  # pragma: no cover
         assert closed.wait(5)
+
+
+@pytest.mark.parametrize("module", [sse, http], ids=["sse", "http"])
+def test_large_tensor_items_arrive_intact(module: Any) -> None:
+    types = stream_types(Item, codec="msgpack")
+    tensors = [np.random.default_rng(i).random((512, 1024), np.float32) for i in range(3)]
+
+    async def produce() -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(types)
+        for i, tensor in enumerate(tensors):  # 2 MiB each
+            yield writer.yield_item(Item(index=i, tensor=tensor))
+
+    async def endpoint(request: Request) -> Response:
+        respond = sse.sse_response if module is sse else http.stream_response
+        return respond(produce())
+
+    async def main(url: str) -> list[Any]:
+        async with httpx.AsyncClient() as client, module.aconnect(client, "GET", url, types) as r:
+            return [item async for item in r.read_items()]
+
+    with live_server(app_for(endpoint)) as server:
+        items = anyio.run(main, f"{server.url}/s")
+    assert [item.index for item in items] == [0, 1, 2]
+    for item, tensor in zip(items, tensors, strict=True):
+        np.testing.assert_array_equal(item.tensor, tensor)
