@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,10 +173,18 @@ def _check(result: LoadResult, seconds: float) -> None:
     assert result.rss["end"] - result.rss["middle"] < 64, result.rss
 
 
-@pytest.mark.parametrize(("transport", "streams", "delay"), LOADS, ids=[t for t, _, _ in LOADS])
-def test_short_load(transport: str, streams: int, delay: float) -> None:
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[SubprocessServer]:
+    """One server process for the short runs (the soak runs get a fresh one each)."""
     with subprocess_server() as server:
-        result = asyncio.run(run_load(transport, streams, delay, SHORT_SECONDS, server))
+        yield server
+
+
+@pytest.mark.parametrize(("transport", "streams", "delay"), LOADS, ids=[t for t, _, _ in LOADS])
+def test_short_load(
+    transport: str, streams: int, delay: float, shared_server: SubprocessServer
+) -> None:
+    result = asyncio.run(run_load(transport, streams, delay, SHORT_SECONDS, shared_server))
     _check(result, SHORT_SECONDS)
 
 
