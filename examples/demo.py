@@ -3,8 +3,9 @@
 Starts ``examples.sse_server:app`` with uvicorn on a free loopback port (a
 subprocess), streams detections from it over SSE and chunked HTTP with the async
 and sync clients (header, items with tensor shapes and dtypes, footer), and
-shuts the server down cleanly. Each step is a function, so more segments (the
-Triton proxy, say) can be added to :func:`main`.
+shuts the server down cleanly; then serves the same producer over gRPC, and
+streams tensors through the Triton thin proxy running its embedded demo backend
+(no Triton needed). Each step is a function called from :func:`main`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import httpx
 
 from examples.client import consume_async, consume_sync
 from examples.grpc_client import demo_segment as grpc_demo_segment
+from examples.triton_client import run_async as triton_run_async
+from examples.triton_client import run_sync as triton_run_sync
+from examples.triton_client import run_typed as triton_run_typed
 
 
 def free_port() -> int:
@@ -82,12 +86,40 @@ def stream_segment(base_url: str) -> None:
     print(f"browser page: {base_url}/ (EventSource on /sse/detections?codec=json)")
 
 
+@contextlib.contextmanager
+def demo_proxy(port: int) -> Iterator[str]:
+    """Run the Triton thin proxy with its embedded demo backend (no Triton needed)."""
+    command = [
+        sys.executable, "-m", "transports.triton.proxy",
+        "--listen", f"127.0.0.1:{port}", "--backend", "demo",
+    ]  # fmt: skip
+    print("$ python", " ".join(command[1:]))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("DOMINO_HOST", None)  # the demo proxy runs unauthenticated, and says so
+    process = subprocess.Popen(command, env=env)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        shutdown(process)
+
+
+def triton_segment(port: int) -> None:
+    """Stream tensors through the proxy: sync, async (pipelined), and the typed view."""
+    with demo_proxy(port) as addr:
+        frames = triton_run_sync(addr, 4)
+        frames += asyncio.run(triton_run_async(addr, 4))
+        frames += asyncio.run(triton_run_typed(addr, 4))
+        print(f"streamed {frames} frames through the proxy, one Chat call per run")
+
+
 def main() -> None:
     with example_server(free_port()) as base_url:
         print(f"serving on {base_url}")
         stream_segment(base_url)
     print("\n== gRPC: the same producer as a server-streaming method")
     grpc_demo_segment(free_port())
+    print("\n== Triton thin proxy: embedded demo backend, pipelined clients, typed view")
+    triton_segment(free_port())
 
 
 if __name__ == "__main__":
