@@ -129,6 +129,32 @@ class FrameDecoder:
         self._chunks.append(view)
         self._buffered += len(view)
 
+    def feed_frame(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """Feed one chunk; if it is exactly one whole frame, return that frame at once.
+
+        The common case (a transport handing on the writer's frames one by one) then
+        skips the buffer entirely. Anything else is fed as by :meth:`feed` and gives
+        None: ask :meth:`next_frame` as usual.
+        """
+        # Only immutable bytes: the payload stays a view of the chunk.
+        if type(data) is bytes and self._tag is None and not self._chunks and not self._eof:
+            size = len(data)
+            if size >= TAG_SIZE:
+                byte, length = _unpack_tag(data)
+                info = TAG_TABLE[byte]
+                if (
+                    info is not None
+                    and size == TAG_SIZE + length
+                    and length <= self._max
+                    and (length == 0 or info[0] is not FrameKind.END)
+                ):
+                    self._offset += size
+                    self.frames += 1
+                    payload = memoryview(data)[TAG_SIZE:]
+                    return _new_frame(Frame, (info[0], info[1], info[2], payload))
+        self.feed(data)
+        return None
+
     def feed_eof(self) -> None:
         """Mark the end of the stream."""
         self._eof = True
@@ -366,6 +392,25 @@ class ReaderCore:
         if self._footer_read:
             raise StreamOrderError("the items cannot be read after the footer")
         self._items_started = True
+
+    def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
+        """Feed ``data``, then return what :meth:`next_item` returns."""
+        if self._peeked is None and not self._ended:
+            frame = self._decoder.feed_frame(data)
+            if frame is not None:
+                if frame[0] is _ITEM:
+                    return decode_model(
+                        self._types.item_type,
+                        frame[1],
+                        frame[2],
+                        frame[3],
+                        self._limits,
+                        self._copy,
+                    )
+                self._peeked = frame
+        else:
+            self._decoder.feed(data)
+        return self.next_item()
 
     def next_item(self) -> Any:
         """The next item, NEED_DATA, or DONE at the footer or END."""

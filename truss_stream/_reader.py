@@ -143,14 +143,26 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         """
         core = self._core
         core.start_items()
+        next_item = core.next_item
+        next_item_after = core.next_item_after
+        timer = self._timer
+        source = self._source
+        item = next_item()
         while True:
-            item = core.next_item()
             if item is NEED_DATA:
-                self._pull()
+                if timer.deadline is not None:
+                    timer.budget()
+                chunk = next(source, _EXHAUSTED)
+                if chunk is _EXHAUSTED:
+                    core.receive_eof()
+                    item = next_item()
+                else:
+                    item = next_item_after(cast("bytes", chunk))
             elif item is DONE:
                 return
             else:
                 yield item
+                item = next_item()
 
     def read_footer(self: StreamReader[Any, Any, _WithFooter]) -> FooterCo:
         """Read the footer, after all items, and the END frame that follows it.
@@ -210,22 +222,26 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         # Without time limits, pull inline: a coroutine per chunk (_pull) costs
         # about as much as the rest of the driver's per-item work.
         anext = self._source.__anext__ if timer.deadline is None and timer.idle is None else None
+        next_item_after = core.next_item_after
+        item = next_item()
         while True:
-            item = next_item()
             if item is NEED_DATA:
                 if anext is None:
                     await self._pull()
+                    item = next_item()
                     continue
                 try:
                     chunk = await anext()
                 except StopAsyncIteration:
                     core.receive_eof()
+                    item = next_item()
                 else:
-                    core.receive_data(chunk)
+                    item = next_item_after(chunk)
             elif item is DONE:
                 return
             else:
                 yield item
+                item = next_item()
 
     async def read_footer(self: AsyncStreamReader[Any, Any, _WithFooter]) -> FooterCo:
         """Read the footer and the END after it; see :meth:`StreamReader.read_footer`."""
