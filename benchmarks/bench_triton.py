@@ -11,6 +11,11 @@ Same model, same frames, one run:
 - (c) the seed's pattern: one short ``Chat`` call per frame (sync ``grpc``, as the
   seed's ``mm_client_api.py`` does), through the same proxy.
 
+Also measured: (bc) as (b), through a second proxy started with ``--coalesce 32``
+(packets arriving together go to Triton as one batched request); (b') 64 in flight;
+(b'') the sync client; (a8)/(b8) 8 frames per request on both sides (tritonclient with
+a batch of 8, the client with ``frames_per_packet=8``).
+
 Goals (DESIGN.md): b >= 0.8x a, b >= 4x c. Also reported: the per-frame time split
 from the Acks' timings (Triton call inside the proxy, rest of the proxy, client and
 wire), and, with ``--profile``, a cProfile summary of the proxy process.
@@ -49,6 +54,7 @@ IN_FLIGHT = 32
 FRAMES = int(os.environ.get("BENCH_TRITON_FRAMES", "3000"))
 WARMUP = 200
 ROUNDS = int(os.environ.get("BENCH_TRITON_ROUNDS", "3"))
+COALESCE = 32
 
 
 def _free_port() -> int:
@@ -75,7 +81,7 @@ def _read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
     raise TimeoutError(f"no {prefix!r} line after {timeout}s")
 
 
-def _stop(proc: subprocess.Popen[str], *, group: bool = False) -> None:
+def _stop(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(signal.SIGTERM)
     try:
@@ -103,11 +109,12 @@ def running_triton() -> Iterator[tuple[str, int]]:
     env = dict(os.environ)
     # The python backend stub links the system libpython3.11 (see DESIGN.md).
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
-    with tempfile.TemporaryFile("w+") as log:
+    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "triton.log", "w+") as log:
         # PyTriton's start-up sometimes fails when the machine is busy (a model's
         # handshake socket refused); a fresh attempt on fresh ports succeeds.
         for attempt in range(3):
             grpc_port = _free_port()
+            ready = Path(tmp) / f"ready-{attempt}"
             proc = subprocess.Popen(
                 [
                     str(python),
@@ -115,29 +122,41 @@ def running_triton() -> Iterator[tuple[str, int]]:
                     f"--grpc-port={grpc_port}",
                     f"--http-port={_free_port()}",
                     f"--metrics-port={_free_port()}",
+                    f"--ready-file={ready}",  # its stdout interleaves with Triton's log
                 ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
-            try:
-                _read_line(proc, "READY", 240)
+            if _wait_for_file(proc, ready, 240):
                 break
-            except (RuntimeError, TimeoutError):
-                _stop(proc, group=True)
-                if attempt == 2:
-                    log.seek(0)
-                    raise RuntimeError(f"Triton did not start: {log.read()[-3000:]}") from None
+            _stop(proc, group=True)
+            if attempt == 2:
+                log.seek(0)
+                raise RuntimeError(f"Triton did not start: {log.read()[-3000:]}")
         try:
             yield f"127.0.0.1:{grpc_port}", proc.pid
         finally:
             _stop(proc, group=True)
 
 
+def _wait_for_file(proc: subprocess.Popen[Any], path: Path, timeout: float) -> bool:
+    """Whether ``path`` appeared before ``proc`` exited and ``timeout`` ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
 @contextlib.contextmanager
-def running_proxy(triton_url: str, profile_to: Path | None = None) -> Iterator[tuple[str, int]]:
+def running_proxy(
+    triton_url: str, profile_to: Path | None = None, extra: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
     """The proxy through its CLI in its own process; yields its target and pid."""
     prefix = [sys.executable]
     if profile_to is not None:
@@ -155,6 +174,7 @@ def running_proxy(triton_url: str, profile_to: Path | None = None) -> Iterator[t
             "256",
             "--log-level",
             "WARNING",
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -280,20 +300,21 @@ def seed_one_call_per_frame(proxy: str, frames: list[bytes]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) of this process, the proxy and Triton's process tree."""
+    """CPU seconds (user + system) of this process, the proxies and Triton's process tree."""
 
-    def __init__(self, proxy_pid: int, triton_pid: int) -> None:
+    def __init__(self, proxy_pids: list[int], triton_pid: int) -> None:
         import psutil
 
         self._procs = {
-            "client": psutil.Process(),
-            "proxy": psutil.Process(proxy_pid),
-            "triton": psutil.Process(triton_pid),
+            "client": [psutil.Process()],
+            "proxy": [psutil.Process(pid) for pid in proxy_pids],
+            "triton": [psutil.Process(triton_pid)],
         }
 
     def _cpu(self, name: str) -> float:
-        proc = self._procs[name]
-        procs = [proc, *proc.children(recursive=True)] if name == "triton" else [proc]
+        procs = list(self._procs[name])
+        if name == "triton":
+            procs += procs[0].children(recursive=True)
         total = 0.0
         for p in procs:
             with contextlib.suppress(Exception):
@@ -320,7 +341,7 @@ def sync_streamer_through_proxy(proxy: str, frames: list[bytes], in_flight: int)
         return count / (time.perf_counter() - started)
 
 
-def _measure(triton_url: str, proxy: str, meter: CpuMeter) -> dict[str, Any]:
+def _measure(triton_url: str, proxy: str, coalescing: str, meter: CpuMeter) -> dict[str, Any]:
     frames = _frames(FRAMES)
     seed_frames = frames[: max(FRAMES // 10, 100)]
     timings: dict[str, list[float]] = {}
@@ -331,6 +352,7 @@ def _measure(triton_url: str, proxy: str, meter: CpuMeter) -> dict[str, Any]:
     variants = {
         "a": lambda: asyncio.run(direct_tritonclient(triton_url, frames, IN_FLIGHT)),
         "b": lambda: asyncio.run(streamer_through_proxy(proxy, frames, IN_FLIGHT, timings)),
+        "bc": lambda: asyncio.run(streamer_through_proxy(coalescing, frames, IN_FLIGHT)),
         "b64": lambda: asyncio.run(streamer_through_proxy(proxy, frames, 2 * IN_FLIGHT)),
         "bsync": lambda: sync_streamer_through_proxy(proxy, frames, IN_FLIGHT),
         # Batching, both sides alike: 8 frames per request, 64 frames in flight.
@@ -361,6 +383,7 @@ def _measure(triton_url: str, proxy: str, meter: CpuMeter) -> dict[str, Any]:
         "rates": {k: statistics.median(v) for k, v in rates.items()},
         "b_over_a": paired("b", "a"),
         "b_over_c": paired("b", "c"),
+        "bc_over_a": paired("bc", "a"),
         "timings": timings,
         "cpu": cpu,
         "seeds": len(seed_frames),
@@ -369,8 +392,12 @@ def _measure(triton_url: str, proxy: str, meter: CpuMeter) -> dict[str, Any]:
 
 def run() -> list[dict[str, Any]]:
     """Start Triton and the proxy, run the variants in interleaved rounds; frames/s, ratios."""
-    with running_triton() as (triton_url, triton_pid), running_proxy(triton_url) as (proxy, pid):
-        m = _measure(triton_url, proxy, CpuMeter(pid, triton_pid))
+    with (
+        running_triton() as (triton_url, triton_pid),
+        running_proxy(triton_url) as (proxy, pid),
+        running_proxy(triton_url, extra=("--coalesce", str(COALESCE))) as (coalescing, c_pid),
+    ):
+        m = _measure(triton_url, proxy, coalescing, CpuMeter([pid, c_pid], triton_pid))
     common = {"benchmark": "triton_proxy_add_one_fp32", "frames": FRAMES, "rounds": ROUNDS}
     t = m["timings"]
     r = m["rates"]
@@ -393,6 +420,8 @@ def run() -> list[dict[str, Any]]:
         ),
         row("ratio b/a (goal >= 0.8), median of paired rounds", round(m["b_over_a"], 3), "x"),
         row("ratio b/c (goal >= 4), median of paired rounds", round(m["b_over_c"], 2), "x"),
+        row(f"(bc) the same via a proxy with --coalesce {COALESCE}", round(r["bc"], 1), "frames/s"),
+        row("ratio bc/a, median of paired rounds", round(m["bc_over_a"], 3), "x"),
         row(
             f"(b') AsyncTritonBytesStreamer via proxy, {2 * n} in flight",
             round(r["b64"], 1),
@@ -417,7 +446,7 @@ def run() -> list[dict[str, Any]]:
         row("(b) median total_ms (packet inside the proxy)", med("total_ms"), "ms"),
         row("(b) median client_ms (client round trip)", med("client_ms"), "ms"),
     ]
-    for variant in ("a", "b", "b64", "bsync", "a8", "b8", "c"):
+    for variant in ("a", "b", "bc", "b64", "bsync", "a8", "b8", "c"):
         for proc, ms in m["cpu"][variant].items():
             rows.append(row(f"({variant}) CPU per frame: {proc}", round(ms, 3), "ms"))
     return rows
