@@ -8,7 +8,7 @@ so one test body checks both readers (the async one runs on a private event loop
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,7 @@ def rechunk(data: bytes, sizes: Iterable[int]) -> list[bytes]:
     return chunks
 
 
-async def _aiter(chunks: Sequence[Any]) -> AsyncIterator[Any]:
+async def _aiter(chunks: Iterable[Any]) -> AsyncIterator[Any]:
     for chunk in chunks:
         yield chunk
 
@@ -122,7 +122,6 @@ class ReaderFactory:
         self._loops: list[asyncio.AbstractEventLoop] = []
 
     def __call__(self, types: Any, chunks: Iterable[Any], **kwargs: Any) -> UniformReader:
-        chunks = list(chunks)
         if self.kind == "sync":
             reader = ts.stream_reader(types, iter(chunks), **kwargs)
             assert isinstance(reader, ts.StreamReader)

@@ -343,3 +343,32 @@ def test_writer_frames_are_bytes_with_or_without_arrays() -> None:
     frame = writer.yield_item(Tensor(array=np.arange(3)))
     assert type(frame) is bytes
     assert type(writer.yield_end()) is bytes
+
+
+def reusing_producer(pieces: list[bytes]) -> Any:
+    """Yields one bytearray, refilled in place for every piece (as a recv_into loop does)."""
+    buf = bytearray()
+    for piece in pieces:
+        if len(piece) != len(buf):
+            buf = bytearray(len(piece))
+        buf[:] = piece
+        yield buf
+        buf[:] = b"\xff" * len(buf)  # the producer scribbles over its buffer
+
+
+@pytest.mark.parametrize(
+    ("n", "chunk"),
+    [
+        pytest.param(100_000, None, id="one-frame-per-chunk"),
+        pytest.param(1000, 3, id="tiny-chunks"),
+        pytest.param(5_000_000, 1 << 16, id="frame-above-16-MiB"),
+    ],
+)
+def test_a_producer_may_reuse_its_buffer_after_yielding_it(read: Any, n: int, chunk: Any) -> None:
+    array = np.arange(n, dtype=np.float32)
+    types = ts.stream_types(Tensor)
+    writer = ts.stream_writer(types)
+    frames = [bytes(writer.yield_item(Tensor(array=array))), bytes(writer.yield_end())]
+    pieces = frames if chunk is None else rechunk(b"".join(frames), [chunk])
+    items = list(read(types, reusing_producer(pieces)).read_items())
+    assert_array_equal(items[0].array, array)

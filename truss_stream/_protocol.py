@@ -107,7 +107,7 @@ class FrameDecoder:
         return self._tag is None and self._buffered == 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Add the next chunk of the stream (kept by reference, not copied, if whole)."""
+        """Add the next chunk: ``bytes`` are kept by reference, mutable chunks are copied."""
         if self._eof:
             raise RuntimeError("feed() after feed_eof()")
         view = memoryview(data)
@@ -115,8 +115,6 @@ class FrameDecoder:
             view = view.cast("B")
         if not view:
             return
-        if not view.readonly:
-            view = view.toreadonly()
         if self._assembly is not None:
             # A frame is being assembled: copy straight into its buffer.
             need = len(self._assembly) - self._filled
@@ -126,6 +124,11 @@ class FrameDecoder:
             view = view[take:]
             if not view:
                 return
+        if not view.readonly:
+            # A mutable chunk (bytearray, writable memoryview) may be refilled by its
+            # producer as soon as we return (a recv_into loop does): keep a copy, not a
+            # view. Immutable bytes stay zero-copy.
+            view = memoryview(view.tobytes())
         self._chunks.append(view)
         self._buffered += len(view)
 
