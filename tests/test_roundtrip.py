@@ -223,9 +223,10 @@ def test_large_decoded_arrays_are_read_only(read: Any, codec: str) -> None:
     assert not got.flags.writeable
 
 
+@pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("size", [4, 100_000])
-def test_copy_arrays_gives_writable_arrays(read: Any, size: int) -> None:
-    got = roundtrip_array(read, "msgpack", np.arange(size, dtype=np.float32), copy_arrays=True)
+def test_copy_arrays_gives_writable_arrays(read: Any, codec: str, size: int) -> None:
+    got = roundtrip_array(read, codec, np.arange(size, dtype=np.float32), copy_arrays=True)
     got[0] = 42.0
     assert got[0] == 42.0
 

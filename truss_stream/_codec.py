@@ -28,7 +28,7 @@ from ._errors import (
     UnsupportedValueError,
 )
 from ._frames import TAG_SIZE, TAG_STRUCT, Codec, FrameKind, pack_tag
-from ._numpy import NDARRAY_EXT_CODE, decode_ext, ext_header
+from ._numpy import COPY_ARRAYS_CONTEXT, NDARRAY_EXT_CODE, decode_ext, ext_header
 
 __all__ = [
     "MsgpackLimits",
@@ -364,6 +364,9 @@ def _decode_msgpack(
     return _unpack(memoryview(compact), limits, stub_hook)
 
 
+_COPY_CONTEXT: Final = {COPY_ARRAYS_CONTEXT: True}
+
+
 def decode_model(
     model_type: type[pydantic.BaseModel],
     codec: Codec,
@@ -381,7 +384,9 @@ def decode_model(
     validator = model_type.__pydantic_validator__
     if codec is _JSON:
         try:
-            return validator.validate_json(payload.tobytes())
+            return validator.validate_json(
+                payload.tobytes(), context=_COPY_CONTEXT if copy_arrays else None
+            )
         except pydantic.ValidationError as exc:
             if any(err["type"] == "json_invalid" for err in exc.errors()):
                 raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc

@@ -202,7 +202,11 @@ def _json_descr(dtype_name: str) -> np.dtype[Any]:
     return dtype
 
 
-def array_from_json(value: dict[str, Any]) -> np.ndarray[Any, Any]:
+#: pydantic validation context key: JSON arrays decode writable (``copy_arrays=True``).
+COPY_ARRAYS_CONTEXT: Final = "truss_stream.copy_arrays"
+
+
+def array_from_json(value: dict[str, Any], *, writable: bool = False) -> np.ndarray[Any, Any]:
     data, shape, dtype_name = value[_DATA_KEY], value[_SHAPE_KEY], value[_DTYPE_KEY]
     if not isinstance(data, str) or not isinstance(dtype_name, str):
         raise PydanticCustomError("ndarray_json", "data_b64 and dtype must be strings")
@@ -235,6 +239,8 @@ def array_from_json(value: dict[str, Any]) -> np.ndarray[Any, Any]:
         if math.prod(shape):
             raise PydanticCustomError("ndarray_json", "a zero-width dtype needs an empty shape")
         return np.zeros(shape, dtype=dtype)
+    if writable:
+        return np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
     array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     array.flags.writeable = False
     return array
@@ -243,7 +249,7 @@ def array_from_json(value: dict[str, Any]) -> np.ndarray[Any, Any]:
 # The pydantic field -----------------------------------------------------------------------
 
 
-def _validate(value: Any) -> np.ndarray[Any, Any]:
+def _validate(value: Any, info: core_schema.ValidationInfo) -> np.ndarray[Any, Any]:
     if isinstance(value, np.ndarray):
         try:
             wire_dtype(value.dtype)
@@ -251,7 +257,9 @@ def _validate(value: Any) -> np.ndarray[Any, Any]:
             raise PydanticCustomError("ndarray_dtype", str(exc)) from None
         return value
     if isinstance(value, dict) and {_DATA_KEY, _SHAPE_KEY, _DTYPE_KEY} <= value.keys():
-        return array_from_json(value)
+        context = info.context
+        writable = isinstance(context, dict) and bool(context.get(COPY_ARRAYS_CONTEXT))
+        return array_from_json(value, writable=writable)
     raise PydanticCustomError(
         "ndarray_type",
         "expected a numpy.ndarray or a {{data_b64, shape, dtype}} object, got {type}",
@@ -270,7 +278,7 @@ class _NDArrayAnnotation:
     def __get_pydantic_core_schema__(
         cls, source_type: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
+        return core_schema.with_info_plain_validator_function(
             _validate,
             serialization=core_schema.plain_serializer_function_ser_schema(
                 _serialize, info_arg=True
