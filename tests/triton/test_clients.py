@@ -129,6 +129,27 @@ def scrambler() -> Iterator[tuple[str, ScramblingServicer]]:
     server.stop(None)
 
 
+class SilentServicer(pbg.MultimodalServiceServicer):
+    """Takes packets and never answers: a stuck proxy."""
+
+    def Chat(self, request_iterator, context):  # type: ignore[no-untyped-def,override]
+        for _ in request_iterator:
+            pass
+        while context.is_active():
+            time.sleep(0.05)
+        yield from ()
+
+
+@pytest.fixture
+def silent() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pbg.add_MultimodalServiceServicer_to_server(SilentServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(None)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -310,6 +331,40 @@ async def test_async_early_break_does_not_hang(scrambler: tuple[str, ScramblingS
         await results.aclose()  # type: ignore[attr-defined]
         again = [r async for r in streamer.stream_bytes("m", "1", fp32_frames(3))]
     assert [seq for seq, _, _ in again] == [0, 1, 2]
+
+
+def test_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
+    started = time.monotonic()
+    with (
+        seed_streamer(silent, ack_timeout_sec=0.5) as streamer,
+        pytest.raises(TritonClientError) as info,
+    ):
+        list(streamer.stream_bytes("m", "1", fp32_frames(5)))
+    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "ack_timeout_sec" in str(info.value)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.anyio
+async def test_async_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
+    async with AsyncTritonBytesStreamer(
+        silent, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), ack_timeout_sec=0.5
+    ) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            async for _ in streamer.stream_bytes("m", "1", fp32_frames(5)):
+                pass
+    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_slow_consumer_is_not_a_stuck_proxy(scrambler: tuple[str, ScramblingServicer]) -> None:
+    addr, _ = scrambler
+    with seed_streamer(addr, max_in_flight=4, ack_timeout_sec=0.2) as streamer:
+        seqs = []
+        for seq, _, _ in streamer.stream_bytes("m", "1", fp32_frames(12)):
+            seqs.append(seq)
+            if seq < 3:
+                time.sleep(0.5)  # longer than ack_timeout_sec, in the caller's own code
+    assert seqs == list(range(12))
 
 
 def test_env_auth_headers_reach_the_server(

@@ -37,7 +37,14 @@ from ._client_packets import (
     spec_from_metadata,
 )
 
-__all__ = ["Metadata", "ReadyStep", "StreamerSettings", "auth_metadata", "readiness_steps"]
+__all__ = [
+    "AckWatch",
+    "Metadata",
+    "ReadyStep",
+    "StreamerSettings",
+    "auth_metadata",
+    "readiness_steps",
+]
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -84,6 +91,7 @@ class StreamerSettings:
         *,
         connect_timeout_sec: float = 10.0,
         stream_timeout_sec: float | None = None,
+        ack_timeout_sec: float | None = None,
         max_in_flight: int = 32,
         frames_per_packet: int = 1,
         binary_outputs: bool | None = None,
@@ -114,6 +122,11 @@ class StreamerSettings:
         self.parse_outputs_numpy = parse_outputs_numpy
         self.connect_timeout_sec = float(connect_timeout_sec)
         self.stream_timeout_sec = stream_timeout_sec
+        # A proxy answers every frame within its Triton deadline; silence much longer
+        # than that, with frames in flight and the caller waiting, is a stuck call.
+        self.ack_timeout_sec = (
+            self.request_timeout_sec + 30.0 if ack_timeout_sec is None else float(ack_timeout_sec)
+        )
         self.max_in_flight = int(max_in_flight)
         self.frames_per_packet = int(frames_per_packet)
         # Raw bytes are cheaper than base64 for both ends; a caller that wants the
@@ -201,6 +214,60 @@ class StreamerSettings:
         status, msg, outputs, timings = parse_ack(ack, parse_numpy=self.parse_outputs_numpy)
         timings["client_ms"] = elapsed_s * 1000.0
         return FrameResult(seq, ack.correlation_id, status, msg, outputs, timings)
+
+
+# Stuck calls --------------------------------------------------------------------------
+
+
+class AckWatch:
+    """Tells a stuck Chat call: the caller waiting for an Ack too long with frames in flight.
+
+    Drivers call :meth:`waiting` before each read of an Ack and :meth:`got` after it;
+    a watchdog (thread or task) calls :meth:`check` every :attr:`interval_s` and
+    cancels the call when it returns True. Time spent in the caller's own code
+    between results (a slow consumer) never counts.
+    """
+
+    def __init__(self, pipe: AckPipeline, limit_s: float, clock: Any) -> None:
+        self._pipe = pipe
+        self.limit_s = limit_s
+        self._clock = clock
+        self._since: float | None = None
+        self.tripped = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether there is a finite limit to watch."""
+        return self.limit_s != float("inf") and self.limit_s > 0
+
+    @property
+    def interval_s(self) -> float:
+        """How often the watchdog should look."""
+        return min(1.0, max(self.limit_s / 4, 0.05))
+
+    def waiting(self) -> None:
+        """The driver starts waiting for the next Ack."""
+        self._since = self._clock()
+
+    def got(self) -> None:
+        """The driver stopped waiting (an Ack, the end, or an error)."""
+        self._since = None
+
+    def check(self) -> bool:
+        """Whether the call is stuck; latches :attr:`tripped`."""
+        since = self._since
+        if since is not None and self._pipe.unreleased and self._clock() - since > self.limit_s:
+            self.tripped = True
+        return self.tripped
+
+    def error(self) -> TritonClientError:
+        """The error to raise for a stuck call."""
+        return TritonClientError(
+            "Chat",
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no Ack from the proxy for {self.limit_s:g}s with {self._pipe.unreleased} "
+            "frames in flight (ack_timeout_sec)",
+        )
 
 
 # Readiness ----------------------------------------------------------------------------

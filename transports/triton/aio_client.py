@@ -24,6 +24,7 @@ from transports.grpc import acreate_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    AckWatch,
     ReadyStep,
     StreamerSettings,
     readiness_steps,
@@ -225,9 +226,31 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                 failure.append(exc)
 
         call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
+        loop = asyncio.get_running_loop()
+        watch = AckWatch(pipe, self.ack_timeout_sec, loop.time)
+
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(watch.interval_s)
+                if watch.check():
+                    call.cancel()
+                    return
+
+        dog = loop.create_task(watchdog()) if watch.enabled else None
         try:
             try:
-                async for ack in call:
+                while True:
+                    watch.waiting()
+                    try:
+                        ack = await call.read()
+                    except asyncio.CancelledError:
+                        if watch.tripped:  # our watchdog cancelled the call
+                            raise watch.error() from None
+                        raise
+                    finally:
+                        watch.got()
+                    if not isinstance(ack, pb.Ack):  # grpc.aio.EOF
+                        break
                     for result in pipe.on_ack(ack):
                         window.release()
                         yield result
@@ -237,6 +260,8 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                 raise failure[0]
             pipe.finish()
         finally:
+            if dog is not None:
+                dog.cancel()
             call.cancel()
 
 

@@ -24,6 +24,7 @@ from transports.grpc import create_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
+    AckWatch,
     ReadyStep,
     StreamerSettings,
     readiness_steps,
@@ -74,6 +75,10 @@ class TritonBytesStreamer(StreamerSettings):
             ``wait_for_ready``, answered by the proxy itself.
         stream_timeout_sec: optional deadline of a whole ``stream_bytes`` call;
             ``None`` (default) lets a stream run as long as frames keep coming.
+        ack_timeout_sec: a stream whose caller waits this long for an Ack while
+            frames are in flight is cancelled with ``DEADLINE_EXCEEDED`` (a stuck
+            proxy); default ``request_timeout_sec + 30``, ``math.inf`` turns it off.
+            Time the caller spends between results does not count.
         max_in_flight: frames sent whose results have not been yielded yet, at most.
         frames_per_packet: opt-in client-side batching: stack this many consecutive
             frames along the leading batch dim (``shape[0]`` must be 1) into one packet,
@@ -300,9 +305,27 @@ class TritonBytesStreamer(StreamerSettings):
                 failure.append(exc)
 
         call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
+        watch = AckWatch(pipe, self.ack_timeout_sec, time.monotonic)
+        if watch.enabled:
+
+            def watchdog() -> None:
+                while not stop.wait(watch.interval_s):
+                    if watch.check():
+                        call.cancel()  # type: ignore[no-untyped-call]
+                        return
+
+            threading.Thread(target=watchdog, name="triton-ack-watchdog", daemon=True).start()
+        acks = iter(call)
         try:
             try:
-                for ack in call:
+                while True:
+                    watch.waiting()
+                    try:
+                        ack = next(acks)
+                    except StopIteration:
+                        break
+                    finally:
+                        watch.got()
                     with lock:
                         ready = pipe.on_ack(ack)
                     for result in ready:
@@ -311,6 +334,8 @@ class TritonBytesStreamer(StreamerSettings):
             except grpc.RpcError as exc:
                 if failure:
                     raise failure[0] from None
+                if watch.tripped:
+                    raise watch.error() from exc
                 raise self._rpc_error(exc, "Chat") from exc
             if failure:
                 raise failure[0]
