@@ -7,6 +7,7 @@ tests that need to look inside the proxy or stop Triton run one in-process.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import grpc
@@ -293,18 +294,30 @@ def _request(cid: str, array: np.ndarray, **kwargs: Any) -> InferRequest:
     )
 
 
+async def _settled_counts(triton: TritonProcess, model: str, rows: int) -> tuple[int, int]:
+    """Triton's (requests, rows) for ``model`` once at least ``rows`` rows are counted."""
+    deadline = time.monotonic() + 10
+    counts = triton.counts(model)
+    while counts[1] < rows and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        counts = triton.counts(model)
+    return counts
+
+
 async def test_coalesce_sends_packets_arriving_together_as_one_request(
     triton: TritonProcess,
 ) -> None:
     backend = TritonBackend(triton.url, coalesce=16)
     try:
+        start = triton.counts("add_one_fp32")
         await backend.infer(_request("warm", X))  # learns max_batch_size
+        # Triton records statistics after it answers: wait until they show the warm-up.
+        before = await _settled_counts(triton, "add_one_fp32", start[1] + X.shape[0])
         arrays = [X * i for i in range(7)] + [np.vstack([X, -X])]  # one packet of 2 rows
-        before = triton.counts("add_one_fp32")
         results = await asyncio.gather(
             *(backend.infer(_request(f"co:{i}", a)) for i, a in enumerate(arrays))
         )
-        after = triton.counts("add_one_fp32")
+        after = await _settled_counts(triton, "add_one_fp32", before[1] + 9)
     finally:
         await backend.close()
     assert after[0] - before[0] == 1  # one Triton request ...
