@@ -211,12 +211,14 @@ async def test_two_replicas_both_receive_traffic(
         stub = pbg.MultimodalServiceStub(channel)
         # Warm up: round_robin only picks connected replicas, so connect both first.
         assert (await stub.ServerReady(pb.ReadyRequest())).ready
+        start = sum(t.inference_count("add_one_fp32") for t in (triton, spare_triton))
         [a async for a in stub.Chat(packet(f"warm:{i}", X) for i in range(10))]
-        before = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
+        # Triton records statistics after it answers: let them catch up first.
+        before = await _settled_requests((triton, spare_triton), start + 10)
         packets = (packet(f"rr:{i}", X) for i in range(100))
         acks = [a async for a in stub.Chat(packets)]
     assert [a.status for a in acks] == [pb.OK] * 100
-    after = [t.inference_count("add_one_fp32") for t in (triton, spare_triton)]
+    after = await _settled_requests((triton, spare_triton), sum(before) + 100)
     served = [a - b for a, b in zip(after, before, strict=True)]
     assert sum(served) == 100
     assert min(served) >= 20, served  # round_robin: both replicas get a fair share
@@ -292,6 +294,16 @@ def _request(cid: str, array: np.ndarray, **kwargs: Any) -> InferRequest:
         data=array.tobytes(),
         **fields,
     )
+
+
+async def _settled_requests(tritons: tuple[TritonProcess, ...], total: int) -> list[int]:
+    """Each Triton's request count of add_one_fp32, once they add up to ``total``."""
+    deadline = time.monotonic() + 10
+    counts = [t.inference_count("add_one_fp32") for t in tritons]
+    while sum(counts) < total and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        counts = [t.inference_count("add_one_fp32") for t in tritons]
+    return counts
 
 
 async def _settled_counts(triton: TritonProcess, model: str, rows: int) -> tuple[int, int]:
