@@ -295,3 +295,12 @@ def test_stream_types_refuses_non_models() -> None:
 def test_stream_reader_refuses_a_bytes_source() -> None:
     with pytest.raises(TypeError, match="iterable of byte chunks"):
         ts.stream_reader(full_types(), b"\x05\0\0\0\0")  # type: ignore[call-overload]
+
+
+def test_a_footer_frame_on_a_stream_type_without_footer_is_malformed(read: Any) -> None:
+    writer = ts.stream_writer(ts.stream_types(Point, footer_type=Footer))
+    frames = [writer.yield_item(Point(x=1, y=1)), writer.yield_footer(Footer(count=1))]
+    items = read(ts.stream_types(Point), frames).read_items()
+    assert next(items).x == 1
+    with pytest.raises(ts.MalformedFrameError, match="FOOTER"):
+        next(items)

@@ -444,6 +444,10 @@ class ReaderCore:
         if kind is FrameKind.ITEM:
             return self._decode(self._types.item_type, frame)
         if kind is FrameKind.FOOTER:
+            if self._types.footer_type is None:
+                # Nobody could read it (nor the END after it): a truncated stream
+                # would pass unnoticed.
+                raise MalformedFrameError("a FOOTER frame on a stream type without a footer")
             return DONE  # stays peeked for read_footer
         if kind is FrameKind.END:
             self._peeked = None
