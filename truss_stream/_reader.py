@@ -253,7 +253,7 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
 @overload
 def stream_reader(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
-    source: AsyncIterable[bytes] | AsyncIterable[bytes | memoryview] | AsyncIterable[memoryview],
+    source: AsyncIterable[bytes | bytearray | memoryview],
     *,
     require_end: bool = ...,
     max_frame_bytes: int = ...,
@@ -267,7 +267,7 @@ def stream_reader(
 @overload
 def stream_reader(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
-    source: Iterable[bytes] | Iterable[bytes | memoryview] | Iterable[memoryview],
+    source: Iterable[bytes | bytearray | memoryview],
     *,
     require_end: bool = ...,
     max_frame_bytes: int = ...,

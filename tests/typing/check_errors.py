@@ -88,6 +88,12 @@ MUST_FAIL: dict[str, str] = {
         async def f() -> None:
             await ts.stream_reader(FULL, chunks()).read_header()
     """,
+    "source of str chunks": """
+        ts.stream_reader(ITEMS_ONLY, ["not", "bytes"])
+    """,
+    "a bytes object as the source": """
+        ts.stream_reader(ITEMS_ONLY, b"\\x05\\0\\0\\0\\0")
+    """,
     "item type must be a pydantic model": """
         ts.stream_types(int)
     """,

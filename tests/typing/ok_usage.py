@@ -95,3 +95,13 @@ def catch_everything(chunks: list[bytes]) -> str:
     except pydantic.ValidationError as exc:
         return str(exc.error_count())
     return ""
+
+
+def consume_mixed_chunks(chunks: list[bytearray], views: Iterator[bytes | memoryview]) -> int:
+    first = ts.stream_reader(ITEMS_ONLY, chunks)
+    second = ts.stream_reader(ITEMS_ONLY, views)
+    return len(list(first.read_items())) + len(list(second.read_items()))
+
+
+async def consume_async_bytearrays(chunks: AsyncIterator[bytearray]) -> int:
+    return len([item async for item in ts.stream_reader(ITEMS_ONLY, chunks).read_items()])
