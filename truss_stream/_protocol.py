@@ -149,7 +149,7 @@ class FrameDecoder:
                     info is not None
                     and size == TAG_SIZE + length
                     and length <= self._max
-                    and (length == 0 or info[0] is not FrameKind.END)
+                    and (length == 0 or info[0] is not _END_KIND)
                 ):
                     self._offset += size
                     self.frames += 1
@@ -214,7 +214,7 @@ class FrameDecoder:
                     info is not None
                     and size >= end
                     and length <= self._max
-                    and (length == 0 or info[0] is not FrameKind.END)
+                    and (length == 0 or info[0] is not _END_KIND)
                 ):
                     if size == end:
                         self._chunks.popleft()
