@@ -240,6 +240,8 @@ def test_copy_arrays_gives_writable_arrays(read: Any, codec: str, size: int) -> 
         pytest.param(np.zeros(2, dtype=[("a", "<i4"), ("b", "<f4")]), id="structured"),
         pytest.param(np.array(["2024-01-01"], dtype="datetime64[D]"), id="datetime"),
         pytest.param(np.array([1], dtype="timedelta64[s]"), id="timedelta"),
+        pytest.param(np.zeros(2, dtype=np.longdouble), id="longdouble"),
+        pytest.param(np.zeros(2, dtype=np.clongdouble), id="clongdouble"),
     ],
 )
 def test_unsupported_dtypes_are_refused_at_write_time(codec: str, array: Any) -> None:
@@ -252,7 +254,7 @@ def test_unsupported_dtypes_are_refused_at_write_time(codec: str, array: Any) ->
         ts.stream_writer(types).yield_item(Free(array=array))
 
 
-@pytest.mark.parametrize("dtype", ["O", "V4", "M8[D]"])
+@pytest.mark.parametrize("dtype", ["O", "V4", "M8[D]", np.longdouble])
 def test_ndarray_field_refuses_unsupported_dtypes_at_validation(dtype: str) -> None:
     with pytest.raises(pydantic.ValidationError):
         Tensor(array=np.zeros(2, dtype=dtype))

@@ -64,6 +64,13 @@ def _ml_dtype(name: str) -> np.dtype[Any]:
     return dtype
 
 
+def _portable(dtype: np.dtype[Any]) -> bool:
+    """False for long double (float96/128, complex192/256): its layout differs by platform."""
+    return not (
+        (dtype.kind == "f" and dtype.itemsize > 8) or (dtype.kind == "c" and dtype.itemsize > 16)
+    )
+
+
 def wire_dtype(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], str]:
     """Return (the little-endian dtype the bytes travel as, its descriptor string).
 
@@ -72,7 +79,12 @@ def wire_dtype(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], str]:
     """
     if dtype.name in _ML_DTYPES and dtype.names is None:
         return dtype, dtype.name
-    if dtype.kind not in _STANDARD_KINDS or dtype.names is not None or dtype.subdtype is not None:
+    if (
+        dtype.kind not in _STANDARD_KINDS
+        or dtype.names is not None
+        or dtype.subdtype is not None
+        or not _portable(dtype)
+    ):
         raise UnsupportedValueError(
             f"arrays of dtype {dtype!r} cannot be sent: supported are bool, (u)int8..64, "
             "float16/32/64, complex64/128, fixed-width U and S (bfloat16/float8 via ml_dtypes)"
@@ -91,7 +103,11 @@ def parse_descriptor(descr: str) -> np.dtype[Any]:
         dtype = np.dtype(descr)
     except TypeError as exc:
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}") from exc
-    if dtype.kind not in _STANDARD_KINDS or (dtype.itemsize == 0 and dtype.kind not in "US"):
+    if (
+        dtype.kind not in _STANDARD_KINDS
+        or (dtype.itemsize == 0 and dtype.kind not in "US")
+        or not _portable(dtype)
+    ):
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
     return dtype
 
@@ -195,7 +211,7 @@ def _json_descr(dtype_name: str) -> np.dtype[Any]:
         dtype = np.dtype(dtype_name) if dtype_name.isidentifier() else None
     except TypeError:
         dtype = None
-    if dtype is None or dtype.kind not in _STANDARD_KINDS:
+    if dtype is None or dtype.kind not in _STANDARD_KINDS or not _portable(dtype):
         raise PydanticCustomError(
             "ndarray_dtype", "unsupported array dtype {dtype}", {"dtype": dtype_name}
         )
