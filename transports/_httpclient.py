@@ -4,7 +4,8 @@ Both transports open a streaming request, check the status and content type,
 then hand the raw body chunks to a transport-specific decoder. Lower-layer httpx
 errors are translated here, at the boundary, ``raise ... from exc``:
 
-- the connection failing before a response: :class:`transports.base.TransportError`;
+- the connection failing before a response: :class:`transports.base.TransportError`
+  (:class:`transports.base.TransportTimeoutError` when it timed out);
 - an error status or a body that is not the expected stream:
   :class:`StreamResponseError` (with ``status``, ``content_type`` and ``body``);
 - the connection dropping mid-body: :class:`truss_stream.StreamTruncatedError`;
@@ -22,7 +23,7 @@ import httpx
 
 from truss_stream import StreamTimeoutError, StreamTruncatedError
 
-from .base import TransportError
+from .base import TransportError, TransportTimeoutError
 
 __all__ = [
     "StreamResponseError",
@@ -76,6 +77,8 @@ def _error(response: httpx.Response, expected: str, body: bytes) -> StreamRespon
 def _translate(exc: httpx.TransportError, method: str, url: str) -> Exception:
     if isinstance(exc, _CUT):
         return StreamTruncatedError(f"connection lost before the stream started: {exc!r}")
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportTimeoutError(f"{method} {url} timed out: {exc!r}")
     return TransportError(f"{method} {url} failed: {exc!r}")
 
 

@@ -22,6 +22,7 @@ from truss_stream import (
     Codec,
     FrameKind,
     StreamError,
+    StreamTimeoutError,
     end_frame,
     error_frame,
     frame_info,
@@ -31,6 +32,7 @@ __all__ = [
     "AsyncBaseTransport",
     "BaseTransport",
     "TransportError",
+    "TransportTimeoutError",
     "aopen_reader",
     "guard_frames",
     "open_reader",
@@ -49,6 +51,14 @@ class TransportError(StreamError):
         super().__init__(message if not body else f"{message}: {body}")
         self.status = status
         self.body = body
+
+
+class TransportTimeoutError(TransportError, StreamTimeoutError):
+    """A transport timed out before the stream started (connect, or the first response).
+
+    Both a :class:`TransportError` and a :class:`truss_stream.StreamTimeoutError`
+    (so also a ``TimeoutError``): ``except StreamTimeoutError`` catches every timeout.
+    """
 
 
 class BaseTransport(abc.ABC):

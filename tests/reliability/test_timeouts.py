@@ -1,7 +1,8 @@
 """Connect, idle-between-items and total timeouts, separately, for every client (SSE,
 chunked HTTP, gRPC), sync and async. Each one fires within a bound and raises a
-``StreamError``: ``StreamTimeoutError`` once the stream is open, the transport's error
-(``TransportError`` / ``GrpcStatusError``) when it never opened.
+``StreamError``: ``StreamTimeoutError`` once the stream is open; when it never opened,
+the transport's error (``TransportTimeoutError``, which is both a ``TransportError`` and
+a ``StreamTimeoutError``, for SSE/HTTP; ``GrpcStatusError`` for gRPC).
 
 How each is set (see docs/reliability.md):
 
@@ -207,6 +208,7 @@ def test_connect_timeout_against_a_black_hole(transport: str, mode: str) -> None
                 httpx_timeout=httpx.Timeout(30.0, connect=0.5),
             )
             assert isinstance(error, TransportError), error
+            assert isinstance(error, StreamTimeoutError), error
             assert isinstance(error.__cause__, httpx.ConnectTimeout)
     assert took < 3, took
 
@@ -230,6 +232,7 @@ def test_a_server_that_accepts_and_never_answers_times_out(transport: str, mode:
                 httpx_timeout=httpx.Timeout(30.0, read=0.5),
             )
             assert isinstance(error, TransportError), error
+            assert isinstance(error, StreamTimeoutError), error
             assert isinstance(error.__cause__, httpx.ReadTimeout)
     assert took < 3, took
 
