@@ -218,7 +218,7 @@ _JSON: Final = Codec.JSON
 
 def _unpack(payload: memoryview, limits: MsgpackLimits, ext_hook: Any) -> Any:
     try:
-        return msgpack.unpackb(
+        return _unpackb(
             payload,
             ext_hook=ext_hook,
             raw=False,
@@ -391,25 +391,7 @@ def decode_model(
             if any(err["type"] == "json_invalid" for err in exc.errors()):
                 raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc
             raise
-    if array_hint or copy_arrays:
-        data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
-    else:
-        try:
-            data = _unpackb(
-                payload,
-                ext_hook=_ext_hook_view,
-                raw=False,
-                strict_map_key=False,
-                max_array_len=limits.max_array_len,
-                max_map_len=limits.max_map_len,
-                max_str_len=limits.max_str_len,
-                max_bin_len=limits.max_bin_len,
-                max_ext_len=limits.max_ext_len,
-            )
-        except StreamError:
-            raise
-        except Exception as exc:
-            raise MalformedFrameError(f"invalid msgpack payload: {exc}") from exc
+    data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
     return validator.validate_python(data)
 
 

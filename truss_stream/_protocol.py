@@ -361,6 +361,12 @@ class ReaderCore:
             model_type, frame.codec, frame.array_hint, frame.payload, self._limits, self._copy
         )
 
+    def _decode_item(self, frame: Frame) -> Any:
+        """Decode an ITEM frame that is not (or no longer) peeked."""
+        return decode_model(
+            self._types.item_type, frame[1], frame[2], frame[3], self._limits, self._copy
+        )
+
     # Steps ------------------------------------------------------------------------
 
     def read_header(self) -> Any:
@@ -402,14 +408,7 @@ class ReaderCore:
             frame = self._decoder.feed_frame(data)
             if frame is not None:
                 if frame[0] is _ITEM:
-                    return decode_model(
-                        self._types.item_type,
-                        frame[1],
-                        frame[2],
-                        frame[3],
-                        self._limits,
-                        self._copy,
-                    )
+                    return self._decode_item(frame)
                 self._peeked = frame
         else:
             self._decoder.feed(data)
@@ -425,15 +424,8 @@ class ReaderCore:
                     # The common case between two items: a frame per chunk.
                     return NEED_DATA
             elif frame[0] is _ITEM:
-                # Hot path: an item frame straight from the decoder.
-                return decode_model(
-                    self._types.item_type,
-                    frame[1],
-                    frame[2],
-                    frame[3],
-                    self._limits,
-                    self._copy,
-                )
+                # Hot path: an item frame straight from the decoder, never peeked.
+                return self._decode_item(frame)
             self._peeked = frame
         peeked = self._peek()
         if peeked is NEED_DATA:
@@ -442,7 +434,8 @@ class ReaderCore:
         frame = peeked
         kind = frame.kind
         if kind is FrameKind.ITEM:
-            return self._decode(self._types.item_type, frame)
+            self._peeked = None
+            return self._decode_item(frame)
         if kind is FrameKind.FOOTER:
             if self._types.footer_type is None:
                 # Nobody could read it (nor the END after it): a truncated stream
