@@ -26,6 +26,7 @@ from truss_stream import (
     end_frame,
     error_frame,
     frame_info,
+    stream_reader,
 )
 
 __all__ = [
@@ -88,8 +89,6 @@ class AsyncBaseTransport(abc.ABC):
 @contextlib.contextmanager
 def open_reader(transport: BaseTransport, types: Any, **reader_kwargs: Any) -> Iterator[Any]:
     """Open ``transport`` and give a sync typed reader over its bytes."""
-    from truss_stream import stream_reader
-
     with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **reader_kwargs)
 
@@ -99,8 +98,6 @@ async def aopen_reader(
     transport: AsyncBaseTransport, types: Any, **reader_kwargs: Any
 ) -> AsyncIterator[Any]:
     """Open ``transport`` and give an async typed reader over its bytes."""
-    from truss_stream import stream_reader
-
     async with transport.open_stream() as chunks:
         yield stream_reader(types, chunks, **reader_kwargs)
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import httpx
 
-from truss_stream import AsyncStreamReader, Codec, StreamReader, StreamTypes, stream_reader
+from truss_stream import AsyncStreamReader, Codec, StreamReader, StreamTypes
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import Frames, FrameStreamResponse
@@ -28,7 +28,7 @@ from ._httpclient import (
     sync_idle_timeout,
     with_accept,
 )
-from .base import AsyncBaseTransport, BaseTransport, TransportError
+from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 
 __all__ = [
     "MEDIA_TYPE",
@@ -148,8 +148,8 @@ async def aconnect(
         StreamTruncatedError: (while reading) the connection dropped before END.
     """
     transport = AsyncHTTPTransport(client, method, url, **httpx_kwargs)
-    async with transport.open_stream() as chunks:
-        yield stream_reader(types, chunks, **(reader_options or {}))
+    async with aopen_reader(transport, types, **(reader_options or {})) as reader:
+        yield reader
 
 
 @contextlib.contextmanager
@@ -170,5 +170,5 @@ def connect(
     transport = HTTPTransport(
         client, method, url, **sync_idle_timeout(client, httpx_kwargs, reader_options)
     )
-    with transport.open_stream() as chunks:
-        yield stream_reader(types, chunks, **(reader_options or {}))
+    with open_reader(transport, types, **(reader_options or {})) as reader:
+        yield reader

@@ -40,7 +40,6 @@ from truss_stream import (
     StreamReader,
     StreamTruncatedError,
     StreamTypes,
-    stream_reader,
 )
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
@@ -61,7 +60,7 @@ from ._sse_events import (
     encode_event,
     max_event_bytes_for,
 )
-from .base import AsyncBaseTransport, BaseTransport, TransportError
+from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 
 __all__ = [
     "MEDIA_TYPE",
@@ -381,8 +380,8 @@ async def aconnect(
         resume_attempts=resume_attempts,
         **httpx_kwargs,
     )
-    async with transport.open_stream() as chunks:
-        yield stream_reader(types, chunks, **(reader_options or {}))
+    async with aopen_reader(transport, types, **(reader_options or {})) as reader:
+        yield reader
 
 
 @contextlib.contextmanager
@@ -409,5 +408,5 @@ def connect(
         resume_attempts=resume_attempts,
         **sync_idle_timeout(client, httpx_kwargs, reader_options),
     )
-    with transport.open_stream() as chunks:
-        yield stream_reader(types, chunks, **(reader_options or {}))
+    with open_reader(transport, types, **(reader_options or {})) as reader:
+        yield reader
