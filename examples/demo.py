@@ -23,7 +23,9 @@ from collections.abc import Iterator
 import httpx
 
 from examples.client import consume_async, consume_sync
-from examples.grpc_client import demo_segment as grpc_demo_segment
+from examples.grpc_client import consume_async as grpc_consume_async
+from examples.grpc_client import consume_sync as grpc_consume_sync
+from examples.grpc_client import wait_serving
 from examples.triton_client import run_async as triton_run_async
 from examples.triton_client import run_sync as triton_run_sync
 from examples.triton_client import run_typed as triton_run_typed
@@ -66,8 +68,8 @@ def example_server(port: int) -> Iterator[str]:
         shutdown(process)
 
 
-def shutdown(process: subprocess.Popen[bytes]) -> None:
-    """Stop uvicorn gracefully (SIGINT), killing it only if it hangs."""
+def shutdown(process: subprocess.Popen[bytes], name: str = "server") -> None:
+    """Stop a server gracefully (SIGINT), killing it only if it hangs."""
     if process.poll() is None:
         process.send_signal(signal.SIGINT)
         try:
@@ -75,7 +77,22 @@ def shutdown(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    print(f"server stopped (exit status {process.returncode})")
+    print(f"{name} stopped (exit status {process.returncode})")
+
+
+def grpc_segment(port: int) -> None:
+    """Run examples.grpc_server in a subprocess and read it, async and sync."""
+    target = f"127.0.0.1:{port}"
+    command = [sys.executable, "-m", "examples.grpc_server", "--listen", target]
+    print("$ python", " ".join(command[1:]))
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_serving(target)
+        items = asyncio.run(grpc_consume_async(target, frames=3))
+        items += grpc_consume_sync(target, frames=2)
+        print(f"read {items} items over gRPC, async and sync")
+    finally:
+        shutdown(process, "gRPC server")
 
 
 def stream_segment(base_url: str) -> None:
@@ -100,7 +117,7 @@ def demo_proxy(port: int) -> Iterator[str]:
     try:
         yield f"127.0.0.1:{port}"
     finally:
-        shutdown(process)
+        shutdown(process, "proxy")
 
 
 def triton_segment(port: int) -> None:
@@ -117,7 +134,7 @@ def main() -> None:
         print(f"serving on {base_url}")
         stream_segment(base_url)
     print("\n== gRPC: the same producer as a server-streaming method")
-    grpc_demo_segment(free_port())
+    grpc_segment(free_port())
     print("\n== Triton thin proxy: embedded demo backend, pipelined clients, typed view")
     triton_segment(free_port())
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import grpc
@@ -66,27 +62,6 @@ def consume_sync(target: str, frames: int = 5) -> int:
             count += 1
         show_footer(reader.read_footer())
     return count
-
-
-def demo_segment(port: int) -> None:
-    """``make demo``: run examples.grpc_server in a subprocess and read it both ways."""
-    target = f"127.0.0.1:{port}"
-    command = [sys.executable, "-m", "examples.grpc_server", "--listen", target]
-    print("$ python", " ".join(command[1:]))
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        wait_serving(target)
-        items = asyncio.run(consume_async(target, frames=3))
-        items += consume_sync(target, frames=2)
-        print(f"read {items} items over gRPC, async and sync")
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        print(f"gRPC server stopped (exit status {process.returncode})")
 
 
 def main() -> None:
