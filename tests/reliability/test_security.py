@@ -282,7 +282,7 @@ class Principal:
             key = request.headers.get("x-domino-api-key")
             auth = request.headers.get("authorization")
             if key in self.allowed or auth in self.allowed:
-                return JSONResponse({"canonicalName": "tester"})
+                return JSONResponse({"canonicalName": "tester", "isAnonymous": False})
             return JSONResponse({"error": "unauthorized"}, status_code=401)
 
         return Starlette(routes=[Route("/v4/auth/principal", principal)])

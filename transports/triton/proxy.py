@@ -14,6 +14,7 @@ Command line (flags win over the environment)::
         [--auth-url URL] [--backend triton|demo|python:module:callable]
         [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
         [--tls-cert PEM --tls-key PEM] [--coalesce N]
+        [--auth-cache-secs S] [--auth-timeout-secs S]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
@@ -260,7 +261,8 @@ class ProxyConfig:
         default_timeout: backend deadline when a packet gives none.
         max_message_bytes: largest gRPC message, both to clients and to Triton.
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
-        auth_cache_ttl: seconds a positive auth answer is reused.
+        auth_cache_ttl: seconds a positive auth answer is reused (and open calls re-checked).
+        auth_timeout: total deadline in seconds of one principal lookup.
         coalesce: if > 1, send packets that arrive together as one Triton request of
             up to this many batch rows (see ``TritonBackend``); 0 is off.
     """
@@ -276,6 +278,7 @@ class ProxyConfig:
     tls_key: str | None = None
     auth_cache_ttl: float = 30.0
     coalesce: int = 0
+    auth_timeout: float = 5.0
 
 
 @dataclass
@@ -352,7 +355,9 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
         )
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
-        auth = DominoAuthInterceptor(config.auth_url, cache_ttl=config.auth_cache_ttl)
+        auth = DominoAuthInterceptor(
+            config.auth_url, cache_ttl=config.auth_cache_ttl, timeout=config.auth_timeout
+        )
     else:
         _log.warning(
             "!!! AUTHENTICATION IS OFF: no --auth-url and no DOMINO_HOST; "
@@ -419,7 +424,18 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     parser.add_argument("--max-message-mb", type=int, default=64, help="largest message (64)")
     parser.add_argument("--tls-cert", default=None, help="PEM certificate chain to serve TLS")
     parser.add_argument("--tls-key", default=None, help="PEM private key to serve TLS")
-    parser.add_argument("--auth-cache-secs", type=float, default=30.0)
+    parser.add_argument(
+        "--auth-cache-secs",
+        type=float,
+        default=30.0,
+        help="seconds a positive auth answer is reused; open calls are re-checked as often (30)",
+    )
+    parser.add_argument(
+        "--auth-timeout-secs",
+        type=float,
+        default=5.0,
+        help="total deadline of one principal lookup: connect, headers and body (5)",
+    )
     parser.add_argument(
         "--coalesce",
         type=int,
@@ -449,6 +465,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         tls_key=args.tls_key,
         auth_cache_ttl=args.auth_cache_secs,
         coalesce=args.coalesce,
+        auth_timeout=args.auth_timeout_secs,
     )
 
 
