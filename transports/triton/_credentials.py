@@ -117,6 +117,8 @@ def _value_problem(name: str, value: str) -> str | None:
         return "empty"
     if len(value) > MAX_CREDENTIAL_CHARS:
         return "too-long"
+    if name == AUTHORIZATION_HEADER and value.rstrip().lower() == "bearer":
+        return "not-bearer"  # the scheme without a token
     if value != value.strip():
         return "whitespace"
     if name == AUTHORIZATION_HEADER:
