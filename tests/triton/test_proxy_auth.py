@@ -207,7 +207,7 @@ async def test_a_slow_principal_is_cut_off_at_the_total_deadline(
     finally:
         log = proxy.stop()
     assert logged in log
-    print(f"\n{answer}: answered {code.name} after {elapsed:.2f}s")
+    print(f"\nFIGURE auth slow principal {answer}: {code.name} after {elapsed:.2f}s")
 
 
 # 3. Revocation reaches open calls --------------------------------------------------------
@@ -274,8 +274,8 @@ async def test_revocation_ends_an_open_chat_call(
     assert len(acks) < 40
     assert "(open call, re-checked)" in log
     print(
-        f"\nrevoked by {revoked_by}: {len(acks) - 3} packets served after revocation, "
-        f"call ended {error.code().name} {ended - revoked_at[0]:.2f}s after it"
+        f"\nFIGURE auth revoked by {revoked_by or 'a 401'}: {len(acks) - 3} packets served "
+        f"after revocation, call ended {error.code().name} {ended - revoked_at[0]:.2f}s after it"
     )
 
 
@@ -300,6 +300,7 @@ async def test_open_calls_share_one_recheck_per_cache_period(
     # re-checked once per cache period for all of them together (per call it would be
     # 5 per period; per packet, 100 in all).
     assert 1 <= rechecks <= elapsed / 1.0 + 1, (rechecks, elapsed)
+    print(f"\nFIGURE auth 5 open calls, {elapsed:.1f}s, cache 1s: {rechecks} re-checks")
 
 
 async def test_revocation_is_a_client_error_in_both_clients(
