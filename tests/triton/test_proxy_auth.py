@@ -286,9 +286,7 @@ async def test_open_calls_share_one_recheck_per_cache_period(
     try:
         assert (await unary(proxy.target, KEY))[0] == grpc.StatusCode.OK  # cached from here
         started = time.monotonic()
-        results = await asyncio.gather(
-            *(_long_chat(proxy.target, KEY, 20, 0.15) for _ in range(5))
-        )
+        results = await asyncio.gather(*(_long_chat(proxy.target, KEY, 20, 0.15) for _ in range(5)))
         elapsed = time.monotonic() - started
     finally:
         proxy.stop()
