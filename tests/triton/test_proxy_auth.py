@@ -9,7 +9,9 @@ for the absence of any credential.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -21,7 +23,7 @@ import grpc.aio
 import numpy as np
 import pytest
 from principal_server import Answer, ScriptedPrincipal
-from triton_helpers import API_KEY, TOKEN, ProxyProcess, packet
+from triton_helpers import API_KEY, REPO, TOKEN, packet
 
 from transports.triton import AsyncTritonBytesStreamer, TritonBytesStreamer, TritonClientError
 from transports.triton import multimodal_pb2 as pb
@@ -49,18 +51,42 @@ def principal() -> Iterator[ScriptedPrincipal]:
 
 
 class Proxy:
-    """The proxy CLI in front of ``url``, logging to a file."""
+    """``python -m transports.triton.proxy --backend demo --auth-url URL ...``, logging to a file.
+
+    Like ``triton_helpers.ProxyProcess``, with stderr in a file so that nothing blocks
+    on a full pipe at ``--log-level DEBUG``, however long the test.
+    """
 
     def __init__(self, tmp_path: Path, url: str, *args: str, level: str = "DEBUG") -> None:
-        self.process = ProxyProcess(
-            ["--backend", "demo", "--auth-url", url, "--log-level", level, *args],
-            log_path=tmp_path / f"proxy-{time.monotonic_ns()}.log",
-        )
-        self.target = self.process.target
+        self._log_path = tmp_path / f"proxy-{time.monotonic_ns()}.log"
+        argv = ["--backend", "demo", "--auth-url", url, "--log-level", level, *args]
+        with self._log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "transports.triton.proxy", "--listen", "127.0.0.1:0", *argv],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=REPO,
+            )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().decode()
+        if not line.startswith("LISTENING "):
+            self._proc.kill()
+            self._proc.wait(10)
+            raise RuntimeError(f"proxy did not start: {line!r} {self._log_path.read_text()}")
+        self.port = int(line.split()[1].rsplit(":", 1)[1])
+        self.target = f"127.0.0.1:{self.port}"
 
     def stop(self, extra_secrets: Sequence[str] = ()) -> str:
-        """Stop it; return its log, having checked that no credential is in it."""
-        log = self.process.stop()
+        """Stop it (SIGTERM); return its log, having checked that no credential is in it."""
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            self._proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+        log = self._log_path.read_text(errors="replace")
         for secret in (*SECRETS, *extra_secrets):
             assert secret not in log, "a credential reached the proxy's log"
         return log
@@ -450,9 +476,9 @@ def test_bytes_no_header_may_carry_are_refused_without_asking(
         value = b"Bearer " + value
     proxy = Proxy(tmp_path, principal.url, level="INFO")
     try:
-        ok_status, _ = _raw_grpc_call(proxy.process.port, [(b"x-domino-api-key", API_KEY.encode())])
+        ok_status, _ = _raw_grpc_call(proxy.port, [(b"x-domino-api-key", API_KEY.encode())])
         assert ok_status == "0"
-        status, message = _raw_grpc_call(proxy.process.port, [(header, value)])
+        status, message = _raw_grpc_call(proxy.port, [(header, value)])
     finally:
         log = proxy.stop()
     assert status == str(UNAUTHENTICATED.value[0]), (status, message)

@@ -232,24 +232,13 @@ class PrincipalEndpoint:
 
 
 class ProxyProcess:
-    """``python -m transports.triton.proxy`` as a subprocess, through the real CLI.
+    """``python -m transports.triton.proxy`` as a subprocess, through the real CLI."""
 
-    With ``log_path`` its stderr goes to that file (nothing blocks on a full pipe however
-    much it logs) and :meth:`log` reads it while it runs.
-    """
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        env: dict[str, str] | None = None,
-        log_path: Path | None = None,
-    ) -> None:
-        self._log_path = log_path
-        self._log_file = log_path.open("wb") if log_path is not None else None
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "transports.triton.proxy", "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE,
-            stderr=self._log_file if self._log_file is not None else subprocess.PIPE,
+            stderr=subprocess.PIPE,
             cwd=REPO,
             env={**os.environ, **(env or {})},
         )
@@ -258,15 +247,9 @@ class ProxyProcess:
         if not line.startswith("LISTENING "):
             self._proc.kill()
             _, err = self._proc.communicate(timeout=10)
-            raise RuntimeError(f"proxy did not start: {line!r} {(err or b'').decode()[-2000:]}")
+            raise RuntimeError(f"proxy did not start: {line!r} {err.decode()[-2000:]}")
         self.port = int(line.split()[1].rsplit(":", 1)[1])
         self.target = f"127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        """What it wrote to stderr so far (only with ``log_path``)."""
-        if self._log_path is None:
-            return ""
-        return self._log_path.read_text(errors="replace")
 
     def stop(self) -> str:
         """Stop with SIGTERM; returns what it wrote to stderr."""
@@ -276,9 +259,6 @@ class ProxyProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             _, err = self._proc.communicate(timeout=10)
-        if self._log_file is not None:
-            self._log_file.close()
-            return self.log()
         return err.decode()
 
 
