@@ -41,6 +41,12 @@ UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 SECRETS = (API_KEY, TOKEN)
 
 
+def code_of(error: TritonClientError) -> grpc.StatusCode:
+    """The error's status code, whether ``code`` is an attribute or grpc.RpcError's method."""
+    code: Any = error.code
+    return code() if callable(code) else code  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 def principal() -> Iterator[ScriptedPrincipal]:
     endpoint = ScriptedPrincipal(
@@ -358,7 +364,7 @@ async def test_revocation_is_a_client_error_in_both_clients(
 
         with pytest.raises(TritonClientError) as sync_error:
             read_sync()
-        assert sync_error.value.code is UNAUTHENTICATED
+        assert code_of(sync_error.value) is UNAUTHENTICATED
         assert seen == list(range(len(seen)))
         assert len(seen) < 50
 
@@ -373,7 +379,7 @@ async def test_revocation_is_a_client_error_in_both_clients(
 
         with pytest.raises(TritonClientError) as async_error:
             await read_async()
-        assert async_error.value.code is UNAUTHENTICATED
+        assert code_of(async_error.value) is UNAUTHENTICATED
         assert seen == list(range(len(seen)))
         assert len(seen) < 50
     finally:
@@ -511,9 +517,31 @@ async def test_wait_for_ready_fails_at_once_on_malformed_credentials(
     finally:
         proxy.stop()
     # UNAUTHENTICATED, not DEADLINE_EXCEEDED after 30 s of polling an "unavailable" proxy.
-    assert sync_error.value.code is UNAUTHENTICATED, sync_error.value
-    assert async_error.value.code is UNAUTHENTICATED, async_error.value
+    assert code_of(sync_error.value) is UNAUTHENTICATED, sync_error.value
+    assert code_of(async_error.value) is UNAUTHENTICATED, async_error.value
     assert principal.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("metadata", "environ"),
+    [
+        ((("x-domino-api-key", API_KEY + "\n"),), {}),
+        ((), {"DOMINO_USER_API_KEY": API_KEY + "\n"}),
+        ((), {"Authorization": f"{TOKEN}\r\n"}),
+        ((("x-domino-api-key", "cl\u00e9"),), {}),
+    ],
+    ids=["newline", "env-newline", "env-crlf", "non-ascii"],
+)
+def test_clients_refuse_metadata_grpc_cannot_send(
+    metadata: tuple[tuple[str, str], ...], environ: dict[str, str]
+) -> None:
+    # gRPC's own clients cannot send these (the sync one failed each call with INTERNAL,
+    # the async one with a bare ExecuteBatchError): a clear error at construction.
+    for client in (TritonBytesStreamer, AsyncTritonBytesStreamer):
+        with pytest.raises(ValueError, match="cannot carry") as info:
+            client("127.0.0.1:1", metadata=metadata, environ=environ)
+        assert API_KEY not in str(info.value)
+        assert TOKEN not in str(info.value)
 
 
 # 5. What holds: no riding on a cache entry, one lookup per credential, bounded memory ------

@@ -43,6 +43,7 @@ __all__ = [
     "ReadyStep",
     "StreamerSettings",
     "auth_metadata",
+    "check_metadata",
     "readiness_steps",
 ]
 
@@ -66,6 +67,26 @@ def auth_metadata(environ: Mapping[str, str] | None = None) -> Metadata:
         token = bearer if bearer.lower().startswith("bearer ") else f"Bearer {bearer}"
         headers.append(("authorization", token))
     return tuple(headers)
+
+
+def check_metadata(metadata: Metadata) -> None:
+    """Refuse metadata no gRPC header can carry, naming the header, never the value.
+
+    Without this, gRPC fails each call with its own error (sync: ``INTERNAL: Invalid
+    metadata``; async: a bare ``ExecuteBatchError``), e.g. for a key read from a file
+    with its trailing newline.
+
+    Raises:
+        ValueError: a text value holds characters outside printable ASCII (0x20-0x7e).
+    """
+    for name, value in metadata:
+        if name.endswith("-bin"):
+            continue  # binary metadata: any bytes
+        if not isinstance(value, str) or not all(" " <= ch <= "~" for ch in value):
+            raise ValueError(
+                f"metadata {name!r}: the value holds characters a gRPC header cannot carry "
+                "(newlines, control characters or non-ASCII); check where it was read from"
+            )
 
 
 # Constructor settings shared by both clients ------------------------------------------
@@ -137,6 +158,7 @@ class StreamerSettings:
         self.tls = tls
         self.options = options
         self.metadata: Metadata = (*auth_metadata(environ), *tuple(metadata or ()))
+        check_metadata(self.metadata)
         self._specs: dict[tuple[str, str], PacketSpec] = {}
         self._closed = False
         self._connected = False
