@@ -335,6 +335,11 @@ class DominoAuthInterceptor(_ServerInterceptor):
         if behavior is None or not inspect.isasyncgenfunction(behavior):
             return handler  # unary calls are short: checked once, at their start
 
+        # The watcher interrupts the call by cancelling its task while the task waits for
+        # the servicer's next response, rather than racing each read against a "refused"
+        # future: that would cost a task per response on the packet path. The servicer
+        # cleans up on the CancelledError (cancelling its backend calls); responses it had
+        # not handed over are covered by the call's final status.
         async def guarded(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
