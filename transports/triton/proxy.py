@@ -14,7 +14,6 @@ Command line (flags win over the environment)::
         [--auth-url URL] [--backend triton|demo|python:module:callable]
         [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
         [--tls-cert PEM --tls-key PEM] [--coalesce N]
-        [--auth-cache-secs S] [--auth-timeout-secs S]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
