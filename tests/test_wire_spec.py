@@ -367,3 +367,16 @@ def test_3_json_base64_must_be_padded() -> None:
     for bad in ("AAE", "AA==", "AA E=", "AAE=AA=="):
         with pytest.raises(pydantic.ValidationError):
             read(bad)
+
+
+def test_1_header_after_an_item_is_malformed() -> None:
+    frames = [
+        item({"array": ext((0,), "|u1", b"")}),
+        frame(2, msgpack.packb({"name": "a"})),
+        ts.end_frame(),
+    ]
+    reader = ts.stream_reader(FULL, frames)
+    items = reader.read_items()
+    next(items)
+    with pytest.raises(ts.MalformedFrameError, match="HEADER"):
+        next(items)

@@ -1,0 +1,220 @@
+// The JavaScript half of tests/test_js_interop.py (not part of the package).
+//
+//   node test/interop.mjs read MANIFEST.json   read each case's stream file, print a JSON report
+//   node test/interop.mjs write DIR            write the JS-side cases as stream files into DIR
+//   node test/interop.mjs live BASE_URL        read the Python example/test server over fetch
+//
+// Values are reported in a JSON form Python compares exactly (see `report`).
+import { readFile, writeFile } from "node:fs/promises";
+import * as ts from "../dist/index.js";
+
+/** JSON-safe report of a decoded value: NDArrays, BigInt, bytes, Dates, non-finite floats tagged. */
+export function report(value) {
+  if (typeof value === "bigint") return { __bigint__: value.toString() };
+  if (typeof value === "number" && !Number.isFinite(value)) return { __float__: String(value) };
+  if (value instanceof ts.NDArray) {
+    const out = {
+      __ndarray__: true,
+      dtype: value.dtype,
+      shape: [...value.shape],
+      ctor: value.data.constructor.name,
+      data: Array.from(value.data, (x) => report(x)),
+    };
+    if (value.dtype === "bfloat16" || value.dtype.startsWith("float8_") || value.dtype.endsWith("int4") || value.dtype === "float16") {
+      out.decoded = Array.from(ts.toFloat64(value), (x) => report(x));
+    }
+    return out;
+  }
+  if (value instanceof Uint8Array) return { __bytes__: Buffer.from(value).toString("base64") };
+  if (value instanceof Date) return { __date__: value.toISOString() };
+  if (Array.isArray(value)) return value.map(report);
+  if (value !== null && typeof value === "object") {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, report(v)]));
+  }
+  return value;
+}
+
+export function errorReport(err) {
+  return {
+    name: err?.name ?? String(err),
+    message: err?.message ?? String(err),
+    isStreamError: err instanceof ts.StreamError,
+    ...(err instanceof ts.RemoteStreamError ? { remoteType: err.remoteType, remoteMessage: err.remoteMessage } : {}),
+  };
+}
+
+/** Read a whole stream as far as it goes: what it gave, and the error that stopped it. */
+export async function readStream(reader, { header = true, footer = true } = {}) {
+  const out = { items: [] };
+  try {
+    if (header) out.header = report(await reader.readHeader());
+    for await (const item of reader.readItems()) out.items.push(report(item));
+    if (footer && !reader.ended) out.footer = report(await reader.readFooter());
+    out.ended = reader.ended;
+  } catch (err) {
+    out.error = errorReport(err);
+  }
+  return out;
+}
+
+/** Chunk a buffer into pieces of `size` (0: one chunk), as an async iterable. */
+async function* chunked(bytes, size) {
+  if (!size) {
+    yield bytes;
+    return;
+  }
+  for (let i = 0; i < bytes.length; i += size) yield bytes.slice(i, i + size);
+}
+
+async function readCases(manifestPath) {
+  const manifest = JSON.parse(await readFile(manifestPath, "utf8"));
+  const results = {};
+  for (const c of manifest.cases) {
+    const bytes = new Uint8Array(await readFile(c.path));
+    const reader = ts.streamReader(chunked(bytes, c.chunk ?? 0), c.options ?? {});
+    results[c.name] = await readStream(reader, { header: c.header ?? true, footer: c.footer ?? true });
+  }
+  return results;
+}
+
+const f32 = (xs) => new Float32Array(xs);
+
+/** The streams the JS writer produces for Python to read. */
+function writeCases() {
+  const cases = {};
+  for (const codec of ["msgpack", "json"]) {
+    const w = ts.streamWriter(codec);
+    cases[`full-${codec}`] = [
+      w.header({ request_id: "js-1", model: "m", frames: 2, image_size: [640, 480] }),
+      w.item({
+        frame_index: 0,
+        boxes: ts.ndarray("float32", [1, 4], f32([1, 2, 3, 4])),
+        scores: ts.ndarray("float32", [1], f32([0.5])),
+        labels: ["person"],
+        latency_ms: 1.5,
+      }),
+      w.item({
+        frame_index: 1,
+        boxes: ts.ndarray("float32", [0, 4], f32([])),
+        scores: ts.ndarray("float32", [0], f32([])),
+        labels: [],
+        latency_ms: 2,
+      }),
+      w.footer({ frames: 2, detections: 1, elapsed_ms: 3.25 }),
+      w.end(),
+    ];
+    const t = ts.streamWriter(codec);
+    cases[`dtypes-${codec}`] = [
+      t.item({
+        name: "all",
+        bool: ts.ndarray("bool", [3], new Uint8Array([1, 0, 1])),
+        int8: ts.ndarray("int8", [2], new Int8Array([-128, 127])),
+        uint8: ts.ndarray("uint8", [2], new Uint8Array([0, 255])),
+        int16: ts.ndarray("int16", [2], new Int16Array([-32768, 32767])),
+        uint16: ts.ndarray("uint16", [2], new Uint16Array([0, 65535])),
+        int32: ts.ndarray("int32", [2], new Int32Array([-(2 ** 31), 2 ** 31 - 1])),
+        uint32: ts.ndarray("uint32", [2], new Uint32Array([0, 2 ** 32 - 1])),
+        int64: ts.ndarray("int64", [2], new BigInt64Array([-(2n ** 63n), 2n ** 63n - 1n])),
+        uint64: ts.ndarray("uint64", [2], new BigUint64Array([0n, 2n ** 64n - 1n])),
+        float16: ts.ndarray("float16", [2], new Uint16Array([0x3c00, 0xc000])), // 1.0, -2.0
+        float32: ts.ndarray("float32", [2, 2], f32([0.5, -1, Infinity, NaN])),
+        float64: ts.ndarray("float64", [2], new Float64Array([Math.PI, -0])),
+        complex64: ts.ndarray("complex64", [2], f32([1, 2, 3, -4])),
+        complex128: ts.ndarray("complex128", [1], new Float64Array([0.25, -0.5])),
+        bfloat16: ts.ndarray("bfloat16", [2], new Uint16Array([0x3f80, 0xc040])), // 1.0, -3.0
+        float8_e4m3fn: ts.ndarray("float8_e4m3fn", [2], new Uint8Array([0x38, 0x7e])), // 1.0, 448
+        uint4: ts.ndarray("uint4", [2], new Uint8Array([0, 15])),
+        int4: ts.ndarray("int4", [2], new Uint8Array([0x0f, 0x07])), // -1, 7
+        text: ts.ndarray("<U3", [2], ["ab", "\u{1F600}"]),
+        raw: ts.ndarray("|S3", [2], ["ab", "xyz"]),
+        scalar: ts.ndarray("float64", [], new Float64Array([7])),
+      }),
+      t.end(),
+    ];
+    const s = ts.streamWriter(codec);
+    cases[`scalars-${codec}`] = [
+      s.item({ n: 2n ** 60n, neg: -(2n ** 62n), small: -5, f: 1.5, big_float: 1e300, text: "héllo \u2028 \u{1F600}", flag: true, none: null, list: [1, "a", [2]], nested: { a: { b: 1 } } }),
+      s.end(),
+    ];
+    const e = ts.streamWriter(codec);
+    cases[`error-${codec}`] = [e.item({ n: 1 }), e.error(new TypeError("bad input"))];
+  }
+  const b = ts.streamWriter("msgpack");
+  cases["bytes-msgpack"] = [b.item({ data: new Uint8Array([0, 255, 1]), when: new Date(Date.UTC(2026, 0, 2, 3, 4, 5, 600)) }), b.end()];
+  const j = ts.streamWriter("json");
+  let jsonBytesError = null;
+  try {
+    j.item({ data: new Uint8Array([0xff]) });
+  } catch (err) {
+    jsonBytesError = errorReport(err);
+  }
+  // A lone NaN in the JSON codec is written as null, as pydantic writes it.
+  cases["nan-json"] = [j.item({ x: NaN }), j.end()];
+  return { cases, jsonBytesError };
+}
+
+async function writeDir(dir) {
+  const { cases, jsonBytesError } = writeCases();
+  for (const [name, frames] of Object.entries(cases)) {
+    const size = frames.reduce((n, f) => n + f.length, 0);
+    const all = new Uint8Array(size);
+    let at = 0;
+    for (const f of frames) {
+      all.set(f, at);
+      at += f.length;
+    }
+    await writeFile(`${dir}/${name}.bin`, all);
+  }
+  return { written: Object.keys(cases), jsonBytesError };
+}
+
+/** Scenarios against a live Python server (tests/test_js_interop.py's app). */
+async function live(base) {
+  const out = {};
+  for (const codec of ["json", "msgpack"]) {
+    out[`http-${codec}`] = await readStream(await ts.fetchStream(`${base}/http/detections?frames=5&codec=${codec}`));
+    out[`sse-${codec}`] = await readStream(await ts.fetchSSE(`${base}/sse/detections?frames=5&codec=${codec}`));
+    out[`sse-fail-${codec}`] = await readStream(await ts.fetchSSE(`${base}/sse/detections?frames=5&fail_at=2&codec=${codec}`));
+    out[`http-fail-${codec}`] = await readStream(await ts.fetchStream(`${base}/http/detections?frames=5&fail_at=2&codec=${codec}`));
+    // POST with a body and an auth header: what EventSource cannot do.
+    out[`sse-post-${codec}`] = await readStream(
+      await ts.fetchSSE(`${base}/echo?codec=${codec}`, {
+        method: "POST",
+        headers: { authorization: "Bearer js-token", "content-type": "application/json" },
+        body: JSON.stringify({ words: ["a", "b", "c"] }),
+      }),
+      { footer: false },
+    );
+    out[`resume-${codec}`] = await readStream(
+      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3,7`, undefined, { resumeAttempts: 3, resumeDelayMs: 10 }),
+    );
+    out[`resume-exhausted-${codec}`] = await readStream(
+      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3,5,7`, undefined, { resumeAttempts: 1, resumeDelayMs: 10 }),
+    );
+    out[`resume-wrong-${codec}`] = await readStream(
+      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3&ignore_last_id=1`, undefined, { resumeAttempts: 2, resumeDelayMs: 10 }),
+    );
+    out[`truncated-http-${codec}`] = await readStream(await ts.fetchStream(`${base}/cut-http?codec=${codec}`));
+  }
+  try {
+    await ts.fetchStream(`${base}/http/detections?frames=abc`);
+    out.status = { error: null };
+  } catch (err) {
+    out.status = { error: { ...errorReport(err), status: err.status, body: err.body } };
+  }
+  try {
+    await ts.fetchSSE(`${base}/http/detections?frames=1`);
+    out.contentType = { error: null };
+  } catch (err) {
+    out.contentType = { error: { ...errorReport(err), status: err.status, contentType: err.contentType } };
+  }
+  return out;
+}
+
+const [command, arg] = process.argv.slice(2);
+let result;
+if (command === "read") result = await readCases(arg);
+else if (command === "write") result = await writeDir(arg);
+else if (command === "live") result = await live(arg);
+else throw new Error(`unknown command ${command}`);
+process.stdout.write(JSON.stringify(result));

@@ -1,0 +1,142 @@
+"""The server the JS client is tested against (Node and Chromium): the example routes plus
+a POST endpoint with auth, a resumable SSE stream that drops its connection on cue, and a
+binary stream cut inside a frame. Also the stream files Python writes for the JS reader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pydantic
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+import truss_stream as ts
+from examples.sse_server import app as example_app
+from transports import sse
+from transports.http import MEDIA_TYPE
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class EchoHeader(pydantic.BaseModel):
+    user: str
+
+
+class Word(pydantic.BaseModel):
+    index: int
+    word: str
+
+
+class Header(pydantic.BaseModel):
+    name: str
+
+
+class Item(pydantic.BaseModel):
+    index: int
+    tensor: ts.NDArray
+
+
+class Footer(pydantic.BaseModel):
+    count: int
+
+
+N_ITEMS = 10
+
+
+class _Cut(BaseException):
+    """Escapes the response guard: uvicorn drops the connection mid-body."""
+
+
+def _types(request: Request, item: Any, **parts: Any) -> Any:
+    codec = request.query_params.get("codec", "msgpack")
+    if codec not in ("json", "msgpack"):
+        raise HTTPException(400, "codec must be json or msgpack")
+    return ts.stream_types(item, codec=codec, **parts)
+
+
+def resumable_frames(codec: str) -> list[bytes]:
+    """The resumable stream: header, N_ITEMS tensor items, footer, END."""
+    types = ts.stream_types(Item, header_type=Header, footer_type=Footer, codec=codec)  # type: ignore[call-overload]
+    writer = ts.stream_writer(types)
+    frames = [writer.yield_header(Header(name="resumable"))]
+    for i in range(N_ITEMS):
+        tensor = np.arange(i * 4, i * 4 + 4, dtype=np.float32).reshape(2, 2)
+        frames.append(writer.yield_item(Item(index=i, tensor=tensor)))
+    frames += [writer.yield_footer(Footer(count=N_ITEMS)), writer.yield_end()]
+    return frames
+
+
+def make_app() -> Starlette:
+    """A fresh app (its drop schedule counts requests per stream)."""
+    requests: dict[str, int] = {}
+
+    async def echo(request: Request) -> Response:
+        auth = request.headers.get("authorization", "")
+        if not auth.startswith("Bearer "):
+            raise HTTPException(401, "a bearer token is required")
+        body = json.loads(await request.body())
+        types = _types(request, Word, header_type=EchoHeader)
+        writer = ts.stream_writer(types)
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield writer.yield_header(EchoHeader(user=auth.removeprefix("Bearer ")))
+            for i, word in enumerate(body["words"]):
+                yield writer.yield_item(Word(index=i, word=word))
+            yield writer.yield_end()
+
+        return sse.sse_response(produce())
+
+    async def resumable(request: Request) -> Response:
+        params = request.query_params
+        key = str(request.url.query)
+        attempt = requests.get(key, 0)
+        requests[key] = attempt + 1
+        cuts = [int(c) for c in params.get("cuts", "").split(",") if c]
+        cut = cuts[attempt] if attempt < len(cuts) else None
+        position = 0 if params.get("ignore_last_id") else sse.resume_position(request.headers)
+        frames = resumable_frames(params.get("codec", "msgpack"))
+
+        async def produce() -> AsyncIterator[bytes]:
+            for n in range(position, len(frames)):
+                if n == cut:
+                    await anyio.sleep(0.05)  # let the frames before the cut go out
+                    raise _Cut
+                yield frames[n]
+                await anyio.sleep(0)
+
+        return sse.sse_response(produce(), first_id=position)
+
+    async def cut_http(request: Request) -> Response:
+        frames = resumable_frames(request.query_params.get("codec", "msgpack"))
+
+        async def produce() -> AsyncIterator[bytes]:
+            yield b"".join(frames[:3])
+            yield frames[3][: len(frames[3]) // 2]
+            await anyio.sleep(0.05)
+            raise _Cut
+
+        return StreamingResponse(produce(), media_type=MEDIA_TYPE)
+
+    async def page(request: Request) -> Response:
+        return FileResponse(ROOT / "js" / "test" / "browser.html", media_type="text/html")
+
+    return Starlette(
+        routes=[
+            Route("/echo", echo, methods=["POST"]),
+            Route("/resumable", resumable),
+            Route("/cut-http", cut_http),
+            Route("/js-test", page),
+            Mount("/js/dist", StaticFiles(directory=ROOT / "js" / "dist")),
+            Mount("/", example_app),
+        ]
+    )

@@ -1,0 +1,653 @@
+"""Python and the JS package (js/) read each other's streams, case by case of docs/wire-format.md.
+
+Python writes every case (both codecs, tensors of every dtype, ERROR, truncation,
+violations) to files; one `node js/test/interop.mjs read` run reads them all and
+reports JSON. JS writes its cases; Python reads them. Then Node reads the live
+Python server over fetch: chunked HTTP, SSE, POST with auth, Last-Event-ID resume.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import ml_dtypes
+import msgpack
+import numpy as np
+import pydantic
+import pytest
+from live_server import live_server
+
+import truss_stream as ts
+
+pytestmark = pytest.mark.js
+
+ROOT = Path(__file__).resolve().parent.parent
+JS = ROOT / "js"
+
+
+def node() -> str:
+    path = shutil.which("node")
+    if path is None:
+        pytest.skip("no node on PATH")
+    if not (JS / "dist" / "index.js").exists():
+        pytest.skip("js/dist is not built: `make js` builds it")
+    return path
+
+
+def run_node(*args: str) -> Any:
+    done = subprocess.run(
+        [node(), "test/interop.mjs", *args],
+        cwd=JS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+# What the JS report of a value looks like (js/test/interop.mjs `report`) -------------------
+
+
+def js_number(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"__float__": "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")}
+    return x
+
+
+CTORS = {
+    "bool": "Uint8Array", "int8": "Int8Array", "uint8": "Uint8Array", "int16": "Int16Array",
+    "uint16": "Uint16Array", "int32": "Int32Array", "uint32": "Uint32Array",
+    "int64": "BigInt64Array", "uint64": "BigUint64Array", "float32": "Float32Array",
+    "float64": "Float64Array", "complex64": "Float32Array", "complex128": "Float64Array",
+    "bfloat16": "Uint16Array", "float16": "Uint16Array",
+}  # fmt: skip
+
+
+def js_array(array: np.ndarray[Any, Any]) -> dict[str, Any]:
+    """The report JS gives for ``array`` (Node 20 has no Float16Array: raw bits)."""
+    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+    flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+    out: dict[str, Any] = {"__ndarray__": True, "shape": list(array.shape)}
+    if dtype.kind in "US":
+        out["dtype"] = f"<U{dtype.itemsize // 4}" if dtype.kind == "U" else f"|S{dtype.itemsize}"
+        out["ctor"] = "Array"
+        out["data"] = [x if dtype.kind == "U" else x.decode("latin-1") for x in flat.tolist()]
+        return out
+    out["dtype"] = dtype.name
+    out["ctor"] = CTORS.get(dtype.name, "Uint8Array")
+    if dtype.kind == "c":
+        data = flat.view(np.float32 if dtype.itemsize == 8 else np.float64).tolist()
+    elif dtype.kind in "iub":
+        data = [int(x) for x in flat.tolist()]
+        if dtype.itemsize == 8:
+            data = [{"__bigint__": str(x)} for x in data]
+    elif dtype.name in ("float32", "float64"):
+        data = flat.tolist()
+    else:  # raw bits: float16, bfloat16, float8, int4
+        data = flat.view(np.uint16 if dtype.itemsize == 2 else np.uint8).tolist()
+        out["decoded"] = [js_number(float(x)) for x in flat.astype(np.float64).tolist()]
+    out["data"] = [js_number(x) for x in data]
+    return out
+
+
+# Python writes, JS reads --------------------------------------------------------------------
+
+EVERY_DTYPE = {
+    "bool": np.array([True, False, True]),
+    "int8": np.array([-128, 0, 127], np.int8),
+    "uint8": np.array([0, 1, 255], np.uint8),
+    "int16": np.array([-32768, 32767], np.int16),
+    "uint16": np.array([0, 65535], np.uint16),
+    "int32": np.array([-(2**31), 2**31 - 1], np.int32),
+    "uint32": np.array([0, 2**32 - 1], np.uint32),
+    "int64": np.array([-(2**63), 2**53 + 1, 2**63 - 1], np.int64),
+    "uint64": np.array([0, 2**64 - 1], np.uint64),
+    "float16": np.array([1.0, -2.5, 65504.0, np.inf], np.float16),
+    "float32": np.array([[0.5, -1.0], [np.inf, np.nan]], np.float32),
+    "float64": np.array([math.pi, -0.0, 1e300], np.float64),
+    "complex64": np.array([1 + 2j, 3 - 4j], np.complex64),
+    "complex128": np.array([0.25 - 0.5j], np.complex128),
+    "unicode": np.array(["ab", "\U0001f600", "", "a\0b"], dtype="<U3"),
+    "bytes": np.array([b"ab", b"xyz", b"\xff"], dtype="S3"),
+    "scalar": np.array(7.0),
+    "empty": np.zeros((0, 3), np.float32),
+    "fortran": np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+    "bigendian": np.arange(3, dtype=">i4"),
+    **{
+        name: np.arange(-3, 5).astype(getattr(ml_dtypes, name))
+        for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
+                     "float8_e5m2", "float8_e5m2fnuz", "int4")
+    },
+    "uint4": np.arange(0, 16).astype(ml_dtypes.uint4),
+}  # fmt: skip
+
+
+class Everything(pydantic.BaseModel):
+    name: str
+    arrays: dict[str, ts.NDArray]
+
+
+class Header(pydantic.BaseModel):
+    name: str
+
+
+class Footer(pydantic.BaseModel):
+    count: int
+
+
+class Small(pydantic.BaseModel):
+    n: int
+    text: str = ""
+    x: float = 0.0
+
+
+def frame(
+    kind: int, payload: bytes, codec: ts.Codec = ts.Codec.MSGPACK, hint: bool = False
+) -> bytes:
+    return struct.pack(">BI", kind | codec | (0x20 if hint else 0), len(payload)) + payload
+
+
+def ext(shape: tuple[int, ...], descr: str, data: bytes) -> msgpack.ExtType:
+    raw = descr.encode()
+    head = struct.pack("<BBBB", 1, len(shape), len(raw), 0) + struct.pack(f"<{len(shape)}Q", *shape)
+    return msgpack.ExtType(1, head + raw + data)
+
+
+def item(value: Any) -> bytes:
+    return frame(3, msgpack.packb(value))
+
+
+END = ts.end_frame()
+
+
+def python_cases() -> dict[str, tuple[list[bytes], dict[str, Any]]]:
+    """name -> (frames, case options for the JS reader)."""
+    cases: dict[str, tuple[list[bytes], dict[str, Any]]] = {}
+    for codec in ("msgpack", "json"):
+        full = ts.stream_types(Everything, header_type=Header, footer_type=Footer, codec=codec)  # type: ignore[call-overload]
+        w = ts.stream_writer(full)
+        stream = [
+            w.yield_header(Header(name="every dtype")),
+            w.yield_item(Everything(name="all", arrays=EVERY_DTYPE)),
+            w.yield_item(Everything(name="none", arrays={})),
+            w.yield_footer(Footer(count=2)),
+            w.yield_end(),
+        ]
+        cases[f"dtypes-{codec}"] = (stream, {})
+        cases[f"dtypes-{codec}-chunk1"] = (stream, {"chunk": 1})
+        cases[f"dtypes-{codec}-chunk7"] = (stream, {"chunk": 7})
+        small = ts.stream_types(Small, codec=codec)
+        e = ts.stream_writer(small)
+        cases[f"error-{codec}"] = (
+            [e.yield_item(Small(n=1)), e.yield_error(KeyError("boom"))],
+            {"header": False},
+        )
+        s = ts.stream_writer(small)
+        body = [s.yield_item(Small(n=i, text="é\u2028", x=0.5)) for i in range(3)] + [s.yield_end()]
+        joined = b"".join(body)
+        cases[f"truncated-no-end-{codec}"] = (body[:-1], {"header": False})
+        cases[f"truncated-mid-frame-{codec}"] = ([joined[: len(body[0]) + 3]], {"header": False})
+        cases[f"truncated-mid-tag-{codec}"] = ([joined[: len(body[0]) + 7 + 2]], {"header": False})
+        cases[f"no-end-allowed-{codec}"] = (
+            body[:-1],
+            {"header": False, "options": {"requireEnd": False}},
+        )
+        b = ts.stream_writer(ts.stream_types(Small, codec=codec))
+        cases[f"big-int-{codec}"] = (
+            [b.yield_item(Small(n=2**53 + 1)), b.yield_item(Small(n=-(2**63))), b.yield_end()],
+            {"header": False},
+        )
+    # big-endian descriptors, written by hand (truss-stream writes little-endian only)
+    cases["big-endian"] = (
+        [
+            item({"a": ext((2,), ">f4", struct.pack(">2f", 1.5, -2)),
+                  "b": ext((1,), ">i8", struct.pack(">q", -(2**40))),
+                  "c": ext((1,), ">U2", "hi".encode("utf-32-be")),
+                  "d": ext((1,), ">c8", struct.pack(">2f", 1, -1))}),
+            END,
+        ],
+        {"header": False},
+    )  # fmt: skip
+    cases["fp8-all-bits"] = (
+        [
+            item({name: ext((256,), name, bytes(range(256)))
+                  for name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
+                               "float8_e5m2", "float8_e5m2fnuz")}),
+            END,
+        ],
+        {"header": False},
+    )  # fmt: skip
+    cases["timestamp"] = (
+        [
+            frame(3, msgpack.packb({"at": datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)}, datetime=True)),
+            END,
+        ],
+        {"header": False},
+    )  # fmt: skip
+    cases["json-nan"] = ([frame(3, b'{"x":null}', ts.Codec.JSON), END], {"header": False})
+    violations: dict[str, list[bytes]] = {
+        "unknown-kind": [frame(7, b"\x80")],
+        "reserved-bits": [struct.pack(">BI", 0x43, 2) + b"{}"],
+        "hint-on-json": [frame(3, b"{}", ts.Codec.JSON, hint=True)],
+        "end-with-payload": [frame(5, b"\x80")],
+        "second-header": [frame(2, msgpack.packb({"name": "a"}))] * 2 + [END],
+        "late-header": [item({"n": 1}), frame(2, msgpack.packb({"name": "a"})), END],
+        "item-after-footer": [frame(4, msgpack.packb({"count": 0})), item({"n": 1}), END],
+        "malformed-error-json": [frame(6, b'{"type": "E"}', ts.Codec.JSON)],
+        "malformed-error-msgpack": [frame(6, msgpack.packb(["E", "m"]))],
+        "unknown-ext-2": [frame(3, b"\x81\xa1n\xd6\x02abcd"), END],
+        "unknown-ext-minus-2": [frame(3, b"\x81\xa1n\xd6\xfeabcd"), END],
+        "reserved-ext-127": [frame(3, b"\x81\xa1n\xd6\x7fabcd"), END],
+        "descr-i3": [item({"a": ext((1,), "<i3", b"\0\0\0")}), END],
+        "descr-f1": [item({"a": ext((1,), "<f1", b"\0")}), END],
+        "descr-pipe-i4": [item({"a": ext((1,), "|i4", b"\0" * 4)}), END],
+        "descr-U0-elements": [item({"a": ext((2,), "<U0", b"")}), END],
+        "code-point": [item({"a": ext((1,), "<U1", struct.pack("<I", 0x110000))}), END],
+        "size-mismatch": [item({"a": ext((3,), "<f4", b"\0" * 8)}), END],
+        "json-bad-dtype": [frame(3, b'{"a":{"data_b64":"","shape":[0],"dtype":"float"}}', ts.Codec.JSON), END],
+        "json-unpadded": [frame(3, b'{"a":{"data_b64":"AAE","shape":[2],"dtype":"uint8"}}', ts.Codec.JSON), END],
+        "invalid-msgpack": [frame(3, b"\xc1"), END],
+        "extra-msgpack": [frame(3, b"\x80\x80"), END],
+        "invalid-json": [frame(3, b"{", ts.Codec.JSON), END],
+        "too-large": [frame(3, msgpack.packb({"a": "x" * 200})), END],
+        "bytes-after-end": [item({"n": 1}), END, b"\xff\xff not a frame"],
+    }  # fmt: skip
+    for name, frames in violations.items():
+        options: dict[str, Any] = {"header": name in ("second-header",)}
+        if name == "too-large":
+            options["options"] = {"maxFrameBytes": 100}
+        if name == "item-after-footer":
+            options["footer"] = True
+        cases[f"violation-{name}"] = (frames, options)
+    return cases
+
+
+#: The error class the JS reader raises for each violation (the same as Python's).
+VIOLATION_ERRORS = {
+    "unknown-kind": "MalformedFrameError",
+    "reserved-bits": "UnknownCodecError",
+    "hint-on-json": "UnknownCodecError",
+    "end-with-payload": "MalformedFrameError",
+    "second-header": "MalformedFrameError",
+    "late-header": "MalformedFrameError",
+    "item-after-footer": "MalformedFrameError",
+    "malformed-error-json": "MalformedFrameError",
+    "malformed-error-msgpack": "MalformedFrameError",
+    "unknown-ext-2": "UnknownExtError",
+    "unknown-ext-minus-2": "UnknownExtError",
+    "reserved-ext-127": "UnknownExtError",
+    "descr-i3": "UnknownExtError",
+    "descr-f1": "UnknownExtError",
+    "descr-pipe-i4": "UnknownExtError",
+    "descr-U0-elements": "MalformedFrameError",
+    "code-point": "MalformedFrameError",
+    "size-mismatch": "MalformedFrameError",
+    "json-bad-dtype": "UnknownExtError",
+    "json-unpadded": "MalformedFrameError",
+    "invalid-msgpack": "MalformedFrameError",
+    "extra-msgpack": "MalformedFrameError",
+    "invalid-json": "MalformedFrameError",
+    "too-large": "FrameTooLargeError",
+}
+
+
+class Loose(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+def python_error(frames: list[bytes], **kwargs: Any) -> str:
+    """The error class Python's reader raises on the same bytes (header/footer allowed)."""
+    types = ts.stream_types(Loose, header_type=Loose, footer_type=Loose)  # type: ignore[call-overload]
+    reader = ts.stream_reader(types, frames, **kwargs)
+    try:
+        try:
+            reader.read_header()
+        except ts.StreamOrderError:
+            pass
+        list(reader.read_items())
+        if not reader.ended:
+            reader.read_footer()
+    except Exception as exc:  # noqa: BLE001 - the class name is what is compared
+        if isinstance(exc, pydantic.ValidationError):
+            return "ValidationError"
+        return type(exc).__name__
+    return "none"
+
+
+@pytest.fixture(scope="module")
+def js_read(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("py-streams")
+    manifest = []
+    for name, (frames, options) in python_cases().items():
+        path = directory / f"{name}.bin"
+        path.write_bytes(b"".join(frames))
+        manifest.append({"name": name, "path": str(path), **options})
+    (directory / "manifest.json").write_text(json.dumps({"cases": manifest}))
+    result: dict[str, Any] = run_node("read", str(directory / "manifest.json"))
+    return result
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+@pytest.mark.parametrize("chunk", ["", "-chunk1", "-chunk7"])
+def test_js_reads_every_dtype(js_read: dict[str, Any], codec: str, chunk: str) -> None:
+    got = js_read[f"dtypes-{codec}{chunk}"]
+    assert "error" not in got, got.get("error")
+    assert got["header"] == {"name": "every dtype"}
+    assert got["footer"] == {"count": 2}
+    assert got["ended"] is True
+    first, second = got["items"]
+    assert first["name"] == "all"
+    assert second == {"name": "none", "arrays": {}}
+    assert set(first["arrays"]) == set(EVERY_DTYPE)
+    for name, array in EVERY_DTYPE.items():
+        assert first["arrays"][name] == js_array(array), name
+
+
+def test_js_reads_big_endian_descriptors(js_read: dict[str, Any]) -> None:
+    (got,) = js_read["big-endian"]["items"]
+    assert got["a"] == js_array(np.array([1.5, -2], np.float32))
+    assert got["b"] == js_array(np.array([-(2**40)], np.int64))
+    assert got["c"] == js_array(np.array(["hi"], "<U2"))
+    assert got["d"] == js_array(np.array([1 - 1j], np.complex64))
+
+
+def test_js_float8_decoders_match_ml_dtypes(js_read: dict[str, Any]) -> None:
+    (got,) = js_read["fp8-all-bits"]["items"]
+    for name, value in got.items():
+        expected = np.arange(256, dtype=np.uint8).view(getattr(ml_dtypes, name))
+        assert value["decoded"] == js_array(expected)["decoded"], name
+
+
+def test_js_reads_remote_errors(js_read: dict[str, Any]) -> None:
+    for codec in ("msgpack", "json"):
+        got = js_read[f"error-{codec}"]
+        assert got["items"] == [{"n": 1, "text": "", "x": 0.0 if codec == "msgpack" else 0}]
+        assert got["error"]["name"] == "RemoteStreamError"
+        assert got["error"]["remoteType"] == "KeyError"
+        assert got["error"]["remoteMessage"] == "'boom'"
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_detects_truncation(js_read: dict[str, Any], codec: str) -> None:
+    got = js_read[f"truncated-no-end-{codec}"]
+    assert [i["n"] for i in got["items"]] == [0, 1, 2]
+    assert got["error"]["name"] == "StreamTruncatedError"
+    for where in ("mid-frame", "mid-tag"):
+        got = js_read[f"truncated-{where}-{codec}"]
+        assert [i["n"] for i in got["items"]] == [0]
+        assert got["error"]["name"] == "StreamTruncatedError"
+    allowed = js_read[f"no-end-allowed-{codec}"]
+    assert "error" not in allowed
+    assert [i["n"] for i in allowed["items"]] == [0, 1, 2]
+    assert allowed["items"][0]["text"] == "é\u2028"
+
+
+def test_js_big_integers(js_read: dict[str, Any]) -> None:
+    got = js_read["big-int-msgpack"]["items"]
+    assert [i["n"] for i in got] == [{"__bigint__": str(2**53 + 1)}, {"__bigint__": str(-(2**63))}]
+    # JSON: exact where JSON.parse gives revivers the source text (Node 21+, Chrome 114+);
+    # Node 20 gives the nearest double, as the spec allows and js/README.md says.
+    got = js_read["big-int-json"]["items"]
+    assert got[0]["n"] in ({"__bigint__": str(2**53 + 1)}, float(2**53 + 1), 2**53)
+
+
+def test_js_timestamp_ext_is_a_date(js_read: dict[str, Any]) -> None:
+    (got,) = js_read["timestamp"]["items"]
+    assert got == {"at": {"__date__": "2026-01-02T03:04:05.678Z"}}
+
+
+def test_js_json_nan_is_null(js_read: dict[str, Any]) -> None:
+    assert js_read["json-nan"]["items"] == [{"x": None}]
+
+
+@pytest.mark.parametrize("name", sorted(VIOLATION_ERRORS))
+def test_js_raises_the_spec_error_for_each_violation(js_read: dict[str, Any], name: str) -> None:
+    got = js_read[f"violation-{name}"]
+    assert got["error"]["name"] == VIOLATION_ERRORS[name], got
+    assert got["error"]["isStreamError"] is True
+    # Python raises the same class on the same bytes (JSON arrays: pydantic's ValidationError,
+    # since Python validates them against the model).
+    frames, options = python_cases()[f"violation-{name}"]
+    kwargs = {"max_frame_bytes": 100} if name == "too-large" else {}
+    expected = VIOLATION_ERRORS[name]
+    if name in ("json-bad-dtype", "json-unpadded"):
+        expected = "none"  # Loose keeps the object as a dict: no NDArray field asks for it
+    assert python_error(frames, **kwargs) == expected
+
+
+def test_js_ignores_bytes_after_end(js_read: dict[str, Any]) -> None:
+    got = js_read["violation-bytes-after-end"]
+    assert "error" not in got
+    assert got["items"] == [{"n": 1}]
+    assert got["ended"] is True
+
+
+# JS writes, Python reads --------------------------------------------------------------------
+
+
+class JSDetection(pydantic.BaseModel):
+    frame_index: int
+    boxes: ts.NDArray
+    scores: ts.NDArray
+    labels: list[str]
+    latency_ms: float
+
+
+class JSHeader(pydantic.BaseModel):
+    request_id: str
+    model: str
+    frames: int
+    image_size: tuple[int, int]
+
+
+class JSFooter(pydantic.BaseModel):
+    frames: int
+    detections: int
+    elapsed_ms: float
+
+
+class JSScalars(pydantic.BaseModel):
+    n: int
+    neg: int
+    small: int
+    f: float
+    big_float: float
+    text: str
+    flag: bool
+    none: None
+    list: list[Any]
+    nested: dict[str, dict[str, int]]
+
+
+class JSBytes(pydantic.BaseModel):
+    data: bytes
+    when: datetime.datetime
+
+
+class JSNan(pydantic.BaseModel):
+    x: float | None
+
+
+@pytest.fixture(scope="module")
+def js_written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    directory = tmp_path_factory.mktemp("js-streams")
+    result = run_node("write", str(directory))
+    return directory, result
+
+
+def read_file(path: Path, types: Any, chunk: int = 0) -> ts.StreamReader[Any, Any, Any]:
+    data = path.read_bytes()
+    chunks = [data[i : i + chunk] for i in range(0, len(data), chunk)] if chunk else [data]
+    return ts.stream_reader(types, chunks)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_python_reads_js_streams(js_written: tuple[Path, dict[str, Any]], codec: Any) -> None:
+    directory, _ = js_written
+    types = ts.stream_types(JSDetection, header_type=JSHeader, footer_type=JSFooter, codec=codec)  # type: ignore[call-overload]
+    for chunk in (0, 3):
+        reader = read_file(directory / f"full-{codec}.bin", types, chunk)
+        assert reader.read_header() == JSHeader(
+            request_id="js-1", model="m", frames=2, image_size=(640, 480)
+        )
+        first, second = list(reader.read_items())
+        assert first.boxes.dtype == np.float32
+        assert first.boxes.tolist() == [[1, 2, 3, 4]]
+        assert first.labels == ["person"]
+        assert second.boxes.shape == (0, 4)
+        assert reader.read_footer().elapsed_ms == 3.25
+    scalars = read_file(directory / f"scalars-{codec}.bin", ts.stream_types(JSScalars))
+    (got,) = list(scalars.read_items())
+    assert got.n == 2**60
+    assert got.neg == -(2**62)
+    assert got.text == "héllo \u2028 \U0001f600"
+    assert got.big_float == 1e300
+    assert got.list == [1, "a", [2]]
+    assert got.nested == {"a": {"b": 1}}
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_python_reads_every_js_dtype(js_written: tuple[Path, dict[str, Any]], codec: str) -> None:
+    directory, _ = js_written
+    (got,) = list(read_file(directory / f"dtypes-{codec}.bin", ts.stream_types(Loose)).read_items())
+    arrays = got.model_extra
+    assert arrays is not None
+    if codec == "json":
+        types = ts.stream_types(_json_model(arrays), codec="json")
+        (got,) = list(read_file(directory / f"dtypes-{codec}.bin", types).read_items())
+        arrays = dict(got)
+    expect = {
+        "bool": np.array([True, False, True]),
+        "int8": np.array([-128, 127], np.int8),
+        "uint8": np.array([0, 255], np.uint8),
+        "int16": np.array([-32768, 32767], np.int16),
+        "uint16": np.array([0, 65535], np.uint16),
+        "int32": np.array([-(2**31), 2**31 - 1], np.int32),
+        "uint32": np.array([0, 2**32 - 1], np.uint32),
+        "int64": np.array([-(2**63), 2**63 - 1], np.int64),
+        "uint64": np.array([0, 2**64 - 1], np.uint64),
+        "float16": np.array([1.0, -2.0], np.float16),
+        "float32": np.array([[0.5, -1], [np.inf, np.nan]], np.float32),
+        "float64": np.array([math.pi, -0.0]),
+        "complex64": np.array([1 + 2j, 3 - 4j], np.complex64),
+        "complex128": np.array([0.25 - 0.5j]),
+        "bfloat16": np.array([1.0, -3.0], ml_dtypes.bfloat16),
+        "float8_e4m3fn": np.array([1.0, 448.0], ml_dtypes.float8_e4m3fn),
+        "uint4": np.array([0, 15], ml_dtypes.uint4),
+        "int4": np.array([-1, 7], ml_dtypes.int4),
+        "text": np.array(["ab", "\U0001f600"], "<U3"),
+        "raw": np.array([b"ab", b"xyz"], "S3"),
+        "scalar": np.array(7.0),
+    }
+    for name, want in expect.items():
+        have = arrays[name]
+        assert isinstance(have, np.ndarray), name
+        assert have.dtype == want.dtype, name
+        assert have.shape == want.shape, name
+        np.testing.assert_array_equal(have, want, err_msg=name)
+    assert np.signbit(arrays["float64"][1])
+
+
+def _json_model(arrays: dict[str, Any]) -> type[pydantic.BaseModel]:
+    fields: dict[str, Any] = {name: (ts.NDArray, ...) for name in arrays if name != "name"}
+    fields["name"] = (str, ...)
+    model: type[pydantic.BaseModel] = pydantic.create_model("JSDtypes", **fields)
+    return model
+
+
+def test_python_reads_js_errors_bytes_and_nan(js_written: tuple[Path, dict[str, Any]]) -> None:
+    directory, result = js_written
+    for codec in ("msgpack", "json"):
+        reader = read_file(directory / f"error-{codec}.bin", ts.stream_types(Small))
+        with pytest.raises(ts.RemoteStreamError) as info:
+            list(reader.read_items())
+        assert info.value.remote_type == "TypeError"
+        assert info.value.remote_message == "bad input"
+    (got,) = list(read_file(directory / "bytes-msgpack.bin", ts.stream_types(JSBytes)).read_items())
+    assert got.data == b"\x00\xff\x01"
+    assert got.when == datetime.datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=datetime.timezone.utc)
+    assert result["jsonBytesError"]["name"] == "UnsupportedValueError"
+    assert "msgpack" in result["jsonBytesError"]["message"]
+    (nan,) = list(read_file(directory / "nan-json.bin", ts.stream_types(JSNan)).read_items())
+    assert nan.x is None
+
+
+# JS reads the live Python server over fetch ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def js_live() -> dict[str, Any]:
+    from js_interop_app import make_app
+
+    node()
+    with live_server(make_app()) as server:
+        result: dict[str, Any] = run_node("live", server.url)
+    return result
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_reads_the_python_server(js_live: dict[str, Any], transport: str, codec: str) -> None:
+    got = js_live[f"{transport}-{codec}"]
+    assert "error" not in got, got.get("error")
+    assert got["header"]["model"] == "toy-detector-v1"
+    assert [i["frame_index"] for i in got["items"]] == list(range(5))
+    boxes = got["items"][0]["boxes"]
+    assert boxes["dtype"] == "float32"
+    assert boxes["ctor"] == "Float32Array"
+    assert boxes["shape"][1] == 4
+    assert got["footer"]["frames"] == 5
+    assert got["ended"] is True
+    failed = js_live[f"{transport}-fail-{codec}"]
+    assert [i["frame_index"] for i in failed["items"]] == [0, 1]
+    assert failed["error"]["name"] == "RemoteStreamError"
+    assert failed["error"]["remoteType"] == "RuntimeError"
+    assert failed["error"]["remoteMessage"] == "detector crashed at frame 2"
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_sse_post_with_auth_header(js_live: dict[str, Any], codec: str) -> None:
+    got = js_live[f"sse-post-{codec}"]
+    assert got["header"] == {"user": "js-token"}
+    assert got["items"] == [{"index": i, "word": w} for i, w in enumerate("abc")]
+    assert got["ended"] is True
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_sse_resumes_with_last_event_id(js_live: dict[str, Any], codec: str) -> None:
+    got = js_live[f"resume-{codec}"]
+    assert "error" not in got, got.get("error")
+    assert got["header"] == {"name": "resumable"}
+    assert [i["index"] for i in got["items"]] == list(range(10))  # nothing lost or repeated
+    assert got["items"][9]["tensor"]["data"] == [36.0, 37.0, 38.0, 39.0]
+    assert got["footer"] == {"count": 10}
+    exhausted = js_live[f"resume-exhausted-{codec}"]
+    assert exhausted["error"]["name"] == "StreamTruncatedError"
+    wrong = js_live[f"resume-wrong-{codec}"]
+    assert wrong["error"]["name"] == "SSEResumeError"
+    assert [i["index"] for i in wrong["items"]] == [0, 1]
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_http_cut_mid_frame_is_truncated(js_live: dict[str, Any], codec: str) -> None:
+    got = js_live[f"truncated-http-{codec}"]
+    assert [i["index"] for i in got["items"]] == [0, 1]
+    assert got["error"]["name"] == "StreamTruncatedError"
+
+
+def test_js_response_errors(js_live: dict[str, Any]) -> None:
+    assert js_live["status"]["error"]["name"] == "StreamResponseError"
+    assert js_live["status"]["error"]["status"] == 400
+    assert "frames" in js_live["status"]["error"]["body"]
+    assert js_live["contentType"]["error"]["name"] == "StreamResponseError"
+    assert js_live["contentType"]["error"]["status"] == 200
+    assert js_live["contentType"]["error"]["contentType"].startswith("application/vnd.truss-stream")
