@@ -1,7 +1,7 @@
 """Python and the JS package (js/) read each other's streams, case by case of docs/wire-format.md.
 
 Python writes every case (both codecs, tensors of every dtype, ERROR, truncation,
-violations) to files; one `node js/test/interop.mjs read` run reads them all and
+violations) to files; one `node js/interop/interop.mjs read` run reads them all and
 reports JSON. JS writes its cases; Python reads them. Then Node reads the live
 Python server over fetch: chunked HTTP, SSE, POST with auth, Last-Event-ID resume.
 """
@@ -43,7 +43,7 @@ def node() -> str:
 
 def run_node(*args: str) -> Any:
     done = subprocess.run(
-        [node(), "test/interop.mjs", *args],
+        [node(), "interop/interop.mjs", *args],
         cwd=JS,
         capture_output=True,
         text=True,
@@ -54,7 +54,7 @@ def run_node(*args: str) -> Any:
     return json.loads(done.stdout)
 
 
-# What the JS report of a value looks like (js/test/interop.mjs `report`) -------------------
+# What the JS report of a value looks like (js/interop/interop.mjs `report`) -------------------
 
 
 def js_number(x: Any) -> Any:
@@ -651,3 +651,100 @@ def test_js_response_errors(js_live: dict[str, Any]) -> None:
     assert js_live["contentType"]["error"]["name"] == "StreamResponseError"
     assert js_live["contentType"]["error"]["status"] == 200
     assert js_live["contentType"]["error"]["contentType"].startswith("application/vnd.truss-stream")
+
+
+# The package as published -------------------------------------------------------------------
+
+CONSUMER_TS = """
+import { NDArray, RemoteStreamError, StreamReader, fetchSSE, ndarray, streamReader, streamWriter } from "truss-stream";
+
+interface Item { index: number; tensor: NDArray<Float32Array> }
+const writer = streamWriter<{ name: string }, Item, { count: number }>("msgpack");
+const frames: Uint8Array[] = [
+  writer.header({ name: "h" }),
+  writer.item({ index: 0, tensor: ndarray("float32", [2], new Float32Array([1, 2])) }),
+  writer.footer({ count: 1 }),
+  writer.end(),
+];
+const reader: StreamReader<{ name: string }, Item, { count: number }> = streamReader(frames);
+export async function main(): Promise<number> {
+  const header: { name: string } = await reader.readHeader();
+  let total = 0;
+  for await (const item of reader.readItems()) total += item.tensor.data[0] ?? 0;
+  const footer = await reader.readFooter();
+  void fetchSSE;
+  void RemoteStreamError;
+  return header.name.length + total + footer.count;
+}
+"""
+
+
+def test_npm_pack_gives_a_package_that_installs_imports_and_types(tmp_path: Path) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("no npm on PATH")
+    node()
+    done = subprocess.run(
+        [npm, "pack", "--json", "--pack-destination", str(tmp_path)],
+        cwd=JS, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (packed,) = json.loads(done.stdout[done.stdout.index("[") :])
+    files = {f["path"] for f in packed["files"]}
+    assert {"package.json", "README.md", "dist/index.js", "dist/index.d.ts"} <= files
+    assert not any(f.startswith(("src/", "test/", "interop/", "node_modules/")) for f in files)
+    consumer = tmp_path / "consumer"
+    consumer.mkdir()
+    (consumer / "package.json").write_text(
+        '{"name": "consumer", "private": true, "type": "module"}'
+    )
+    done = subprocess.run(
+        [npm, "install", "--offline", "--no-audit", "--no-fund", str(tmp_path / packed["filename"])],
+        cwd=consumer, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    script = (
+        "import * as ts from 'truss-stream';"
+        "const w = ts.streamWriter('json');"
+        "const r = ts.streamReader([w.item({a: 1}), w.end()]);"
+        "const items = []; for await (const x of r.readItems()) items.push(x);"
+        "console.log(JSON.stringify(items), ts.WIRE_FORMAT_VERSION);"
+    )
+    ran = subprocess.run(
+        [node(), "--input-type=module", "-e", script],
+        cwd=consumer, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ['[{"a":1}]', "2"]
+    # The shipped types check a TypeScript consumer (tsc from js/'s dev dependencies).
+    (consumer / "main.ts").write_text(CONSUMER_TS)
+    (consumer / "tsconfig.json").write_text(
+        json.dumps(
+            {
+                "compilerOptions": {
+                    "strict": True, "noEmit": True, "target": "ES2022", "module": "ES2022",
+                    "moduleResolution": "Bundler", "lib": ["ES2022", "DOM"], "types": [],
+                },
+                "files": ["main.ts"],
+            }
+        )
+    )  # fmt: skip
+    tsc = JS / "node_modules" / ".bin" / "tsc"
+    checked = subprocess.run(
+        [str(tsc), "-p", "tsconfig.json"],
+        cwd=consumer, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    (consumer / "bad.ts").write_text(
+        'import { streamWriter } from "truss-stream";\n'
+        "streamWriter<{ a: number }, { b: string }, never>().item({ b: 1 });\n"
+    )
+    (consumer / "tsconfig.json").write_text(
+        (consumer / "tsconfig.json").read_text().replace('"main.ts"', '"bad.ts"')
+    )
+    failed = subprocess.run(
+        [str(tsc), "-p", "tsconfig.json"],
+        cwd=consumer, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "bad.ts" in failed.stdout

@@ -62,6 +62,7 @@ export class SSEFrameDecoder {
   private eventName = "";
   private data: Uint8Array[] = [];
   private eventId: string | null = null;
+  private skipLF = false;
   /** The `id:` of the last whole event decoded (for Last-Event-ID). */
   lastEventId: string | null = null;
   /** True once an `end` or `error` event was decoded. */
@@ -86,6 +87,11 @@ export class SSEFrameDecoder {
     }
     this.buf.set(chunk, this.len);
     this.len += chunk.length;
+    if (this.skipLF && this.len > this.start) {
+      // The previous chunk ended with CR: an LF right after it belongs to that line end.
+      if (this.buf[this.start] === LF) this.start += 1;
+      this.skipLF = false;
+    }
     const frames: Uint8Array[] = [];
     const buf = this.buf.subarray(0, this.len);
     for (;;) {
@@ -95,8 +101,10 @@ export class SSEFrameDecoder {
       let next: number;
       if (cr >= 0) {
         end = i + cr;
-        if (end + 1 >= this.len) break; // a CRLF may be split: wait for the next byte
-        next = buf[end + 1] === LF ? end + 2 : end + 1;
+        if (end + 1 >= this.len) {
+          next = end + 1; // CR ends the line; an LF in the next chunk is skipped
+          this.skipLF = true;
+        } else next = buf[end + 1] === LF ? end + 2 : end + 1;
       } else if (end >= 0) next = end + 1;
       else break;
       const frame = this.line(buf.subarray(i, end));
@@ -188,6 +196,7 @@ export class SSEFrameDecoder {
   /** Drop a partly received event (before reading a resumed connection). */
   discardPartial(): void {
     this.resumed = true;
+    this.skipLF = false;
     this.len = this.start = this.eventBytes = 0;
     this.eventName = "";
     this.data = [];

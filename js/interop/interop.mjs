@@ -1,8 +1,8 @@
 // The JavaScript half of tests/test_js_interop.py (not part of the package).
 //
-//   node test/interop.mjs read MANIFEST.json   read each case's stream file, print a JSON report
-//   node test/interop.mjs write DIR            write the JS-side cases as stream files into DIR
-//   node test/interop.mjs live BASE_URL        read the Python example/test server over fetch
+//   node interop/interop.mjs read MANIFEST.json   read each case's stream file, print a JSON report
+//   node interop/interop.mjs write DIR            write the JS-side cases as stream files into DIR
+//   node interop/interop.mjs live BASE_URL        read the Python example/test server over fetch
 //
 // Values are reported in a JSON form Python compares exactly (see `report`).
 import { readFile, writeFile } from "node:fs/promises";
