@@ -6,11 +6,13 @@ binary stream cut inside a frame. Also the stream files Python writes for the JS
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import ml_dtypes
 import numpy as np
 import pydantic
 from starlette.applications import Starlette
@@ -23,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 import truss_stream as ts
 from examples.sse_server import app as example_app
 from transports import sse
-from transports.http import MEDIA_TYPE
+from transports.http import MEDIA_TYPE, stream_response
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,13 +43,48 @@ class Header(pydantic.BaseModel):
     name: str
 
 
-class Item(pydantic.BaseModel):
-    index: int
-    tensor: ts.NDArray
+EVERY_DTYPE = {
+    "bool": np.array([True, False, True]),
+    "int8": np.array([-128, 0, 127], np.int8),
+    "uint8": np.array([0, 1, 255], np.uint8),
+    "int16": np.array([-32768, 32767], np.int16),
+    "uint16": np.array([0, 65535], np.uint16),
+    "int32": np.array([-(2**31), 2**31 - 1], np.int32),
+    "uint32": np.array([0, 2**32 - 1], np.uint32),
+    "int64": np.array([-(2**63), 2**53 + 1, 2**63 - 1], np.int64),
+    "uint64": np.array([0, 2**64 - 1], np.uint64),
+    "float16": np.array([1.0, -2.5, 65504.0, np.inf], np.float16),
+    "float32": np.array([[0.5, -1.0], [np.inf, np.nan]], np.float32),
+    "float64": np.array([math.pi, -0.0, 1e300], np.float64),
+    "complex64": np.array([1 + 2j, 3 - 4j], np.complex64),
+    "complex128": np.array([0.25 - 0.5j], np.complex128),
+    "unicode": np.array(["ab", "\U0001f600", "", "a\0b"], dtype="<U3"),
+    "bytes": np.array([b"ab", b"xyz", b"\xff"], dtype="S3"),
+    "scalar": np.array(7.0),
+    "empty": np.zeros((0, 3), np.float32),
+    "fortran": np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
+    "bigendian": np.arange(3, dtype=">i4"),
+    **{
+        name: np.arange(-3, 5).astype(getattr(ml_dtypes, name))
+        for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
+                     "float8_e5m2", "float8_e5m2fnuz", "int4")
+    },
+    "uint4": np.arange(0, 16).astype(ml_dtypes.uint4),
+}  # fmt: skip
+
+
+class Everything(pydantic.BaseModel):
+    name: str
+    arrays: dict[str, ts.NDArray]
 
 
 class Footer(pydantic.BaseModel):
     count: int
+
+
+class Item(pydantic.BaseModel):
+    index: int
+    tensor: ts.NDArray
 
 
 N_ITEMS = 10
@@ -127,16 +164,30 @@ def make_app() -> Starlette:
 
         return StreamingResponse(produce(), media_type=MEDIA_TYPE)
 
+    async def every_dtype(request: Request) -> Response:
+        types = _types(request, Everything, header_type=Header, footer_type=Footer)
+        writer = ts.stream_writer(types)
+        frames = [
+            writer.yield_header(Header(name="every dtype")),
+            writer.yield_item(Everything(name="all", arrays=EVERY_DTYPE)),
+            writer.yield_footer(Footer(count=1)),
+            writer.yield_end(),
+        ]
+        if request.query_params.get("sse"):
+            return sse.sse_response(frames)
+        return stream_response(frames)
+
     async def page(request: Request) -> Response:
-        return FileResponse(ROOT / "js" / "test" / "browser.html", media_type="text/html")
+        return FileResponse(ROOT / "js" / "interop" / "browser.html", media_type="text/html")
 
     return Starlette(
         routes=[
             Route("/echo", echo, methods=["POST"]),
             Route("/resumable", resumable),
             Route("/cut-http", cut_http),
+            Route("/every-dtype", every_dtype),
             Route("/js-test", page),
-            Mount("/js/dist", StaticFiles(directory=ROOT / "js" / "dist")),
+            Mount("/js", StaticFiles(directory=ROOT / "js")),
             Mount("/", example_app),
         ]
     )

@@ -8,6 +8,7 @@ Python server over fetch: chunked HTTP, SSE, POST with auth, Last-Event-ID resum
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -22,6 +23,8 @@ import msgpack
 import numpy as np
 import pydantic
 import pytest
+from chromium_cdp import evaluate_page
+from js_interop_app import EVERY_DTYPE, Everything, Footer, Header, make_app
 from live_server import live_server
 
 import truss_stream as ts
@@ -72,8 +75,9 @@ CTORS = {
 }  # fmt: skip
 
 
-def js_array(array: np.ndarray[Any, Any]) -> dict[str, Any]:
-    """The report JS gives for ``array`` (Node 20 has no Float16Array: raw bits)."""
+def js_array(array: np.ndarray[Any, Any], *, float16: bool = False) -> dict[str, Any]:
+    """The report JS gives for ``array``; ``float16``: the runtime has Float16Array
+    (Chromium does, Node 20 does not: raw bits in a Uint16Array)."""
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
     out: dict[str, Any] = {"__ndarray__": True, "shape": list(array.shape)}
@@ -84,6 +88,11 @@ def js_array(array: np.ndarray[Any, Any]) -> dict[str, Any]:
         return out
     out["dtype"] = dtype.name
     out["ctor"] = CTORS.get(dtype.name, "Uint8Array")
+    if float16 and dtype.name == "float16":
+        out["ctor"] = "Float16Array"
+        out["data"] = [js_number(x) for x in flat.astype(np.float64).tolist()]
+        out["decoded"] = out["data"]
+        return out
     if dtype.kind == "c":
         data = flat.view(np.float32 if dtype.itemsize == 8 else np.float64).tolist()
     elif dtype.kind in "iub":
@@ -100,48 +109,6 @@ def js_array(array: np.ndarray[Any, Any]) -> dict[str, Any]:
 
 
 # Python writes, JS reads --------------------------------------------------------------------
-
-EVERY_DTYPE = {
-    "bool": np.array([True, False, True]),
-    "int8": np.array([-128, 0, 127], np.int8),
-    "uint8": np.array([0, 1, 255], np.uint8),
-    "int16": np.array([-32768, 32767], np.int16),
-    "uint16": np.array([0, 65535], np.uint16),
-    "int32": np.array([-(2**31), 2**31 - 1], np.int32),
-    "uint32": np.array([0, 2**32 - 1], np.uint32),
-    "int64": np.array([-(2**63), 2**53 + 1, 2**63 - 1], np.int64),
-    "uint64": np.array([0, 2**64 - 1], np.uint64),
-    "float16": np.array([1.0, -2.5, 65504.0, np.inf], np.float16),
-    "float32": np.array([[0.5, -1.0], [np.inf, np.nan]], np.float32),
-    "float64": np.array([math.pi, -0.0, 1e300], np.float64),
-    "complex64": np.array([1 + 2j, 3 - 4j], np.complex64),
-    "complex128": np.array([0.25 - 0.5j], np.complex128),
-    "unicode": np.array(["ab", "\U0001f600", "", "a\0b"], dtype="<U3"),
-    "bytes": np.array([b"ab", b"xyz", b"\xff"], dtype="S3"),
-    "scalar": np.array(7.0),
-    "empty": np.zeros((0, 3), np.float32),
-    "fortran": np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3)),
-    "bigendian": np.arange(3, dtype=">i4"),
-    **{
-        name: np.arange(-3, 5).astype(getattr(ml_dtypes, name))
-        for name in ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
-                     "float8_e5m2", "float8_e5m2fnuz", "int4")
-    },
-    "uint4": np.arange(0, 16).astype(ml_dtypes.uint4),
-}  # fmt: skip
-
-
-class Everything(pydantic.BaseModel):
-    name: str
-    arrays: dict[str, ts.NDArray]
-
-
-class Header(pydantic.BaseModel):
-    name: str
-
-
-class Footer(pydantic.BaseModel):
-    count: int
 
 
 class Small(pydantic.BaseModel):
@@ -167,6 +134,9 @@ def item(value: Any) -> bytes:
 
 
 END = ts.end_frame()
+MOMENT = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+JSON_BAD_DTYPE = b'{"a":{"data_b64":"","shape":[0],"dtype":"float"}}'
+JSON_UNPADDED = b'{"a":{"data_b64":"AAE","shape":[2],"dtype":"uint8"}}'
 
 
 def python_cases() -> dict[str, tuple[list[bytes], dict[str, Any]]]:
@@ -228,7 +198,7 @@ def python_cases() -> dict[str, tuple[list[bytes], dict[str, Any]]]:
     )  # fmt: skip
     cases["timestamp"] = (
         [
-            frame(3, msgpack.packb({"at": datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)}, datetime=True)),
+            frame(3, msgpack.packb({"at": MOMENT}, datetime=True)),
             END,
         ],
         {"header": False},
@@ -253,8 +223,8 @@ def python_cases() -> dict[str, tuple[list[bytes], dict[str, Any]]]:
         "descr-U0-elements": [item({"a": ext((2,), "<U0", b"")}), END],
         "code-point": [item({"a": ext((1,), "<U1", struct.pack("<I", 0x110000))}), END],
         "size-mismatch": [item({"a": ext((3,), "<f4", b"\0" * 8)}), END],
-        "json-bad-dtype": [frame(3, b'{"a":{"data_b64":"","shape":[0],"dtype":"float"}}', ts.Codec.JSON), END],
-        "json-unpadded": [frame(3, b'{"a":{"data_b64":"AAE","shape":[2],"dtype":"uint8"}}', ts.Codec.JSON), END],
+        "json-bad-dtype": [frame(3, JSON_BAD_DTYPE, ts.Codec.JSON), END],
+        "json-unpadded": [frame(3, JSON_UNPADDED, ts.Codec.JSON), END],
         "invalid-msgpack": [frame(3, b"\xc1"), END],
         "extra-msgpack": [frame(3, b"\x80\x80"), END],
         "invalid-json": [frame(3, b"{", ts.Codec.JSON), END],
@@ -309,14 +279,12 @@ def python_error(frames: list[bytes], **kwargs: Any) -> str:
     types = ts.stream_types(Loose, header_type=Loose, footer_type=Loose)  # type: ignore[call-overload]
     reader = ts.stream_reader(types, frames, **kwargs)
     try:
-        try:
+        with contextlib.suppress(ts.StreamOrderError):
             reader.read_header()
-        except ts.StreamOrderError:
-            pass
         list(reader.read_items())
         if not reader.ended:
             reader.read_footer()
-    except Exception as exc:  # noqa: BLE001 - the class name is what is compared
+    except Exception as exc:
         if isinstance(exc, pydantic.ValidationError):
             return "ValidationError"
         return type(exc).__name__
@@ -416,7 +384,7 @@ def test_js_raises_the_spec_error_for_each_violation(js_read: dict[str, Any], na
     assert got["error"]["isStreamError"] is True
     # Python raises the same class on the same bytes (JSON arrays: pydantic's ValidationError,
     # since Python validates them against the model).
-    frames, options = python_cases()[f"violation-{name}"]
+    frames, _ = python_cases()[f"violation-{name}"]
     kwargs = {"max_frame_bytes": 100} if name == "too-large" else {}
     expected = VIOLATION_ERRORS[name]
     if name in ("json-bad-dtype", "json-unpadded"):
@@ -584,14 +552,39 @@ def test_python_reads_js_errors_bytes_and_nan(js_written: tuple[Path, dict[str, 
 # JS reads the live Python server over fetch ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def js_live() -> dict[str, Any]:
-    from js_interop_app import make_app
+# Polls until the page's module script has set window.trussResult, then awaits it.
+AWAIT_RESULT = """new Promise((resolve) => {
+  const poll = setInterval(() => {
+    if (window.trussResult) { clearInterval(poll); resolve(window.trussResult); }
+  }, 20);
+})"""
 
+
+def run_chromium(url: str, profile: Path) -> dict[str, Any]:
+    """Run the live scenarios in headless Chromium (js/interop/browser.html)."""
+    text = evaluate_page(url, AWAIT_RESULT, profile)
+    result: dict[str, Any] = json.loads(text)
+    return result
+
+
+@pytest.fixture(
+    scope="module", params=["node", pytest.param("chromium", marks=pytest.mark.browser)]
+)
+def js_live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The live scenarios (js/interop/report.mjs ``live``) run by Node, or in Chromium."""
     node()
     with live_server(make_app()) as server:
-        result: dict[str, Any] = run_node("live", server.url)
+        if request.param == "node":
+            result: dict[str, Any] = run_node("live", server.url)
+        else:
+            result = run_chromium(f"{server.url}/js-test", tmp_path_factory.mktemp("chromium"))
+    result["runtime"] = request.param
     return result
+
+
+def test_chromium_has_float16_array(js_live: dict[str, Any]) -> None:
+    # So the browser run covers the Float16Array path, and Node 20 the Uint16Array one.
+    assert js_live["float16Array"] is (js_live["runtime"] == "chromium")
 
 
 @pytest.mark.parametrize("transport", ["http", "sse"])
@@ -645,18 +638,41 @@ def test_js_http_cut_mid_frame_is_truncated(js_live: dict[str, Any], codec: str)
 
 
 def test_js_response_errors(js_live: dict[str, Any]) -> None:
-    assert js_live["status"]["error"]["name"] == "StreamResponseError"
-    assert js_live["status"]["error"]["status"] == 400
-    assert "frames" in js_live["status"]["error"]["body"]
-    assert js_live["contentType"]["error"]["name"] == "StreamResponseError"
-    assert js_live["contentType"]["error"]["status"] == 200
-    assert js_live["contentType"]["error"]["contentType"].startswith("application/vnd.truss-stream")
+    status = js_live["status"]["error"]
+    assert status["name"] == "StreamResponseError"
+    assert status["status"] == 400
+    assert "frames" in status["body"]
+    content_type = js_live["contentType"]["error"]
+    assert content_type["name"] == "StreamResponseError"
+    assert content_type["status"] == 200
+    assert content_type["contentType"].startswith("application/vnd.truss-stream")
+    assert js_live["unauthorized"]["error"]["status"] == 401
+
+
+def check_every_dtype(got: dict[str, Any], *, float16: bool) -> None:
+    """The every-dtype stream as JS reports it (tests/js_interop_app.py writes it)."""
+    assert "error" not in got, got.get("error")
+    assert got["header"] == {"name": "every dtype"}
+    (item,) = got["items"]
+    assert set(item["arrays"]) == set(EVERY_DTYPE)
+    for name, array in EVERY_DTYPE.items():
+        assert item["arrays"][name] == js_array(array, float16=float16), name
+    assert got["footer"] == {"count": 1}
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_reads_every_dtype_over_fetch(
+    js_live: dict[str, Any], transport: str, codec: str
+) -> None:
+    check_every_dtype(js_live[f"every-dtype-{transport}-{codec}"], float16=js_live["float16Array"])
 
 
 # The package as published -------------------------------------------------------------------
 
 CONSUMER_TS = """
-import { NDArray, RemoteStreamError, StreamReader, fetchSSE, ndarray, streamReader, streamWriter } from "truss-stream";
+import { NDArray, RemoteStreamError, StreamReader, fetchSSE } from "truss-stream";
+import { ndarray, streamReader, streamWriter } from "truss-stream";
 
 interface Item { index: number; tensor: NDArray<Float32Array> }
 const writer = streamWriter<{ name: string }, Item, { count: number }>("msgpack");
@@ -698,8 +714,9 @@ def test_npm_pack_gives_a_package_that_installs_imports_and_types(tmp_path: Path
     (consumer / "package.json").write_text(
         '{"name": "consumer", "private": true, "type": "module"}'
     )
+    tarball = str(tmp_path / packed["filename"])
     done = subprocess.run(
-        [npm, "install", "--offline", "--no-audit", "--no-fund", str(tmp_path / packed["filename"])],
+        [npm, "install", "--offline", "--no-audit", "--no-fund", tarball],
         cwd=consumer, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]

@@ -7,55 +7,7 @@
 // Values are reported in a JSON form Python compares exactly (see `report`).
 import { readFile, writeFile } from "node:fs/promises";
 import * as ts from "../dist/index.js";
-
-/** JSON-safe report of a decoded value: NDArrays, BigInt, bytes, Dates, non-finite floats tagged. */
-export function report(value) {
-  if (typeof value === "bigint") return { __bigint__: value.toString() };
-  if (typeof value === "number" && !Number.isFinite(value)) return { __float__: String(value) };
-  if (value instanceof ts.NDArray) {
-    const out = {
-      __ndarray__: true,
-      dtype: value.dtype,
-      shape: [...value.shape],
-      ctor: value.data.constructor.name,
-      data: Array.from(value.data, (x) => report(x)),
-    };
-    if (value.dtype === "bfloat16" || value.dtype.startsWith("float8_") || value.dtype.endsWith("int4") || value.dtype === "float16") {
-      out.decoded = Array.from(ts.toFloat64(value), (x) => report(x));
-    }
-    return out;
-  }
-  if (value instanceof Uint8Array) return { __bytes__: Buffer.from(value).toString("base64") };
-  if (value instanceof Date) return { __date__: value.toISOString() };
-  if (Array.isArray(value)) return value.map(report);
-  if (value !== null && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, report(v)]));
-  }
-  return value;
-}
-
-export function errorReport(err) {
-  return {
-    name: err?.name ?? String(err),
-    message: err?.message ?? String(err),
-    isStreamError: err instanceof ts.StreamError,
-    ...(err instanceof ts.RemoteStreamError ? { remoteType: err.remoteType, remoteMessage: err.remoteMessage } : {}),
-  };
-}
-
-/** Read a whole stream as far as it goes: what it gave, and the error that stopped it. */
-export async function readStream(reader, { header = true, footer = true } = {}) {
-  const out = { items: [] };
-  try {
-    if (header) out.header = report(await reader.readHeader());
-    for await (const item of reader.readItems()) out.items.push(report(item));
-    if (footer && !reader.ended) out.footer = report(await reader.readFooter());
-    out.ended = reader.ended;
-  } catch (err) {
-    out.error = errorReport(err);
-  }
-  return out;
-}
+import { errorReport, live, readStream } from "./report.mjs";
 
 /** Chunk a buffer into pieces of `size` (0: one chunk), as an async iterable. */
 async function* chunked(bytes, size) {
@@ -166,49 +118,6 @@ async function writeDir(dir) {
     await writeFile(`${dir}/${name}.bin`, all);
   }
   return { written: Object.keys(cases), jsonBytesError };
-}
-
-/** Scenarios against a live Python server (tests/test_js_interop.py's app). */
-async function live(base) {
-  const out = {};
-  for (const codec of ["json", "msgpack"]) {
-    out[`http-${codec}`] = await readStream(await ts.fetchStream(`${base}/http/detections?frames=5&codec=${codec}`));
-    out[`sse-${codec}`] = await readStream(await ts.fetchSSE(`${base}/sse/detections?frames=5&codec=${codec}`));
-    out[`sse-fail-${codec}`] = await readStream(await ts.fetchSSE(`${base}/sse/detections?frames=5&fail_at=2&codec=${codec}`));
-    out[`http-fail-${codec}`] = await readStream(await ts.fetchStream(`${base}/http/detections?frames=5&fail_at=2&codec=${codec}`));
-    // POST with a body and an auth header: what EventSource cannot do.
-    out[`sse-post-${codec}`] = await readStream(
-      await ts.fetchSSE(`${base}/echo?codec=${codec}`, {
-        method: "POST",
-        headers: { authorization: "Bearer js-token", "content-type": "application/json" },
-        body: JSON.stringify({ words: ["a", "b", "c"] }),
-      }),
-      { footer: false },
-    );
-    out[`resume-${codec}`] = await readStream(
-      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3,7`, undefined, { resumeAttempts: 3, resumeDelayMs: 10 }),
-    );
-    out[`resume-exhausted-${codec}`] = await readStream(
-      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3,5,7`, undefined, { resumeAttempts: 1, resumeDelayMs: 10 }),
-    );
-    out[`resume-wrong-${codec}`] = await readStream(
-      await ts.fetchSSE(`${base}/resumable?codec=${codec}&cuts=3&ignore_last_id=1`, undefined, { resumeAttempts: 2, resumeDelayMs: 10 }),
-    );
-    out[`truncated-http-${codec}`] = await readStream(await ts.fetchStream(`${base}/cut-http?codec=${codec}`));
-  }
-  try {
-    await ts.fetchStream(`${base}/http/detections?frames=abc`);
-    out.status = { error: null };
-  } catch (err) {
-    out.status = { error: { ...errorReport(err), status: err.status, body: err.body } };
-  }
-  try {
-    await ts.fetchSSE(`${base}/http/detections?frames=1`);
-    out.contentType = { error: null };
-  } catch (err) {
-    out.contentType = { error: { ...errorReport(err), status: err.status, contentType: err.contentType } };
-  }
-  return out;
 }
 
 const [command, arg] = process.argv.slice(2);

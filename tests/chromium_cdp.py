@@ -1,0 +1,106 @@
+"""Run a page in real headless Chromium and await a JavaScript value through the DevTools protocol.
+
+``--dump-dom`` with a virtual-time budget (tests/test_browser.py) suits pages that finish
+on their own; a page that streams with fetch() and waits on timers between reconnections
+needs real time, so this drives Chromium over ``--remote-debugging-port`` (websockets, from
+uvicorn[standard], speaks the protocol) and awaits a promise the page exposes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-address=127.0.0.1",
+    "--remote-debugging-port=0",
+)
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no chromium on PATH: `make chromium` installs Debian's package")
+
+
+def _debugger_port(profile: Path, process: subprocess.Popen[bytes], deadline: float) -> int:
+    marker = profile / "DevToolsActivePort"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"chromium exited with {process.returncode}")
+        if marker.exists():
+            lines = marker.read_text().split()
+            if lines:
+                return int(lines[0])
+        time.sleep(0.05)
+    raise TimeoutError("chromium did not open its DevTools port")
+
+
+async def _evaluate(ws_url: str, expression: str, timeout: float) -> Any:
+    async with websockets.connect(ws_url, max_size=None) as ws:
+        await ws.send(
+            json.dumps(
+                {
+                    "id": 1,
+                    "method": "Runtime.evaluate",
+                    "params": {
+                        "expression": expression,
+                        "awaitPromise": True,
+                        "returnByValue": True,
+                    },
+                }
+            )
+        )
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+            if message.get("id") == 1:
+                break
+    result = message["result"]
+    if "exceptionDetails" in result:
+        raise AssertionError(f"page script failed: {result['exceptionDetails']}")
+    return result["result"].get("value")
+
+
+def evaluate_page(url: str, expression: str, profile: Path, *, timeout: float = 90) -> Any:
+    """Open ``url`` in headless Chromium and return the value ``expression`` resolves to."""
+    deadline = time.monotonic() + timeout
+    process = subprocess.Popen(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port = _debugger_port(profile, process, deadline)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+            targets = json.load(answer)
+        (page,) = [t for t in targets if t["type"] == "page"]
+        return asyncio.run(
+            _evaluate(page["webSocketDebuggerUrl"], expression, deadline - time.monotonic())
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
