@@ -56,6 +56,10 @@ def _debugger_port(profile: Path, process: subprocess.Popen[bytes], deadline: fl
     raise TimeoutError("chromium did not open its DevTools port")
 
 
+class _Retry(Exception):
+    """The evaluation hit a page between documents (it was still navigating)."""
+
+
 async def _evaluate(ws_url: str, expression: str, timeout: float) -> Any:
     async with websockets.connect(ws_url, max_size=None) as ws:
         await ws.send(
@@ -75,6 +79,8 @@ async def _evaluate(ws_url: str, expression: str, timeout: float) -> Any:
             message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
             if message.get("id") == 1:
                 break
+    if "error" in message:
+        raise _Retry(str(message["error"]))
     result = message["result"]
     if "exceptionDetails" in result:
         raise AssertionError(f"page script failed: {result['exceptionDetails']}")
@@ -91,12 +97,25 @@ def evaluate_page(url: str, expression: str, profile: Path, *, timeout: float = 
     )
     try:
         port = _debugger_port(profile, process, deadline)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
-            targets = json.load(answer)
-        (page,) = [t for t in targets if t["type"] == "page"]
-        return asyncio.run(
-            _evaluate(page["webSocketDebuggerUrl"], expression, deadline - time.monotonic())
-        )
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as answer:
+                pages = [t for t in json.load(answer) if t["type"] == "page"]
+            # Evaluate only once the page shows our document, not the initial about:blank;
+            # a navigation under way still destroys the context: then try again.
+            if pages and pages[0]["url"] == url:
+                try:
+                    return asyncio.run(
+                        _evaluate(
+                            pages[0]["webSocketDebuggerUrl"],
+                            expression,
+                            deadline - time.monotonic(),
+                        )
+                    )
+                except _Retry:
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"chromium did not evaluate the page at {url}")
+            time.sleep(0.1)
     finally:
         process.terminate()
         try:

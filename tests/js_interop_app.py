@@ -98,7 +98,7 @@ def _types(request: Request, item: Any, **parts: Any) -> Any:
     codec = request.query_params.get("codec", "msgpack")
     if codec not in ("json", "msgpack"):
         raise HTTPException(400, "codec must be json or msgpack")
-    return ts.stream_types(item, codec=codec, **parts)
+    return ts.stream_types(item, codec=codec, **parts)  # type: ignore[call-overload]
 
 
 def resumable_frames(codec: str) -> list[bytes]:

@@ -143,7 +143,7 @@ def python_cases() -> dict[str, tuple[list[bytes], dict[str, Any]]]:
     """name -> (frames, case options for the JS reader)."""
     cases: dict[str, tuple[list[bytes], dict[str, Any]]] = {}
     for codec in ("msgpack", "json"):
-        full = ts.stream_types(Everything, header_type=Header, footer_type=Footer, codec=codec)  # type: ignore[call-overload]
+        full = ts.stream_types(Everything, header_type=Header, footer_type=Footer, codec=codec)
         w = ts.stream_writer(full)
         stream = [
             w.yield_header(Header(name="every dtype")),
@@ -276,7 +276,7 @@ class Loose(pydantic.BaseModel):
 
 def python_error(frames: list[bytes], **kwargs: Any) -> str:
     """The error class Python's reader raises on the same bytes (header/footer allowed)."""
-    types = ts.stream_types(Loose, header_type=Loose, footer_type=Loose)  # type: ignore[call-overload]
+    types = ts.stream_types(Loose, header_type=Loose, footer_type=Loose)
     reader = ts.stream_reader(types, frames, **kwargs)
     try:
         with contextlib.suppress(ts.StreamOrderError):
@@ -461,7 +461,7 @@ def read_file(path: Path, types: Any, chunk: int = 0) -> ts.StreamReader[Any, An
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
 def test_python_reads_js_streams(js_written: tuple[Path, dict[str, Any]], codec: Any) -> None:
     directory, _ = js_written
-    types = ts.stream_types(JSDetection, header_type=JSHeader, footer_type=JSFooter, codec=codec)  # type: ignore[call-overload]
+    types = ts.stream_types(JSDetection, header_type=JSHeader, footer_type=JSFooter, codec=codec)
     for chunk in (0, 3):
         reader = read_file(directory / f"full-{codec}.bin", types, chunk)
         assert reader.read_header() == JSHeader(
