@@ -9,6 +9,7 @@ uvicorn[standard], speaks the protocol) and awaits a promise the page exposes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 import websockets
 
 FLAGS = (
+    "--window-size=1000,900",
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -60,25 +62,23 @@ class _Retry(Exception):
     """The evaluation hit a page between documents (it was still navigating)."""
 
 
-async def _evaluate(ws_url: str, expression: str, timeout: float) -> Any:
+async def _call(ws: Any, call_id: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    await ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if message.get("id") == call_id:
+            return message
+
+
+async def _evaluate(
+    ws_url: str, expression: str, timeout: float, screenshot: Path | None = None
+) -> Any:
     async with websockets.connect(ws_url, max_size=None) as ws:
-        await ws.send(
-            json.dumps(
-                {
-                    "id": 1,
-                    "method": "Runtime.evaluate",
-                    "params": {
-                        "expression": expression,
-                        "awaitPromise": True,
-                        "returnByValue": True,
-                    },
-                }
-            )
-        )
-        while True:
-            message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-            if message.get("id") == 1:
-                break
+        params = {"expression": expression, "awaitPromise": True, "returnByValue": True}
+        message = await _call(ws, 1, "Runtime.evaluate", params, timeout)
+        if screenshot is not None and "error" not in message:
+            shot = await _call(ws, 2, "Page.captureScreenshot", {"format": "png"}, timeout)
+            screenshot.write_bytes(base64.b64decode(shot["result"]["data"]))
     if "error" in message:
         raise _Retry(str(message["error"]))
     result = message["result"]
@@ -87,8 +87,18 @@ async def _evaluate(ws_url: str, expression: str, timeout: float) -> Any:
     return result["result"].get("value")
 
 
-def evaluate_page(url: str, expression: str, profile: Path, *, timeout: float = 90) -> Any:
-    """Open ``url`` in headless Chromium and return the value ``expression`` resolves to."""
+def evaluate_page(
+    url: str,
+    expression: str,
+    profile: Path,
+    *,
+    timeout: float = 90,
+    screenshot: Path | None = None,
+) -> Any:
+    """Open ``url`` in headless Chromium and return the value ``expression`` resolves to.
+
+    ``screenshot``: also save a PNG of the page there, once the value is in.
+    """
     deadline = time.monotonic() + timeout
     process = subprocess.Popen(
         [chromium(), *FLAGS, f"--user-data-dir={profile}", url],
@@ -109,6 +119,7 @@ def evaluate_page(url: str, expression: str, profile: Path, *, timeout: float = 
                             pages[0]["webSocketDebuggerUrl"],
                             expression,
                             deadline - time.monotonic(),
+                            screenshot,
                         )
                     )
                 except _Retry:
