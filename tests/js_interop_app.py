@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import ml_dtypes
+import msgpack
 import numpy as np
 import pydantic
 from starlette.applications import Starlette
@@ -113,6 +114,17 @@ def resumable_frames(codec: str) -> list[bytes]:
     return frames
 
 
+def going_away_frame(codec: ts.Codec) -> bytes:
+    """The ERROR frame of a server shutting down (docs/wire-format.md 6), written by hand."""
+    body = {
+        "type": "ServerGoingAwayError",
+        "message": "the server is shutting down",
+        "reason": "going_away",
+    }
+    payload = json.dumps(body).encode() if codec is ts.Codec.JSON else msgpack.packb(body)
+    return ts.pack_tag(ts.FrameKind.ERROR, codec, len(payload)) + payload
+
+
 def make_app() -> Starlette:
     """A fresh app (its drop schedule counts requests per stream)."""
     requests: dict[str, int] = {}
@@ -134,6 +146,14 @@ def make_app() -> Starlette:
         return sse.sse_response(produce())
 
     async def resumable(request: Request) -> Response:
+        """The resumable stream; request k drops its connection after ``cuts[k]`` frames.
+
+        ``identity=ID`` sends the resume-integrity headers (docs/transports.md) and refuses
+        a resume that does not send ``Truss-Stream-Id: ID`` back; ``other_identity=1``
+        answers resumes with another identity, ``position_header=N`` with that position;
+        ``ignore_last_id=1`` restarts the producer at 0; ``going_away_at=K`` ends the first
+        response after K frames with a going-away ERROR (a server shutting down).
+        """
         params = request.query_params
         key = str(request.url.query)
         attempt = requests.get(key, 0)
@@ -142,16 +162,30 @@ def make_app() -> Starlette:
         cut = cuts[attempt] if attempt < len(cuts) else None
         position = 0 if params.get("ignore_last_id") else sse.resume_position(request.headers)
         frames = resumable_frames(params.get("codec", "msgpack"))
+        headers: dict[str, str] = {}
+        identity = params.get("identity")
+        if identity is not None:
+            if attempt and request.headers.get("truss-stream-id") != identity:
+                raise HTTPException(400, "a resume must name its stream (Truss-Stream-Id)")
+            other = attempt and params.get("other_identity")
+            headers["Truss-Stream-Id"] = f"{identity}-other" if other else identity
+            forced = params.get("position_header") if attempt else None
+            headers["Truss-Stream-Position"] = forced if forced is not None else str(position)
+        going_away = int(params["going_away_at"]) if params.get("going_away_at") else None
+        codec = ts.Codec.JSON if params.get("codec") == "json" else ts.Codec.MSGPACK
 
         async def produce() -> AsyncIterator[bytes]:
             for n in range(position, len(frames)):
                 if n == cut:
                     await anyio.sleep(0.05)  # let the frames before the cut go out
                     raise _Cut
+                if attempt == 0 and n == going_away:
+                    yield going_away_frame(codec)
+                    return
                 yield frames[n]
                 await anyio.sleep(0)
 
-        return sse.sse_response(produce(), first_id=position)
+        return sse.sse_response(produce(), first_id=position, headers=headers)
 
     async def cut_http(request: Request) -> Response:
         frames = resumable_frames(request.query_params.get("codec", "msgpack"))

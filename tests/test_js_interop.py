@@ -625,9 +625,43 @@ def test_js_sse_resumes_with_last_event_id(js_live: dict[str, Any], codec: str) 
     assert got["footer"] == {"count": 10}
     exhausted = js_live[f"resume-exhausted-{codec}"]
     assert exhausted["error"]["name"] == "StreamTruncatedError"
+    # A server that restarts its producer instead of resuming (ids from 0 again, no
+    # position header): caught from the first resumed id, nothing repeated.
     wrong = js_live[f"resume-wrong-{codec}"]
-    assert wrong["error"]["name"] == "SSEResumeError"
+    assert wrong["error"]["name"] == "StreamResumeError"
+    assert wrong["error"]["isTruncated"] is True
+    assert wrong["error"]["expectedPosition"] == 3
+    assert wrong["error"]["position"] == 0
     assert [i["index"] for i in wrong["items"]] == [0, 1]
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_sse_resume_integrity_headers(js_live: dict[str, Any], codec: str) -> None:
+    """docs/transports.md "Resume integrity": Truss-Stream-Id and Truss-Stream-Position."""
+    got = js_live[f"resume-identity-{codec}"]
+    assert "error" not in got, got.get("error")  # the server refuses resumes without the id
+    assert [i["index"] for i in got["items"]] == list(range(10))
+    other = js_live[f"resume-other-identity-{codec}"]
+    assert other["error"]["name"] == "StreamResumeError"
+    assert other["error"]["expectedStreamId"] == "s-1"
+    assert other["error"]["streamId"] == "s-1-other"
+    assert [i["index"] for i in other["items"]] == [0, 1]
+    moved = js_live[f"resume-wrong-position-{codec}"]
+    assert moved["error"]["name"] == "StreamResumeError"
+    assert moved["error"]["position"] == 0
+    assert moved["error"]["expectedPosition"] == 3
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_js_sse_going_away_reconnects(js_live: dict[str, Any], codec: str) -> None:
+    got = js_live[f"going-away-resumed-{codec}"]
+    assert "error" not in got, got.get("error")
+    assert [i["index"] for i in got["items"]] == list(range(10))
+    assert got["footer"] == {"count": 10}
+    stopped = js_live[f"going-away-no-attempts-{codec}"]
+    assert stopped["error"]["name"] == "ServerGoingAwayError"
+    assert stopped["error"]["remoteType"] == "ServerGoingAwayError"
+    assert [i["index"] for i in stopped["items"]] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])

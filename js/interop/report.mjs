@@ -39,7 +39,11 @@ export function errorReport(err) {
     name: err?.name ?? String(err),
     message: err?.message ?? String(err),
     isStreamError: err instanceof ts.StreamError,
-    ...(err instanceof ts.RemoteStreamError ? { remoteType: err.remoteType, remoteMessage: err.remoteMessage } : {}),
+    ...(err instanceof ts.RemoteStreamError ? { remoteType: err.remoteType, remoteMessage: err.remoteMessage, errorId: err.errorId } : {}),
+    ...(err instanceof ts.StreamResumeError
+      ? { expectedStreamId: err.expectedStreamId, streamId: err.streamId, expectedPosition: err.expectedPosition, position: err.position }
+      : {}),
+    isTruncated: err instanceof ts.StreamTruncatedError,
     ...(err instanceof ts.StreamResponseError ? { status: err.status, contentType: err.contentType, body: err.body } : {}),
   };
 }
@@ -99,6 +103,15 @@ export async function live(base, progress = () => undefined) {
         resumeDelayMs: 10,
       }),
     );
+    const resume = (name, query, attempts) =>
+      get(`${name}-${codec}`, () =>
+        ts.fetchSSE(`${base}/resumable?codec=${codec}&${query}`, undefined, { resumeAttempts: attempts, resumeDelayMs: 10 }),
+      );
+    await resume("resume-identity", "cuts=3,7&identity=s-1", 3);
+    await resume("resume-other-identity", "cuts=3&identity=s-1&other_identity=1", 3);
+    await resume("resume-wrong-position", "cuts=3&identity=s-1&position_header=0", 3);
+    await resume("going-away-resumed", "going_away_at=4&identity=s-1", 2);
+    await resume("going-away-no-attempts", "going_away_at=4&identity=s-2", 0);
     await get(`truncated-http-${codec}`, () => ts.fetchStream(`${base}/cut-http?codec=${codec}`));
   }
   await get("status", () => ts.fetchStream(`${base}/http/detections?frames=abc`));

@@ -1,7 +1,7 @@
 /**
  * Payload codecs: a frame's payload <-> a JavaScript value (docs/wire-format.md 3, 4, 5).
  */
-import { MalformedFrameError, UnsupportedValueError } from "./errors.js";
+import { MalformedFrameError, RemoteStreamError, ServerGoingAwayError, UnsupportedValueError } from "./errors.js";
 import { Codec, FrameKind, TAG_SIZE, packTag } from "./frames.js";
 import { DEFAULT_MSGPACK_LIMITS, Encoder, type MsgpackLimits, decodeMsgpack } from "./msgpack.js";
 import { NDArray, fromJsonForm, toJsonForm } from "./ndarray.js";
@@ -74,22 +74,41 @@ export function decodePayload(codec: Codec, payload: Uint8Array, limits: Msgpack
   return codec === Codec.JSON ? decodeJson(payload, arrays) : decodeMsgpack(payload, limits);
 }
 
+/** An ERROR frame's payload (docs/wire-format.md 6). */
+export interface ErrorBody {
+  type: string;
+  message: string;
+  errorId: string | null;
+  reason: string | null;
+}
+
 /**
- * The ERROR frame's `{type, message}` (5).
+ * The ERROR frame's `{type, message}` and its optional `error_id` and `reason`.
  * @throws MalformedFrameError any other payload
  */
-export function decodeError(codec: Codec, payload: Uint8Array, limits = DEFAULT_MSGPACK_LIMITS): [string, string] {
+export function decodeError(codec: Codec, payload: Uint8Array, limits = DEFAULT_MSGPACK_LIMITS): ErrorBody {
   let body: unknown;
   try {
     body = decodePayload(codec, payload, limits, false);
   } catch (err) {
     throw new MalformedFrameError(`invalid ERROR frame payload: ${(err as Error).message}`);
   }
-  const b = body as { type?: unknown; message?: unknown } | null;
+  const b = body as { type?: unknown; message?: unknown; error_id?: unknown; reason?: unknown } | null;
   if (b === null || typeof b !== "object" || Array.isArray(b) || typeof b.type !== "string" || typeof b.message !== "string") {
     throw new MalformedFrameError("ERROR frame payload must be {type: str, message: str}");
   }
-  return [b.type, b.message];
+  return {
+    type: b.type,
+    message: b.message,
+    errorId: typeof b.error_id === "string" ? b.error_id : null,
+    reason: typeof b.reason === "string" ? b.reason : null,
+  };
+}
+
+/** The error an ERROR frame stands for: ServerGoingAwayError or RemoteStreamError. */
+export function remoteError(body: ErrorBody): RemoteStreamError {
+  const Cls = body.reason === ServerGoingAwayError.REASON ? ServerGoingAwayError : RemoteStreamError;
+  return new Cls(body.type, body.message, body.errorId);
 }
 
 // Encoding --------------------------------------------------------------------------------

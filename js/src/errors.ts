@@ -7,11 +7,13 @@
  * ├── StreamOrderError        a read or write call out of order; nothing is consumed
  * ├── StreamConsumedError     a part of the stream read a second time
  * ├── StreamTruncatedError    the source ended before END, or inside a frame
+ * │   └── StreamResumeError   an SSE reconnection that does not continue the same stream
  * ├── FrameTooLargeError      a tag declares more than maxFrameBytes (checked before buffering)
  * ├── MalformedFrameError     bytes that are no valid frame, payload or array
  * │   ├── UnknownCodecError   reserved tag bits, or the array hint on a JSON frame
  * │   └── UnknownExtError     a msgpack ext code or array dtype this reader does not know
  * ├── RemoteStreamError       the producer failed and sent an ERROR frame
+ * │   └── ServerGoingAwayError  the server shut down mid-stream (retryable)
  * ├── UnsupportedValueError   the writer was given a value it cannot encode
  * └── StreamResponseError     an HTTP error status, or a response that is not a stream
  * ```
@@ -71,15 +73,48 @@ export class UnsupportedValueError extends StreamError {
 
 /**
  * The producer failed; its ERROR frame carried the failure to the reader.
- * `remoteType` / `remoteMessage` are Python's `remote_type` / `remote_message`.
+ * `remoteType` / `remoteMessage` / `errorId` are Python's `remote_type` /
+ * `remote_message` / `error_id` (the id the server logged the failure under, if it sent one).
  */
 export class RemoteStreamError extends StreamError {
   override name = "RemoteStreamError";
   constructor(
     readonly remoteType: string,
     readonly remoteMessage: string,
+    readonly errorId: string | null = null,
   ) {
-    super(`remote ${remoteType}: ${remoteMessage}`);
+    super(
+      `remote ${remoteType}: ${remoteMessage}` +
+        (errorId !== null && !remoteMessage.includes(errorId) ? ` (error id ${errorId})` : ""),
+    );
+  }
+}
+
+/**
+ * The server is shutting down and ended the stream early (an ERROR frame with
+ * `"reason": "going_away"`); nothing failed in the request, which may be retried.
+ * An SSE client with resume attempts left reconnects instead of raising it.
+ */
+export class ServerGoingAwayError extends RemoteStreamError {
+  override name = "ServerGoingAwayError";
+  static readonly REASON = "going_away";
+}
+
+/**
+ * A reconnection did not continue the same stream where the reader stopped
+ * (another `Truss-Stream-Id`, or another position). Raised before any frame of the
+ * new response reaches the reader.
+ */
+export class StreamResumeError extends StreamTruncatedError {
+  override name = "StreamResumeError";
+  constructor(
+    message: string,
+    readonly expectedStreamId: string | null,
+    readonly streamId: string | null,
+    readonly expectedPosition: number,
+    readonly position: number | null,
+  ) {
+    super(message);
   }
 }
 

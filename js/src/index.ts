@@ -38,7 +38,7 @@ export {
   uint4ToUint8,
 } from "./ndarray.js";
 export { DEFAULT_MSGPACK_LIMITS, type MsgpackLimits, decodeMsgpack } from "./msgpack.js";
-export { JSON_BIGINT_EXACT, decodeJson, decodeError, encodeFrame, toJsonText } from "./codec.js";
+export { type ErrorBody, JSON_BIGINT_EXACT, decodeError, decodeJson, encodeFrame, remoteError, toJsonText } from "./codec.js";
 export { type ByteSource, DONE, NEED_DATA, ReaderCore, type ReaderOptions, StreamReader, streamReader } from "./reader.js";
 export { StreamWriter, streamWriter } from "./writer.js";
 export { type FetchOptions, MEDIA_TYPE, checkResponse, fetchStream, readResponse } from "./http.js";
@@ -47,7 +47,8 @@ export {
   SSEEventTooLargeError,
   SSEFrameDecoder,
   type SSEOptions,
-  SSEResumeError,
+  POSITION_HEADER,
+  STREAM_ID_HEADER,
   fetchSSE,
   maxEventBytesFor,
 } from "./sse.js";

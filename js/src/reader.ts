@@ -7,10 +7,9 @@
  * `ReaderCore` is sans-IO (bytes in, values or NEED_DATA out); `StreamReader` is a
  * thin async loop moving chunks from a source into it.
  */
-import { decodeError, decodePayload } from "./codec.js";
+import { decodeError, decodePayload, remoteError } from "./codec.js";
 import {
   MalformedFrameError,
-  RemoteStreamError,
   StreamConsumedError,
   StreamError,
   StreamOrderError,
@@ -84,8 +83,7 @@ export class ReaderCore {
       this.peeked = frame;
     }
     if (frame.kind === FrameKind.ERROR) {
-      const [type, message] = decodeError(frame.codec, frame.payload, this.limits);
-      throw new RemoteStreamError(type, message);
+      throw remoteError(decodeError(frame.codec, frame.payload, this.limits));
     }
     return frame;
   }

@@ -14,7 +14,16 @@
  * resumed exactly after that id.
  */
 import { decodeBase64 } from "./base64.js";
-import { FrameTooLargeError, MalformedFrameError, StreamError, StreamResponseError, StreamTruncatedError } from "./errors.js";
+import { decodeError } from "./codec.js";
+import {
+  FrameTooLargeError,
+  MalformedFrameError,
+  ServerGoingAwayError,
+  StreamError,
+  StreamResponseError,
+  StreamResumeError,
+  StreamTruncatedError,
+} from "./errors.js";
 import { Codec, DEFAULT_MAX_FRAME_BYTES, FrameKind, TAG_SIZE, packTag, parseTagByte } from "./frames.js";
 import { type FetchOptions, checkResponse, withAccept } from "./http.js";
 import { StreamReader } from "./reader.js";
@@ -42,11 +51,6 @@ export class SSEEventTooLargeError extends FrameTooLargeError {
   }
 }
 
-/** The SSE client noticed a resumed stream that does not continue where it left off. */
-export class SSEResumeError extends MalformedFrameError {
-  override name = "SSEResumeError";
-}
-
 const LF = 0x0a;
 const CR = 0x0d;
 
@@ -67,11 +71,18 @@ export class SSEFrameDecoder {
   lastEventId: string | null = null;
   /** True once an `end` or `error` event was decoded. */
   ended = false;
+  /** The server's `retry:` (reconnection delay, ms), if it sent one. */
+  retryMs: number | null = null;
 
   constructor(readonly maxEventBytes: number = maxEventBytesFor(DEFAULT_MAX_FRAME_BYTES)) {}
 
   /** Add `chunk`; return the frames it completed. */
   feed(chunk: Uint8Array): Uint8Array[] {
+    return this.feedEvents(chunk).map((e) => e.frame);
+  }
+
+  /** Add `chunk`; return the frames it completed, each with its event's `id:` (or the last one). */
+  feedEvents(chunk: Uint8Array): { frame: Uint8Array; id: string | null }[] {
     if (this.len + chunk.length > this.buf.length) {
       const live = this.len - this.start;
       let size = this.buf.length;
@@ -92,7 +103,7 @@ export class SSEFrameDecoder {
       if (this.buf[this.start] === LF) this.start += 1;
       this.skipLF = false;
     }
-    const frames: Uint8Array[] = [];
+    const frames: { frame: Uint8Array; id: string | null }[] = [];
     const buf = this.buf.subarray(0, this.len);
     for (;;) {
       const i = this.start;
@@ -110,7 +121,7 @@ export class SSEFrameDecoder {
       const frame = this.line(buf.subarray(i, end));
       this.eventBytes += next - i;
       this.start = next;
-      if (frame !== null) frames.push(frame);
+      if (frame !== null) frames.push({ frame, id: this.lastEventId });
     }
     if (this.eventBytes + (this.len - this.start) > this.maxEventBytes) {
       throw new SSEEventTooLargeError(this.eventBytes + (this.len - this.start), this.maxEventBytes);
@@ -134,6 +145,9 @@ export class SSEFrameDecoder {
     if (field === "data") this.data.push(value.slice());
     else if (field === "event") this.eventName = new TextDecoder().decode(value);
     else if (field === "id" && !value.includes(0)) this.eventId = new TextDecoder().decode(value);
+    else if (field === "retry" && value.length && value.every((c) => c >= 0x30 && c <= 0x39)) {
+      this.retryMs = Number(new TextDecoder().decode(value));
+    }
     return null;
   }
 
@@ -144,10 +158,7 @@ export class SSEFrameDecoder {
     this.eventName = "";
     this.data = [];
     this.eventBytes = 0;
-    if (id !== null) {
-      this.checkId(id);
-      this.lastEventId = id;
-    }
+    if (id !== null) this.lastEventId = id;
     this.eventId = null;
     if (parts.length === 0 && name === "message") return null;
     let data: Uint8Array;
@@ -167,35 +178,8 @@ export class SSEFrameDecoder {
     return frame;
   }
 
-  private position: bigint | null = null;
-  private resumed = false;
-
-  /**
-   * Ids that are positions (decimal, as truss-stream servers write them) must count
-   * up by one, also across a reconnection: a server that resumed anywhere but right
-   * after Last-Event-ID would otherwise lose or repeat frames unnoticed.
-   */
-  private checkId(id: string): void {
-    const resumed = this.resumed;
-    this.resumed = false;
-    if (!/^[0-9]{1,18}$/.test(id)) {
-      this.position = null;
-      return;
-    }
-    const n = BigInt(id);
-    if (this.position !== null && n !== this.position + 1n) {
-      throw new SSEResumeError(
-        resumed
-          ? `SSE event id ${n} after a resume from Last-Event-ID ${this.position}: the server did not resume where the client left off`
-          : `SSE event id ${n} follows ${this.position}: events were skipped or repeated`,
-      );
-    }
-    this.position = n;
-  }
-
   /** Drop a partly received event (before reading a resumed connection). */
   discardPartial(): void {
-    this.resumed = true;
     this.skipLF = false;
     this.len = this.start = this.eventBytes = 0;
     this.eventName = "";
@@ -228,14 +212,38 @@ function eventFrame(name: string, data: Uint8Array): Uint8Array {
 }
 
 export interface SSEOptions extends FetchOptions {
-  /** Reconnections allowed after the connection drops mid-stream (default 0). */
+  /** Reconnections allowed after the connection drops (or the server goes away) mid-stream (default 0). */
   resumeAttempts?: number;
   /** Bounds one event; default fits a frame of maxFrameBytes as base64. */
   maxEventBytes?: number;
-  /** First reconnection delay in ms (doubling, at most 2 s; default 100). */
+  /** First reconnection delay in ms (doubling, at most 2 s; default 100); a server's `retry:` wins. */
   resumeDelayMs?: number;
 }
 
+/** Response headers a resumable server sends (docs/transports.md, "Resume integrity"). */
+export const STREAM_ID_HEADER = "Truss-Stream-Id";
+export const POSITION_HEADER = "Truss-Stream-Position";
+
+class GoingAway extends Error {}
+
+function isGoingAway(frame: Uint8Array): boolean {
+  if ((frame[0]! & 0x0f) !== FrameKind.ERROR) return false;
+  try {
+    return decodeError((frame[0]! & 0x10) as Codec, frame.subarray(TAG_SIZE)).reason === ServerGoingAwayError.REASON;
+  } catch {
+    return false; // malformed: the reader reports it
+  }
+}
+
+/**
+ * The frames of one SSE stream across reconnections, with the Python client's
+ * integrity checks: a resumed response must carry the first response's
+ * `Truss-Stream-Id` (both absent counts as equal) and start at the number of frames
+ * already delivered (its `Truss-Stream-Position`, or for servers without it the first
+ * event's decimal `id:`); otherwise StreamResumeError before any of its frames is
+ * handed on. A going-away ERROR (server shutdown) with attempts left is not delivered:
+ * the client reconnects.
+ */
 async function* sseFrames(
   input: string | URL | Request,
   init: RequestInit | undefined,
@@ -247,6 +255,16 @@ async function* sseFrames(
   let left = options.resumeAttempts ?? 0;
   let failures = 0;
   let response = first;
+  const expectedId = first.headers.get(STREAM_ID_HEADER);
+  let delivered = 0;
+  let lastId: string | null = null;
+  let checkId = false;
+  const mismatch = (message: string, streamId: string | null, position: number | null): StreamResumeError =>
+    new StreamResumeError(message, expectedId, streamId, delivered, position);
+  const firstPosition = first.headers.get(POSITION_HEADER);
+  if (firstPosition !== null && firstPosition !== "0") {
+    throw mismatch(`the stream's first response starts at ${firstPosition.slice(0, 40)}, not 0`, expectedId, null);
+  }
   for (;;) {
     let failure: unknown;
     try {
@@ -255,31 +273,80 @@ async function* sseFrames(
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
-          for (const frame of decoder.feed(value)) yield frame;
+          for (const { frame, id } of decoder.feedEvents(value)) {
+            if (checkId) {
+              checkId = false;
+              if (id !== String(delivered)) {
+                throw mismatch(
+                  `cannot verify the resumed position: its first id is ${JSON.stringify(id)}, expected "${delivered}" (and no ${POSITION_HEADER} header)`,
+                  expectedId,
+                  id !== null && /^[0-9]{1,18}$/.test(id) ? Number(id) : null,
+                );
+              }
+            }
+            if (left > 0 && isGoingAway(frame)) throw new GoingAway();
+            delivered += 1;
+            lastId = id;
+            yield frame;
+          }
           if (decoder.ended) return;
         }
       } finally {
         reader.releaseLock();
+        await response.body?.cancel().catch(() => undefined);
       }
       failure = new StreamTruncatedError("the SSE response ended before the end event");
     } catch (err) {
-      if (err instanceof StreamError || (err as Error)?.name === "AbortError") throw err;
-      failure = new StreamTruncatedError(`the SSE connection failed: ${(err as Error)?.message ?? err}`, { cause: err });
+      if (err instanceof GoingAway) {
+        failure = err;
+        decoder.ended = false;
+      } else if (err instanceof StreamError || (err as Error)?.name === "AbortError") throw err;
+      else failure = new StreamTruncatedError(`the SSE connection failed: ${(err as Error)?.message ?? err}`, { cause: err });
     }
-    if (left <= 0 || decoder.ended) throw failure;
+    if (left <= 0 || decoder.ended) {
+      if (failure instanceof GoingAway) throw new StreamTruncatedError("the server went away");
+      throw failure;
+    }
     for (;;) {
       left -= 1;
       failures += 1;
       decoder.discardPartial();
-      await new Promise((r) => setTimeout(r, Math.min((options.resumeDelayMs ?? 100) * 2 ** (failures - 1), 2000)));
-      const extra: Record<string, string> = decoder.lastEventId === null ? {} : { "Last-Event-ID": decoder.lastEventId };
+      const delay =
+        decoder.retryMs !== null
+          ? Math.min(decoder.retryMs, 30000)
+          : Math.min((options.resumeDelayMs ?? 100) * 2 ** (failures - 1), 2000);
+      await new Promise((r) => setTimeout(r, delay));
+      const extra: Record<string, string> = {};
+      if (lastId !== null) extra["Last-Event-ID"] = lastId;
+      if (expectedId !== null) extra[STREAM_ID_HEADER] = expectedId;
       try {
         response = await doFetch(input, withAccept(init, SSE_MEDIA_TYPE, extra));
         await checkResponse(response, SSE_MEDIA_TYPE);
-        break;
       } catch (err) {
         if (err instanceof StreamResponseError || left <= 0) throw err;
+        continue;
       }
+      const streamId = response.headers.get(STREAM_ID_HEADER);
+      const raw = response.headers.get(POSITION_HEADER);
+      const position = raw !== null && /^[0-9]{1,18}$/.test(raw) ? Number(raw) : null;
+      await (async () => {
+        if (streamId !== expectedId) {
+          throw mismatch(
+            `the resumed response is another stream (${STREAM_ID_HEADER} ${JSON.stringify(streamId)}, expected ${JSON.stringify(expectedId)})`,
+            streamId,
+            position,
+          );
+        }
+        if (raw !== null && position === null) throw mismatch(`bad ${POSITION_HEADER} ${JSON.stringify(raw.slice(0, 40))}`, streamId, null);
+        if (position !== null && position !== delivered) {
+          throw mismatch(`the resumed response starts at frame ${position}, expected ${delivered}`, streamId, position);
+        }
+      })().catch(async (err) => {
+        await response.body?.cancel().catch(() => undefined);
+        throw err;
+      });
+      checkId = position === null; // an older server: its ids are positions
+      break;
     }
   }
 }

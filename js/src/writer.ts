@@ -63,15 +63,18 @@ export class StreamWriter<H = unknown, I = unknown, F = unknown> {
 
   /**
    * The ERROR frame carrying a failure: `{type, message}`; `type` is the error's
-   * `name` ("TypeError", ...) unless given.
+   * `name` ("TypeError", ...) unless given. `errorId` adds the id the failure was
+   * logged under; `goingAway` marks a server shutting down (`"reason": "going_away"`).
    */
-  error(error: unknown, type?: string): Uint8Array {
+  error(error: unknown, options: { type?: string; errorId?: string; goingAway?: boolean } = {}): Uint8Array {
     if (this.state === State.CLOSED) throw new StreamOrderError("the stream is already closed");
     const err = error as { name?: unknown; message?: unknown };
-    const body = {
-      type: type ?? (typeof err?.name === "string" ? err.name : "Error"),
+    const body: Record<string, string> = {
+      type: options.type ?? (typeof err?.name === "string" ? err.name : "Error"),
       message: typeof err?.message === "string" ? err.message : String(error),
     };
+    if (options.goingAway) body.reason = "going_away";
+    if (options.errorId !== undefined) body.error_id = options.errorId;
     this.state = State.CLOSED;
     return this.frame(FrameKind.ERROR, body);
   }

@@ -250,15 +250,25 @@ test("SSE decoder: LF, CRLF and CR line ends, comments, split events, kind check
   assert.throws(() => small.feed(new Uint8Array(200).fill(0x61)), ts.FrameTooLargeError);
 });
 
-test("SSE decoder: ids must count up by one, also after a resume", () => {
+test("SSE decoder: events carry their ids, retry: is kept", () => {
   const decoder = new ts.SSEFrameDecoder();
   const enc = (s) => new TextEncoder().encode(s);
-  decoder.feed(enc('event: item\nid: 4\ndata: {}\n\n'));
-  decoder.discardPartial();
-  assert.throws(() => decoder.feed(enc('event: item\nid: 0\ndata: {}\n\n')), ts.SSEResumeError);
-  const ok = new ts.SSEFrameDecoder();
-  ok.feed(enc('event: item\nid: 4\ndata: {}\n\nevent: item\nid: 5\ndata: {}\n\n'));
-  assert.throws(() => ok.feed(enc('event: item\nid: 7\ndata: {}\n\n')), ts.SSEResumeError);
+  const events = decoder.feedEvents(enc("retry: 250\nevent: item\nid: 4\ndata: {}\n\nevent: item\ndata: {}\n\n"));
+  assert.deepEqual(events.map((e) => e.id), ["4", "4"]); // an event without id keeps the last one
+  assert.equal(decoder.retryMs, 250);
+});
+
+test("ERROR frames: error_id and the going-away reason", async () => {
+  for (const codec of ["msgpack", "json"]) {
+    const w = ts.streamWriter(codec);
+    const frames = [w.error(new Error("shutting down"), { type: "ServerGoingAwayError", goingAway: true, errorId: "e-1" })];
+    await assert.rejects(
+      collect(ts.streamReader(frames)),
+      (err) => err instanceof ts.ServerGoingAwayError && err instanceof ts.RemoteStreamError && err.errorId === "e-1",
+    );
+    const body = ts.decodeError(frames[0][0] & 0x10, frames[0].subarray(5));
+    assert.deepEqual(body, { type: "ServerGoingAwayError", message: "shutting down", errorId: "e-1", reason: "going_away" });
+  }
 });
 
 test("base64 is strict: padding required, no stray characters", async () => {
