@@ -8,6 +8,7 @@ Python server over fetch: chunked HTTP, SSE, POST with auth, Last-Event-ID resum
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import json
@@ -24,6 +25,8 @@ import numpy as np
 import pydantic
 import pytest
 from chromium_cdp import evaluate_page
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from js_interop_app import EVERY_DTYPE, Everything, Footer, Header, make_app
 from live_server import live_server
 
@@ -799,3 +802,112 @@ def test_npm_pack_gives_a_package_that_installs_imports_and_types(tmp_path: Path
     )  # fmt: skip
     assert failed.returncode != 0
     assert "bad.ts" in failed.stdout
+
+
+# Property: random models written by Python read the same in JS --------------------------------
+
+
+class Random(pydantic.BaseModel):
+    value: Any
+    arrays: list[ts.NDArray]
+
+
+def js_value(value: Any, codec: str) -> Any:
+    """What the JS report holds for a plain Python value read from ``codec``."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) <= 2**53 - 1 else {"__bigint__": str(value)}
+    if isinstance(value, float):
+        return js_number(value)
+    if isinstance(value, bytes):
+        return (
+            base64.b64encode(value).decode()
+            if codec == "json"
+            else {"__bytes__": base64.b64encode(value).decode()}
+        )
+    if isinstance(value, list):
+        return [js_value(v, codec) for v in value]
+    return {k: js_value(v, codec) for k, v in value.items()}
+
+
+def _values(codec: str) -> st.SearchStrategy[Any]:
+    if codec == "json":  # what survives JSON exactly in every JS runtime
+        leaves = (
+            st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8)
+        )
+        leaves |= st.floats(allow_nan=False, allow_infinity=False)
+    else:
+        leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
+        leaves |= st.floats() | st.binary(max_size=8)
+    return st.recursive(
+        leaves,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+        ),
+        max_leaves=8,
+    )
+
+
+ARRAY_DTYPES = [
+    "bool",
+    "int8",
+    "uint16",
+    "int32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "complex64",
+    "<U3",
+    "S2",
+]
+
+
+def _arrays() -> st.SearchStrategy[list[np.ndarray[Any, Any]]]:
+    from hypothesis.extra import numpy as hnp
+
+    one = st.sampled_from(ARRAY_DTYPES).flatmap(
+        lambda dtype: hnp.arrays(
+            np.dtype(dtype), hnp.array_shapes(min_dims=0, max_dims=3, max_side=3)
+        )
+    )
+    return st.lists(one, max_size=3)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_random_models_read_the_same_in_js(codec: str, tmp_path: Path) -> None:
+    # One node run reads a whole batch: Hypothesis draws the batch, node checks it.
+    batch: list[Random] = []
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(value=_values(codec), arrays=_arrays())
+    def collect(value: Any, arrays: list[np.ndarray[Any, Any]]) -> None:
+        batch.append(Random(value=value, arrays=arrays))
+
+    collect()
+    types = ts.stream_types(Random, codec=codec)  # type: ignore[call-overload]
+    writer = ts.stream_writer(types)
+    path = tmp_path / "random.bin"
+    path.write_bytes(b"".join([*(writer.yield_item(m) for m in batch), writer.yield_end()]))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps({"cases": [{"name": "random", "path": str(path), "header": False}]})
+    )
+    got = run_node("read", str(manifest))["random"]
+    assert "error" not in got, got.get("error")
+    assert len(got["items"]) == len(batch)
+    for model, item in zip(batch, got["items"], strict=True):
+        assert as_floats(item["value"]) == as_floats(js_value(model.value, codec))
+        assert as_floats(item["arrays"]) == as_floats([js_array(a) for a in model.arrays])
+
+
+def as_floats(value: Any) -> Any:
+    """Numbers as floats: JSON has one number type, and JS prints 1e17 as 100000000000000000."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):
+        return [as_floats(v) for v in value]
+    return {k: as_floats(v) for k, v in value.items()}
