@@ -832,14 +832,24 @@ def js_value(value: Any, codec: str) -> Any:
 
 
 def _values(codec: str) -> st.SearchStrategy[Any]:
+    leaves: st.SearchStrategy[Any]
     if codec == "json":  # what survives JSON exactly in every JS runtime
-        leaves = (
-            st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8)
+        leaves = st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**53) + 1, 2**53 - 1),
+            st.text(max_size=8),
+            st.floats(allow_nan=False, allow_infinity=False),
         )
-        leaves |= st.floats(allow_nan=False, allow_infinity=False)
     else:
-        leaves = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8)
-        leaves |= st.floats() | st.binary(max_size=8)
+        leaves = st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(-(2**63), 2**64 - 1),
+            st.text(max_size=8),
+            st.floats(),
+            st.binary(max_size=8),
+        )
     return st.recursive(
         leaves,
         lambda inner: (
