@@ -110,8 +110,8 @@ export class FrameDecoder {
     let view = data;
     if (view.length === 0) return;
     if (this.assembly !== null) {
-      const take = Math.min(this.assembly.length - this.filled, view.length);
-      this.assembly.set(view.subarray(0, take), this.filled);
+      const take = Math.min(this.assembly.length - TAG_SIZE - this.filled, view.length);
+      this.assembly.set(view.subarray(0, take), TAG_SIZE + this.filled);
       this.filled += take;
       view = view.subarray(take);
       if (view.length === 0) return;
@@ -125,7 +125,8 @@ export class FrameDecoder {
     this.eof = true;
   }
 
-  private take(n: number): Uint8Array {
+  /** Remove `n` buffered bytes: a view when one chunk holds them, else a copy placed `lead` bytes in. */
+  private take(n: number, lead = 0): Uint8Array {
     if (n === 0) return new Uint8Array(0);
     const first = this.chunks[0]!;
     if (first.length >= n) {
@@ -134,7 +135,7 @@ export class FrameDecoder {
       this.buffered -= n;
       return first.subarray(0, n);
     }
-    const out = new Uint8Array(n);
+    const out = new Uint8Array(lead + n).subarray(lead);
     let filled = 0;
     while (filled < n) {
       const chunk = this.chunks[0]!;
@@ -178,16 +179,18 @@ export class FrameDecoder {
     let payload: Uint8Array;
     if (this.assembly === null) {
       if (this.buffered >= length) {
-        payload = this.take(length);
+        payload = this.take(length, TAG_SIZE); // copied: keep the frame's alignment
       } else if (this.eof) {
         throw this.truncated(length, this.buffered);
       } else if (length > EAGER_ASSEMBLY_BYTES && this.buffered * 2 < length) {
         return null; // what a tag merely claims costs no memory
       } else {
-        this.assembly = new Uint8Array(length);
+        // Room for the tag in front: the payload then sits where it sits in the frame,
+        // so arrays the writer aligned from the frame's start stay aligned (views).
+        this.assembly = new Uint8Array(TAG_SIZE + length);
         this.filled = 0;
         for (const chunk of this.chunks) {
-          this.assembly.set(chunk, this.filled);
+          this.assembly.set(chunk, TAG_SIZE + this.filled);
           this.filled += chunk.length;
         }
         this.chunks = [];
@@ -199,7 +202,7 @@ export class FrameDecoder {
         if (this.eof) throw this.truncated(length, this.filled);
         return null;
       }
-      payload = this.assembly;
+      payload = this.assembly.subarray(TAG_SIZE);
       this.assembly = null;
     }
     this.tag = null;

@@ -139,6 +139,7 @@ test("assembled frames keep arrays aligned (views, not copies)", async () => {
   const got = decoder.nextFrame();
   const value = ts.decodeMsgpack(got.payload);
   assert.ok(value.t.data instanceof BigInt64Array);
+  assert.equal(value.t.data.buffer, got.payload.buffer); // a view of the assembly buffer
   assert.deepEqual(Array.from(value.t.data), [1n, 2n, 3n, -4n]);
 });
 
