@@ -130,3 +130,9 @@ export class StreamResponseError extends StreamError {
     super(message);
   }
 }
+
+/** A caller's abort (AbortController, AbortSignal.timeout): passed on unchanged, never a truncation. */
+export function isAbort(err: unknown): boolean {
+  const name = (err as { name?: unknown } | null)?.name;
+  return name === "AbortError" || name === "TimeoutError";
+}

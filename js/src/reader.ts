@@ -14,6 +14,7 @@ import {
   StreamError,
   StreamOrderError,
   StreamTruncatedError,
+  isAbort,
 } from "./errors.js";
 import { Codec, DEFAULT_MAX_FRAME_BYTES, type Frame, FrameDecoder, FrameKind, KIND_NAMES } from "./frames.js";
 import { DEFAULT_MSGPACK_LIMITS, type MsgpackLimits } from "./msgpack.js";
@@ -239,7 +240,7 @@ export class StreamReader<H = unknown, I = unknown, F = unknown> {
     } catch (err) {
       // A body that breaks off (connection reset, server killed) is a truncated stream;
       // our own errors (from an SSE source) and the caller's abort pass unchanged.
-      if (err instanceof StreamError || (err as Error)?.name === "AbortError") throw err;
+      if (err instanceof StreamError || isAbort(err)) throw err;
       throw new StreamTruncatedError(`the source failed before the END frame: ${(err as Error)?.message ?? err}`, {
         cause: err,
       });

@@ -23,6 +23,7 @@ import {
   StreamResponseError,
   StreamResumeError,
   StreamTruncatedError,
+  isAbort,
 } from "./errors.js";
 import { Codec, DEFAULT_MAX_FRAME_BYTES, FrameKind, TAG_SIZE, packTag, parseTagByte } from "./frames.js";
 import { type FetchOptions, checkResponse, withAccept } from "./http.js";
@@ -300,7 +301,7 @@ async function* sseFrames(
       if (err instanceof GoingAway) {
         failure = err;
         decoder.ended = false;
-      } else if (err instanceof StreamError || (err as Error)?.name === "AbortError") throw err;
+      } else if (err instanceof StreamError || isAbort(err)) throw err;
       else failure = new StreamTruncatedError(`the SSE connection failed: ${(err as Error)?.message ?? err}`, { cause: err });
     }
     if (left <= 0 || decoder.ended) {
@@ -323,7 +324,7 @@ async function* sseFrames(
         response = await doFetch(input, withAccept(init, SSE_MEDIA_TYPE, extra));
         await checkResponse(response, SSE_MEDIA_TYPE);
       } catch (err) {
-        if (err instanceof StreamResponseError || left <= 0) throw err;
+        if (err instanceof StreamResponseError || isAbort(err) || left <= 0) throw err;
         continue;
       }
       const streamId = response.headers.get(STREAM_ID_HEADER);

@@ -302,6 +302,16 @@ test("a source that throws is a truncated stream", async () => {
   await assert.rejects(collect(ts.streamReader(source())), ts.StreamTruncatedError);
 });
 
+test("a caller's abort passes through unchanged", async () => {
+  for (const name of ["AbortError", "TimeoutError"]) {
+    async function* source() {
+      yield ts.streamWriter().item({ a: 1 });
+      throw new DOMException("stopped", name);
+    }
+    await assert.rejects(collect(ts.streamReader(source())), (err) => err.name === name && !(err instanceof ts.StreamError));
+  }
+});
+
 test("readAll reads what is there", async () => {
   const all = await ts.streamReader(stream("msgpack")).readAll();
   assert.deepEqual(all.header, { name: "h" });
