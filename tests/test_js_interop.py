@@ -921,3 +921,67 @@ def as_floats(value: Any) -> Any:
     if isinstance(value, list):
         return [as_floats(v) for v in value]
     return {k: as_floats(v) for k, v in value.items()}
+
+
+# A Node service written with the JS writer, read by Python's transports.http ----------------
+
+
+@pytest.fixture(scope="module")
+def node_service() -> Any:
+    process = subprocess.Popen(
+        [node(), "interop/interop.mjs", "serve"],
+        cwd=JS,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = json.loads(process.stdout.readline())["port"]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_python_reads_a_node_service(node_service: str, codec: Any) -> None:
+    import httpx
+
+    from examples.shared_types import Detection, DetectionFooter, DetectionHeader
+    from transports import http
+
+    types = ts.stream_types(
+        Detection, header_type=DetectionHeader, footer_type=DetectionFooter, codec=codec
+    )
+    auth = {"authorization": "Bearer node-token"}
+    with httpx.Client(base_url=node_service, headers=auth) as client:
+        with http.connect(client, "GET", f"/detections?codec={codec}&frames=4", types) as reader:
+            assert reader.read_header().model == "node-model"
+            items = list(reader.read_items())
+            assert [i.frame_index for i in items] == [0, 1, 2, 3]
+            assert items[1].boxes.shape == (2, 4)
+            assert items[1].boxes.dtype == np.float32
+            assert items[1].boxes[1].tolist() == [14.0, 15.0, 16.0, 17.0]
+            assert reader.read_footer().detections == 8
+        url = f"/detections?codec={codec}&frames=4&fail_at=2"
+        with http.connect(client, "GET", url, types) as reader:
+            reader.read_header()
+            got: list[int] = []
+            with pytest.raises(ts.RemoteStreamError) as info:
+                got.extend(item.frame_index for item in reader.read_items())
+            assert got == [0, 1]
+            assert info.value.remote_type == "RangeError"
+            assert info.value.remote_message == "node producer failed at 2"
+    with httpx.Client(base_url=node_service) as client:
+        with (
+            pytest.raises(http.StreamResponseError) as refused,
+            http.connect(client, "GET", "/detections", types),
+        ):
+            pass  # pragma: no cover
+        assert refused.value.status == 401

@@ -120,8 +120,59 @@ async function writeDir(dir) {
   return { written: Object.keys(cases), jsonBytesError };
 }
 
+/**
+ * A Node service producing streams with the writer, as js/README.md shows: chunked HTTP
+ * on a free loopback port (printed as {"port": N}); Python's transports.http reads it.
+ */
+async function serve() {
+  const http = await import("node:http");
+  const server = http.createServer(async (req, res) => {
+    const url = new URL(req.url, "http://127.0.0.1");
+    const codec = url.searchParams.get("codec") ?? "msgpack";
+    const frames = Number(url.searchParams.get("frames") ?? "3");
+    const failAt = url.searchParams.get("fail_at");
+    if (req.headers.authorization !== "Bearer node-token") {
+      res.writeHead(401, { "content-type": "text/plain" }).end("a bearer token is required");
+      return;
+    }
+    res.writeHead(200, { "content-type": ts.MEDIA_TYPE });
+    const w = ts.streamWriter(codec);
+    res.write(w.header({ request_id: "node-1", model: "node-model", frames, image_size: [640, 480] }));
+    try {
+      for (let i = 0; i < frames; i++) {
+        if (String(i) === failAt) throw new RangeError(`node producer failed at ${i}`);
+        const n = i % 3 + 1;
+        const boxes = new Float32Array(4 * n).map((_, k) => i * 10 + k);
+        res.write(w.item({
+          frame_index: i,
+          boxes: ts.ndarray("float32", [n, 4], boxes),
+          scores: ts.ndarray("float32", [n], new Float32Array(n).fill(0.5)),
+          labels: Array.from({ length: n }, () => "person"),
+          latency_ms: 0.25,
+        }));
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      res.write(w.footer({ frames, detections: frames * 2, elapsed_ms: 1.5 }));
+      res.end(w.end());
+    } catch (err) {
+      res.end(w.error(err));
+    }
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  process.stdout.write(JSON.stringify({ port: server.address().port }) + "\n");
+  // Serve until the test closes our stdin.
+  process.stdin.resume();
+  await new Promise((r) => process.stdin.on("end", r));
+  server.close();
+  server.closeAllConnections?.();
+}
+
 const [command, arg] = process.argv.slice(2);
 let result;
+if (command === "serve") {
+  await serve();
+  process.exit(0);
+}
 if (command === "read") result = await readCases(arg);
 else if (command === "write") result = await writeDir(arg);
 else if (command === "live") result = await live(arg);
