@@ -111,3 +111,28 @@ test("mutated and truncated streams fail only with StreamError", async () => {
     }
   }
 });
+
+test("SSE: any events, any line endings, any chunking decode to the same frames", () => {
+  const r = rng(7);
+  for (let round = 0; round < 200; round++) {
+    const codec = r() < 0.5 ? "msgpack" : "json";
+    const w = ts.streamWriter(codec);
+    const frames = Array.from({ length: 1 + Math.floor(r() * 4) }, () => w.item({ v: value(r, 0, codec) }));
+    frames.push(w.end());
+    const nl = ["\n", "\r\n", "\r"][Math.floor(r() * 3)];
+    let text = "";
+    frames.forEach((f, i) => {
+      if (r() < 0.3) text += `: ping${nl}${nl}`;
+      const kind = ["", "", "header", "item", "footer", "end", "error"][f[0] & 0x0f];
+      const data = codec === "msgpack" ? Buffer.from(f).toString("base64") : (kind === "end" ? "{}" : new TextDecoder().decode(f.subarray(5)));
+      text += `event: ${kind}${nl}id: ${i}${nl}data: ${data}${nl}${nl}`;
+    });
+    const bytes = new TextEncoder().encode(text);
+    const decoder = new ts.SSEFrameDecoder();
+    const got = [];
+    for (const c of randomChunks(bytes, r)) got.push(...decoder.feed(c));
+    const expected = frames.map((f) => (codec === "json" && (f[0] & 0x0f) === 5 ? ts.packTag(5, 0, 0) : f));
+    assert.deepEqual(got.map((f) => Array.from(f)), expected.map((f) => Array.from(f)), `round ${round}`);
+    assert.equal(decoder.lastEventId, String(frames.length - 1));
+  }
+});
