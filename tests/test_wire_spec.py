@@ -262,6 +262,24 @@ def test_5_malformed_error_payload(payload: bytes) -> None:
         read_items(ts.stream_types(Big), [frame(6, payload, ts.Codec.JSON)])
 
 
+def test_5_error_payload_exact_bytes() -> None:
+    json_writer = ts.stream_writer(ts.stream_types(Big, codec="json"))
+    assert json_writer.yield_error(ValueError("é 'x'"))[5:] == (
+        b'{"type": "ValueError", "message": "\\u00e9 \'x\'"}'
+    )
+    msgpack_writer = ts.stream_writer(ts.stream_types(Big))
+    assert msgpack_writer.yield_error(KeyError("k"))[5:] == (
+        b"\x82\xa4type\xa8KeyError\xa7message\xa3'k'"
+    )
+
+
+def test_5_error_payload_extra_keys_are_ignored() -> None:
+    body = b'{"type": "E", "message": "m", "error_id": "e-1", "reason": "going_away", "x": 1}'
+    with pytest.raises(ts.RemoteStreamError) as info:
+        read_items(ts.stream_types(Big), [frame(6, body, ts.Codec.JSON)])
+    assert (info.value.remote_type, info.value.remote_message) == ("E", "m")
+
+
 def test_5_error_payload_form_and_attributes() -> None:
     for codec in ("json", "msgpack"):
         writer = ts.stream_writer(ts.stream_types(Big, codec=codec))
