@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv triton-venv chromium lint typecheck test test-fast demo bench fuzz soak protos clean
+.PHONY: venv triton-venv chromium js node lint typecheck test test-fast demo bench fuzz soak protos clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,24 @@ chromium:
 	  echo "installing Debian's chromium for the browser test"; \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; }
 
+# js/: the npm package truss-stream (TypeScript): install its dev tools from the lock
+# file, build it, run its Node unit tests. tests/test_js_interop.py then runs it against
+# the Python side (and in Chromium, with the browser tests).
+JS_STAMP := js/node_modules/.installed
+
+node:
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs and npm for js/"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm) >/dev/null; }
+
+$(JS_STAMP): js/package.json js/package-lock.json
+	$(MAKE) node
+	cd js && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js: $(JS_STAMP)
+	cd js && npm run --silent build && node --test test/
+
 lint: venv
 	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
 	$(VENV)/bin/ruff format --check truss_stream transports examples tests benchmarks
@@ -40,7 +58,7 @@ typecheck: venv
 	$(VENV)/bin/mypy tests/typing/ok_usage.py
 	$(PY) tests/typing/check_errors.py
 
-test: venv triton-venv chromium lint typecheck
+test: venv triton-venv chromium js lint typecheck
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
 	  $(PY) -m pytest -q -m "not soak" $(PYTEST_ARGS)
 
@@ -66,4 +84,5 @@ protos: venv
 	$(PY) -m transports.triton._protogen
 
 clean:
+	rm -rf js/node_modules js/dist js/*.tgz
 	rm -rf $(VENV) $(TRITON_VENV) .mypy_cache .pytest_cache .ruff_cache build dist *.egg-info

@@ -100,7 +100,7 @@ def stream_segment(base_url: str) -> None:
     items = asyncio.run(consume_async(base_url, frames=4))
     items += consume_sync(base_url, frames=3)
     print(f"read {items} items over SSE and chunked HTTP, async and sync")
-    print(f"browser page: {base_url}/ (EventSource on /sse/detections?codec=json)")
+    print(f"browser page: {base_url}/ (the JS package, js/: SSE over fetch and binary heatmaps)")
 
 
 @contextlib.contextmanager

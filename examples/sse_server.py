@@ -7,10 +7,12 @@ Run it with uvicorn::
 Routes:
 
 - ``GET /``: the browser page (examples/browser/index.html), which reads
-  ``/sse/detections?codec=json`` with ``EventSource``;
+  ``/sse/detections?codec=msgpack`` and ``/http/heatmaps`` with the JS package
+  (js/, served under ``/js/truss-stream/`` once built: ``make js``);
 - ``GET /sse/detections?frames=8&delay_ms=50&codec=json|msgpack``: server-sent events
   (``&fail_at=3`` makes the detector fail at frame 3, to show an ERROR event);
-- ``GET /http/detections?...``: the same stream as binary chunked HTTP.
+- ``GET /http/detections?...``: the same stream as binary chunked HTTP;
+- ``GET /http/heatmaps?frames=8&delay_ms=0``: 2-D float32 tensors (examples/heatmaps.py).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from examples.heatmaps import heatmaps
 from examples.shared_types import DETECTIONS, DETECTIONS_JSON, detect
 from transports.http import stream_response
 from transports.sse import sse_response
 
 PAGE = Path(__file__).parent / "browser" / "index.html"
+JS_DIST = Path(__file__).resolve().parent.parent / "js" / "dist"
 MAX_FRAMES = 10_000
 
 
@@ -61,6 +66,18 @@ async def http_detections(request: Request) -> Response:
     return stream_response(_producer(request))
 
 
+async def http_heatmaps(request: Request) -> Response:
+    """Heatmaps (2-D float32 tensors) as a binary chunked body."""
+    try:
+        frames = int(request.query_params.get("frames", "8"))
+        delay = float(request.query_params.get("delay_ms", "0")) / 1000
+    except ValueError as exc:
+        raise HTTPException(400, "frames and delay_ms must be numbers") from exc
+    if not 0 <= frames <= MAX_FRAMES or not 0 <= delay <= 10:
+        raise HTTPException(400, f"frames must be in [0, {MAX_FRAMES}], delay_ms in [0, 10000]")
+    return stream_response(heatmaps(frames, delay))
+
+
 async def page(request: Request) -> Response:
     """The browser page."""
     return FileResponse(PAGE, media_type="text/html")
@@ -71,5 +88,8 @@ app = Starlette(
         Route("/", page),
         Route("/sse/detections", sse_detections),
         Route("/http/detections", http_detections),
+        Route("/http/heatmaps", http_heatmaps),
+        # The JS package's build (make js); check_dir=False: the server starts without it.
+        Mount("/js/truss-stream", StaticFiles(directory=JS_DIST, check_dir=False)),
     ]
 )

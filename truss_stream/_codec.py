@@ -186,7 +186,14 @@ def encode_json(tag_byte: int, model: pydantic.BaseModel) -> bytes:
     try:
         payload = model.__pydantic_serializer__.to_json(model)
     except pydantic_core.PydanticSerializationError as exc:
-        raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
+        hint = ""
+        if "utf-8" in str(exc):
+            # pydantic writes bytes fields as UTF-8 text (as truss_chains does).
+            hint = (
+                " (the JSON codec writes bytes fields as UTF-8 text: use the msgpack codec, "
+                "or ser_json_bytes='base64' in the model's config, for arbitrary bytes)"
+            )
+        raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}{hint}") from exc
     return _TAG_PACK(tag_byte, len(payload)) + payload
 
 
@@ -222,6 +229,9 @@ def _unpack(payload: memoryview, limits: MsgpackLimits, ext_hook: Any) -> Any:
             payload,
             ext_hook=ext_hook,
             raw=False,
+            # ext -1, msgpack's own timestamp type, is a timezone-aware UTC datetime
+            # (docs/wire-format.md 4.3); no other ext code outside ours is accepted.
+            timestamp=3,
             strict_map_key=False,
             max_array_len=limits.max_array_len,
             max_map_len=limits.max_map_len,

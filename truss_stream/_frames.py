@@ -24,7 +24,7 @@ __all__ = [
     "parse_tag",
 ]
 
-WIRE_FORMAT_VERSION: Final = 1
+WIRE_FORMAT_VERSION: Final = 2
 TAG_SIZE: Final = 5
 #: Default limit on one frame's payload; a reader checks the declared length against it.
 DEFAULT_MAX_FRAME_BYTES: Final = 256 * 1024 * 1024

@@ -34,7 +34,30 @@ ALIGNMENT: Final = 8
 _EXT_VERSION: Final = 1
 _FIXED = struct.Struct("<BBBB")  # version, ndim, dtype descriptor length, padding length
 _STANDARD_KINDS: Final = frozenset("biufcUS")
-_DESCR_RE: Final = re.compile(r"[<>|][biufcUS][0-9]{1,9}")
+# Byte order, kind, item size in bytes (characters for U) without leading zeros.
+_DESCR_RE: Final = re.compile(r"[<>|][biufcUS](?:0|[1-9][0-9]{0,8})")
+# The exact NumPy names the JSON codec accepts besides descriptors (what ``str(dtype)``
+# gives for little-endian numeric arrays, as truss_chains writes it).
+_JSON_NAMES: Final = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
+#: Largest Unicode code point: a ``U`` element above it is not a string.
+_MAX_CODE_POINT: Final = 0x10FFFF
 # ml_dtypes types report a void typestr ("<V2"), so they travel by name.
 _ML_DTYPES: Final = frozenset(
     {
@@ -97,7 +120,9 @@ def parse_descriptor(descr: str) -> np.dtype[Any]:
     """Turn a wire dtype descriptor back into a dtype, refusing anything unknown."""
     if descr in _ML_DTYPES:
         return _ml_dtype(descr)
-    if not _DESCR_RE.fullmatch(descr):
+    if not _DESCR_RE.fullmatch(descr) or (descr[0] == "|" and descr[1] not in "biuS"):
+        # "|" (no byte order) only fits one-byte kinds and S: for the others it
+        # would mean "whatever this machine uses".
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
     try:
         dtype = np.dtype(descr)
@@ -106,6 +131,7 @@ def parse_descriptor(descr: str) -> np.dtype[Any]:
     if (
         dtype.kind not in _STANDARD_KINDS
         or (dtype.itemsize == 0 and dtype.kind not in "US")
+        or (descr[0] == "|" and dtype.itemsize > 1 and dtype.kind != "S")
         or not _portable(dtype)
     ):
         raise UnknownExtError(f"unsupported array dtype descriptor {descr!r}")
@@ -173,11 +199,19 @@ def decode_ext(data: memoryview | bytes, *, copy: bool) -> np.ndarray[Any, Any]:
         array = np.zeros(shape, dtype=dtype)
     else:
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        if dtype.kind == "U" and not _code_points_ok(array):
+            raise MalformedFrameError(f"NDArray of dtype {descr} holds a code point above U+10FFFF")
     if copy:
         copied: np.ndarray[Any, Any] = array.copy()
         return copied
     array.flags.writeable = False
     return array
+
+
+def _code_points_ok(array: np.ndarray[Any, Any]) -> bool:
+    """False when a ``U`` array holds a value that is no code point (NumPy fails on it later)."""
+    units = array.reshape(-1).view(array.dtype.byteorder + "u4")
+    return not units.size or int(units.max()) <= _MAX_CODE_POINT
 
 
 # JSON form (truss_chains.pydantic_numpy.NumpyArrayField compatible) --------------------
@@ -203,19 +237,13 @@ def array_to_json(array: np.ndarray[Any, Any]) -> dict[str, Any]:
 
 
 def _json_descr(dtype_name: str) -> np.dtype[Any]:
-    if dtype_name in _ML_DTYPES:
-        return _ml_dtype(dtype_name)
-    if _DESCR_RE.fullmatch(dtype_name):
-        return parse_descriptor(dtype_name)
+    """The dtype a JSON array's ``dtype`` names: a NumPy name, a descriptor, an ml_dtypes name."""
+    if dtype_name in _JSON_NAMES:
+        return np.dtype(dtype_name)
     try:
-        dtype = np.dtype(dtype_name) if dtype_name.isidentifier() else None
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in _STANDARD_KINDS or not _portable(dtype):
-        raise PydanticCustomError(
-            "ndarray_dtype", "unsupported array dtype {dtype}", {"dtype": dtype_name}
-        )
-    return dtype
+        return parse_descriptor(dtype_name)
+    except UnknownExtError as exc:
+        raise PydanticCustomError("ndarray_dtype", "{reason}", {"reason": str(exc)}) from None
 
 
 #: pydantic validation context key: JSON arrays decode writable (``copy_arrays=True``).
@@ -256,9 +284,12 @@ def array_from_json(value: dict[str, Any], *, writable: bool = False) -> np.ndar
             raise PydanticCustomError("ndarray_json", "a zero-width dtype needs an empty shape")
         return np.zeros(shape, dtype=dtype)
     if writable:
-        return np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
-    array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    array.flags.writeable = False
+        array = np.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+    else:
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+        array.flags.writeable = False
+    if dtype.kind == "U" and not _code_points_ok(array):
+        raise PydanticCustomError("ndarray_json", "a U array holds a code point above U+10FFFF")
     return array
 
 

@@ -446,8 +446,8 @@ class ReaderCore:
             self._peeked = None
             self._ended = True
             return DONE
-        # HEADER
-        if self._header_read or self._types.header_type is None:
+        # HEADER: only ever the first frame (the decoder has counted it already)
+        if self._header_read or self._types.header_type is None or self._decoder.frames > 1:
             raise MalformedFrameError("a HEADER frame after the stream's first frame")
         # Nothing was consumed: read_header() and then read_items() still work.
         self._items_started = False
