@@ -56,6 +56,8 @@ from ._httpclient import (
 )
 from ._sse_client import (
     DONE,
+    POSITION_HEADER,
+    STREAM_ID_HEADER,
     READ,
     RETRYABLE,
     Connect,
@@ -105,6 +107,7 @@ def sse_response(
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
     first_id: int = 0,
+    stream_id: str | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -122,12 +125,19 @@ def sse_response(
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
         first_id: the ``id:`` of the first event: the position ``frames`` starts
-            at, when resuming (see :func:`resume_position`).
+            at, when resuming (see :func:`resume_position`); sent as the
+            ``Truss-Stream-Position`` header.
+        stream_id: the stream's identity (``Truss-Stream-Id``), the same on every
+            response that serves this stream, so a resuming client can check it
+            got the same stream (docs/transports.md, "Resume integrity").
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
     """
     all_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    all_headers[POSITION_HEADER] = str(first_id)
+    if stream_id is not None:
+        all_headers[STREAM_ID_HEADER] = stream_id
     all_headers.update(headers or {})
     encode = encode_event if not first_id else _offset(first_id)
     return FrameStreamResponse(
