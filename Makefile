@@ -34,8 +34,7 @@ chromium:
 nginx:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
 	  echo "installing Debian's nginx for the reverse-proxy tests"; \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light || \
-	   DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx) >/dev/null; }
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx) >/dev/null; }
 
 lint: venv
 	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
