@@ -437,7 +437,8 @@ def iter_timed(
         try:
             chunk = next(chunks, None)
         except (StreamTruncatedError, StreamTimeoutError) as exc:
-            if watchdog is not None and watchdog.fired:
+            # The watchdog's cut, or httpx's read timeout (cut to this wait's budget).
+            if (watchdog is not None and watchdog.fired) or time.monotonic() >= deadline - 0.05:
                 raise clock.expired() from exc
             raise
         finally:

@@ -1,0 +1,161 @@
+"""Time limits that hold on the SSE and chunked-HTTP clients, sync and async.
+
+``idle_timeout`` is a wait for the next whole frame: SSE pings and partial frames do not
+reset it. ``total_timeout`` bounds the whole stream. Each case runs in a thread joined
+with a generous bound: before the fix the sync SSE reader was still blocked after 12 s.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import httpx
+import pydantic
+import pytest
+from live_server import live_server
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from transports import http, sse
+from truss_stream import StreamTimeoutError, stream_types, stream_writer
+
+
+class Item(pydantic.BaseModel):
+    index: int
+    text: str = ""
+
+
+TYPES = stream_types(Item)
+MODULES: dict[str, Any] = {"sse": sse, "http": http}
+BOUND = 10.0  # seconds: far above the limits under test, far below "hangs"
+
+
+def make_app() -> Starlette:
+    async def hangs() -> AsyncIterator[bytes]:
+        writer = stream_writer(TYPES)
+        yield writer.yield_item(Item(index=0))
+        await anyio.sleep(3600)  # a hung model
+        yield writer.yield_end()
+
+    async def steady() -> AsyncIterator[bytes]:
+        writer = stream_writer(TYPES)
+        for i in range(10_000):  # never ends within the test
+            yield writer.yield_item(Item(index=i))
+            await anyio.sleep(0.3)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        """One whole frame, then a frame one byte at a time: never a whole second frame."""
+        writer = stream_writer(TYPES)
+        yield writer.yield_item(Item(index=0))
+        frame = writer.yield_item(Item(index=1, text="x" * 1000))
+        for i in range(len(frame)):
+            yield frame[i : i + 1]
+            await anyio.sleep(0.1)
+
+    async def sse_hangs(request: Request) -> Response:
+        return sse.sse_response(hangs(), ping_interval=0.2)
+
+    async def sse_steady(request: Request) -> Response:
+        return sse.sse_response(steady(), ping_interval=0.05)
+
+    async def http_hangs(request: Request) -> Response:
+        return http.stream_response(hangs())
+
+    async def http_steady(request: Request) -> Response:
+        return http.stream_response(steady())
+
+    async def http_trickle(request: Request) -> Response:
+        return StreamingResponse(trickle(), media_type=http.MEDIA_TYPE)
+
+    return Starlette(
+        routes=[
+            Route("/sse/hangs", sse_hangs),
+            Route("/sse/steady", sse_steady),
+            Route("/http/hangs", http_hangs),
+            Route("/http/steady", http_steady),
+            Route("/http/trickle", http_trickle),
+        ]
+    )
+
+
+def read(url: str, transport: str, mode: str, options: dict[str, Any]) -> None:
+    module = MODULES[transport]
+    if mode == "sync":
+        with (
+            httpx.Client() as client,
+            module.connect(client, "GET", url, TYPES, reader_options=options) as reader,
+        ):
+            for _ in reader.read_items():
+                pass
+        return
+
+    async def main() -> None:
+        async with (
+            httpx.AsyncClient() as client,
+            module.aconnect(client, "GET", url, TYPES, reader_options=options) as reader,
+        ):
+            async for _ in reader.read_items():
+                pass
+
+    anyio.run(main)
+
+
+def outcome(run: Callable[[], None]) -> BaseException | None:
+    """Run ``run`` in a thread; its exception (None if it returned), failing if it hangs."""
+    result: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as exc:
+            result.append(exc)
+        else:
+            result.append(None)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    assert result, f"still blocked after {BOUND}s"
+    return result[0]
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Any:
+    with live_server(make_app()) as server:
+        yield server.url
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("transport", ["sse", "http"])
+def test_idle_timeout_holds_when_the_producer_hangs(
+    server_url: str, transport: str, mode: str
+) -> None:
+    """With SSE pings every 0.2 s: pings are not frames."""
+    url = f"{server_url}/{transport}/hangs"
+    exc = outcome(lambda: read(url, transport, mode, {"idle_timeout": 1, "total_timeout": 3}))
+    assert isinstance(exc, StreamTimeoutError)
+    assert "idle_timeout" in str(exc)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("transport", ["sse", "http"])
+def test_total_timeout_bounds_a_stream_that_keeps_going(
+    server_url: str, transport: str, mode: str
+) -> None:
+    url = f"{server_url}/{transport}/steady"
+    exc = outcome(lambda: read(url, transport, mode, {"idle_timeout": 1, "total_timeout": 1.5}))
+    assert isinstance(exc, StreamTimeoutError)
+    assert "total_timeout" in str(exc)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_partial_frames_do_not_reset_the_idle_timeout(server_url: str, mode: str) -> None:
+    url = f"{server_url}/http/trickle"
+    exc = outcome(lambda: read(url, "http", mode, {"idle_timeout": 1}))
+    assert isinstance(exc, StreamTimeoutError)
+    assert "idle_timeout" in str(exc)
