@@ -14,7 +14,14 @@ import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Final
 
-import httpx
+from ._extras import missing_extra
+
+try:
+    import anyio  # noqa: F401 - httpx and starlette need it; named here for the error
+    import httpx
+    import starlette  # noqa: F401
+except ImportError as exc:
+    raise missing_extra("transports.http", "http", exc) from exc
 
 from truss_stream import AsyncStreamReader, Codec, StreamReader, StreamTypes
 from truss_stream._schema import FooterTT, HeaderTT, ItemT

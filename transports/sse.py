@@ -30,9 +30,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final
 
-import anyio
-import httpx
-from starlette.exceptions import HTTPException
+from ._extras import missing_extra
+
+try:
+    import anyio
+    import httpx
+    from starlette.exceptions import HTTPException
+except ImportError as exc:
+    raise missing_extra("transports.sse", "sse", exc) from exc
 
 from truss_stream import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -57,9 +62,9 @@ from ._httpclient import (
 from ._sse_client import (
     DONE,
     POSITION_HEADER,
-    STREAM_ID_HEADER,
     READ,
     RETRYABLE,
+    STREAM_ID_HEADER,
     Connect,
     Failed,
     Sleep,

@@ -445,7 +445,9 @@ class ReaderCore:
             self._ended = True
             return DONE
         # HEADER
-        if self._header_read or self._types.header_type is None:
+        if self._types.header_type is None:
+            raise MalformedFrameError("a HEADER frame on a stream type without a header")
+        if self._header_read:
             raise MalformedFrameError("a HEADER frame after the stream's first frame")
         # Nothing was consumed: read_header() and then read_items() still work.
         self._items_started = False

@@ -15,25 +15,30 @@ Client::
 ``connect`` is the sync twin over ``grpc``. See docs/grpc.md.
 """
 
-from ._client import (
-    AsyncGrpcTransport,
-    GrpcStatusError,
-    GrpcStreamTruncatedError,
-    GrpcTransport,
-    aconnect,
-    connect,
-)
-from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
-from ._server import (
-    FrameStreamService,
-    Producer,
-    RunningServer,
-    add_stream_method,
-    serve,
-    start_server,
-)
-from ._thread import ServerThread, serve_in_thread
-from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
+from transports._extras import missing_extra
+
+try:
+    from ._client import (
+        AsyncGrpcTransport,
+        GrpcStatusError,
+        GrpcStreamTruncatedError,
+        GrpcTransport,
+        aconnect,
+        connect,
+    )
+    from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
+    from ._server import (
+        FrameStreamService,
+        Producer,
+        RunningServer,
+        add_stream_method,
+        serve,
+        start_server,
+    )
+    from ._thread import ServerThread, serve_in_thread
+    from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
+except ImportError as exc:
+    raise missing_extra("transports.grpc", "grpc", exc) from exc
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",

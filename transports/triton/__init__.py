@@ -8,19 +8,24 @@
   truss_stream stream (header, items, footer), to re-serve on any transport.
 """
 
-from . import multimodal_pb2, multimodal_pb2_grpc
-from ._client_errors import TritonClientError
-from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
-from .aio_client import AsyncTritonBytesStreamer
-from .client import TritonBytesStreamer
-from .typed import (
-    TritonFooter,
-    TritonHeader,
-    TritonItem,
-    TritonTensorSpec,
-    triton_frames,
-    triton_stream_types,
-)
+from transports._extras import missing_extra
+
+try:
+    from . import multimodal_pb2, multimodal_pb2_grpc
+    from ._client_errors import TritonClientError
+    from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
+    from .aio_client import AsyncTritonBytesStreamer
+    from .client import TritonBytesStreamer
+    from .typed import (
+        TritonFooter,
+        TritonHeader,
+        TritonItem,
+        TritonTensorSpec,
+        triton_frames,
+        triton_stream_types,
+    )
+except ImportError as exc:
+    raise missing_extra("transports.triton", "triton", exc) from exc
 
 __all__ = [
     "AsyncTritonBytesStreamer",
