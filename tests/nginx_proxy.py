@@ -81,8 +81,9 @@ def nginx_proxy(upstream_port: int) -> Iterator[str]:
                 if proc.poll() is not None:
                     _, err = proc.communicate()
                     raise RuntimeError(f"nginx exited: {err.decode(errors='replace')}")
-                with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", port), timeout=0.2
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2),
                 ):
                     break
                 if time.monotonic() > deadline:
@@ -90,9 +91,9 @@ def nginx_proxy(upstream_port: int) -> Iterator[str]:
                 time.sleep(0.02)
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
+            proc.terminate()  # nginx's fast shutdown
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-            except subprocess.TimeoutExpired:
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait()
+            proc.wait()

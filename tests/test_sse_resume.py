@@ -204,6 +204,7 @@ def test_server_going_away_is_resumed(mode: str) -> None:
     application, seen_ids = app(cuts=[5], going_away=True)
     with live_server(application) as server:
         header, items, footer = read_all(f"{server.url}/s", mode, attempts=2)
+    assert (header.name, footer.count) == ("h", N_ITEMS)
     assert items == list(range(N_ITEMS))
     assert seen_ids == [None, "4"]
 

@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 from httpx._decoders import SUPPORTED_DECODERS
@@ -43,6 +43,7 @@ from truss_stream import TAG_SIZE, StreamTimeoutError, StreamTruncatedError
 from .base import TransportError, TransportTimeoutError
 
 __all__ = [
+    "ClientTransport",
     "FrameClock",
     "FrameCounter",
     "StreamResponseError",
@@ -192,6 +193,48 @@ async def aopen_http_stream(
         yield response
 
 
+ClientT = TypeVar("ClientT", httpx.Client, httpx.AsyncClient)
+OptionsT = TypeVar("OptionsT")
+
+
+class ClientTransport(Generic[ClientT, OptionsT]):
+    """The request an httpx client transport sends (again, when resuming), and its options.
+
+    The one constructor of the SSE and chunked-HTTP transports, sync and async.
+
+    Args:
+        client: the httpx client (``httpx.Client`` or ``httpx.AsyncClient``).
+        method: HTTP method.
+        url: the endpoint.
+        options: the transport's options object (None: its defaults).
+        **httpx_kwargs: passed to ``client.stream``.
+    """
+
+    def __init__(
+        self,
+        client: ClientT,
+        method: str,
+        url: str,
+        *,
+        options: OptionsT | None = None,
+        **httpx_kwargs: Any,
+    ) -> None:
+        self._client: ClientT = client
+        self._method, self._url, self._kwargs = method, url, httpx_kwargs
+        self._options = options if options is not None else self._default_options()
+
+    def _default_options(self) -> OptionsT:
+        raise NotImplementedError
+
+    def _stream_args(
+        self, media_type: str, clock: FrameClock, headers: Mapping[str, str] | None = None
+    ) -> tuple[str, str, str, dict[str, Any]]:
+        """``open_http_stream``'s arguments after the client: method, url, media type, kwargs."""
+        kwargs = request_timeout(self._client, with_accept(self._kwargs, media_type), clock)
+        kwargs["headers"].update(headers or {})
+        return self._method, self._url, media_type, kwargs
+
+
 def request_timeout(
     client: httpx.Client | httpx.AsyncClient, httpx_kwargs: Mapping[str, Any], clock: FrameClock
 ) -> dict[str, Any]:
@@ -256,6 +299,12 @@ async def aiter_body(response: httpx.Response) -> AsyncIterator[bytes]:
 # Time limits ----------------------------------------------------------------------------
 
 
+def _limit(name: str, seconds: float | None) -> float | None:
+    if seconds is not None and not seconds > 0:
+        raise ValueError(f"{name} must be > 0 or None, got {seconds!r}")
+    return seconds
+
+
 class FrameClock:
     """The idle and total limits of one client stream, sans IO.
 
@@ -273,11 +322,8 @@ class FrameClock:
     __slots__ = ("_idle", "_total", "_total_deadline", "_wait")
 
     def __init__(self, idle_timeout: float | None, total_timeout: float | None) -> None:
-        for name, value in (("idle_timeout", idle_timeout), ("total_timeout", total_timeout)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be > 0 or None")
-        self._idle = idle_timeout
-        self._total = total_timeout
+        self._idle = _limit("idle_timeout", idle_timeout)
+        self._total = _limit("total_timeout", total_timeout)
         self._total_deadline = None if total_timeout is None else time.monotonic() + total_timeout
         self._wait: float | None = None
 

@@ -6,28 +6,28 @@ frame is sent (and flushed) as soon as the producer yields it. The client feeds
 httpx's body chunks straight into the reader, whose decoder assembles frames with
 one copy, so a 4 MiB frame arriving in many small chunks is never re-copied.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
 from __future__ import annotations
+
+from transports._extras import require_extra
+
+require_extra(__name__)
 
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Final
 
-from ._extras import missing_extra
-
-try:
-    import anyio  # noqa: F401 - httpx and starlette need it; named here for the error
-    import httpx
-    import starlette  # noqa: F401
-except ImportError as exc:
-    raise missing_extra("transports.http", "http", exc) from exc
+import httpx
 
 from truss_stream import AsyncStreamReader, Codec, StreamReader, StreamTypes
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import Frames, FrameStreamResponse
 from ._httpclient import (
+    ClientT,
+    ClientTransport,
     FrameClock,
     FrameCounter,
     StreamResponseError,
@@ -35,8 +35,6 @@ from ._httpclient import (
     aopen_http_stream,
     iter_timed,
     open_http_stream,
-    request_timeout,
-    with_accept,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 
@@ -119,74 +117,46 @@ class HTTPOptions:
     total_timeout: float | None = None
 
 
-class _Request:
-    def __init__(
-        self, method: str, url: str, options: HTTPOptions | None, kwargs: Mapping[str, Any]
-    ) -> None:
-        self._method, self._url, self._kwargs = method, url, kwargs
-        self._options = options or HTTPOptions()
+class _HTTPClient(ClientTransport[ClientT, HTTPOptions]):
+    def _default_options(self) -> HTTPOptions:
+        return HTTPOptions()
 
-    def _prepare(
-        self, client: httpx.Client | httpx.AsyncClient
-    ) -> tuple[FrameClock, tuple[str, str, str], dict[str, Any]]:
+    def _prepare(self) -> tuple[FrameClock, tuple[str, str, str, dict[str, Any]]]:
         opts = self._options
         clock = FrameClock(opts.idle_timeout, opts.total_timeout)
-        kwargs = request_timeout(client, with_accept(self._kwargs, opts.media_type), clock)
-        return clock, (self._method, self._url, opts.media_type), kwargs
+        return clock, self._stream_args(opts.media_type, clock)
 
 
-class HTTPTransport(_Request, BaseTransport):
+class HTTPTransport(_HTTPClient[httpx.Client], BaseTransport):
     """Sync chunked-HTTP client transport: one request over an ``httpx.Client``.
 
     Args:
         client: the httpx client.
         method: HTTP method.
         url: the endpoint.
-        options: media type and time limits.
+        options: media type and time limits (:class:`HTTPOptions`).
         **httpx_kwargs: passed to ``client.stream``.
     """
-
-    def __init__(
-        self,
-        client: httpx.Client,
-        method: str,
-        url: str,
-        *,
-        options: HTTPOptions | None = None,
-        **httpx_kwargs: Any,
-    ) -> None:
-        super().__init__(method, url, options, httpx_kwargs)
-        self._client = client
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
         """Open the stream; see :meth:`transports.base.BaseTransport.open_stream`."""
-        clock, request, kwargs = self._prepare(self._client)
+        clock, (method, url, media_type, kwargs) = self._prepare()
         with contextlib.ExitStack() as stack:
-            response = stack.enter_context(open_http_stream(self._client, *request, **kwargs))
+            response = stack.enter_context(
+                open_http_stream(self._client, method, url, media_type, **kwargs)
+            )
             yield iter_timed(response, clock, stack, FrameCounter())
 
 
-class AsyncHTTPTransport(_Request, AsyncBaseTransport):
+class AsyncHTTPTransport(_HTTPClient[httpx.AsyncClient], AsyncBaseTransport):
     """Async chunked-HTTP client transport (``httpx.AsyncClient``); see :class:`HTTPTransport`."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        method: str,
-        url: str,
-        *,
-        options: HTTPOptions | None = None,
-        **httpx_kwargs: Any,
-    ) -> None:
-        super().__init__(method, url, options, httpx_kwargs)
-        self._client = client
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open the stream; see :meth:`transports.base.AsyncBaseTransport.open_stream`."""
-        clock, request, kwargs = self._prepare(self._client)
-        async with aopen_http_stream(self._client, *request, **kwargs) as response:
+        clock, (method, url, media_type, kwargs) = self._prepare()
+        async with aopen_http_stream(self._client, method, url, media_type, **kwargs) as response:
             yield aiter_timed(response, clock, FrameCounter())
 
 
@@ -257,11 +227,7 @@ def connect(
     media_type: str = MEDIA_TYPE,
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
-    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`.
-
-    The time limits hold for a sync reader too: a watchdog thread cuts a read
-    that passes its deadline (docs/transports.md, "Time limits").
-    """
+    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`."""
     options, reader = _options(reader_options, media_type)
     transport = HTTPTransport(client, method, url, options=options, **httpx_kwargs)
     with open_reader(transport, types, **reader) as stream:

@@ -21,8 +21,13 @@ typed reader. The encoding (docs/transports.md is the full description)::
   to the same string.
 - Comment lines (``: ping``) keep idle connections alive.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
 from __future__ import annotations
+
+from transports._extras import require_extra
+
+require_extra(__name__)
 
 import contextlib
 import time
@@ -30,14 +35,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final
 
-from ._extras import missing_extra
-
-try:
-    import anyio
-    import httpx
-    from starlette.exceptions import HTTPException
-except ImportError as exc:
-    raise missing_extra("transports.sse", "sse", exc) from exc
+import anyio
+import httpx
+from starlette.exceptions import HTTPException
 
 from truss_stream import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -50,14 +50,14 @@ from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import FrameEncoder, Frames, FrameStreamResponse
 from ._httpclient import (
+    ClientT,
+    ClientTransport,
     FrameClock,
     StreamResponseError,
     aiter_timed,
     aopen_http_stream,
     iter_timed,
     open_http_stream,
-    request_timeout,
-    with_accept,
 )
 from ._sse_client import (
     DONE,
@@ -210,29 +210,24 @@ async def replay_from(frames: Frames, position: int) -> AsyncIterator[bytes | me
             seen += 1
 
 
-class _Driver:
+class _SSEClient(ClientTransport[ClientT, SSEOptions]):
     """What both drivers share: the request and the options, turned into a core."""
 
-    def __init__(
-        self, method: str, url: str, options: SSEOptions | None, httpx_kwargs: Mapping[str, Any]
-    ) -> None:
-        self._method, self._url, self._kwargs = method, url, httpx_kwargs
-        self._options = options or SSEOptions()
+    def _default_options(self) -> SSEOptions:
+        return SSEOptions()
 
     def _core(self) -> SSEClientCore:
         opts = self._options
         return SSEClientCore(opts, FrameClock(opts.idle_timeout, opts.total_timeout))
 
-    def _request(
-        self, client: httpx.Client | httpx.AsyncClient, core: SSEClientCore, step: Step
+    def _connect_args(
+        self, core: SSEClientCore, step: Step
     ) -> tuple[str, str, str, dict[str, Any]]:
         assert isinstance(step, Connect)
-        kwargs = request_timeout(client, with_accept(self._kwargs, MEDIA_TYPE), core.clock)
-        kwargs["headers"].update(step.headers)
-        return self._method, self._url, MEDIA_TYPE, kwargs
+        return self._stream_args(MEDIA_TYPE, core.clock, step.headers)
 
 
-class SSETransport(_Driver, BaseTransport):
+class SSETransport(_SSEClient[httpx.Client], BaseTransport):
     """Sync SSE client transport: one stream over an ``httpx.Client``, frames out one by one.
 
     The decisions (parsing, resume and its integrity checks, time limits) are
@@ -242,21 +237,10 @@ class SSETransport(_Driver, BaseTransport):
         client: the httpx client.
         method: HTTP method.
         url: the SSE endpoint.
-        options: event size limit, resume attempts, idle and total timeouts.
+        options: event size limit, resume attempts, idle and total timeouts
+            (:class:`SSEOptions`).
         **httpx_kwargs: passed to ``client.stream``.
     """
-
-    def __init__(
-        self,
-        client: httpx.Client,
-        method: str,
-        url: str,
-        *,
-        options: SSEOptions | None = None,
-        **httpx_kwargs: Any,
-    ) -> None:
-        super().__init__(method, url, options, httpx_kwargs)
-        self._client = client
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
@@ -264,49 +248,36 @@ class SSETransport(_Driver, BaseTransport):
         core = self._core()
         with contextlib.ExitStack() as stack:
             response = stack.enter_context(self._open(core, core.advance()))
-            yield self._frames(stack, core, response)
+            body = iter_timed(response, core.clock, stack)
+
+            def perform(step: Step) -> Any:
+                nonlocal body
+                try:
+                    if step is READ:
+                        return next(body, None)
+                    if isinstance(step, Sleep):
+                        time.sleep(step.seconds)
+                        return None
+                    new = stack.enter_context(self._open(core, step))
+                    body = iter_timed(new, core.clock, stack)
+                    return new.headers
+                except RETRYABLE as exc:
+                    return Failed(exc)
+
+            def frames(reply: Any) -> Iterator[bytes]:
+                while (step := core.advance(reply)) is not DONE:
+                    # Frames go to the reader (which sends nothing back); other steps are I/O.
+                    reply = (yield step) if type(step) is bytes else perform(step)
+
+            yield frames(response.headers)
 
     def _open(self, core: SSEClientCore, step: Step) -> AbstractContextManager[httpx.Response]:
-        method, url, media_type, kwargs = self._request(self._client, core, step)
+        method, url, media_type, kwargs = self._connect_args(core, step)
         return open_http_stream(self._client, method, url, media_type, **kwargs)
 
-    def _frames(
-        self, stack: contextlib.ExitStack, core: SSEClientCore, response: httpx.Response
-    ) -> Iterator[bytes]:
-        body = iter_timed(response, core.clock, stack)
-        reply: Any = response.headers
-        while (step := core.advance(reply)) is not DONE:
-            if type(step) is bytes:
-                yield step
-                reply = None
-                continue
-            reply = None
-            try:
-                if step is READ:
-                    reply = next(body, None)
-                elif isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                else:
-                    response = stack.enter_context(self._open(core, step))
-                    body, reply = iter_timed(response, core.clock, stack), response.headers
-            except RETRYABLE as exc:
-                reply = Failed(exc)
 
-
-class AsyncSSETransport(_Driver, AsyncBaseTransport):
+class AsyncSSETransport(_SSEClient[httpx.AsyncClient], AsyncBaseTransport):
     """Async SSE client transport over an ``httpx.AsyncClient``; see :class:`SSETransport`."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        method: str,
-        url: str,
-        *,
-        options: SSEOptions | None = None,
-        **httpx_kwargs: Any,
-    ) -> None:
-        super().__init__(method, url, options, httpx_kwargs)
-        self._client = client
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -314,33 +285,34 @@ class AsyncSSETransport(_Driver, AsyncBaseTransport):
         core = self._core()
         async with contextlib.AsyncExitStack() as stack:
             response = await stack.enter_async_context(self._open(core, core.advance()))
-            yield self._frames(stack, core, response)
+            body = aiter_timed(response, core.clock)
+
+            async def perform(step: Step) -> Any:
+                nonlocal body
+                try:
+                    if step is READ:
+                        return await anext(body, None)
+                    if isinstance(step, Sleep):
+                        await anyio.sleep(step.seconds)
+                        return None
+                    new = await stack.enter_async_context(self._open(core, step))
+                except RETRYABLE as exc:
+                    return Failed(exc)
+                body = aiter_timed(new, core.clock)
+                return new.headers
+
+            async def frames(reply: Any) -> AsyncIterator[bytes]:
+                while (step := core.advance(reply)) is not DONE:
+                    if type(step) is bytes:
+                        reply = yield step  # the reader sends nothing back
+                    else:
+                        reply = await perform(step)
+
+            yield frames(response.headers)
 
     def _open(self, core: SSEClientCore, step: Step) -> AbstractAsyncContextManager[httpx.Response]:
-        method, url, media_type, kwargs = self._request(self._client, core, step)
+        method, url, media_type, kwargs = self._connect_args(core, step)
         return aopen_http_stream(self._client, method, url, media_type, **kwargs)
-
-    async def _frames(
-        self, stack: contextlib.AsyncExitStack, core: SSEClientCore, response: httpx.Response
-    ) -> AsyncIterator[bytes]:
-        body = aiter_timed(response, core.clock)
-        reply: Any = response.headers
-        while (step := core.advance(reply)) is not DONE:
-            if type(step) is bytes:
-                yield step
-                reply = None
-                continue
-            reply = None
-            try:
-                if step is READ:
-                    reply = await anext(body, None)
-                elif isinstance(step, Sleep):
-                    await anyio.sleep(step.seconds)
-                else:
-                    response = await stack.enter_async_context(self._open(core, step))
-                    body, reply = aiter_timed(response, core.clock), response.headers
-            except RETRYABLE as exc:
-                reply = Failed(exc)
 
 
 def _options(

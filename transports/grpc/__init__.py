@@ -14,31 +14,31 @@ Client::
 
 ``connect`` is the sync twin over ``grpc``. See docs/grpc.md.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
-from transports._extras import missing_extra
+from transports._extras import require_extra
 
-try:
-    from ._client import (
-        AsyncGrpcTransport,
-        GrpcStatusError,
-        GrpcStreamTruncatedError,
-        GrpcTransport,
-        aconnect,
-        connect,
-    )
-    from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
-    from ._server import (
-        FrameStreamService,
-        Producer,
-        RunningServer,
-        add_stream_method,
-        serve,
-        start_server,
-    )
-    from ._thread import ServerThread, serve_in_thread
-    from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
-except ImportError as exc:
-    raise missing_extra("transports.grpc", "grpc", exc) from exc
+require_extra(__name__)
+
+from ._client import (
+    AsyncGrpcTransport,
+    GrpcStatusError,
+    GrpcStreamTruncatedError,
+    GrpcTransport,
+    aconnect,
+    connect,
+)
+from ._options import ClientTLS, GrpcOptions, ServerTLS, acreate_channel, create_channel
+from ._server import (
+    FrameStreamService,
+    Producer,
+    RunningServer,
+    add_stream_method,
+    serve,
+    start_server,
+)
+from ._thread import ServerThread, serve_in_thread
+from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, method_path
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",

@@ -7,25 +7,25 @@
 - :func:`triton_frames` / :func:`triton_stream_types`: their results as a typed
   truss_stream stream (header, items, footer), to re-serve on any transport.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
-from transports._extras import missing_extra
+from transports._extras import require_extra
 
-try:
-    from . import multimodal_pb2, multimodal_pb2_grpc
-    from ._client_errors import TritonClientError
-    from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
-    from .aio_client import AsyncTritonBytesStreamer
-    from .client import TritonBytesStreamer
-    from .typed import (
-        TritonFooter,
-        TritonHeader,
-        TritonItem,
-        TritonTensorSpec,
-        triton_frames,
-        triton_stream_types,
-    )
-except ImportError as exc:
-    raise missing_extra("transports.triton", "triton", exc) from exc
+require_extra(__name__)
+
+from . import multimodal_pb2, multimodal_pb2_grpc
+from ._client_errors import TritonClientError
+from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
+from .aio_client import AsyncTritonBytesStreamer
+from .client import TritonBytesStreamer
+from .typed import (
+    TritonFooter,
+    TritonHeader,
+    TritonItem,
+    TritonTensorSpec,
+    triton_frames,
+    triton_stream_types,
+)
 
 __all__ = [
     "AsyncTritonBytesStreamer",
