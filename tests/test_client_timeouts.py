@@ -7,6 +7,7 @@ with a generous bound: before the fix the sync SSE reader was still blocked afte
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,6 +16,8 @@ import anyio
 import httpx
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from live_server import live_server
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from transports import http, sse
+from transports._httpclient import FrameCounter
 from truss_stream import StreamTimeoutError, stream_types, stream_writer
 
 
@@ -141,3 +145,24 @@ def test_the_limit_holds(
     exc = outcome(lambda: read(f"{server_url}/{route}", transport, mode, options))
     assert isinstance(exc, StreamTimeoutError)
     assert limit in str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+    st.lists(st.integers(min_value=0, max_value=5000), max_size=10),
+)
+def test_frame_counter_counts_whole_frames_however_split(sizes: list[int], cuts: list[int]) -> None:
+    """What the chunked client's idle clock relies on: a frame counts once it is whole."""
+    writer = stream_writer(TYPES)
+    frames = [writer.yield_item(Item(index=i, text="x" * n)) for i, n in enumerate(sizes)]
+    frames.append(writer.yield_end())  # an empty payload: whole with its tag
+    body = b"".join(frames)
+    ends = set(itertools.accumulate(len(f) for f in frames))
+    points = sorted({c % (len(body) + 1) for c in cuts} | {len(body)})
+    counter, done, start = FrameCounter(), 0, 0
+    for point in points:
+        done += counter.feed(body[start:point])
+        assert done == sum(1 for end in ends if end <= point)
+        start = point
+    assert done == len(frames)
