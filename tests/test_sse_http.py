@@ -82,7 +82,7 @@ def test_events_never_break_framing_and_decode_byte_by_byte(types: Any) -> None:
         assert lines[1].startswith("id: ")
         assert all(line.startswith("data: ") for line in lines[2:])
     decoder = SSEFrameDecoder()
-    rebuilt = b"".join(f for i in range(len(body)) for f in decoder.feed(body[i : i + 1]))
+    rebuilt = b"".join(decoder.feed(body[i : i + 1]) for i in range(len(body)))
     reader = stream_reader(types, [rebuilt])
     assert reader.read_header().name == "h"
     items = list(reader.read_items())

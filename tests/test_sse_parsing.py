@@ -46,7 +46,7 @@ def decode_all(body: bytes, split: int | None = None) -> tuple[list[bytes], SSEF
     step = split or len(body) or 1
     out: list[bytes] = []
     for i in range(0, len(body), step):
-        out += decoder.feed(body[i : i + step])
+        out += decoder.feed_frames(body[i : i + step])
     return out, decoder
 
 
@@ -64,11 +64,11 @@ def test_every_line_ending_gives_the_same_events(eol: bytes, split: int | None) 
 
 def test_cr_ending_one_chunk_and_lf_starting_the_next_are_one_line_end() -> None:
     decoder = SSEFrameDecoder()
-    assert decoder.feed(b'event: item\r\ndata: {"index":1}\r') == []
+    assert decoder.feed_frames(b'event: item\r\ndata: {"index":1}\r') == []
     # "\n" completes the CRLF: not a blank line, so no event yet...
-    assert decoder.feed(b"\n") == []
+    assert decoder.feed_frames(b"\n") == []
     # ... until a real blank line.
-    assert decoder.feed(b"\r\n") == [ITEM_A]
+    assert decoder.feed_frames(b"\r\n") == [ITEM_A]
 
 
 def test_leading_bom_comments_retry_unknown_fields_and_no_space_after_colon() -> None:
@@ -175,7 +175,7 @@ def test_any_line_endings_and_any_splits_decode_to_the_same_events(
     frames: list[bytes] = []
     start = 0
     for point in [*points, len(body)]:
-        frames += decoder.feed(body[start:point])
+        frames += decoder.feed_frames(body[start:point])
         start = point
     assert frames == expected
     assert decoder.last_event_id == last_id

@@ -106,7 +106,8 @@ class SSEFrameDecoder:
     """Sans-IO SSE parser, by the WHATWG event-stream rules, giving back our frames.
 
     Feed it the body's chunks as they arrive (:meth:`receive_data`) and take the
-    frames out one by one (:meth:`next_frame`), or both at once with :meth:`feed`.
+    frames out one by one (:meth:`next_frame`), or both at once with
+    :meth:`feed_frames` (a list) or :meth:`feed` (the frames concatenated).
     Parsing follows the HTML standard's event-stream interpretation:
 
     - lines end in CRLF, LF or CR, mixed freely; a CR ending one chunk and an LF
@@ -195,13 +196,22 @@ class SSEFrameDecoder:
                 return frame
         return None
 
-    def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
-        """Add ``chunk``; return the frames it completed, in order (possibly none)."""
+    def feed_frames(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add ``chunk``; return the frames it completed, one by one (possibly none)."""
         self.receive_data(chunk)
         out = []
         while (frame := self.next_frame()) is not None:
             out.append(frame)
         return out
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """Add ``chunk``; return the frames it completed, concatenated (b"" for none).
+
+        A convenience for feeding a byte-stream reader; the SSE client itself takes
+        frames one by one (:meth:`next_frame`), without joining them.
+        """
+        frames = self.feed_frames(chunk)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def _compact(self) -> None:
         buf = self._buffer

@@ -97,7 +97,7 @@ def test_one_input(data: bytes) -> None:
     frames = []
     try:
         for chunk in chunks:
-            frames.extend(decoder.feed(chunk))
+            frames.append(decoder.feed(chunk))
         read(TYPES[0], frames)
     except (ts.StreamError, pydantic.ValidationError):
         pass
