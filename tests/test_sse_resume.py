@@ -213,3 +213,25 @@ def test_server_going_away_without_attempts_raises_it() -> None:
     application, _ = app(cuts=[5], going_away=True)
     with live_server(application) as server, pytest.raises(ServerGoingAwayError):
         read_all(f"{server.url}/s", "async", attempts=0)
+
+
+def test_a_caller_resume_counts_from_the_first_responses_position() -> None:
+    """A first request that carries its own Last-Event-ID starts mid-stream, and resumes too."""
+    application, seen_ids = app(cuts=[8])
+    with (
+        live_server(application) as server,
+        httpx.Client() as client,
+        sse.connect(
+            client,
+            "GET",
+            f"{server.url}/s",
+            TYPES,
+            resume_attempts=2,
+            headers={"Last-Event-ID": "3"},  # frames 0-3 (header, items 0-2) seen earlier
+        ) as reader,
+    ):
+        items = [item.index for item in reader.read_items()]
+        footer = reader.read_footer()
+    assert items == list(range(3, N_ITEMS))
+    assert footer.count == N_ITEMS
+    assert seen_ids == ["3", "7"]

@@ -167,8 +167,9 @@ class SSEClientCore:
         self._failures = 0
         self._steps = self._run()
         self._stream_id: str | None = None
-        #: Frames handed on so far, and the ``id:`` of the last one.
-        self.delivered = 0
+        #: The stream position of the next frame (frames handed on, counted from the
+        #: first response's ``Truss-Stream-Position``), and the ``id:`` of the last one.
+        self.position = 0
         self._last_id: str | None = None
         self._check_id = False
 
@@ -215,9 +216,9 @@ class SSEClientCore:
         position = int(raw) if raw is not None and raw.isdigit() and len(raw) < 19 else None
         self._check_id = False
         if not resuming:
+            # Not 0 when the request carried its own Last-Event-ID (a resume by the caller).
             self._stream_id = stream_id
-            if position not in (None, 0):
-                raise self._mismatch(f"the stream's first response starts at {position}, not 0")
+            self.position = position or 0
             return
         self.decoder.discard_partial()
         if stream_id != self._stream_id:
@@ -231,9 +232,9 @@ class SSEClientCore:
             raise self._mismatch(f"bad {POSITION_HEADER} {raw[:40]!r}", stream_id, None)
         if position is None:
             self._check_id = True  # an older server: its ids are positions
-        elif position != self.delivered:
+        elif position != self.position:
             raise self._mismatch(
-                f"the resumed response starts at frame {position}, expected {self.delivered}",
+                f"the resumed response starts at frame {position}, expected {self.position}",
                 stream_id,
                 position,
             )
@@ -245,7 +246,7 @@ class SSEClientCore:
             message,
             expected_stream_id=self._stream_id,
             stream_id=stream_id,
-            expected_position=self.delivered,
+            expected_position=self.position,
             position=position,
         )
 
@@ -257,16 +258,16 @@ class SSEClientCore:
         event_id = decoder.last_event_id
         if self._check_id:
             self._check_id = False
-            if event_id != str(self.delivered):
+            if event_id != str(self.position):
                 raise self._mismatch(
                     f"cannot verify the resumed position: its first id is {event_id!r}, "
-                    f"expected {str(self.delivered)!r} (and no {POSITION_HEADER} header)",
+                    f"expected {str(self.position)!r} (and no {POSITION_HEADER} header)",
                     self._stream_id,
                     int(event_id) if event_id is not None and event_id.isdigit() else None,
                 )
         if self._left and frame_info(frame)[0] is FrameKind.ERROR and self._going_away(frame):
             raise _GoingAway
-        self.delivered += 1
+        self.position += 1
         self._last_id = event_id
         self.clock.frame()
         return frame
