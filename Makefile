@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv triton-venv chromium js node lint typecheck test test-fast demo bench fuzz soak protos clean
+.PHONY: venv triton-venv chromium js node nginx lint typecheck test test-fast demo bench fuzz soak protos clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,11 @@ $(JS_STAMP): js/package.json js/package-lock.json
 js: $(JS_STAMP)
 	cd js && npm run --silent build && node --test test/
 
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing Debian's nginx for the reverse-proxy tests"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx) >/dev/null; }
+
 lint: venv
 	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
 	$(VENV)/bin/ruff format --check truss_stream transports examples tests benchmarks
@@ -58,7 +63,7 @@ typecheck: venv
 	$(VENV)/bin/mypy tests/typing/ok_usage.py
 	$(PY) tests/typing/check_errors.py
 
-test: venv triton-venv chromium js lint typecheck
+test: venv triton-venv chromium nginx js lint typecheck
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
 	  $(PY) -m pytest -q -m "not soak" $(PYTEST_ARGS)
 

@@ -52,6 +52,7 @@ _ESCAPES: Final = (
     (b"\xe2\x80\xa9", b"\\u2029"),
 )
 PING: Final = b": ping\n\n"
+_BOM: Final = b"\xef\xbb\xbf"
 # Room for the "event:"/"id:"/"data:" lines around a frame's base64.
 _EVENT_OVERHEAD: Final = 64 * 1024
 
@@ -102,13 +103,29 @@ def _escape_json(payload: bytes) -> bytes:
 
 
 class SSEFrameDecoder:
-    """Sans-IO SSE parser giving back the frames the server encoded.
+    """Sans-IO SSE parser, by the WHATWG event-stream rules, giving back our frames.
 
-    Feed it the body's chunks as they arrive; each call returns the bytes of the
-    frames completed by that chunk (possibly empty), ready for a stream reader.
-    Bytes are scanned once (the search for an event's end resumes where it
-    stopped) and a ``data:`` value is decoded straight from the buffer. Lines end
-    with LF, as :func:`sse_response` writes them.
+    Feed it the body's chunks as they arrive (:meth:`receive_data`) and take the
+    frames out one by one (:meth:`next_frame`), or both at once with
+    :meth:`feed_frames` (a list) or :meth:`feed` (the frames concatenated).
+    Parsing follows the HTML standard's event-stream interpretation:
+
+    - lines end in CRLF, LF or CR, mixed freely; a CR ending one chunk and an LF
+      starting the next are one line end;
+    - a UTF-8 BOM at the start of the body is skipped;
+    - ``:`` lines are comments; a field without a colon has an empty value; one
+      space after the colon is dropped (none is fine); unknown fields are ignored;
+    - ``data:`` lines join with LF; an event is dispatched at a blank line and
+      only if it had ``data``; ``event`` defaults to ``message``;
+    - ``id`` sets the last event id (kept across events; an ``id`` holding NUL is
+      ignored); ``retry`` with only ASCII digits sets :attr:`retry_ms`.
+
+    An event that is not one of ours (kind, base64) raises
+    :class:`truss_stream.MalformedFrameError`. Nothing after the ``end`` or
+    ``error`` event belongs to the stream: the rest of the body is ignored.
+
+    Bytes are scanned once in the common LF-only case, and a ``data:`` value is
+    decoded straight from the buffer.
 
     Args:
         max_event_bytes: most bytes one event may take; a server that sends more
@@ -120,41 +137,98 @@ class SSEFrameDecoder:
     def __init__(self, max_event_bytes: int = max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)) -> None:
         self._max_event = max_event_bytes
         self._buffer = bytearray()
+        self._start = 0
         self._scanned = 0
-        #: The ``id:`` of the last whole event decoded (for ``Last-Event-ID``).
+        self._skip_lf = False
+        self._bom = True
+        #: The last event id (WHATWG: kept until an event sets another), for ``Last-Event-ID``.
         self.last_event_id: str | None = None
+        #: The reconnection time the server asked for with ``retry:``, in ms.
+        self.retry_ms: int | None = None
         #: True once an ``end`` or ``error`` event was decoded.
         self.ended = False
+        #: Frame events decoded so far.
+        self.frames = 0
 
-    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
-        """Add ``chunk``; return the frames it completed, concatenated.
+    def receive_data(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Add the next chunk of the body (line ends are normalised to LF here)."""
+        if self.ended or not chunk:
+            return
+        data = bytes(chunk) if not isinstance(chunk, bytes) else chunk
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if b"\r" in data:
+            # CR and CRLF become LF: SSE data never holds either, so this keeps meaning.
+            self._skip_lf = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buffer
+        buf += data
+        if self._bom:
+            if len(buf) < 3 and _BOM.startswith(bytes(buf)):
+                return  # too short to tell
+            self._bom = False
+            if buf.startswith(_BOM):
+                del buf[:3]
+
+    def next_frame(self) -> bytes | None:
+        """The next whole frame, or None when more data is needed (or after END).
 
         Raises:
             MalformedFrameError: an event that is not one of ours.
             SSEEventTooLargeError: an event above ``max_event_bytes``.
         """
         buf = self._buffer
-        buf += chunk
-        out: list[bytes] = []
-        start = 0
-        pos = max(self._scanned - 1, 0)
-        with memoryview(buf) as view:
-            while (end := buf.find(b"\n\n", pos)) >= 0:
+        while not self.ended and not self._bom:
+            start = self._start
+            end = buf.find(b"\n\n", max(self._scanned - 1, start))
+            if end < 0:
+                self._compact()
+                return None
+            self._start = self._scanned = end + 2
+            with memoryview(buf) as view:
                 frame = self._event(buf, view, start, end)
-                if frame is not None:
-                    out.append(frame)
-                start = pos = end + 2
-        if start:
-            del buf[:start]
+            if frame is not None:
+                if self.ended:  # nothing after END belongs to the stream
+                    buf.clear()
+                    self._start = self._scanned = 0
+                return frame
+        return None
+
+    def feed_frames(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add ``chunk``; return the frames it completed, one by one (possibly none)."""
+        self.receive_data(chunk)
+        out = []
+        while (frame := self.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """Add ``chunk``; return the frames it completed, concatenated (b"" for none).
+
+        A convenience for feeding a byte-stream reader; the SSE client itself takes
+        frames one by one (:meth:`next_frame`), without joining them.
+        """
+        frames = self.feed_frames(chunk)
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def _compact(self) -> None:
+        buf = self._buffer
+        if self._start:
+            del buf[: self._start]
+            self._start = 0
         if len(buf) > self._max_event:
             raise SSEEventTooLargeError(len(buf), self._max_event)
         self._scanned = len(buf)
-        return out[0] if len(out) == 1 else b"".join(out)
 
     def _event(self, buf: bytearray, view: memoryview, start: int, end: int) -> bytes | None:
-        event = b"message"
+        """Interpret the lines in ``buf[start:end]`` (one event's, LF-separated)."""
+        event: bytes | None = None
         data: list[memoryview] = []
         i = start
+        while i < end and buf[i] == 0x0A:  # blank lines before the event: nothing to dispatch
+            i += 1
         while i < end:
             nl = buf.find(b"\n", i, end)
             if nl < 0:
@@ -164,27 +238,39 @@ class SSEFrameDecoder:
                 colon = value = nl
             else:
                 value = colon + 2 if buf.startswith(b" ", colon + 1, nl) else colon + 1
-            if colon == i:  # a comment (": ping")
+            name_len = colon - i
+            if name_len == 0:  # a comment (": ping")
                 pass
-            elif buf.startswith(b"data", i, colon) and colon - i == 4:
+            elif name_len == 4 and buf.startswith(b"data", i):
                 data.append(view[value:nl])
-            elif buf.startswith(b"event", i, colon) and colon - i == 5:
-                event = bytes(view[value:nl])
-            elif buf.startswith(b"id", i, colon) and colon - i == 2:
-                self.last_event_id = bytes(view[value:nl]).decode("utf-8", "replace")
+            elif name_len == 5 and buf.startswith(b"event", i):
+                event = bytes(buf[value:nl])
+            elif name_len == 2 and buf.startswith(b"id", i):
+                event_id = bytes(view[value:nl])
+                if b"\0" not in event_id:
+                    self.last_event_id = event_id.decode("utf-8", "replace")
+            elif name_len == 5 and buf.startswith(b"retry", i):
+                retry = bytes(view[value:nl])
+                if retry and retry.isdigit() and retry.isascii():
+                    self.retry_ms = int(retry)
             i = nl + 1
-        if not data and event == b"message":
+        if not data:
             return None
         payload = data[0] if len(data) == 1 else b"\n".join(data)
-        frame = _frame(event, payload)
-        if event in (b"end", b"error"):
+        name = event or b"message"
+        frame = _frame(name, payload)
+        self.frames += 1
+        if name in (b"end", b"error"):
             self.ended = True
         return frame
 
     def discard_partial(self) -> None:
-        """Drop a partly received event (before reading a resumed connection)."""
+        """Forget a partly received event and start a new body (a resumed connection)."""
+        self.ended = False
         self._buffer.clear()
-        self._scanned = 0
+        self._start = self._scanned = 0
+        self._skip_lf = False
+        self._bom = True
 
 
 if sys.version_info >= (3, 11):

@@ -6,10 +6,16 @@ frame is sent (and flushed) as soon as the producer yields it. The client feeds
 httpx's body chunks straight into the reader, whose decoder assembles frames with
 one copy, so a 4 MiB frame arriving in many small chunks is never re-copied.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
 from __future__ import annotations
 
+from transports._extras import require_extra
+
+require_extra(__name__)
+
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Final
 
@@ -20,19 +26,23 @@ from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import Frames, FrameStreamResponse
 from ._httpclient import (
+    ClientT,
+    ClientTransport,
+    FrameClock,
+    FrameCounter,
     StreamResponseError,
-    aiter_body,
+    aiter_timed,
     aopen_http_stream,
-    iter_body,
+    iter_timed,
     open_http_stream,
-    sync_idle_timeout,
-    with_accept,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 
 __all__ = [
     "MEDIA_TYPE",
+    "TRUSS_CHAINS_MEDIA_TYPE",
     "AsyncHTTPTransport",
+    "HTTPOptions",
     "HTTPTransport",
     "StreamResponseError",
     "TransportError",
@@ -86,36 +96,81 @@ def stream_response(
     )
 
 
-class HTTPTransport(BaseTransport):
-    """Sync chunked-HTTP client transport: one request over an ``httpx.Client``."""
+#: The media type truss_chains' streaming endpoints answer with (frames without END).
+TRUSS_CHAINS_MEDIA_TYPE: Final = "application/octet-stream"
 
-    def __init__(self, client: httpx.Client, method: str, url: str, **httpx_kwargs: Any) -> None:
-        self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+
+@dataclasses.dataclass(frozen=True)
+class HTTPOptions:
+    """How a chunked-HTTP client reads one stream.
+
+    Attributes:
+        media_type: the content type to ask for (``Accept``) and require; use
+            :data:`TRUSS_CHAINS_MEDIA_TYPE` for truss_chains endpoints.
+        idle_timeout: most seconds to wait for the next whole frame (partial
+            frames do not reset it); None: no limit.
+        total_timeout: most seconds for the whole stream; None: no limit.
+    """
+
+    media_type: str = MEDIA_TYPE
+    idle_timeout: float | None = None
+    total_timeout: float | None = None
+
+
+class _HTTPClient(ClientTransport[ClientT, HTTPOptions]):
+    def _default_options(self) -> HTTPOptions:
+        return HTTPOptions()
+
+    def _prepare(self) -> tuple[FrameClock, tuple[str, str, str, dict[str, Any]]]:
+        opts = self._options
+        clock = FrameClock(opts.idle_timeout, opts.total_timeout)
+        return clock, self._stream_args(opts.media_type, clock)
+
+
+class HTTPTransport(_HTTPClient[httpx.Client], BaseTransport):
+    """Sync chunked-HTTP client transport: one request over an ``httpx.Client``.
+
+    Args:
+        client: the httpx client.
+        method: HTTP method.
+        url: the endpoint.
+        options: media type and time limits (:class:`HTTPOptions`).
+        **httpx_kwargs: passed to ``client.stream``.
+    """
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
         """Open the stream; see :meth:`transports.base.BaseTransport.open_stream`."""
-        kwargs = with_accept(self._kwargs, MEDIA_TYPE)
-        with open_http_stream(self._client, self._method, self._url, MEDIA_TYPE, **kwargs) as r:
-            yield iter_body(r)
+        clock, (method, url, media_type, kwargs) = self._prepare()
+        with contextlib.ExitStack() as stack:
+            response = stack.enter_context(
+                open_http_stream(self._client, method, url, media_type, **kwargs)
+            )
+            yield iter_timed(response, clock, stack, FrameCounter())
 
 
-class AsyncHTTPTransport(AsyncBaseTransport):
-    """Async chunked-HTTP client transport over an ``httpx.AsyncClient``."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, method: str, url: str, **httpx_kwargs: Any
-    ) -> None:
-        self._client, self._method, self._url, self._kwargs = client, method, url, httpx_kwargs
+class AsyncHTTPTransport(_HTTPClient[httpx.AsyncClient], AsyncBaseTransport):
+    """Async chunked-HTTP client transport (``httpx.AsyncClient``); see :class:`HTTPTransport`."""
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open the stream; see :meth:`transports.base.AsyncBaseTransport.open_stream`."""
-        kwargs = with_accept(self._kwargs, MEDIA_TYPE)
-        async with aopen_http_stream(
-            self._client, self._method, self._url, MEDIA_TYPE, **kwargs
-        ) as r:
-            yield aiter_body(r)
+        clock, (method, url, media_type, kwargs) = self._prepare()
+        async with aopen_http_stream(self._client, method, url, media_type, **kwargs) as response:
+            yield aiter_timed(response, clock, FrameCounter())
+
+
+def _options(
+    reader_options: Mapping[str, Any] | None, media_type: str
+) -> tuple[HTTPOptions, dict[str, Any]]:
+    reader = dict(reader_options or {})
+    # The transport holds the time limits: it sees every read, and can cut a sync one.
+    options = HTTPOptions(
+        media_type=media_type,
+        idle_timeout=reader.pop("idle_timeout", None),
+        total_timeout=reader.pop("total_timeout", None),
+    )
+    return options, reader
 
 
 @contextlib.asynccontextmanager
@@ -126,6 +181,7 @@ async def aconnect(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     reader_options: Mapping[str, Any] | None = None,
+    media_type: str = MEDIA_TYPE,
     **httpx_kwargs: Any,
 ) -> AsyncIterator[AsyncStreamReader[ItemT, HeaderTT, FooterTT]]:
     """Open a chunked binary stream and give its typed async reader.
@@ -136,20 +192,28 @@ async def aconnect(
         url: the endpoint serving :func:`stream_response`.
         types: the stream type both sides share.
         reader_options: keyword arguments for :func:`truss_stream.stream_reader`
-            (``max_frame_bytes``, ``copy_arrays``...).
+            (``max_frame_bytes``, ``copy_arrays``, ``require_end``...).
+            ``idle_timeout`` (no whole frame; partial frames do not count) and
+            ``total_timeout`` (the whole stream) are held by the transport.
+        media_type: the content type to require. A truss_chains endpoint:
+            ``media_type=TRUSS_CHAINS_MEDIA_TYPE`` with
+            ``reader_options={"require_end": False}`` (it never writes END).
         **httpx_kwargs: passed to ``client.stream`` (``json=``, ``params=``, ``headers=``...).
 
     Returns:
         An async context manager giving the reader; leaving it closes the response.
 
     Raises:
-        StreamResponseError: an HTTP error status or another content type.
+        StreamResponseError: an HTTP error status, another content type, or a
+            content coding this client did not ask for.
         TransportError: the request failed before a response arrived.
         StreamTruncatedError: (while reading) the connection dropped before END.
+        StreamTimeoutError: (while reading) ``idle_timeout`` or ``total_timeout`` expired.
     """
-    transport = AsyncHTTPTransport(client, method, url, **httpx_kwargs)
-    async with aopen_reader(transport, types, **(reader_options or {})) as reader:
-        yield reader
+    options, reader = _options(reader_options, media_type)
+    transport = AsyncHTTPTransport(client, method, url, options=options, **httpx_kwargs)
+    async with aopen_reader(transport, types, **reader) as stream:
+        yield stream
 
 
 @contextlib.contextmanager
@@ -160,15 +224,11 @@ def connect(
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
     reader_options: Mapping[str, Any] | None = None,
+    media_type: str = MEDIA_TYPE,
     **httpx_kwargs: Any,
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
-    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`.
-
-    ``reader_options["idle_timeout"]`` becomes httpx's read timeout unless ``timeout=``
-    is given: a sync read cannot be interrupted otherwise.
-    """
-    transport = HTTPTransport(
-        client, method, url, **sync_idle_timeout(client, httpx_kwargs, reader_options)
-    )
-    with open_reader(transport, types, **(reader_options or {})) as reader:
-        yield reader
+    """Open a chunked binary stream and give its typed sync reader; see :func:`aconnect`."""
+    options, reader = _options(reader_options, media_type)
+    transport = HTTPTransport(client, method, url, options=options, **httpx_kwargs)
+    with open_reader(transport, types, **reader) as stream:
+        yield stream

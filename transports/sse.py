@@ -21,12 +21,18 @@ typed reader. The encoding (docs/transports.md is the full description)::
   to the same string.
 - Comment lines (``: ping``) keep idle connections alive.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
 
 from __future__ import annotations
+
+from transports._extras import require_extra
+
+require_extra(__name__)
 
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, Final
 
 import anyio
@@ -38,20 +44,34 @@ from truss_stream import (
     AsyncStreamReader,
     Codec,
     StreamReader,
-    StreamTruncatedError,
     StreamTypes,
 )
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import FrameEncoder, Frames, FrameStreamResponse
 from ._httpclient import (
+    ClientT,
+    ClientTransport,
+    FrameClock,
     StreamResponseError,
-    aiter_body,
+    aiter_timed,
     aopen_http_stream,
-    iter_body,
+    iter_timed,
     open_http_stream,
-    sync_idle_timeout,
-    with_accept,
+)
+from ._sse_client import (
+    DONE,
+    POSITION_HEADER,
+    READ,
+    RETRYABLE,
+    STREAM_ID_HEADER,
+    Connect,
+    Failed,
+    Sleep,
+    SSEClientCore,
+    SSEOptions,
+    Step,
+    StreamResumeError,
 )
 from ._sse_events import (
     PING,
@@ -67,8 +87,10 @@ __all__ = [
     "AsyncSSETransport",
     "SSEEventTooLargeError",
     "SSEFrameDecoder",
+    "SSEOptions",
     "SSETransport",
     "StreamResponseError",
+    "StreamResumeError",
     "TransportError",
     "aconnect",
     "connect",
@@ -90,6 +112,7 @@ def sse_response(
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
     first_id: int = 0,
+    stream_id: str | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -107,12 +130,19 @@ def sse_response(
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
         first_id: the ``id:`` of the first event: the position ``frames`` starts
-            at, when resuming (see :func:`resume_position`).
+            at, when resuming (see :func:`resume_position`); sent as the
+            ``Truss-Stream-Position`` header.
+        stream_id: the stream's identity (``Truss-Stream-Id``), the same on every
+            response that serves this stream, so a resuming client can check it
+            got the same stream (docs/transports.md, "Resume integrity").
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
     """
     all_headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    all_headers[POSITION_HEADER] = str(first_id)
+    if stream_id is not None:
+        all_headers[STREAM_ID_HEADER] = stream_id
     all_headers.update(headers or {})
     encode = encode_event if not first_id else _offset(first_id)
     return FrameStreamResponse(
@@ -180,163 +210,126 @@ async def replay_from(frames: Frames, position: int) -> AsyncIterator[bytes | me
             seen += 1
 
 
-class _Resumer:
-    """The reconnect policy of one client stream (``resume_attempts``).
+class _SSEClient(ClientTransport[ClientT, SSEOptions]):
+    """What both drivers share: the request and the options, turned into a core."""
 
-    After the connection drops, the client reconnects with ``Last-Event-ID`` set
-    to the last event it decoded whole; a partial event is discarded, so the reader
-    sees every frame once, in order, if the server replays from that id.
-    """
+    def _default_options(self) -> SSEOptions:
+        return SSEOptions()
 
-    def __init__(self, attempts: int, max_event_bytes: int) -> None:
-        self.decoder = SSEFrameDecoder(max_event_bytes)
-        self.left = attempts
-        self._failures = 0
+    def _core(self) -> SSEClientCore:
+        opts = self._options
+        return SSEClientCore(opts, FrameClock(opts.idle_timeout, opts.total_timeout))
 
-    def retry(self, exc: Exception) -> float:
-        """Decide after ``exc``: the delay before reconnecting, or re-raise ``exc``."""
-        if isinstance(exc, StreamResponseError) or self.left <= 0 or self.decoder.ended:
-            raise exc
-        self.left -= 1
-        self._failures += 1
-        self.decoder.discard_partial()
-        return float(min(0.05 * 2**self._failures, 2.0))
-
-    def headers(self) -> dict[str, str]:
-        last = self.decoder.last_event_id
-        return {} if last is None else {"Last-Event-ID": last}
+    def _connect_args(
+        self, core: SSEClientCore, step: Step
+    ) -> tuple[str, str, str, dict[str, Any]]:
+        assert isinstance(step, Connect)
+        return self._stream_args(MEDIA_TYPE, core.clock, step.headers)
 
 
-class _HTTPSource:
-    """What a transport needs to (re)send its request."""
+class SSETransport(_SSEClient[httpx.Client], BaseTransport):
+    """Sync SSE client transport: one stream over an ``httpx.Client``, frames out one by one.
 
-    def __init__(self, method: str, url: str, kwargs: Mapping[str, Any]) -> None:
-        self.method, self.url, self.kwargs = method, url, kwargs
-
-    def request_kwargs(self, extra_headers: Mapping[str, str]) -> dict[str, Any]:
-        kwargs = with_accept(self.kwargs, MEDIA_TYPE)
-        kwargs["headers"].update(extra_headers)
-        return kwargs
-
-
-class SSETransport(BaseTransport):
-    """Sync SSE client transport: one request over an ``httpx.Client``, frames out.
+    The decisions (parsing, resume and its integrity checks, time limits) are
+    :class:`transports._sse_client.SSEClientCore`'s; this class only does its I/O.
 
     Args:
         client: the httpx client.
         method: HTTP method.
         url: the SSE endpoint.
-        max_event_bytes: bounds one event (see :class:`SSEFrameDecoder`).
-        resume_attempts: reconnections allowed after the connection drops, each
-            sending ``Last-Event-ID`` (the server must replay; see :func:`replay_from`).
+        options: event size limit, resume attempts, idle and total timeouts
+            (:class:`SSEOptions`).
         **httpx_kwargs: passed to ``client.stream``.
     """
-
-    def __init__(
-        self,
-        client: httpx.Client,
-        method: str,
-        url: str,
-        *,
-        max_event_bytes: int | None = None,
-        resume_attempts: int = 0,
-        **httpx_kwargs: Any,
-    ) -> None:
-        self._client = client
-        self._source = _HTTPSource(method, url, httpx_kwargs)
-        self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
-        self._resume_attempts = resume_attempts
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
         """Open the stream; see :meth:`transports.base.BaseTransport.open_stream`."""
-        resumer = _Resumer(self._resume_attempts, self._max_event)
+        core = self._core()
         with contextlib.ExitStack() as stack:
-            response = stack.enter_context(self._open(resumer))
-            yield self._frames(stack, response, resumer)
+            response = stack.enter_context(self._open(core, core.advance()))
+            body = iter_timed(response, core.clock, stack)
 
-    def _open(self, resumer: _Resumer) -> contextlib.AbstractContextManager[httpx.Response]:
-        src = self._source
-        kwargs = src.request_kwargs(resumer.headers())
-        return open_http_stream(self._client, src.method, src.url, MEDIA_TYPE, **kwargs)
-
-    def _frames(
-        self, stack: contextlib.ExitStack, response: httpx.Response, resumer: _Resumer
-    ) -> Iterator[bytes]:
-        decoder = resumer.decoder
-        while True:
-            try:
-                for chunk in iter_body(response):
-                    if frames := decoder.feed(chunk):
-                        yield frames
-                return
-            except (StreamTruncatedError, TransportError) as exc:
-                delay = resumer.retry(exc)
-            while True:
-                time.sleep(delay)
+            def perform(step: Step) -> Any:
+                nonlocal body
                 try:
-                    response = stack.enter_context(self._open(resumer))
-                    break
-                except (StreamTruncatedError, TransportError) as exc:
-                    delay = resumer.retry(exc)
+                    if step is READ:
+                        return next(body, None)
+                    if isinstance(step, Sleep):
+                        time.sleep(step.seconds)
+                        return None
+                    new = stack.enter_context(self._open(core, step))
+                    body = iter_timed(new, core.clock, stack)
+                    return new.headers
+                except RETRYABLE as exc:
+                    return Failed(exc)
+
+            def frames(reply: Any) -> Iterator[bytes]:
+                while (step := core.advance(reply)) is not DONE:
+                    # Frames go to the reader (which sends nothing back); other steps are I/O.
+                    reply = (yield step) if type(step) is bytes else perform(step)
+
+            yield frames(response.headers)
+
+    def _open(self, core: SSEClientCore, step: Step) -> AbstractContextManager[httpx.Response]:
+        method, url, media_type, kwargs = self._connect_args(core, step)
+        return open_http_stream(self._client, method, url, media_type, **kwargs)
 
 
-class AsyncSSETransport(AsyncBaseTransport):
+class AsyncSSETransport(_SSEClient[httpx.AsyncClient], AsyncBaseTransport):
     """Async SSE client transport over an ``httpx.AsyncClient``; see :class:`SSETransport`."""
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        method: str,
-        url: str,
-        *,
-        max_event_bytes: int | None = None,
-        resume_attempts: int = 0,
-        **httpx_kwargs: Any,
-    ) -> None:
-        self._client = client
-        self._source = _HTTPSource(method, url, httpx_kwargs)
-        self._max_event = max_event_bytes or max_event_bytes_for(DEFAULT_MAX_FRAME_BYTES)
-        self._resume_attempts = resume_attempts
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open the stream; see :meth:`transports.base.AsyncBaseTransport.open_stream`."""
-        resumer = _Resumer(self._resume_attempts, self._max_event)
+        core = self._core()
         async with contextlib.AsyncExitStack() as stack:
-            response = await stack.enter_async_context(self._open(resumer))
-            yield self._frames(stack, response, resumer)
+            response = await stack.enter_async_context(self._open(core, core.advance()))
+            body = aiter_timed(response, core.clock)
 
-    def _open(self, resumer: _Resumer) -> contextlib.AbstractAsyncContextManager[httpx.Response]:
-        src = self._source
-        kwargs = src.request_kwargs(resumer.headers())
-        return aopen_http_stream(self._client, src.method, src.url, MEDIA_TYPE, **kwargs)
-
-    async def _frames(
-        self, stack: contextlib.AsyncExitStack, response: httpx.Response, resumer: _Resumer
-    ) -> AsyncIterator[bytes]:
-        decoder = resumer.decoder
-        while True:
-            try:
-                async for chunk in aiter_body(response):
-                    if frames := decoder.feed(chunk):
-                        yield frames
-                return
-            except (StreamTruncatedError, TransportError) as exc:
-                delay = resumer.retry(exc)
-            while True:
-                await anyio.sleep(delay)
+            async def perform(step: Step) -> Any:
+                nonlocal body
                 try:
-                    response = await stack.enter_async_context(self._open(resumer))
-                    break
-                except (StreamTruncatedError, TransportError) as exc:
-                    delay = resumer.retry(exc)
+                    if step is READ:
+                        return await anext(body, None)
+                    if isinstance(step, Sleep):
+                        await anyio.sleep(step.seconds)
+                        return None
+                    new = await stack.enter_async_context(self._open(core, step))
+                except RETRYABLE as exc:
+                    return Failed(exc)
+                body = aiter_timed(new, core.clock)
+                return new.headers
+
+            async def frames(reply: Any) -> AsyncIterator[bytes]:
+                while (step := core.advance(reply)) is not DONE:
+                    if type(step) is bytes:
+                        reply = yield step  # the reader sends nothing back
+                    else:
+                        reply = await perform(step)
+
+            yield frames(response.headers)
+
+    def _open(self, core: SSEClientCore, step: Step) -> AbstractAsyncContextManager[httpx.Response]:
+        method, url, media_type, kwargs = self._connect_args(core, step)
+        return aopen_http_stream(self._client, method, url, media_type, **kwargs)
 
 
-def _event_limit(reader_options: Mapping[str, Any] | None) -> int:
+def _options(
+    reader_options: Mapping[str, Any] | None, resume_attempts: int
+) -> tuple[SSEOptions, dict[str, Any]]:
+    """Split ``connect``'s arguments: the transport's options, and the reader's."""
+    reader = dict(reader_options or {})
     # An event carries one frame: the reader's frame limit sets the event limit.
-    max_frame = (reader_options or {}).get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)
-    return max_event_bytes_for(max_frame)
+    max_frame = reader.get("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES)
+    options = SSEOptions(
+        max_event_bytes=max_event_bytes_for(max_frame),
+        resume_attempts=resume_attempts,
+        # The transport holds the time limits: it alone knows frames from pings.
+        idle_timeout=reader.pop("idle_timeout", None),
+        total_timeout=reader.pop("total_timeout", None),
+    )
+    return options, reader
 
 
 @contextlib.asynccontextmanager
@@ -358,30 +351,30 @@ async def aconnect(
         url: the SSE endpoint.
         types: the stream type both sides share.
         reader_options: keyword arguments for :func:`truss_stream.stream_reader`
-            (``max_frame_bytes``, ``copy_arrays``...).
+            (``max_frame_bytes``, ``copy_arrays``...). ``idle_timeout`` and
+            ``total_timeout`` are held by the transport: idle means no *frame*
+            (pings and partial events do not count), total bounds the whole stream.
         resume_attempts: how many times to reconnect, with ``Last-Event-ID``, after
-            the connection drops mid-stream (default 0: the drop raises). Only for
-            servers that replay from that id (:func:`resume_position`).
+            the connection drops mid-stream or the server goes away (default 0: the
+            drop raises). Each resumed response is checked to continue the same
+            stream at the right position (docs/transports.md, "Resume integrity").
         **httpx_kwargs: passed to ``client.stream`` (``json=``, ``params=``, ``headers=``...).
 
     Returns:
         An async context manager giving the reader; leaving it closes the response.
 
     Raises:
-        StreamResponseError: an HTTP error status or a non-SSE response.
+        StreamResponseError: an HTTP error status, a non-SSE response, or a
+            content coding this client did not ask for.
         TransportError: the request failed before a response arrived.
         StreamTruncatedError: (while reading) the connection dropped before END.
+        StreamResumeError: (while reading) a resumed response is not the same stream.
+        StreamTimeoutError: (while reading) ``idle_timeout`` or ``total_timeout`` expired.
     """
-    transport = AsyncSSETransport(
-        client,
-        method,
-        url,
-        max_event_bytes=_event_limit(reader_options),
-        resume_attempts=resume_attempts,
-        **httpx_kwargs,
-    )
-    async with aopen_reader(transport, types, **(reader_options or {})) as reader:
-        yield reader
+    options, reader = _options(reader_options, resume_attempts)
+    transport = AsyncSSETransport(client, method, url, options=options, **httpx_kwargs)
+    async with aopen_reader(transport, types, **reader) as stream:
+        yield stream
 
 
 @contextlib.contextmanager
@@ -397,16 +390,10 @@ def connect(
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
     """Open an SSE stream and give its typed sync reader; see :func:`aconnect`.
 
-    ``reader_options["idle_timeout"]`` becomes httpx's read timeout unless ``timeout=``
-    is given: a sync read cannot be interrupted otherwise.
+    The time limits hold for a sync reader too: a watchdog thread cuts a read
+    that passes its deadline (docs/transports.md, "Time limits").
     """
-    transport = SSETransport(
-        client,
-        method,
-        url,
-        max_event_bytes=_event_limit(reader_options),
-        resume_attempts=resume_attempts,
-        **sync_idle_timeout(client, httpx_kwargs, reader_options),
-    )
-    with open_reader(transport, types, **(reader_options or {})) as reader:
-        yield reader
+    options, reader = _options(reader_options, resume_attempts)
+    transport = SSETransport(client, method, url, options=options, **httpx_kwargs)
+    with open_reader(transport, types, **reader) as stream:
+        yield stream

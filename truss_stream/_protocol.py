@@ -22,7 +22,6 @@ from ._codec import MsgpackLimits, decode_error, decode_model
 from ._errors import (
     FrameTooLargeError,
     MalformedFrameError,
-    RemoteStreamError,
     StreamConsumedError,
     StreamOrderError,
     StreamTruncatedError,
@@ -351,8 +350,7 @@ class ReaderCore:
                 frame = _END
             self._peeked = frame
         if frame.kind is FrameKind.ERROR:
-            remote_type, message = decode_error(frame.codec, frame.payload, self._limits)
-            raise RemoteStreamError(remote_type, message)
+            raise decode_error(frame.codec, frame.payload, self._limits)
         return frame
 
     def _decode(self, model_type: Any, frame: Frame) -> Any:
@@ -447,7 +445,9 @@ class ReaderCore:
             self._ended = True
             return DONE
         # HEADER: only ever the first frame (the decoder has counted it already)
-        if self._header_read or self._types.header_type is None or self._decoder.frames > 1:
+        if self._types.header_type is None:
+            raise MalformedFrameError("a HEADER frame on a stream type without a header")
+        if self._header_read or self._decoder.frames > 1:
             raise MalformedFrameError("a HEADER frame after the stream's first frame")
         # Nothing was consumed: read_header() and then read_items() still work.
         self._items_started = False

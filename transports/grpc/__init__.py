@@ -14,6 +14,11 @@ Client::
 
 ``connect`` is the sync twin over ``grpc``. See docs/grpc.md.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
+
+from transports._extras import require_extra
+
+require_extra(__name__)
 
 from ._client import (
     AsyncGrpcTransport,

@@ -7,6 +7,11 @@
 - :func:`triton_frames` / :func:`triton_stream_types`: their results as a typed
   truss_stream stream (header, items, footer), to re-serve on any transport.
 """
+# ruff: noqa: E402 - the extra is checked before the imports that need it
+
+from transports._extras import require_extra
+
+require_extra(__name__)
 
 from . import multimodal_pb2, multimodal_pb2_grpc
 from ._client_errors import TritonClientError
