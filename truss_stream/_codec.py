@@ -23,6 +23,8 @@ import pydantic_core
 
 from ._errors import (
     MalformedFrameError,
+    RemoteStreamError,
+    ServerGoingAwayError,
     StreamError,
     UnknownExtError,
     UnsupportedValueError,
@@ -199,9 +201,28 @@ def encode_msgpack(encoder: MsgpackEncoder, tag_byte: int, model: pydantic.BaseM
     return encoder.encode(tag_byte, data)
 
 
-def encode_error(codec: Codec, exc: BaseException) -> bytes:
-    """An ERROR frame carrying ``exc``'s type name and message."""
-    body = {"type": type(exc).__name__, "message": str(exc)}
+#: The message of an ERROR frame whose details the server withheld.
+REDACTED_MESSAGE: Final = "details withheld by the server"
+
+
+def encode_error(
+    codec: Codec, exc: BaseException, *, error_id: str | None = None, expose: bool = True
+) -> bytes:
+    """An ERROR frame carrying ``exc``'s type name and message.
+
+    ``error_id`` adds the id the server logged the failure under; ``expose=False``
+    replaces the message with :data:`REDACTED_MESSAGE`. A
+    :class:`ServerGoingAwayError` is marked with ``"reason": "going_away"``.
+    """
+    body: dict[str, str] = {
+        "type": type(exc).__name__,
+        "message": str(exc) if expose else REDACTED_MESSAGE,
+    }
+    if isinstance(exc, ServerGoingAwayError):
+        body["message"] = exc.remote_message
+        body["reason"] = ServerGoingAwayError.REASON
+    if error_id is not None:
+        body["error_id"] = error_id
     if codec is Codec.JSON:
         payload = json.dumps(body).encode()
     else:
@@ -395,8 +416,12 @@ def decode_model(
     return validator.validate_python(data)
 
 
-def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tuple[str, str]:
-    """(type name, message) from an ERROR frame's payload."""
+def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> StreamError:
+    """The exception an ERROR frame's payload describes, ready to raise.
+
+    A :class:`ServerGoingAwayError` for ``"reason": "going_away"``, otherwise a
+    :class:`RemoteStreamError`; unknown keys are ignored (newer writers may add some).
+    """
     body: Any
     if codec is Codec.JSON:
         try:
@@ -411,4 +436,9 @@ def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tu
         and isinstance(body.get("message"), str)
     ):
         raise MalformedFrameError("ERROR frame payload must be {type: str, message: str}")
-    return body["type"], body["message"]
+    error_id = body.get("error_id")
+    if not isinstance(error_id, str):
+        error_id = None
+    if body.get("reason") == ServerGoingAwayError.REASON:
+        return ServerGoingAwayError(body["type"], body["message"], error_id=error_id)
+    return RemoteStreamError(body["type"], body["message"], error_id=error_id)

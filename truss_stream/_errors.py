@@ -14,6 +14,8 @@ is a :class:`StreamError`, which is a :class:`ValueError`::
     │   └── UnknownExtError     a msgpack ext code, or an array dtype, it does not know
     ├── StreamTimeoutError      idle or total timeout (also a TimeoutError)
     ├── RemoteStreamError       the producer failed and said so with an ERROR frame
+    │   └── ServerGoingAwayError  the server shut down and ended the stream (retryable:
+    │                           the same request, or a resume, may succeed elsewhere)
     └── UnsupportedValueError   the writer was given a value it cannot put on the wire
                                 (object or void arrays, for example)
 
@@ -30,6 +32,7 @@ __all__ = [
     "FrameTooLargeError",
     "MalformedFrameError",
     "RemoteStreamError",
+    "ServerGoingAwayError",
     "StreamConsumedError",
     "StreamError",
     "StreamOrderError",
@@ -98,10 +101,42 @@ class RemoteStreamError(StreamError):
 
     Attributes:
         remote_type: the exception class name on the producer's side.
-        remote_message: the producer's message.
+        remote_message: the producer's message (a placeholder when the server
+            redacts errors).
+        error_id: the id under which the server logged the failure, when it sent
+            one (servers that redact errors always do); quote it to the operator.
     """
 
-    def __init__(self, remote_type: str, remote_message: str) -> None:
-        super().__init__(f"remote {remote_type}: {remote_message}")
+    def __init__(
+        self, remote_type: str, remote_message: str, *, error_id: str | None = None
+    ) -> None:
+        text = f"remote {remote_type}: {remote_message}"
+        if error_id is not None and error_id not in remote_message:
+            text += f" (error id {error_id})"
+        super().__init__(text)
         self.remote_type = remote_type
         self.remote_message = remote_message
+        self.error_id = error_id
+
+
+class ServerGoingAwayError(RemoteStreamError):
+    """The server is shutting down and ended the stream before its end.
+
+    Sent as an ERROR frame whose payload carries ``"reason": "going_away"``
+    (docs/wire-format.md, section 5). The stream is incomplete but nothing went
+    wrong with the request: a client may retry it, or resume it where the
+    transport supports that, against another (or the restarted) server.
+    A server raises or passes this exception itself to say so.
+    """
+
+    #: The ERROR payload's ``reason`` value that marks this error on the wire.
+    REASON = "going_away"
+
+    def __init__(
+        self,
+        remote_type: str = "ServerGoingAwayError",
+        remote_message: str = "the server is shutting down",
+        *,
+        error_id: str | None = None,
+    ) -> None:
+        super().__init__(remote_type, remote_message, error_id=error_id)

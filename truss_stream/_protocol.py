@@ -22,7 +22,6 @@ from ._codec import MsgpackLimits, decode_error, decode_model
 from ._errors import (
     FrameTooLargeError,
     MalformedFrameError,
-    RemoteStreamError,
     StreamConsumedError,
     StreamOrderError,
     StreamTruncatedError,
@@ -351,8 +350,7 @@ class ReaderCore:
                 frame = _END
             self._peeked = frame
         if frame.kind is FrameKind.ERROR:
-            remote_type, message = decode_error(frame.codec, frame.payload, self._limits)
-            raise RemoteStreamError(remote_type, message)
+            raise decode_error(frame.codec, frame.payload, self._limits)
         return frame
 
     def _decode(self, model_type: Any, frame: Frame) -> Any:

@@ -177,9 +177,22 @@ def end_frame(codec: Codec = Codec.MSGPACK) -> bytes:
     return pack_tag(FrameKind.END, codec, 0)
 
 
-def error_frame(exc: BaseException, codec: Codec = Codec.MSGPACK) -> bytes:
-    """An ERROR frame carrying ``exc``, for transports that catch a producer's failure."""
-    return encode_error(codec, exc)
+def error_frame(
+    exc: BaseException,
+    codec: Codec = Codec.MSGPACK,
+    *,
+    error_id: str | None = None,
+    expose: bool = True,
+) -> bytes:
+    """An ERROR frame carrying ``exc``, for transports that catch a producer's failure.
+
+    Args:
+        exc: the failure; a :class:`ServerGoingAwayError` is marked as such on the wire.
+        codec: the frame's codec.
+        error_id: the id the server logged the failure under (sent to the reader).
+        expose: False sends the exception's type but withholds its message.
+    """
+    return encode_error(codec, exc, error_id=error_id, expose=expose)
 
 
 def frame_info(frame: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec]:
