@@ -44,6 +44,7 @@ from truss_stream import (
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import FrameEncoder, Frames, FrameStreamResponse
+from ._compression import Compression
 from ._httpclient import (
     StreamResponseError,
     aiter_body,
@@ -61,6 +62,7 @@ from ._sse_events import (
     max_event_bytes_for,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
+from .shutdown import GracefulShutdown
 
 __all__ = [
     "MEDIA_TYPE",
@@ -90,6 +92,10 @@ def sse_response(
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
     first_id: int = 0,
+    expose_errors: bool = True,
+    shutdown: GracefulShutdown | None = None,
+    compression: Compression | None = None,
+    compression_level: int | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -99,13 +105,24 @@ def sse_response(
     text body (or the status and detail of a Starlette ``HTTPException``).
 
     Args:
-        frames: the writer's frames, an async iterable (or a plain iterable).
+        frames: the writer's frames, an async iterable, or a plain iterable (run in
+            a worker thread, so it may block).
         ping_interval: seconds of silence before a ``: ping`` comment; None: never.
         send_timeout: seconds a send may block on a client that stops reading
             before the stream is aborted and the producer closed; None: wait forever.
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
+        expose_errors: False withholds a failed producer's message from the client,
+            which gets the exception's type and an error id; the server logs the
+            full error with that id (logger ``truss_stream.server``) either way.
+        shutdown: a :class:`transports.shutdown.GracefulShutdown`: once it begins,
+            this stream ends with a going-away ERROR frame after its grace period
+            and new streams get 503.
+        compression: ``"gzip"``, ``"zstd"`` (extra ``zstd``) or ``"auto"`` to
+            compress the body when the client accepts it, flushed after each batch
+            of frames; None (default): identity.
+        compression_level: the coding's level (default gzip 1, zstd 3).
         first_id: the ``id:`` of the first event: the position ``frames`` starts
             at, when resuming (see :func:`resume_position`).
 
@@ -124,6 +141,10 @@ def sse_response(
         ping_interval=ping_interval,
         ping_bytes=PING,
         default_codec=default_codec,
+        expose_errors=expose_errors,
+        shutdown=shutdown,
+        compression=compression,
+        compression_level=compression_level,
     )
 
 
