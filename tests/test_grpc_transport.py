@@ -19,6 +19,7 @@ import pytest
 from transports.grpc import (
     ClientTLS,
     FrameStreamService,
+    GrpcClientOptions,
     GrpcOptions,
     GrpcStatusError,
     GrpcTransport,
@@ -28,6 +29,7 @@ from transports.grpc import (
     connect,
     create_channel,
     serve_in_thread,
+    start_server,
 )
 from transports.grpc._wire import (
     build_descriptor_pool,
@@ -41,6 +43,7 @@ from truss_stream import (
     RemoteStreamError,
     ServerGoingAwayError,
     StreamError,
+    StreamTimeoutError,
     StreamTruncatedError,
     stream_reader,
     stream_types,
@@ -641,3 +644,82 @@ def test_producer_runs_once_per_call_and_calls_are_independent(target: str) -> N
         thread.join()
     assert results == [4, 4, 4, 4]
     assert time.perf_counter() - started < 10
+
+
+# Timeouts and the one options object ------------------------------------------------------
+
+KEEPALIVE = GrpcOptions(keepalive_time_ms=100, keepalive_timeout_ms=1000, min_ping_interval_ms=50)
+
+
+def _read_all_sync(target: str, body: bytes, **kwargs: Any) -> None:
+    with connect(target, "HeaderThenSleeps", TYPES, request=body, **kwargs) as reader:
+        reader.read_header()
+        list(reader.read_items())
+
+
+async def _read_all_async(target: str, body: bytes, **kwargs: Any) -> None:
+    async with aconnect(target, "HeaderThenSleeps", TYPES, request=body, **kwargs) as reader:
+        await reader.read_header()
+        async for _ in reader.read_items():
+            pass
+
+
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+def test_sync_timeouts_hold_while_keepalive_pings_flow(limit: str) -> None:
+    # The producer sends its header, then nothing for 60 s; HTTP/2 pings every 100 ms
+    # are not frames. Before, a sync read with only total_timeout blocked in next().
+    service = FrameStreamService({"HeaderThenSleeps": header_then_sleeps})
+    with (
+        serve_in_thread(service, options=KEEPALIVE, grace=0) as running,
+        pytest.raises(StreamTimeoutError, match=limit),
+    ):
+        _read_all_sync(running.target, b"60", options=KEEPALIVE, **{limit: 0.5})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+async def test_async_timeouts_hold_while_keepalive_pings_flow(limit: str) -> None:
+    service = FrameStreamService({"HeaderThenSleeps": header_then_sleeps})
+    running = await start_server(service, options=KEEPALIVE, reflection=False)
+    try:
+        with pytest.raises(StreamTimeoutError, match=limit):
+            await _read_all_async(running.target, b"60", options=KEEPALIVE, **{limit: 0.5})
+    finally:
+        await running.stop(0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_total_timeout_bounds_a_steady_endless_stream(target: str, mode: str) -> None:
+    # Frames keep coming (the idle limit never fires); the total limit still does.
+    def read_sync() -> None:
+        with connect(target, "Endless", TYPES, total_timeout=0.5, idle_timeout=5) as reader:
+            reader.read_header()
+            list(reader.read_items())
+
+    async def read_async() -> None:
+        async with aconnect(target, "Endless", TYPES, total_timeout=0.5) as reader:
+            await reader.read_header()
+            async for _ in reader.read_items():
+                pass
+
+    with pytest.raises(StreamTimeoutError, match="total_timeout"):
+        read_sync() if mode == "sync" else asyncio.run(read_async())
+
+
+def test_client_options_object_and_keywords_are_the_same_call(target: str) -> None:
+    opts = GrpcClientOptions(request=b"2", timeout=10)
+    with connect(target, "Tensors", TYPES, client_options=opts) as reader:
+        assert reader.read_header().count == 2
+    # Keywords apply on top of the object.
+    with connect(target, "Tensors", TYPES, client_options=opts, request=b"4") as reader:
+        assert reader.read_header().count == 4
+    transport = GrpcTransport(target, "Tensors", client_options=opts, options=KEEPALIVE)
+    assert transport.options.channel_options is KEEPALIVE
+    assert transport.options.request == b"2"
+
+
+def test_client_options_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        GrpcClientOptions(idle_timeout=0)
+    with pytest.raises(TypeError, match="unknown gRPC client option"):
+        GrpcClientOptions().with_kwargs(retries=3)  # type: ignore[call-arg]

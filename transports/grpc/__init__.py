@@ -17,6 +17,9 @@ Client::
 
 from ._client import (
     AsyncGrpcTransport,
+    GrpcCallKwargs,
+    GrpcClientOptions,
+    GrpcConnectKwargs,
     GrpcStatusError,
     GrpcStreamTruncatedError,
     GrpcTransport,
@@ -42,6 +45,9 @@ __all__ = [
     "AsyncGrpcTransport",
     "ClientTLS",
     "FrameStreamService",
+    "GrpcCallKwargs",
+    "GrpcClientOptions",
+    "GrpcConnectKwargs",
     "GrpcOptions",
     "GrpcStatusError",
     "GrpcStreamTruncatedError",
