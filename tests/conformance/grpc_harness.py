@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from transports.base import AsyncBaseTransport, BaseTransport
 
-from .harness import ProducerFactory, ServedStream, TransportHarness
+from .harness import (
+    ClientSettings,
+    ParamProducer,
+    ProducerFactory,
+    ServedApp,
+    ServedStream,
+    TransportHarness,
+)
 
 _TIMEOUT = 30.0
 
@@ -23,6 +31,31 @@ class _Served(ServedStream):
         self._handle.kill()
 
 
+class _ServedApp(ServedApp):
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self.address = handle.target
+        self.port = handle.port
+
+    def kill(self) -> None:
+        self._handle.kill()
+
+
+def _call_kwargs(settings: ClientSettings | None) -> dict[str, Any]:
+    """gRPC's settings for the transport-neutral ones."""
+    from transports.grpc import GrpcOptions
+
+    settings = settings or ClientSettings()
+    kwargs: dict[str, Any] = {"timeout": settings.timeout, **settings.reader}
+    if settings.connect_timeout is not None:
+        kwargs.update(timeout=settings.connect_timeout, wait_for_ready=True)
+    elif settings.read_timeout is not None:
+        kwargs["timeout"] = settings.read_timeout
+    if settings.private_connection:
+        kwargs["options"] = GrpcOptions(extra=[("grpc.use_local_subchannel_pool", 1)])
+    return kwargs
+
+
 class GrpcHarness(TransportHarness):
     """One FrameStreamService method, ``Stream``, serving ``producer_factory()``."""
 
@@ -30,6 +63,47 @@ class GrpcHarness(TransportHarness):
 
     def __init__(self) -> None:
         self._target = ""
+
+    @contextlib.contextmanager
+    def serve_params(self, producer: ParamProducer, **response_options: Any) -> Iterator[ServedApp]:
+        from transports.grpc import FrameStreamService, serve_in_thread
+
+        def produce(body: bytes, context: Any) -> AsyncIterator[bytes | memoryview]:
+            return producer(json.loads(body or b"{}"))
+
+        service = FrameStreamService({"Stream": produce}, **response_options)
+        with serve_in_thread(service, reflection=False, health=False, grace=0) as handle:
+            yield _ServedApp(handle)
+
+    def address_in(self, *, http_url: str, grpc_target: str) -> str:
+        return grpc_target
+
+    def address_at(self, port: int) -> str:
+        return f"127.0.0.1:{port}"
+
+    def connect(
+        self,
+        address: str,
+        types: Any,
+        params: Mapping[str, Any],
+        settings: ClientSettings | None = None,
+    ) -> contextlib.AbstractContextManager[Any]:
+        from transports import grpc as tgrpc
+
+        request = json.dumps(dict(params)).encode()
+        return tgrpc.connect(address, "Stream", types, request=request, **_call_kwargs(settings))
+
+    def aconnect(
+        self,
+        address: str,
+        types: Any,
+        params: Mapping[str, Any],
+        settings: ClientSettings | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        from transports import grpc as tgrpc
+
+        request = json.dumps(dict(params)).encode()
+        return tgrpc.aconnect(address, "Stream", types, request=request, **_call_kwargs(settings))
 
     @contextlib.contextmanager
     def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:

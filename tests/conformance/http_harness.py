@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -16,7 +17,14 @@ from starlette.routing import Route
 from transports import http, sse
 from transports.base import AsyncBaseTransport, BaseTransport
 
-from .harness import ProducerFactory, ServedStream, TransportHarness
+from .harness import (
+    ClientSettings,
+    ParamProducer,
+    ProducerFactory,
+    ServedApp,
+    ServedStream,
+    TransportHarness,
+)
 
 _TIMEOUT = httpx.Timeout(30.0)
 
@@ -27,6 +35,25 @@ class _Served(ServedStream):
 
     def kill(self) -> None:
         self.server.kill()
+
+
+class _ServedApp(ServedApp):
+    def __init__(self, server: LiveServer, address: str) -> None:
+        self.server = server
+        self.address = address
+        self.port = server.port
+
+    def kill(self) -> None:
+        self.server.kill()
+
+
+def _httpx_timeout(settings: ClientSettings) -> httpx.Timeout:
+    whole = settings.timeout
+    return httpx.Timeout(
+        whole,
+        connect=settings.connect_timeout if settings.connect_timeout is not None else whole,
+        read=settings.read_timeout if settings.read_timeout is not None else whole,
+    )
 
 
 class _OwnClient(BaseTransport):
@@ -59,11 +86,63 @@ class _AsyncOwnClient(AsyncBaseTransport):
 
 class _StarletteHarness(TransportHarness):
     respond: Callable[..., Response]
+    module: ModuleType
     sync_cls: Any
     async_cls: Any
 
     def __init__(self) -> None:
         self._url = ""
+
+    @contextlib.contextmanager
+    def serve_params(self, producer: ParamProducer, **response_options: Any) -> Iterator[ServedApp]:
+        respond = type(self).respond
+
+        async def endpoint(request: Request) -> Response:
+            return respond(producer(dict(request.query_params)), **response_options)
+
+        app = Starlette(routes=[Route(f"/{self.name}", endpoint)])
+        with live_server(app) as server:
+            yield _ServedApp(server, f"{server.url}/{self.name}")
+
+    def address_in(self, *, http_url: str, grpc_target: str) -> str:
+        return f"{http_url}/{self.name}"
+
+    def address_at(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}/{self.name}"
+
+    @contextlib.contextmanager
+    def connect(
+        self,
+        address: str,
+        types: Any,
+        params: Mapping[str, Any],
+        settings: ClientSettings | None = None,
+    ) -> Iterator[Any]:
+        settings = settings or ClientSettings()
+        with (
+            httpx.Client(timeout=_httpx_timeout(settings)) as client,
+            self.module.connect(
+                client, "GET", address, types, params=dict(params), reader_options=settings.reader
+            ) as reader,
+        ):
+            yield reader
+
+    @contextlib.asynccontextmanager
+    async def aconnect(
+        self,
+        address: str,
+        types: Any,
+        params: Mapping[str, Any],
+        settings: ClientSettings | None = None,
+    ) -> AsyncIterator[Any]:
+        settings = settings or ClientSettings()
+        async with (
+            httpx.AsyncClient(timeout=_httpx_timeout(settings)) as client,
+            self.module.aconnect(
+                client, "GET", address, types, params=dict(params), reader_options=settings.reader
+            ) as reader,
+        ):
+            yield reader
 
     @contextlib.contextmanager
     def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:
@@ -87,6 +166,7 @@ class _StarletteHarness(TransportHarness):
 class SSEHarness(_StarletteHarness):
     name = "sse"
     respond = staticmethod(sse.sse_response)
+    module = sse
     sync_cls = sse.SSETransport
     async_cls = sse.AsyncSSETransport
 
@@ -94,6 +174,7 @@ class SSEHarness(_StarletteHarness):
 class HTTPHarness(_StarletteHarness):
     name = "http"
     respond = staticmethod(http.stream_response)
+    module = http
     sync_cls = http.HTTPTransport
     async_cls = http.AsyncHTTPTransport
 
