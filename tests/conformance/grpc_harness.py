@@ -99,11 +99,21 @@ class GrpcHarness(TransportHarness):
         types: Any,
         params: Mapping[str, Any],
         settings: ClientSettings | None = None,
+        *,
+        client: Any = None,
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         from transports import grpc as tgrpc
 
         request = json.dumps(dict(params)).encode()
-        return tgrpc.aconnect(address, "Stream", types, request=request, **_call_kwargs(settings))
+        channel = client if client is not None else address
+        return tgrpc.aconnect(channel, "Stream", types, request=request, **_call_kwargs(settings))
+
+    @contextlib.asynccontextmanager
+    async def async_client(self, address: str, *, max_streams: int) -> AsyncIterator[Any]:
+        from transports.grpc import acreate_channel
+
+        async with acreate_channel(address) as channel:
+            yield channel
 
     @contextlib.contextmanager
     def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:
@@ -116,6 +126,10 @@ class GrpcHarness(TransportHarness):
         with serve_in_thread(service, grace=0) as handle:
             self._target = handle.target
             yield _Served(handle)
+
+    @property
+    def address(self) -> str:
+        return self._target
 
     def sync_transport(self) -> BaseTransport:
         from transports.grpc import GrpcTransport

@@ -59,7 +59,8 @@ class ClientSettings:
     Attributes:
         reader: ``truss_stream.stream_reader`` keywords (``idle_timeout``,
             ``total_timeout``, ``max_frame_bytes``...), as users pass them.
-        timeout: the overall budget of the request (httpx's timeout; gRPC's deadline).
+        timeout: the overall budget of the request (httpx's timeout; gRPC's deadline);
+            None: no limit.
         connect_timeout: how long to wait for a connection (httpx connect timeout;
             gRPC: a deadline with ``wait_for_ready=True``, else gRPC fails fast).
         read_timeout: how long to wait for the server to answer (httpx read timeout;
@@ -69,7 +70,7 @@ class ClientSettings:
     """
 
     reader: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    timeout: float = 30.0
+    timeout: float | None = 30.0
     connect_timeout: float | None = None
     read_timeout: float | None = None
     private_connection: bool = False
@@ -117,10 +118,29 @@ class TransportHarness(abc.ABC):
         types: Any,
         params: Mapping[str, Any],
         settings: ClientSettings | None = None,
+        *,
+        client: Any = None,
     ) -> contextlib.AbstractAsyncContextManager[Any]:
-        """The transport's ``aconnect``, as a user calls it: gives the async reader."""
+        """The transport's ``aconnect``, as a user calls it: gives the async reader.
+
+        ``client``: one from :meth:`async_client`, shared by many streams (else each
+        stream has its own).
+        """
+
+    @abc.abstractmethod
+    def async_client(
+        self, address: str, *, max_streams: int
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A client many concurrent :meth:`aconnect` calls share, as a loaded user's
+        would (``httpx.AsyncClient`` with room for ``max_streams`` connections, one
+        ``grpc.aio`` channel)."""
 
     # The conformance suite's part --------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def address(self) -> str:
+        """The address of the stream :meth:`serve` serves (inside it), for :meth:`connect`."""
 
     @abc.abstractmethod
     def serve(

@@ -134,15 +134,35 @@ class _StarletteHarness(TransportHarness):
         types: Any,
         params: Mapping[str, Any],
         settings: ClientSettings | None = None,
+        *,
+        client: Any = None,
     ) -> AsyncIterator[Any]:
         settings = settings or ClientSettings()
-        async with (
-            httpx.AsyncClient(timeout=_httpx_timeout(settings)) as client,
-            self.module.aconnect(
-                client, "GET", address, types, params=dict(params), reader_options=settings.reader
-            ) as reader,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(timeout=_httpx_timeout(settings))
+                )
+            reader = await stack.enter_async_context(
+                self.module.aconnect(
+                    client,
+                    "GET",
+                    address,
+                    types,
+                    params=dict(params),
+                    reader_options=settings.reader,
+                )
+            )
             yield reader
+
+    def async_client(
+        self, address: str, *, max_streams: int
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        room = max_streams + 10
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0),
+            limits=httpx.Limits(max_connections=room, max_keepalive_connections=room),
+        )
 
     @contextlib.contextmanager
     def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:
@@ -153,6 +173,10 @@ class _StarletteHarness(TransportHarness):
         with live_server(app) as server:
             self._url = f"{server.url}/stream"
             yield _Served(server)
+
+    @property
+    def address(self) -> str:
+        return self._url
 
     def sync_transport(self) -> BaseTransport:
         url, cls = self._url, self.sync_cls

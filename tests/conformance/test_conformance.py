@@ -1,12 +1,16 @@
-"""One suite, every transport: harnesses x {sync, async} x {msgpack, json}.
+"""One suite, every transport: harnesses x {sync, async} x {seam, connect} x codecs.
 
 Each test serves a producer from a real server on loopback (harness.py) and reads
-it back through the transport's client and the typed reader.
+it back through the transport's client and the typed reader, two ways: through the
+transport seam (``open_reader`` over ``harness.sync_transport()``, modes ``sync`` /
+``async``) and through the transport's own ``connect`` / ``aconnect`` as users call
+them (modes ``sync-connect`` / ``async-connect``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -65,9 +69,27 @@ def harness(request: pytest.FixtureRequest) -> TransportHarness:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "sync-connect", "async-connect"])
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+def open_sync(
+    harness: TransportHarness, mode: str, types: Any
+) -> contextlib.AbstractContextManager[Any]:
+    """A sync reader for ``mode``: the seam, or the transport's ``connect``."""
+    if mode == "sync-connect":
+        return harness.connect(harness.address, types, {})
+    return open_reader(harness.sync_transport(), types)
+
+
+def open_async(
+    harness: TransportHarness, mode: str, types: Any
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """An async reader for ``mode``: the seam, or the transport's ``aconnect``."""
+    if mode == "async-connect":
+        return harness.aconnect(harness.address, types, {})
+    return aopen_reader(harness.async_transport(), types)
 
 
 @pytest.fixture(params=["msgpack", "json"])
@@ -92,8 +114,8 @@ def read_stream(
     """
     has_header = types.header_type is not None
     has_footer = types.footer_type is not None
-    if mode == "sync":
-        with open_reader(harness.sync_transport(), types) as reader:
+    if mode.startswith("sync"):
+        with open_sync(harness, mode, types) as reader:
             header = reader.read_header() if has_header else None
             items = []
             for item in reader.read_items():
@@ -104,7 +126,7 @@ def read_stream(
             return header, items, footer
 
     async def main() -> tuple[Any, list[Any], Any]:
-        async with aopen_reader(harness.async_transport(), types) as reader:
+        async with open_async(harness, mode, types) as reader:
             header = await reader.read_header() if has_header else None
             items = []
             async for item in reader.read_items():
@@ -229,8 +251,8 @@ def test_client_going_away_closes_the_producer(
             closed.set()
 
     with harness.serve(produce):
-        if mode == "sync":
-            with open_reader(harness.sync_transport(), types) as reader:
+        if mode.startswith("sync"):
+            with open_sync(harness, mode, types) as reader:
                 reader.read_header()
                 for item in reader.read_items():
                     if item.index == 3:
@@ -238,7 +260,7 @@ def test_client_going_away_closes_the_producer(
         else:
 
             async def main() -> None:
-                async with aopen_reader(harness.async_transport(), types) as reader:
+                async with open_async(harness, mode, types) as reader:
                     await reader.read_header()
                     async for item in reader.read_items():
                         if item.index == 3:
