@@ -36,10 +36,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from benchmarks.bench_http import WORDS, Small, Tensor
 from benchmarks.machine import machine_lines
+from benchmarks.run import format_table
 from transports import http, sse
 from transports.sse import SSEFrameDecoder
-from truss_stream import NDArray, stream_reader, stream_types, stream_writer
+from truss_stream import stream_reader, stream_types, stream_writer
 
 SMALL_ITEMS = int(os.environ.get("BENCH_COMPRESSION_SMALL_ITEMS", "5000"))
 TENSOR_ITEMS = int(os.environ.get("BENCH_COMPRESSION_TENSOR_ITEMS", "12"))
@@ -50,17 +52,6 @@ CODINGS: tuple[str | None, ...] = (None, "gzip", "zstd")
 RESULTS = Path(__file__).parent / "results" / "compression.md"
 
 
-class Small(pydantic.BaseModel):
-    index: int
-    score: float
-    words: list[str]
-
-
-class Tensor(pydantic.BaseModel):
-    index: int
-    data: NDArray
-
-
 class Tick(pydantic.BaseModel):
     index: int
     sent_ns: int
@@ -69,7 +60,6 @@ class Tick(pydantic.BaseModel):
 SMALL = stream_types(Small)
 TENSOR = stream_types(Tensor)
 TICK = stream_types(Tick)
-WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 RNG = np.random.default_rng(0)
 DATA = {
     "ramp": np.linspace(0, 1, TENSOR_FLOATS, dtype=np.float32),
@@ -88,7 +78,7 @@ async def small_frames() -> AsyncIterator[bytes]:
 async def tensor_frames(kind: str) -> AsyncIterator[bytes | memoryview]:
     writer = stream_writer(TENSOR)
     for i in range(TENSOR_ITEMS):
-        yield writer.yield_item(Tensor(index=i, data=DATA[kind]))
+        yield writer.yield_item(Tensor(index=i, tensor=DATA[kind]))
 
 
 async def tick_frames() -> AsyncIterator[bytes]:
@@ -111,7 +101,7 @@ def app() -> Starlette:
         else:
             frames = tensor_frames(what)
         respond = sse.sse_response if q["transport"] == "sse" else http.stream_response
-        return respond(frames, compression=coding)  # type: ignore[operator]
+        return respond(frames, compression=coding)
 
     return Starlette(routes=[Route("/", endpoint)])
 
@@ -209,8 +199,8 @@ async def measure() -> list[dict[str, Any]]:
                 "throughput": f"{rate:,.0f} items/s ({rate / identity_rate:.2f}x identity)",
             }
         )
-    for (transport, name), values in latencies.items():
-        ordered = sorted(values)
+    for (transport, name), ms in latencies.items():
+        ordered = sorted(ms)
         rows.append(
             {
                 "benchmark": f"compression {transport}, latency (item every 10 ms)",
@@ -223,34 +213,27 @@ async def measure() -> list[dict[str, Any]]:
     return rows
 
 
+_HOW = (
+    "uvicorn[standard] in a thread of the client's process, async httpx, loopback; median of "
+    "{repeats} rounds, codings taking turns; gzip level 1, zstd level 3 (the defaults). "
+    "`ratio` is identity's wire bytes over the coding's (higher: smaller); `notes` has "
+    "throughput and latency. Load average at the end: {load} (2 cores shared with other "
+    "jobs: absolute figures move with the load). Produced by "
+    "`python -m benchmarks.bench_compression`."
+)
+
+
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "# Streaming compression benchmarks",
-        "",
-        *machine_lines(),
-        f"- load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
-        "(2 cores shared with other jobs: absolute figures move with the load)",
-        "",
-        f"uvicorn[standard] in a thread of the client's process, async httpx, loopback; "
-        f"median of {REPEATS} rounds, codings taking turns. gzip level 1, zstd level 3 "
-        "(the defaults). Produced by `python -m benchmarks.bench_compression`.",
-        "",
-        "| benchmark | variant | value | unit | bytes saved | notes |",
-        "|---|---|---:|---|---:|---|",
-    ]
-    for r in rows:
-        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['variant']} | {r['value']:,.2f} | {r['unit']} | "
-            f"{ratio} | {r.get('throughput', '')} |"
-        )
-    return "\n".join(lines) + "\n"
+    """The results file: the machine, how it was measured, the table."""
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    how = _HOW.format(repeats=REPEATS, load=load)
+    lines = ["# Streaming compression benchmarks", "", *machine_lines(), "", how, ""]
+    return "\n".join(lines + format_table(rows)) + "\n"
 
 
 def run() -> list[dict[str, Any]]:
-    """Run every measurement, write benchmarks/results/compression.md, return the rows."""
+    """Measure, write benchmarks/results/compression.md, return the rows."""
     rows = asyncio.run(measure())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(to_markdown(rows))
     return rows
 

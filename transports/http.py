@@ -77,16 +77,9 @@ def stream_response(
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
-        expose_errors: False withholds a failed producer's message from the client,
-            which gets the exception's type and an error id; the server logs the
-            full error with that id (logger ``truss_stream.server``) either way.
-        shutdown: a :class:`transports.shutdown.GracefulShutdown`: once it begins,
-            this stream ends with a going-away ERROR frame after its grace period
-            and new streams get 503.
-        compression: ``"gzip"``, ``"zstd"`` (extra ``zstd``) or ``"auto"`` to
-            compress the body when the client accepts it, flushed after each batch
-            of frames; None (default): identity.
-        compression_level: the coding's level (default gzip 1, zstd 3).
+        expose_errors, shutdown, compression, compression_level: as for
+            :func:`transports.sse.sse_response` (redaction, graceful shutdown,
+            per-batch streaming compression).
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).

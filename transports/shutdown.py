@@ -84,12 +84,7 @@ class GracefulShutdown:
     async def wait_until_due(self) -> None:
         """Return when open streams must end: the grace period after :meth:`begin`."""
         if self._deadline is None:
-            event = anyio.Event()
-            self._waiters.add(event)
-            try:
-                await event.wait()
-            finally:
-                self._waiters.discard(event)
+            await _wait_on(self._waiters)
         assert self._deadline is not None
         await anyio.sleep(max(self._deadline - time.monotonic(), 0.0))
 
@@ -108,12 +103,7 @@ class GracefulShutdown:
     async def wait_idle(self) -> None:
         """Return once no stream is open."""
         while self._open:
-            event = anyio.Event()
-            self._idle.add(event)
-            try:
-                await event.wait()
-            finally:
-                self._idle.discard(event)
+            await _wait_on(self._idle)
 
     def uvicorn_server(self, config: uvicorn.Config) -> uvicorn.Server:
         """A ``uvicorn.Server`` that calls :meth:`begin` as its shutdown starts.
@@ -132,3 +122,13 @@ class GracefulShutdown:
                 await super().shutdown(sockets)
 
         return _DrainingServer(config)
+
+
+async def _wait_on(waiters: set[anyio.Event]) -> None:
+    """Wait until someone sets the events in ``waiters`` (one is added for this wait)."""
+    event = anyio.Event()
+    waiters.add(event)
+    try:
+        await event.wait()
+    finally:
+        waiters.discard(event)

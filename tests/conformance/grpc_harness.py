@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from transports.base import AsyncBaseTransport, BaseTransport
 
-from .harness import (
-    ClientSettings,
-    ParamProducer,
-    ProducerFactory,
-    ServedApp,
-    ServedStream,
-    TransportHarness,
-)
+from . import harness as h
 
 _TIMEOUT = 30.0
 
 
-class _Served(ServedStream):
+class _Served(h.ServedStream):
     def __init__(self, handle: Any) -> None:
         self._handle = handle
 
@@ -31,7 +24,7 @@ class _Served(ServedStream):
         self._handle.kill()
 
 
-class _ServedApp(ServedApp):
+class _ServedApp(h.ServedApp):
     def __init__(self, handle: Any) -> None:
         self._handle = handle
         self.address = handle.target
@@ -41,12 +34,16 @@ class _ServedApp(ServedApp):
         self._handle.kill()
 
 
-def _call_kwargs(settings: ClientSettings | None) -> dict[str, Any]:
-    """gRPC's settings for the transport-neutral ones."""
+def _call_kwargs(call: h.StreamCall) -> dict[str, Any]:
+    """gRPC's keywords for the call: the request, and its transport-neutral settings."""
     from transports.grpc import GrpcOptions
 
-    settings = settings or ClientSettings()
-    kwargs: dict[str, Any] = {"timeout": settings.timeout, **settings.reader}
+    settings = call.settings
+    kwargs: dict[str, Any] = {
+        "request": json.dumps(dict(call.params)).encode(),
+        "timeout": settings.timeout,
+        **settings.reader,
+    }
     if settings.connect_timeout is not None:
         kwargs.update(timeout=settings.connect_timeout, wait_for_ready=True)
     elif settings.read_timeout is not None:
@@ -56,7 +53,7 @@ def _call_kwargs(settings: ClientSettings | None) -> dict[str, Any]:
     return kwargs
 
 
-class GrpcHarness(TransportHarness):
+class GrpcHarness(h.TransportHarness):
     """One FrameStreamService method, ``Stream``, serving ``producer_factory()``."""
 
     name = "grpc"
@@ -65,7 +62,9 @@ class GrpcHarness(TransportHarness):
         self._target = ""
 
     @contextlib.contextmanager
-    def serve_params(self, producer: ParamProducer, **response_options: Any) -> Iterator[ServedApp]:
+    def serve_params(
+        self, producer: h.ParamProducer, **response_options: Any
+    ) -> Iterator[h.ServedApp]:
         from transports.grpc import FrameStreamService, serve_in_thread
 
         def produce(body: bytes, context: Any) -> AsyncIterator[bytes | memoryview]:
@@ -81,32 +80,18 @@ class GrpcHarness(TransportHarness):
     def address_at(self, port: int) -> str:
         return f"127.0.0.1:{port}"
 
-    def connect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-    ) -> contextlib.AbstractContextManager[Any]:
+    def connect(self, call: h.StreamCall) -> contextlib.AbstractContextManager[Any]:
         from transports import grpc as tgrpc
 
-        request = json.dumps(dict(params)).encode()
-        return tgrpc.connect(address, "Stream", types, request=request, **_call_kwargs(settings))
+        return tgrpc.connect(call.address, "Stream", call.types, **_call_kwargs(call))
 
     def aconnect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-        *,
-        client: Any = None,
+        self, call: h.StreamCall, *, client: Any = None
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         from transports import grpc as tgrpc
 
-        request = json.dumps(dict(params)).encode()
-        channel = client if client is not None else address
-        return tgrpc.aconnect(channel, "Stream", types, request=request, **_call_kwargs(settings))
+        channel = client if client is not None else call.address
+        return tgrpc.aconnect(channel, "Stream", call.types, **_call_kwargs(call))
 
     @contextlib.asynccontextmanager
     async def async_client(self, address: str, *, max_streams: int) -> AsyncIterator[Any]:
@@ -116,7 +101,7 @@ class GrpcHarness(TransportHarness):
             yield channel
 
     @contextlib.contextmanager
-    def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:
+    def serve(self, producer_factory: h.ProducerFactory) -> Iterator[h.ServedStream]:
         from transports.grpc import FrameStreamService, serve_in_thread
 
         def produce(body: bytes, context: Any) -> AsyncIterator[bytes | memoryview]:
@@ -142,7 +127,7 @@ class GrpcHarness(TransportHarness):
         return AsyncGrpcTransport(self._target, "Stream", timeout=_TIMEOUT)
 
 
-def harnesses() -> list[TransportHarness]:
+def harnesses() -> list[h.TransportHarness]:
     try:
         import grpc  # noqa: F401
     except ModuleNotFoundError:

@@ -76,6 +76,16 @@ class ClientSettings:
     private_connection: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamCall:
+    """One stream to open: where, its stream type, the producer's parameters, the limits."""
+
+    address: str
+    types: Any
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    settings: ClientSettings = dataclasses.field(default_factory=ClientSettings)
+
+
 class TransportHarness(abc.ABC):
     """Serves producers over one transport and opens client transports to them."""
 
@@ -102,24 +112,12 @@ class TransportHarness(abc.ABC):
         """The address of the same endpoint on ``127.0.0.1:port`` (a proxy, a black hole)."""
 
     @abc.abstractmethod
-    def connect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-    ) -> contextlib.AbstractContextManager[Any]:
+    def connect(self, call: StreamCall) -> contextlib.AbstractContextManager[Any]:
         """The transport's sync ``connect``, as a user calls it: gives the reader."""
 
     @abc.abstractmethod
     def aconnect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-        *,
-        client: Any = None,
+        self, call: StreamCall, *, client: Any = None
     ) -> contextlib.AbstractAsyncContextManager[Any]:
         """The transport's ``aconnect``, as a user calls it: gives the async reader.
 

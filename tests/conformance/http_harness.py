@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -23,6 +23,7 @@ from .harness import (
     ProducerFactory,
     ServedApp,
     ServedStream,
+    StreamCall,
     TransportHarness,
 )
 
@@ -54,6 +55,10 @@ def _httpx_timeout(settings: ClientSettings) -> httpx.Timeout:
         connect=settings.connect_timeout if settings.connect_timeout is not None else whole,
         read=settings.read_timeout if settings.read_timeout is not None else whole,
     )
+
+
+def _kwargs(call: StreamCall) -> dict[str, Any]:
+    return {"params": dict(call.params), "reader_options": call.settings.reader}
 
 
 class _OwnClient(BaseTransport):
@@ -111,49 +116,23 @@ class _StarletteHarness(TransportHarness):
         return f"http://127.0.0.1:{port}/{self.name}"
 
     @contextlib.contextmanager
-    def connect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-    ) -> Iterator[Any]:
-        settings = settings or ClientSettings()
+    def connect(self, call: StreamCall) -> Iterator[Any]:
         with (
-            httpx.Client(timeout=_httpx_timeout(settings)) as client,
-            self.module.connect(
-                client, "GET", address, types, params=dict(params), reader_options=settings.reader
-            ) as reader,
+            httpx.Client(timeout=_httpx_timeout(call.settings)) as client,
+            self.module.connect(client, "GET", call.address, call.types, **_kwargs(call)) as r,
         ):
-            yield reader
+            yield r
 
     @contextlib.asynccontextmanager
-    async def aconnect(
-        self,
-        address: str,
-        types: Any,
-        params: Mapping[str, Any],
-        settings: ClientSettings | None = None,
-        *,
-        client: Any = None,
-    ) -> AsyncIterator[Any]:
-        settings = settings or ClientSettings()
+    async def aconnect(self, call: StreamCall, *, client: Any = None) -> AsyncIterator[Any]:
         async with contextlib.AsyncExitStack() as stack:
             if client is None:
                 client = await stack.enter_async_context(
-                    httpx.AsyncClient(timeout=_httpx_timeout(settings))
+                    httpx.AsyncClient(timeout=_httpx_timeout(call.settings))
                 )
-            reader = await stack.enter_async_context(
-                self.module.aconnect(
-                    client,
-                    "GET",
-                    address,
-                    types,
-                    params=dict(params),
-                    reader_options=settings.reader,
-                )
+            yield await stack.enter_async_context(
+                self.module.aconnect(client, "GET", call.address, call.types, **_kwargs(call))
             )
-            yield reader
 
     def async_client(
         self, address: str, *, max_streams: int

@@ -10,7 +10,6 @@ them (modes ``sync-connect`` / ``async-connect``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,7 +29,7 @@ from truss_stream import (
     stream_writer,
 )
 
-from .harness import HARNESSES, TransportHarness
+from .harness import HARNESSES, StreamCall, TransportHarness
 
 
 class Header(pydantic.BaseModel):
@@ -74,27 +73,20 @@ def mode(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
 
-def open_sync(
-    harness: TransportHarness, mode: str, types: Any
-) -> contextlib.AbstractContextManager[Any]:
-    """A sync reader for ``mode``: the seam, or the transport's ``connect``."""
-    if mode == "sync-connect":
-        return harness.connect(harness.address, types, {})
-    return open_reader(harness.sync_transport(), types)
-
-
-def open_async(
-    harness: TransportHarness, mode: str, types: Any
-) -> contextlib.AbstractAsyncContextManager[Any]:
-    """An async reader for ``mode``: the seam, or the transport's ``aconnect``."""
-    if mode == "async-connect":
-        return harness.aconnect(harness.address, types, {})
-    return aopen_reader(harness.async_transport(), types)
-
-
 @pytest.fixture(params=["msgpack", "json"])
 def codec(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+def open_stream(harness: TransportHarness, mode: str, types: Any) -> Any:
+    """The reader's context manager for ``mode``: over the seam, or the transport's
+    own ``connect`` / ``aconnect`` (sync modes give a sync one, async an async one)."""
+    if mode.endswith("connect"):
+        call = StreamCall(harness.address, types)
+        return harness.connect(call) if mode == "sync-connect" else harness.aconnect(call)
+    if mode == "sync":
+        return open_reader(harness.sync_transport(), types)
+    return aopen_reader(harness.async_transport(), types)
 
 
 Action = Callable[[], None]
@@ -115,7 +107,7 @@ def read_stream(
     has_header = types.header_type is not None
     has_footer = types.footer_type is not None
     if mode.startswith("sync"):
-        with open_sync(harness, mode, types) as reader:
+        with open_stream(harness, mode, types) as reader:
             header = reader.read_header() if has_header else None
             items = []
             for item in reader.read_items():
@@ -126,7 +118,7 @@ def read_stream(
             return header, items, footer
 
     async def main() -> tuple[Any, list[Any], Any]:
-        async with open_async(harness, mode, types) as reader:
+        async with open_stream(harness, mode, types) as reader:
             header = await reader.read_header() if has_header else None
             items = []
             async for item in reader.read_items():
@@ -252,7 +244,7 @@ def test_client_going_away_closes_the_producer(
 
     with harness.serve(produce):
         if mode.startswith("sync"):
-            with open_sync(harness, mode, types) as reader:
+            with open_stream(harness, mode, types) as reader:
                 reader.read_header()
                 for item in reader.read_items():
                     if item.index == 3:
@@ -260,7 +252,7 @@ def test_client_going_away_closes_the_producer(
         else:
 
             async def main() -> None:
-                async with open_async(harness, mode, types) as reader:
+                async with open_stream(harness, mode, types) as reader:
                     await reader.read_header()
                     async for item in reader.read_items():
                         if item.index == 3:

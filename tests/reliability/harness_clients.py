@@ -17,7 +17,13 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from conformance.harness import HARNESSES, ClientSettings, ServedApp, TransportHarness
+from conformance.harness import (
+    HARNESSES,
+    ClientSettings,
+    ServedApp,
+    StreamCall,
+    TransportHarness,
+)
 from reliability_helpers import TYPES, Tracker, params_of, produce
 
 from truss_stream import StreamError
@@ -26,6 +32,7 @@ __all__ = [
     "HARNESSES",
     "MODES",
     "ClientSettings",
+    "StreamCall",
     "each_harness",
     "read_stream",
     "served",
@@ -60,13 +67,13 @@ def read_stream(
     codec: str = "msgpack",
 ) -> tuple[BaseException | None, float, int]:
     """Read a whole stream (header, items, footer); return (error, seconds, items read)."""
-    types = TYPES[codec]
+    call = StreamCall(address, TYPES[codec], params, settings or ClientSettings())
     count = 0
     started = time.monotonic()
 
     async def aread() -> None:
         nonlocal count
-        async with harness.aconnect(address, types, params, settings) as r:
+        async with harness.aconnect(call) as r:
             await r.read_header()
             async for _ in r.read_items():
                 count += 1
@@ -74,7 +81,7 @@ def read_stream(
 
     def sread() -> None:
         nonlocal count
-        with harness.connect(address, types, params, settings) as r:
+        with harness.connect(call) as r:
             r.read_header()
             for _ in r.read_items():
                 count += 1

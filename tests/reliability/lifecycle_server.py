@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
-from reliability_helpers import TYPES, Header, Item
+from reliability_helpers import endless_frames
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -29,52 +29,43 @@ from starlette.routing import Route
 
 from transports import http, sse
 from transports.shutdown import GracefulShutdown
-from truss_stream import stream_writer
 
 
 async def endless() -> AsyncIterator[bytes]:
-    writer = stream_writer(TYPES["msgpack"])
-    yield writer.yield_header(Header(stream=0, n=-1))
-    i = 0
-    while True:
-        yield writer.yield_item(Item(index=i, stream=0))
-        i += 1
+    for frame in endless_frames():
+        yield frame
         await asyncio.sleep(0.05)
 
 
 def endless_sync() -> Iterator[bytes]:
-    writer = stream_writer(TYPES["msgpack"])
-    yield writer.yield_header(Header(stream=0, n=-1))
-    i = 0
-    while True:
-        yield writer.yield_item(Item(index=i, stream=0))
-        i += 1
+    for frame in endless_frames():
+        yield frame
         time.sleep(0.05)
 
 
 def app(drain: GracefulShutdown | None) -> Starlette:
     options: dict[str, Any] = {"shutdown": drain} if drain is not None else {}
+    streams: dict[str, tuple[Callable[..., Response], Callable[[], Any]]] = {
+        "/sse": (sse.sse_response, endless),
+        "/sync-sse": (sse.sse_response, endless_sync),
+        "/http": (http.stream_response, endless),
+    }
 
-    async def sse_endpoint(request: Request) -> Response:
-        return sse.sse_response(endless(), ping_interval=None, **options)
+    def endpoint(path: str) -> Callable[[Request], Awaitable[Response]]:
+        respond, frames = streams[path]
 
-    async def sync_sse_endpoint(request: Request) -> Response:
-        return sse.sse_response(endless_sync(), ping_interval=None, **options)
+        async def serve(request: Request) -> Response:
+            if respond is sse.sse_response:
+                return respond(frames(), ping_interval=None, **options)
+            return respond(frames(), **options)
 
-    async def http_endpoint(request: Request) -> Response:
-        return http.stream_response(endless(), **options)
+        return serve
 
     async def ping(request: Request) -> Response:
         return PlainTextResponse("pong")
 
-    return Starlette(
-        routes=[
-            Route("/sse", sse_endpoint),
-            Route("/sync-sse", sync_sse_endpoint),
-            Route("/http", http_endpoint),
-            Route("/ping", ping),
-        ]
-    )
+    routes = [Route(path, endpoint(path)) for path in streams]
+    return Starlette(routes=[*routes, Route("/ping", ping)])
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conformance.harness import TransportHarness, harness_named
-from harness_clients import HARNESSES, ClientSettings, each_harness, served
+from harness_clients import HARNESSES, ClientSettings, StreamCall, each_harness, served
 from reliability_helpers import TYPES, CutProxy, Tracker, subprocess_server
 
 from truss_stream import StreamError, StreamTruncatedError
@@ -55,7 +55,7 @@ async def aread(
     # channels to one target, and a stream could ride an earlier, uncut one.
     settings = ClientSettings(timeout=timeout, private_connection=True)
     try:
-        async with harness.aconnect(address, TYPES[codec], params, settings) as reader:
+        async with harness.aconnect(StreamCall(address, TYPES[codec], params, settings)) as reader:
             await _drain(reader, out, on_item)
     except StreamError as exc:
         out.error = exc
@@ -88,7 +88,7 @@ def sread(
     """The sync client twin of :func:`aread` (for a thread)."""
     params = {"stream": stream, "n": n, "delay": delay}
     try:
-        with harness.connect(address, TYPES["msgpack"], params) as reader:
+        with harness.connect(StreamCall(address, TYPES["msgpack"], params)) as reader:
             _sdrain(reader, out, started)
     except StreamError as exc:
         out.error = exc
@@ -235,7 +235,7 @@ def test_grpc_stalled_consumer_does_not_let_the_producer_run_ahead() -> None:
 
     async def main(target: str) -> tuple[int, int, int]:
         params = {"stream": 1, "n": -1, "floats": floats}
-        async with harness.aconnect(target, TYPES["msgpack"], params) as reader:
+        async with harness.aconnect(StreamCall(target, TYPES["msgpack"], params)) as reader:
             await reader.read_header()
             await asyncio.sleep(0.7)
             ahead_1s = tracker.produced
@@ -268,7 +268,7 @@ def test_http_stalled_httpx_consumer_is_bounded_then_aborted(name: str) -> None:
     async def main(address: str) -> tuple[int, int, BaseException | None]:
         params = {"stream": 1, "n": -1, "floats": floats}
         error = None
-        async with harness.aconnect(address, TYPES["msgpack"], params) as reader:
+        async with harness.aconnect(StreamCall(address, TYPES["msgpack"], params)) as reader:
             await reader.read_header()
             await asyncio.sleep(0.3)
             ahead = tracker.produced

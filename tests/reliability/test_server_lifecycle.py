@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from live_server import live_server
-from reliability_helpers import HERE, ROOT, TYPES, Header, Item
+from reliability_helpers import (
+    TYPES,
+    Header,
+    Item,
+    SubprocessServer,
+    endless_frames,
+    subprocess_server,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -53,13 +57,9 @@ class Gate:
             self.closed.set()
 
     def endless(self) -> Iterator[bytes]:
-        writer = ts.stream_writer(TYPES["msgpack"])
         try:
-            yield writer.yield_header(Header(stream=0, n=-1))
-            i = 0
-            while True:
-                yield writer.yield_item(Item(index=i, stream=0))
-                i += 1
+            for frame in endless_frames():
+                yield frame
                 time.sleep(0.02)
         finally:
             self.closed.set()
@@ -146,26 +146,8 @@ def test_grpc_a_sync_producer_is_closed_when_the_client_cancels() -> None:
 # 2. Graceful shutdown ----------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def lifecycle_server(*args: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "lifecycle_server.py"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("READY"), line
-        yield proc, f"http://127.0.0.1:{line.split()[1]}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
+def lifecycle_server(*args: str) -> contextlib.AbstractContextManager[SubprocessServer]:
+    return subprocess_server(*args, script="lifecycle_server.py")
 
 
 def _read_until_error(module: Any, url: str, started: threading.Event) -> BaseException | None:
@@ -182,7 +164,8 @@ def _read_until_error(module: Any, url: str, started: threading.Event) -> BaseEx
 
 
 def test_sigterm_ends_open_streams_with_server_going_away_and_the_process_exits() -> None:
-    with lifecycle_server("--drain", "1") as (proc, url):
+    with lifecycle_server("--drain", "1") as server:
+        proc, url = server.proc, server.http_url
         paths = [(sse, "/sse"), (sse, "/sync-sse"), (http, "/http")]
         results: list[BaseException | None] = [None] * len(paths)
         started = [threading.Event() for _ in paths]
@@ -212,7 +195,8 @@ def test_without_the_recipe_uvicorn_cancels_and_the_stream_reads_truncated() -> 
     # Plain `uvicorn --timeout-graceful-shutdown 1`: uvicorn cancels the stream once
     # its timeout is over and closes the connection mid-body; the client is told the
     # stream is truncated, never that it completed (the recipe gives going-away).
-    with lifecycle_server("--timeout-graceful-shutdown", "1") as (proc, url):
+    with lifecycle_server("--timeout-graceful-shutdown", "1") as server:
+        proc, url = server.proc, server.http_url
         started = threading.Event()
         result: list[BaseException | None] = [None]
 

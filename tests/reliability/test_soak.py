@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 from conformance.harness import TransportHarness
-from harness_clients import ClientSettings, each_harness
+from harness_clients import ClientSettings, StreamCall, each_harness
 from reliability_helpers import TYPES, SubprocessServer, subprocess_server
 from test_faults import Proxy, free_port, settings
 
@@ -82,10 +82,8 @@ async def _one_stream(
     result.expected += n
     try:
         # No deadline: a soak stream runs as long as the soak.
-        settings = ClientSettings(timeout=None)
-        async with harness.aconnect(
-            address, TYPES["msgpack"], params, settings, client=client
-        ) as reader:
+        call = StreamCall(address, TYPES["msgpack"], params, ClientSettings(timeout=None))
+        async with harness.aconnect(call, client=client) as reader:
             header = await reader.read_header()
             assert header.stream == stream
             expect = 0

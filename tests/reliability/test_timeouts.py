@@ -35,7 +35,7 @@ import grpc
 import httpx
 import pytest
 from conformance.harness import TransportHarness, harness_named
-from harness_clients import MODES, ClientSettings, each_harness, read_stream, served
+from harness_clients import MODES, ClientSettings, StreamCall, each_harness, read_stream, served
 from reliability_helpers import TYPES
 
 from transports.base import TransportError
@@ -184,7 +184,9 @@ def test_sync_idle_timeout_ignores_a_slow_consumer(harness: TransportHarness) ->
     settings = ClientSettings(reader={"idle_timeout": 0.2})
     with (
         served(harness) as app,
-        harness.connect(app.address, TYPES["msgpack"], {"stream": 1, "n": 3}, settings) as reader,
+        harness.connect(
+            StreamCall(app.address, TYPES["msgpack"], {"stream": 1, "n": 3}, settings)
+        ) as reader,
     ):
         reader.read_header()
         items = []
