@@ -16,7 +16,9 @@ import numpy as np
 import pydantic
 import pytest
 
+from transports.base import aopen_reader
 from transports.grpc import (
+    AsyncGrpcTransport,
     ClientTLS,
     FrameStreamService,
     GrpcClientOptions,
@@ -723,3 +725,19 @@ def test_client_options_refuse_bad_values() -> None:
         GrpcClientOptions(idle_timeout=0)
     with pytest.raises(TypeError, match="unknown gRPC client option"):
         GrpcClientOptions().with_kwargs(retries=3)  # type: ignore[call-arg]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+async def test_async_transport_enforces_its_own_timeouts(target: str, limit: str) -> None:
+    # The transport alone (no reader limits), as the seam's users hold it.
+    transport = AsyncGrpcTransport(target, "HeaderThenSleeps", request=b"20", **{limit: 0.5})
+
+    async def read_all() -> None:
+        async with aopen_reader(transport, TYPES) as reader:
+            await reader.read_header()
+            async for _ in reader.read_items():
+                pass
+
+    with pytest.raises(StreamTimeoutError, match=limit):
+        await read_all()

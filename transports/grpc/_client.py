@@ -17,9 +17,10 @@ when the stream is opened, as an HTTP error status would.
 Timeouts: ``idle_timeout`` is the most seconds between two messages (one message is
 one frame; HTTP/2 keepalive pings are not messages and do not count) and
 ``total_timeout`` bounds the whole stream. Both raise
-:class:`truss_stream.StreamTimeoutError`, sync and async: the async reader times
-each message itself; the sync driver runs a watchdog thread that cancels a call
-blocked past either limit (a blocking ``next()`` cannot be interrupted otherwise).
+:class:`truss_stream.StreamTimeoutError`, sync and async, from the core's one
+deadline: the async driver bounds each message wait by the core's budget; the sync
+driver runs a watchdog thread that cancels a call blocked past either limit (a
+blocking ``next()`` cannot be interrupted otherwise).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import anyio
 import grpc
 import grpc.aio
 from typing_extensions import TypedDict, Unpack
@@ -220,7 +222,10 @@ class _CallCore:
             (WIRE_METADATA_KEY, RAW_WIRE),
         )
         self.started = False
-        self.timed_out: str | None = None  # "idle" / "total", set by the sync watchdog
+        self.timed_out: str | None = None  # "idle" / "total", once a limit passed
+        total = options.total_timeout
+        self.deadline = None if total is None else time.monotonic() + total
+        self._total_binds = False
 
     def call_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for the stub's unary-stream call."""
@@ -237,24 +242,42 @@ class _CallCore:
 
     def failed(self, exc: grpc.RpcError) -> Exception:
         """The exception to raise for a call that ended with ``exc``."""
+        if self.timed_out is not None:
+            return self.timeout_error()
+        error = _status_error(self.path, exc)
+        return _cut_short(error) if self.started else error
+
+    def budget(self) -> float | None:
+        """Seconds the next message may take, or None for no limit (the async driver)."""
+        idle = self.options.idle_timeout
+        if self.deadline is None:
+            self._total_binds = False
+            return idle
+        left = max(self.deadline - time.monotonic(), 0.0)
+        # Which limit this budget is, for timeout_error(): a timer may fire a hair
+        # before the deadline, so "now >= deadline" could name the wrong one.
+        self._total_binds = idle is None or left <= idle
+        return left if idle is None else min(left, idle)
+
+    def timeout_error(self) -> StreamTimeoutError:
+        """The error for a limit that passed (``timed_out``, else whichever it was)."""
+        if self.timed_out is None:
+            self.timed_out = "total" if self._total_binds else "idle"
         if self.timed_out == "total":
             return StreamTimeoutError(
                 f"the stream took longer than total_timeout={self.options.total_timeout}s "
                 f"on {self.path}"
             )
-        if self.timed_out == "idle":
-            return StreamTimeoutError(
-                f"no message for idle_timeout={self.options.idle_timeout}s on {self.path}"
-            )
-        error = _status_error(self.path, exc)
-        return _cut_short(error) if self.started else error
+        return StreamTimeoutError(
+            f"no message for idle_timeout={self.options.idle_timeout}s on {self.path}"
+        )
 
     def watchdog(self, call: Any) -> _Watchdog | None:
         """For the sync driver: a thread enforcing the timeouts, or None if none are set."""
         idle, total = self.options.idle_timeout, self.options.total_timeout
         if idle is None and total is None:
             return None
-        return _Watchdog(self, call, idle, total)
+        return _Watchdog(self, call, idle)
 
 
 class _Watchdog:
@@ -265,13 +288,12 @@ class _Watchdog:
     and the time since the call started.
     """
 
-    def __init__(self, core: _CallCore, call: Any, idle: float | None, total: float | None) -> None:
+    def __init__(self, core: _CallCore, call: Any, idle: float | None) -> None:
         self._core = core
         self._idle = idle
-        self._deadline = None if total is None else time.monotonic() + total
         self.waiting_since: float | None = None
         self._stop = threading.Event()
-        periods = [p for p in (idle, total) if p is not None]
+        periods = [p for p in (idle, core.options.total_timeout) if p is not None]
         self._tick = min(min(periods) / 4, 0.25)
         self._thread = threading.Thread(
             target=self._run, args=(call,), name="grpc-timeout-watchdog", daemon=True
@@ -281,7 +303,8 @@ class _Watchdog:
     def _run(self, call: Any) -> None:
         while not self._stop.wait(self._tick):
             now = time.monotonic()
-            if self._deadline is not None and now > self._deadline:
+            deadline = self._core.deadline
+            if deadline is not None and now > deadline:
                 self._core.timed_out = "total"
             since = self.waiting_since
             if self._idle is not None and since is not None and now - since > self._idle:
@@ -374,8 +397,8 @@ class AsyncGrpcTransport(AsyncBaseTransport):
     """Async transport over ``grpc.aio``: the other driver of the same core.
 
     Takes the arguments of :class:`GrpcTransport`; ``channel`` is an open
-    ``grpc.aio.Channel`` (left open) or a target string. ``idle_timeout`` and
-    ``total_timeout`` are enforced by the async reader (``aconnect`` passes them).
+    ``grpc.aio.Channel`` (left open) or a target string. It enforces
+    ``idle_timeout`` and ``total_timeout`` itself, per message.
     """
 
     def __init__(
@@ -415,8 +438,14 @@ class AsyncGrpcTransport(AsyncBaseTransport):
 
 
 async def _anext(core: _CallCore, messages: AsyncIterator[bytes]) -> bytes | None:
+    budget = core.budget()
     try:
-        return core.message(await messages.__anext__())
+        if budget is None:
+            return core.message(await messages.__anext__())
+        with anyio.fail_after(budget):
+            return core.message(await messages.__anext__())
+    except TimeoutError:
+        raise core.timeout_error() from None
     except StopAsyncIteration:
         return None
     except grpc.RpcError as exc:
