@@ -18,6 +18,14 @@ transport-specific function. What it adds over Starlette's ``StreamingResponse``
   ``ping_interval`` seconds.
 - Frames produced back to back are coalesced into one send of up to 64 KiB;
   a frame is never held back while the producer is waiting (see ``_ResponseRun``).
+- A sync producer runs in a worker thread (``guard_frames``); failures are logged
+  with an error id, and ``expose_errors=False`` withholds their messages.
+- ``shutdown``: a :class:`transports.shutdown.GracefulShutdown`; once it begins,
+  new responses are 503 and open ones end, after its grace period, with a
+  going-away ERROR frame and a normal end of the body.
+- ``compression``: the body is compressed (gzip or zstd, negotiated with the
+  request's ``Accept-Encoding``) one batch at a time, each batch flushed, so the
+  client can decode every frame as soon as its batch arrives.
 
 One timer task watches both the send timeout and the ping interval, so the
 per-send cost is two attribute writes rather than a cancel scope per send.
@@ -164,7 +172,10 @@ class FrameStreamResponse(Response):
                     pass
                 tg.cancel_scope.cancel()  # the flusher and the timer stop here
             if run.going_away:
-                await run.send_going_away(self._encode, self._shutdown)
+                # A client that stopped reading must not hold the shutdown up: past
+                # the send timeout the body just ends unterminated (a truncation).
+                with anyio.move_on_after(self._send_timeout or 5.0):
+                    await run.send_going_away(self._encode, self._shutdown)
             elif complete:
                 await run.finish()
         except OSError:
