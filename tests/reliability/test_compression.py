@@ -79,6 +79,36 @@ def test_negotiation(requested: Any, accept: str, chosen: str | None) -> None:
     assert negotiate(requested, accept) == chosen
 
 
+_TOKENS = st.sampled_from(["gzip", "zstd", "br", "deflate", "identity", "*", "GZIP", "x-gzip"])
+_PARAMS = st.sampled_from(["", ";q=0", ";q=0.5", ";q=1", ";q=bad", "; q=0", ";level=1"])
+
+
+def _q(param: str) -> float:
+    value = param.replace(" ", "").partition("q=")[2] if "q=" in param else "1"
+    try:
+        return float(value)
+    except ValueError:
+        return 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requested=st.sampled_from(["gzip", "zstd", "auto"]),
+    parts=st.lists(st.tuples(_TOKENS, _PARAMS), max_size=5),
+    junk=st.text(max_size=20),
+)
+def test_negotiation_picks_exactly_what_the_client_accepts(
+    requested: Any, parts: list[tuple[str, str]], junk: str
+) -> None:
+    negotiate(requested, junk)  # any header at all: an answer, never an exception
+    q = {token.lower(): _q(param) for token, param in parts}  # the last one counts
+    accepted = [c for c in ("zstd", "gzip") if q.get(c, q.get("*", 0.0)) > 0]
+    wanted = ["zstd", "gzip"] if requested == "auto" else [requested]
+    expected = next((c for c in wanted if c in accepted), None)
+    header = ", ".join(token + param for token, param in parts)
+    assert negotiate(requested, header) == expected
+
+
 def test_an_unknown_compression_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="compression must be"):
         sse.sse_response([], compression="br")  # type: ignore[arg-type]

@@ -230,7 +230,10 @@ def test_new_streams_are_refused_with_503_once_shutdown_began(transport: str) ->
         assert response.headers["retry-after"] == "1"
 
 
-def test_grpc_stop_ends_open_streams_with_server_going_away() -> None:
+def test_grpc_stop_ends_open_streams_with_server_going_away(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
     gate = Gate()
     service = tgrpc.FrameStreamService({"Endless": lambda body, context: gate.endless()})
     with tgrpc.serve_in_thread(service, reflection=False, grace=1) as running:
@@ -249,6 +252,8 @@ def test_grpc_stop_ends_open_streams_with_server_going_away() -> None:
             assert gate.closed.wait(5)
         finally:
             reader_cm.__exit__(None, None, None)
+    # Nothing logged a traceback (grpc logs handler errors at ERROR with exc_info).
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_grpc_refuses_new_calls_once_stopping() -> None:
