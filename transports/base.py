@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -44,11 +44,14 @@ __all__ = [
     "aopen_reader",
     "describe_failure",
     "guard_frames",
+    "iterate_in_thread",
     "new_stream_id",
     "open_reader",
     "report_failure",
     "server_logger",
 ]
+
+T = TypeVar("T")
 
 #: Where servers log producer failures (with tracebacks and error ids).
 server_logger = logging.getLogger("truss_stream.server")
@@ -176,6 +179,25 @@ class _ThreadedIterator:
                 close()
 
 
+async def iterate_in_thread(
+    items: Iterable[T], *, limiter: anyio.CapacityLimiter | None = None
+) -> AsyncIterator[T]:
+    """Iterate a sync iterable off the event loop: each ``next()`` in a worker thread.
+
+    For producers that block (a model loop, ``time.sleep``, blocking I/O). Closing
+    this async iterator closes ``items`` (a generator's ``finally`` runs), also in a
+    worker thread, once a ``next()`` still running there has returned. ``limiter``
+    bounds the threads (default: anyio's, 40, shared with Starlette's threadpool).
+    """
+    iterator = await anyio.to_thread.run_sync(_ThreadedIterator, items, limiter=limiter)
+    try:
+        while (item := await anyio.to_thread.run_sync(iterator.next, limiter=limiter)) is not _DONE:
+            yield item
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(iterator.close, limiter=limiter)
+
+
 async def guard_frames(
     frames: AsyncIterable[bytes | bytearray | memoryview]
     | Iterable[bytes | bytearray | memoryview],
@@ -208,30 +230,18 @@ async def guard_frames(
     sent = 0
     kind: FrameKind
     frame_codec: Codec
-    iterator: Any
-    is_async = isinstance(frames, AsyncIterable)
-    # Frames already in a list or tuple cannot block: no thread for them.
-    in_thread = not is_async and not isinstance(frames, (list, tuple))
-    if is_async:
-        iterator = cast("AsyncIterable[Any]", frames).__aiter__()
-    elif in_thread:
-        sync_frames = cast("Iterable[Any]", frames)
-        iterator = await anyio.to_thread.run_sync(_ThreadedIterator, sync_frames, limiter=limiter)
+    source: AsyncIterable[Any]
+    if isinstance(frames, AsyncIterable):
+        source = frames
+    elif isinstance(frames, (list, tuple)):
+        source = _aiter_ready(frames)  # ready frames cannot block: no thread for them
     else:
-        iterator = iter(cast("Iterable[Any]", frames))
+        source = iterate_in_thread(frames, limiter=limiter)
+    iterator: Any = source.__aiter__()
     try:
         while True:
             try:
-                if is_async:
-                    frame = await iterator.__anext__()
-                else:
-                    frame = (
-                        await anyio.to_thread.run_sync(iterator.next, limiter=limiter)
-                        if in_thread
-                        else next(iterator, _DONE)
-                    )
-                    if frame is _DONE:
-                        break
+                frame = await iterator.__anext__()
                 kind, frame_codec = frame_info(frame)
             except StopAsyncIteration:
                 break
@@ -251,13 +261,11 @@ async def guard_frames(
                 return
         yield end_frame(codec)
     finally:
-        if is_async:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        elif in_thread:
-            await anyio.to_thread.run_sync(iterator.close, limiter=limiter)
-        else:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _aiter_ready(frames: Iterable[Any]) -> AsyncIterator[Any]:
+    for frame in frames:
+        yield frame

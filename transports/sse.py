@@ -61,7 +61,14 @@ from ._sse_events import (
     encode_event,
     max_event_bytes_for,
 )
-from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
+from .base import (
+    AsyncBaseTransport,
+    BaseTransport,
+    TransportError,
+    aopen_reader,
+    iterate_in_thread,
+    open_reader,
+)
 from .shutdown import GracefulShutdown
 
 __all__ = [
@@ -188,17 +195,19 @@ async def replay_from(frames: Frames, position: int) -> AsyncIterator[bytes | me
     Returns:
         The frames from ``position`` on.
     """
+    # A sync producer is iterated in a worker thread, as the responses do.
+    source = frames if isinstance(frames, AsyncIterable) else iterate_in_thread(frames)
     seen = 0
-    if isinstance(frames, AsyncIterable):
-        async for frame in frames:
+    try:
+        async for frame in source:
             if seen >= position:
                 yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
             seen += 1
-    else:
-        for frame in frames:
-            if seen >= position:
-                yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
-            seen += 1
+    finally:
+        # Closing this iterator closes the producer at once (its finally runs).
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _Resumer:

@@ -43,6 +43,7 @@ class Gate:
 
     def __init__(self) -> None:
         self.release = threading.Event()
+        self.blocked = threading.Event()
         self.closed = threading.Event()
 
     def frames(self, n: int = 2) -> Iterator[bytes]:
@@ -50,6 +51,7 @@ class Gate:
         try:
             yield writer.yield_header(Header(stream=0, n=n))
             # Blocks the thread that calls next(): the event loop, before the fix.
+            self.blocked.set()
             self.release.wait(20)
             for i in range(n):
                 yield writer.yield_item(Item(index=i, stream=0))
@@ -74,7 +76,17 @@ def gate_app(gate: Gate, **options: Any) -> Starlette:
     async def ping(request: Request) -> Response:
         return PlainTextResponse("pong")
 
-    return Starlette(routes=[Route("/{transport}", stream), Route("/ping/now", ping)])
+    async def replay(request: Request) -> Response:
+        # sse.replay_from over a sync producer: it too must iterate off the loop.
+        return sse.sse_response(sse.replay_from(gate.frames(), 1), first_id=1, **options)
+
+    return Starlette(
+        routes=[
+            Route("/replay/sse", replay),
+            Route("/{transport}", stream),
+            Route("/ping/now", ping),
+        ]
+    )
 
 
 # 1. Sync producers never block the event loop ---------------------------------------------
@@ -95,6 +107,25 @@ def test_a_blocking_sync_producer_does_not_stall_other_requests(transport: str) 
                 assert [i.index for i in reader.read_items()] == [0, 1]
         finally:
             gate.release.set()
+
+
+def test_replay_from_does_not_run_a_blocking_sync_producer_on_the_loop() -> None:
+    gate = Gate()
+    bodies: list[bytes] = []
+    with live_server(gate_app(gate)) as server, httpx.Client(timeout=10) as client:
+        # replay_from skips the header: the producer blocks before the first event,
+        # so the stream's request waits in its own thread.
+        replaying = threading.Thread(
+            target=lambda: bodies.append(client.get(f"{server.url}/replay/sse").content)
+        )
+        replaying.start()
+        try:
+            assert gate.blocked.wait(10)
+            assert client.get(f"{server.url}/ping/now", timeout=5).text == "pong"
+        finally:
+            gate.release.set()
+            replaying.join(10)
+    assert bodies[0].count(b"event: item") == 2
 
 
 @pytest.mark.parametrize("transport", ["sse", "http"])
