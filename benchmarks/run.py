@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.machine import machine_lines
 
-MODULES = ("core", "http", "grpc", "triton")
+MODULES = ("core", "http", "grpc", "triton", "compression")
 RESULTS = Path(__file__).parent / "results" / "RESULTS.md"
 _NOTE_KEYS = ("throughput", "note", "notes", "error")
 

@@ -16,12 +16,14 @@ import numpy as np
 import pydantic
 import pytest
 
+from transports.base import aopen_reader
 from transports.grpc import (
+    AsyncGrpcTransport,
     ClientTLS,
     FrameStreamService,
+    GrpcClientOptions,
     GrpcOptions,
     GrpcStatusError,
-    GrpcStreamTruncatedError,
     GrpcTransport,
     ServerTLS,
     aconnect,
@@ -29,6 +31,7 @@ from transports.grpc import (
     connect,
     create_channel,
     serve_in_thread,
+    start_server,
 )
 from transports.grpc._wire import (
     build_descriptor_pool,
@@ -40,7 +43,9 @@ from transports.grpc._wire import (
 from truss_stream import (
     NDArray,
     RemoteStreamError,
+    ServerGoingAwayError,
     StreamError,
+    StreamTimeoutError,
     StreamTruncatedError,
     stream_reader,
     stream_types,
@@ -260,7 +265,9 @@ def test_error_before_first_frame_is_internal_status(target: str, method: str) -
         pytest.fail("the stream must not open")
     assert info.value.code is grpc.StatusCode.INTERNAL
     assert info.value.status == "INTERNAL"
-    assert info.value.details in ("RuntimeError: no such model", "ValueError: bad request body")
+    assert info.value.details.startswith(
+        ("RuntimeError: no such model (error id ", "ValueError: bad request body (error id ")
+    )
     assert isinstance(info.value.__cause__, grpc.RpcError)
 
 
@@ -344,6 +351,7 @@ def test_sync_client_cancel_closes_producer(target: str, endless: Endless) -> No
 
 
 def test_server_stopped_mid_stream_is_never_a_complete_stream() -> None:
+    # stop(grace=0) ends the open stream with the going-away ERROR frame at once.
     endless = Endless()
     reader_error: list[BaseException] = []
     with serve_in_thread(FrameStreamService({"Endless": endless}), grace=0) as running:
@@ -360,8 +368,7 @@ def test_server_stopped_mid_stream_is_never_a_complete_stream() -> None:
         reader_error.append(info.value)
     finally:
         stream.__exit__(None, None, None)
-    assert isinstance(reader_error[0], GrpcStreamTruncatedError)
-    assert isinstance(reader_error[0], StreamTruncatedError)
+    assert isinstance(reader_error[0], ServerGoingAwayError)
 
 
 def test_stream_without_end_is_truncated() -> None:
@@ -639,3 +646,98 @@ def test_producer_runs_once_per_call_and_calls_are_independent(target: str) -> N
         thread.join()
     assert results == [4, 4, 4, 4]
     assert time.perf_counter() - started < 10
+
+
+# Timeouts and the one options object ------------------------------------------------------
+
+KEEPALIVE = GrpcOptions(keepalive_time_ms=100, keepalive_timeout_ms=1000, min_ping_interval_ms=50)
+
+
+def _read_all_sync(target: str, body: bytes, **kwargs: Any) -> None:
+    with connect(target, "HeaderThenSleeps", TYPES, request=body, **kwargs) as reader:
+        reader.read_header()
+        list(reader.read_items())
+
+
+async def _read_all_async(target: str, body: bytes, **kwargs: Any) -> None:
+    async with aconnect(target, "HeaderThenSleeps", TYPES, request=body, **kwargs) as reader:
+        await reader.read_header()
+        async for _ in reader.read_items():
+            pass
+
+
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+def test_sync_timeouts_hold_while_keepalive_pings_flow(limit: str) -> None:
+    # The producer sends its header, then nothing for 60 s; HTTP/2 pings every 100 ms
+    # are not frames. Before, a sync read with only total_timeout blocked in next().
+    service = FrameStreamService({"HeaderThenSleeps": header_then_sleeps})
+    with (
+        serve_in_thread(service, options=KEEPALIVE, grace=0) as running,
+        pytest.raises(StreamTimeoutError, match=limit),
+    ):
+        _read_all_sync(running.target, b"60", options=KEEPALIVE, **{limit: 0.5})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+async def test_async_timeouts_hold_while_keepalive_pings_flow(limit: str) -> None:
+    service = FrameStreamService({"HeaderThenSleeps": header_then_sleeps})
+    running = await start_server(service, options=KEEPALIVE, reflection=False)
+    try:
+        with pytest.raises(StreamTimeoutError, match=limit):
+            await _read_all_async(running.target, b"60", options=KEEPALIVE, **{limit: 0.5})
+    finally:
+        await running.stop(0)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_total_timeout_bounds_a_steady_endless_stream(target: str, mode: str) -> None:
+    # Frames keep coming (the idle limit never fires); the total limit still does.
+    def read_sync() -> None:
+        with connect(target, "Endless", TYPES, total_timeout=0.5, idle_timeout=5) as reader:
+            reader.read_header()
+            list(reader.read_items())
+
+    async def read_async() -> None:
+        async with aconnect(target, "Endless", TYPES, total_timeout=0.5) as reader:
+            await reader.read_header()
+            async for _ in reader.read_items():
+                pass
+
+    with pytest.raises(StreamTimeoutError, match="total_timeout"):
+        read_sync() if mode == "sync" else asyncio.run(read_async())
+
+
+def test_client_options_object_and_keywords_are_the_same_call(target: str) -> None:
+    opts = GrpcClientOptions(request=b"2", timeout=10)
+    with connect(target, "Tensors", TYPES, client_options=opts) as reader:
+        assert reader.read_header().count == 2
+    # Keywords apply on top of the object.
+    with connect(target, "Tensors", TYPES, client_options=opts, request=b"4") as reader:
+        assert reader.read_header().count == 4
+    transport = GrpcTransport(target, "Tensors", client_options=opts, options=KEEPALIVE)
+    assert transport.options.channel_options is KEEPALIVE
+    assert transport.options.request == b"2"
+
+
+def test_client_options_refuse_bad_values() -> None:
+    with pytest.raises(ValueError, match="idle_timeout"):
+        GrpcClientOptions(idle_timeout=0)
+    with pytest.raises(TypeError, match="unknown gRPC client option"):
+        GrpcClientOptions().with_kwargs(retries=3)  # type: ignore[call-arg]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("limit", ["idle_timeout", "total_timeout"])
+async def test_async_transport_enforces_its_own_timeouts(target: str, limit: str) -> None:
+    # The transport alone (no reader limits), as the seam's users hold it.
+    transport = AsyncGrpcTransport(target, "HeaderThenSleeps", request=b"20", **{limit: 0.5})
+
+    async def read_all() -> None:
+        async with aopen_reader(transport, TYPES) as reader:
+            await reader.read_header()
+            async for _ in reader.read_items():
+                pass
+
+    with pytest.raises(StreamTimeoutError, match=limit):
+        await read_all()

@@ -18,6 +18,14 @@ transport-specific function. What it adds over Starlette's ``StreamingResponse``
   ``ping_interval`` seconds.
 - Frames produced back to back are coalesced into one send of up to 64 KiB;
   a frame is never held back while the producer is waiting (see ``_ResponseRun``).
+- A sync producer runs in a worker thread (``guard_frames``); failures are logged
+  with an error id, and ``expose_errors=False`` withholds their messages.
+- ``shutdown``: a :class:`transports.shutdown.GracefulShutdown`; once it begins,
+  new responses are 503 and open ones end, after its grace period, with a
+  going-away ERROR frame and a normal end of the body.
+- ``compression``: the body is compressed (gzip or zstd, negotiated with the
+  request's ``Accept-Encoding``) one batch at a time, each batch flushed, so the
+  client can decode every frame as soon as its batch arrives.
 
 One timer task watches both the send timeout and the ping interval, so the
 per-send cost is two attribute writes rather than a cancel scope per send.
@@ -43,17 +51,18 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from truss_stream import Codec
+from truss_stream import Codec, ServerGoingAwayError, error_frame, frame_info
 
-from .base import guard_frames
+from ._compression import Compression, StreamCompressor, negotiate
+from .base import describe_failure, guard_frames, new_stream_id, report_failure
+from .shutdown import GracefulShutdown
 
 __all__ = ["FrameEncoder", "FrameStreamResponse", "Frames"]
 
 logger = logging.getLogger("transports")
 
 #: What a response takes: the writer's frames, async (preferred) or sync. A sync
-#: iterable is iterated on the event loop: use it for frames that are ready, not
-#: for blocking work.
+#: iterable runs in a worker thread (each ``next()``), so it may block.
 Frames = AsyncIterable[bytes | bytearray | memoryview] | Iterable[bytes | bytearray | memoryview]
 #: Turns (sequence number, frame) into the bytes that go on the wire.
 FrameEncoder = Callable[[int, "bytes | memoryview"], "bytes | memoryview"]
@@ -77,6 +86,10 @@ class FrameStreamResponse(Response):
         ping_interval: float | None = None,
         ping_bytes: bytes = b"",
         default_codec: Codec = Codec.MSGPACK,
+        expose_errors: bool = True,
+        shutdown: GracefulShutdown | None = None,
+        compression: Compression | None = None,
+        compression_level: int | None = None,
     ) -> None:
         self.status_code = 200
         self.media_type = media_type
@@ -88,26 +101,67 @@ class FrameStreamResponse(Response):
         self._ping_interval = ping_interval if ping_bytes else None
         self._ping_bytes = ping_bytes
         self._default_codec = default_codec
+        self._expose_errors = expose_errors
+        self._shutdown = shutdown
+        negotiate(compression, "gzip")  # a bad value fails here, in the route
+        self._compression = compression
+        self._compression_level = compression_level
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        run = _ResponseRun(self, send)
-        complete = False
+        drain = self._shutdown
+        if drain is None:
+            await self._serve(scope, receive, send)
+            return
+        if drain.shutting_down:
+            await _send_going_away_response(send, drain.retry_after)
+            return
+        with drain.track():
+            await self._serve(scope, receive, send)
+
+    def _start_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str | None]:
+        accept = ""
+        for key, value in scope.get("headers", ()):
+            if key == b"accept-encoding":
+                accept = value.decode("latin-1")
+        coding = negotiate(self._compression, accept)
+        headers = list(self.raw_headers)
+        if self._compression is not None:
+            headers.append((b"vary", b"accept-encoding"))
+        if coding is not None:
+            headers.append((b"content-encoding", coding.encode()))
+        return headers, coding
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream_id = new_stream_id()
+        headers, coding = self._start_headers(scope)
+        compressor = (
+            StreamCompressor(coding, self._compression_level) if coding is not None else None
+        )
+        run = _ResponseRun(self, send, compressor)
         guarded = cast(
             "AsyncGenerator[bytes | memoryview, None]",
-            guard_frames(self._frames, default_codec=self._default_codec),
+            guard_frames(
+                self._frames,
+                default_codec=self._default_codec,
+                expose_errors=self._expose_errors,
+                stream_id=stream_id,
+            ),
         )
+        complete = False
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+                tg.start_soon(run.cancel_on_disconnect, receive, tg.cancel_scope)
+                if self._shutdown is not None:
+                    tg.start_soon(run.end_when_due, self._shutdown, tg.cancel_scope)
                 try:
                     first = await guarded.__anext__()
                 except Exception as exc:
-                    await _send_error_response(send, exc)
+                    await _send_error_response(send, exc, stream_id, self._expose_errors)
                     tg.cancel_scope.cancel()
                     return
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                )
+                run.codec = frame_info(first)[1]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                run.started = True
                 tg.start_soon(run.flush_when_idle)
                 if self._send_timeout is not None or self._ping_interval is not None:
                     tg.start_soon(run.watch, tg.cancel_scope)
@@ -117,15 +171,22 @@ class FrameStreamResponse(Response):
                 except OSError:  # the client went away (ASGI spec >= 2.4 servers)
                     pass
                 tg.cancel_scope.cancel()  # the flusher and the timer stop here
-            if complete:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if run.going_away:
+                # A client that stopped reading must not hold the shutdown up: past
+                # the send timeout the body just ends unterminated (a truncation).
+                with anyio.move_on_after(self._send_timeout or 5.0):
+                    await run.send_going_away(self._encode, self._shutdown)
+            elif complete:
+                await run.finish()
         except OSError:
             pass
         finally:
             with anyio.CancelScope(shield=True):
                 await guarded.aclose()
         if run.timed_out:
-            logger.warning("stream aborted: a send blocked longer than %ss", self._send_timeout)
+            logger.warning(
+                "stream %s aborted: a send blocked longer than %ss", stream_id, self._send_timeout
+            )
 
 
 class _ResponseRun:
@@ -137,11 +198,15 @@ class _ResponseRun:
     while a fast producer's frames leave in batches of up to ``_BATCH_BYTES``
     (one ``send`` and, for the client, one read for many small frames). The pump
     sends itself (and gives other tasks a turn) whenever the batch is full,
-    which is also where backpressure from a slow client stops it.
+    which is also where backpressure from a slow client stops it. With
+    compression on, each batch is compressed and flushed as one unit.
     """
 
-    def __init__(self, response: FrameStreamResponse, send: Send) -> None:
+    def __init__(
+        self, response: FrameStreamResponse, send: Send, compressor: StreamCompressor | None
+    ) -> None:
         self._send = send
+        self._compressor = compressor
         self._send_timeout = response._send_timeout
         self._ping_interval = response._ping_interval
         self._ping_bytes = response._ping_bytes
@@ -151,7 +216,13 @@ class _ResponseRun:
         self._lock = anyio.Lock()
         self._sending_since: float | None = None
         self._last_sent = time.monotonic()
+        self.seq = 0
+        self.codec = response._default_codec
+        self.started = False
+        self.disconnected = False
+        self.going_away = False
         self.timed_out = False
+        self._unsent: bytes | memoryview = b""
 
     async def pump(
         self,
@@ -161,10 +232,10 @@ class _ResponseRun:
     ) -> None:
         """Encode every frame into the pending batch; send when it is full."""
         self._add(encode(0, first))
-        seq = 1
+        self.seq = 1
         async for frame in frames:
-            self._add(encode(seq, frame))
-            seq += 1
+            self._add(encode(self.seq, frame))
+            self.seq += 1
             if self._pending_bytes >= _BATCH_BYTES:
                 await self._flush()
                 await anyio.lowlevel.checkpoint()
@@ -182,18 +253,66 @@ class _ResponseRun:
             self._wake = anyio.Event()
             await self._flush()
 
-    async def _flush(self) -> None:
+    async def _flush(self, *, last: bool = False) -> None:
         async with self._lock:
             pending = self._pending
-            if not pending:
+            if not pending and not last:
                 return
-            body = pending[0] if len(pending) == 1 else b"".join(pending)
+            body: bytes | memoryview = pending[0] if len(pending) == 1 else b"".join(pending)
             self._pending = []
             self._pending_bytes = 0
+            if self._compressor is not None:
+                # A batch is compressed once; if its send is cancelled, nothing of it
+                # was written (uvicorn waits for the socket before writing) and the
+                # compressed bytes must still go out, in order: keep them as they are.
+                body = self._compressor.compress(body) if body else b""
+                if last:
+                    body += self._compressor.finish()
             self._sending_since = time.monotonic()
-            await self._send({"type": "http.response.body", "body": body, "more_body": True})
-            self._sending_since = None
+            try:
+                await self._send(
+                    {"type": "http.response.body", "body": body, "more_body": not last}
+                )
+            except anyio.get_cancelled_exc_class():
+                if self._compressor is None:
+                    self._pending[:0] = pending
+                    self._pending_bytes += sum(len(p) for p in pending)
+                else:
+                    self._unsent = body
+                raise
+            finally:
+                self._sending_since = None
             self._last_sent = time.monotonic()
+
+    async def finish(self) -> None:
+        """End the body: what is pending and, when compressing, the coding's trailer."""
+        await self._flush(last=True)
+
+    async def send_going_away(self, encode: FrameEncoder, drain: GracefulShutdown | None) -> None:
+        """End the stream with a ServerGoingAwayError ERROR frame (or 503 before it started)."""
+        if not self.started:
+            await _send_going_away_response(self._send, drain.retry_after if drain else 1)
+            return
+        if self._unsent:
+            unsent, self._unsent = self._unsent, b""
+            await self._send({"type": "http.response.body", "body": unsent, "more_body": True})
+        self._add(encode(self.seq, error_frame(ServerGoingAwayError(), self.codec)))
+        await self._flush(last=True)
+
+    async def cancel_on_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        """Cancel the stream as soon as the client disconnects."""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                scope.cancel()
+                return
+
+    async def end_when_due(self, drain: GracefulShutdown, scope: anyio.CancelScope) -> None:
+        """Stop the stream once the server's grace period after shutdown is over."""
+        await drain.wait_until_due()
+        self.going_away = True
+        scope.cancel()
 
     async def watch(self, scope: anyio.CancelScope) -> None:
         """Abort a send blocked past the timeout; queue pings when idle."""
@@ -214,21 +333,31 @@ class _ResponseRun:
                 self._add(self._ping_bytes)
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+async def _send_going_away_response(send: Send, retry_after: int) -> None:
+    body = b"the server is shutting down"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"retry-after", str(retry_after).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def _send_error_response(send: Send, exc: Exception) -> None:
+async def _send_error_response(send: Send, exc: Exception, stream_id: str, expose: bool) -> None:
     """Answer a producer that failed before its first frame with an error status."""
     if isinstance(exc, HTTPException):
         status, text = exc.status_code, str(exc.detail)
     else:
-        logger.error("stream producer failed before its first frame", exc_info=exc)
-        status, text = 500, f"stream failed before its first frame: {type(exc).__name__}: {exc}"
+        error_id = report_failure(exc, stream_id=stream_id, frames_sent=0)
+        detail = describe_failure(exc, error_id, expose=expose)
+        status, text = 500, f"stream failed before its first frame: {detail}"
     body = text.encode("utf-8", "replace")[:_MAX_ERROR_BODY]
     headers: list[tuple[bytes, bytes]] = [
         (b"content-type", b"text/plain; charset=utf-8"),

@@ -25,6 +25,7 @@ from truss_stream import AsyncStreamReader, Codec, StreamReader, StreamTypes
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import Frames, FrameStreamResponse
+from ._compression import Compression
 from ._httpclient import (
     ClientT,
     ClientTransport,
@@ -37,6 +38,7 @@ from ._httpclient import (
     open_http_stream,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
+from .shutdown import GracefulShutdown
 
 __all__ = [
     "MEDIA_TYPE",
@@ -65,6 +67,10 @@ def stream_response(
     send_timeout: float | None = 30.0,
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
+    expose_errors: bool = True,
+    shutdown: GracefulShutdown | None = None,
+    compression: Compression | None = None,
+    compression_level: int | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as one binary chunked HTTP response.
 
@@ -74,12 +80,16 @@ def stream_response(
     text body (or the status and detail of a Starlette ``HTTPException``).
 
     Args:
-        frames: the writer's frames, an async iterable (or a plain iterable).
+        frames: the writer's frames, an async iterable, or a plain iterable (run in
+            a worker thread, so it may block).
         send_timeout: seconds a send may block on a client that stops reading
             before the stream is aborted and the producer closed; None: wait forever.
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
+        expose_errors, shutdown, compression, compression_level: as for
+            :func:`transports.sse.sse_response` (redaction, graceful shutdown,
+            per-batch streaming compression).
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
@@ -93,6 +103,10 @@ def stream_response(
         headers=all_headers,
         send_timeout=send_timeout,
         default_codec=default_codec,
+        expose_errors=expose_errors,
+        shutdown=shutdown,
+        compression=compression,
+        compression_level=compression_level,
     )
 
 

@@ -49,6 +49,7 @@ from truss_stream import (
 from truss_stream._schema import FooterTT, HeaderTT, ItemT
 
 from ._asgi import FrameEncoder, Frames, FrameStreamResponse
+from ._compression import Compression
 from ._httpclient import (
     ClientT,
     ClientTransport,
@@ -80,7 +81,15 @@ from ._sse_events import (
     encode_event,
     max_event_bytes_for,
 )
-from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
+from .base import (
+    AsyncBaseTransport,
+    BaseTransport,
+    TransportError,
+    aopen_reader,
+    iterate_in_thread,
+    open_reader,
+)
+from .shutdown import GracefulShutdown
 
 __all__ = [
     "MEDIA_TYPE",
@@ -113,6 +122,10 @@ def sse_response(
     default_codec: Codec = Codec.MSGPACK,
     first_id: int = 0,
     stream_id: str | None = None,
+    expose_errors: bool = True,
+    shutdown: GracefulShutdown | None = None,
+    compression: Compression | None = None,
+    compression_level: int | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -122,13 +135,24 @@ def sse_response(
     text body (or the status and detail of a Starlette ``HTTPException``).
 
     Args:
-        frames: the writer's frames, an async iterable (or a plain iterable).
+        frames: the writer's frames, an async iterable, or a plain iterable (run in
+            a worker thread, so it may block).
         ping_interval: seconds of silence before a ``: ping`` comment; None: never.
         send_timeout: seconds a send may block on a client that stops reading
             before the stream is aborted and the producer closed; None: wait forever.
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
+        expose_errors: False withholds a failed producer's message from the client,
+            which gets the exception's type and an error id; the server logs the
+            full error with that id (logger ``truss_stream.server``) either way.
+        shutdown: a :class:`transports.shutdown.GracefulShutdown`: once it begins,
+            this stream ends with a going-away ERROR frame after its grace period
+            and new streams get 503.
+        compression: ``"gzip"``, ``"zstd"`` (extra ``zstd``) or ``"auto"`` to
+            compress the body when the client accepts it, flushed after each batch
+            of frames; None (default): identity.
+        compression_level: the coding's level (default gzip 1, zstd 3).
         first_id: the ``id:`` of the first event: the position ``frames`` starts
             at, when resuming (see :func:`resume_position`); sent as the
             ``Truss-Stream-Position`` header.
@@ -154,6 +178,10 @@ def sse_response(
         ping_interval=ping_interval,
         ping_bytes=PING,
         default_codec=default_codec,
+        expose_errors=expose_errors,
+        shutdown=shutdown,
+        compression=compression,
+        compression_level=compression_level,
     )
 
 
@@ -197,17 +225,19 @@ async def replay_from(frames: Frames, position: int) -> AsyncIterator[bytes | me
     Returns:
         The frames from ``position`` on.
     """
+    # A sync producer is iterated in a worker thread, as the responses do.
+    source = frames if isinstance(frames, AsyncIterable) else iterate_in_thread(frames)
     seen = 0
-    if isinstance(frames, AsyncIterable):
-        async for frame in frames:
+    try:
+        async for frame in source:
             if seen >= position:
                 yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
             seen += 1
-    else:
-        for frame in frames:
-            if seen >= position:
-                yield frame if isinstance(frame, (bytes, memoryview)) else bytes(frame)
-            seen += 1
+    finally:
+        # Closing this iterator closes the producer at once (its finally runs).
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _SSEClient(ClientTransport[ClientT, SSEOptions]):

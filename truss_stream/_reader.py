@@ -39,7 +39,7 @@ _WithFooter = pydantic.BaseModel
 class _Timer:
     """Idle and total time limits of one reader; shared by both drivers."""
 
-    __slots__ = ("deadline", "idle", "total")
+    __slots__ = ("_total_binds", "deadline", "idle", "total")
 
     def __init__(self, idle: float | None, total: float | None) -> None:
         for name, value in (("idle_timeout", idle), ("total_timeout", total)):
@@ -48,6 +48,7 @@ class _Timer:
         self.idle = idle
         self.total = total
         self.deadline = None if total is None else time.monotonic() + total
+        self._total_binds = idle is None
 
     def budget(self) -> float | None:
         """Seconds the next chunk may take, or None for no limit."""
@@ -56,11 +57,14 @@ class _Timer:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise self.expired(total=True)
+        # Remember which limit this budget is, for expired(): a timer may fire a
+        # hair before the deadline, so "now >= deadline" can name the wrong one.
+        self._total_binds = self.idle is None or left <= self.idle
         return left if self.idle is None else min(left, self.idle)
 
     def expired(self, *, total: bool | None = None) -> StreamTimeoutError:
         if total is None:
-            total = self.deadline is not None and time.monotonic() >= self.deadline
+            total = self._total_binds
         if total:
             return StreamTimeoutError(f"the stream took longer than total_timeout={self.total}s")
         return StreamTimeoutError(f"no data for idle_timeout={self.idle}s")

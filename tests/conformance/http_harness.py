@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -16,7 +17,15 @@ from starlette.routing import Route
 from transports import http, sse
 from transports.base import AsyncBaseTransport, BaseTransport
 
-from .harness import ProducerFactory, ServedStream, TransportHarness
+from .harness import (
+    ClientSettings,
+    ParamProducer,
+    ProducerFactory,
+    ServedApp,
+    ServedStream,
+    StreamCall,
+    TransportHarness,
+)
 
 _TIMEOUT = httpx.Timeout(30.0)
 
@@ -27,6 +36,29 @@ class _Served(ServedStream):
 
     def kill(self) -> None:
         self.server.kill()
+
+
+class _ServedApp(ServedApp):
+    def __init__(self, server: LiveServer, address: str) -> None:
+        self.server = server
+        self.address = address
+        self.port = server.port
+
+    def kill(self) -> None:
+        self.server.kill()
+
+
+def _httpx_timeout(settings: ClientSettings) -> httpx.Timeout:
+    whole = settings.timeout
+    return httpx.Timeout(
+        whole,
+        connect=settings.connect_timeout if settings.connect_timeout is not None else whole,
+        read=settings.read_timeout if settings.read_timeout is not None else whole,
+    )
+
+
+def _kwargs(call: StreamCall) -> dict[str, Any]:
+    return {"params": dict(call.params), "reader_options": call.settings.reader}
 
 
 class _OwnClient(BaseTransport):
@@ -59,11 +91,57 @@ class _AsyncOwnClient(AsyncBaseTransport):
 
 class _StarletteHarness(TransportHarness):
     respond: Callable[..., Response]
+    module: ModuleType
     sync_cls: Any
     async_cls: Any
 
     def __init__(self) -> None:
         self._url = ""
+
+    @contextlib.contextmanager
+    def serve_params(self, producer: ParamProducer, **response_options: Any) -> Iterator[ServedApp]:
+        respond = type(self).respond
+
+        async def endpoint(request: Request) -> Response:
+            return respond(producer(dict(request.query_params)), **response_options)
+
+        app = Starlette(routes=[Route(f"/{self.name}", endpoint)])
+        with live_server(app) as server:
+            yield _ServedApp(server, f"{server.url}/{self.name}")
+
+    def address_in(self, *, http_url: str, grpc_target: str) -> str:
+        return f"{http_url}/{self.name}"
+
+    def address_at(self, port: int) -> str:
+        return f"http://127.0.0.1:{port}/{self.name}"
+
+    @contextlib.contextmanager
+    def connect(self, call: StreamCall) -> Iterator[Any]:
+        with (
+            httpx.Client(timeout=_httpx_timeout(call.settings)) as client,
+            self.module.connect(client, "GET", call.address, call.types, **_kwargs(call)) as r,
+        ):
+            yield r
+
+    @contextlib.asynccontextmanager
+    async def aconnect(self, call: StreamCall, *, client: Any = None) -> AsyncIterator[Any]:
+        async with contextlib.AsyncExitStack() as stack:
+            if client is None:
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(timeout=_httpx_timeout(call.settings))
+                )
+            yield await stack.enter_async_context(
+                self.module.aconnect(client, "GET", call.address, call.types, **_kwargs(call))
+            )
+
+    def async_client(
+        self, address: str, *, max_streams: int
+    ) -> contextlib.AbstractAsyncContextManager[Any]:
+        room = max_streams + 10
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0),
+            limits=httpx.Limits(max_connections=room, max_keepalive_connections=room),
+        )
 
     @contextlib.contextmanager
     def serve(self, producer_factory: ProducerFactory) -> Iterator[ServedStream]:
@@ -74,6 +152,10 @@ class _StarletteHarness(TransportHarness):
         with live_server(app) as server:
             self._url = f"{server.url}/stream"
             yield _Served(server)
+
+    @property
+    def address(self) -> str:
+        return self._url
 
     def sync_transport(self) -> BaseTransport:
         url, cls = self._url, self.sync_cls
@@ -87,6 +169,7 @@ class _StarletteHarness(TransportHarness):
 class SSEHarness(_StarletteHarness):
     name = "sse"
     respond = staticmethod(sse.sse_response)
+    module = sse
     sync_cls = sse.SSETransport
     async_cls = sse.AsyncSSETransport
 
@@ -94,6 +177,7 @@ class SSEHarness(_StarletteHarness):
 class HTTPHarness(_StarletteHarness):
     name = "http"
     respond = staticmethod(http.stream_response)
+    module = http
     sync_cls = http.HTTPTransport
     async_cls = http.AsyncHTTPTransport
 

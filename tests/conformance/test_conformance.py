@@ -1,7 +1,10 @@
-"""One suite, every transport: harnesses x {sync, async} x {msgpack, json}.
+"""One suite, every transport: harnesses x {sync, async} x {seam, connect} x codecs.
 
 Each test serves a producer from a real server on loopback (harness.py) and reads
-it back through the transport's client and the typed reader.
+it back through the transport's client and the typed reader, two ways: through the
+transport seam (``open_reader`` over ``harness.sync_transport()``, modes ``sync`` /
+``async``) and through the transport's own ``connect`` / ``aconnect`` as users call
+them (modes ``sync-connect`` / ``async-connect``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from truss_stream import (
     stream_writer,
 )
 
-from .harness import HARNESSES, TransportHarness
+from .harness import HARNESSES, StreamCall, TransportHarness
 
 
 class Header(pydantic.BaseModel):
@@ -65,7 +68,7 @@ def harness(request: pytest.FixtureRequest) -> TransportHarness:
     return request.param  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sync", "async"])
+@pytest.fixture(params=["sync", "async", "sync-connect", "async-connect"])
 def mode(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
 
@@ -73,6 +76,17 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=["msgpack", "json"])
 def codec(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+def open_stream(harness: TransportHarness, mode: str, types: Any) -> Any:
+    """The reader's context manager for ``mode``: over the seam, or the transport's
+    own ``connect`` / ``aconnect`` (sync modes give a sync one, async an async one)."""
+    if mode.endswith("connect"):
+        call = StreamCall(harness.address, types)
+        return harness.connect(call) if mode == "sync-connect" else harness.aconnect(call)
+    if mode == "sync":
+        return open_reader(harness.sync_transport(), types)
+    return aopen_reader(harness.async_transport(), types)
 
 
 Action = Callable[[], None]
@@ -92,8 +106,8 @@ def read_stream(
     """
     has_header = types.header_type is not None
     has_footer = types.footer_type is not None
-    if mode == "sync":
-        with open_reader(harness.sync_transport(), types) as reader:
+    if mode.startswith("sync"):
+        with open_stream(harness, mode, types) as reader:
             header = reader.read_header() if has_header else None
             items = []
             for item in reader.read_items():
@@ -104,7 +118,7 @@ def read_stream(
             return header, items, footer
 
     async def main() -> tuple[Any, list[Any], Any]:
-        async with aopen_reader(harness.async_transport(), types) as reader:
+        async with open_stream(harness, mode, types) as reader:
             header = await reader.read_header() if has_header else None
             items = []
             async for item in reader.read_items():
@@ -229,8 +243,8 @@ def test_client_going_away_closes_the_producer(
             closed.set()
 
     with harness.serve(produce):
-        if mode == "sync":
-            with open_reader(harness.sync_transport(), types) as reader:
+        if mode.startswith("sync"):
+            with open_stream(harness, mode, types) as reader:
                 reader.read_header()
                 for item in reader.read_items():
                     if item.index == 3:
@@ -238,7 +252,7 @@ def test_client_going_away_closes_the_producer(
         else:
 
             async def main() -> None:
-                async with aopen_reader(harness.async_transport(), types) as reader:
+                async with open_stream(harness, mode, types) as reader:
                     await reader.read_header()
                     async for item in reader.read_items():
                         if item.index == 3:

@@ -131,6 +131,16 @@ async def produce(
             tracker.add("closed")
 
 
+def endless_frames(stream: int = 0) -> Iterator[bytes]:
+    """Header, then items forever, ready at once: callers pace them (sync or async)."""
+    writer = stream_writer(TYPES["msgpack"])
+    yield writer.yield_header(Header(stream=stream, n=-1))
+    i = 0
+    while True:
+        yield writer.yield_item(Item(index=i, stream=stream))
+        i += 1
+
+
 def starlette_app(tracker: Tracker | None = None, **response_kwargs: Any) -> Starlette:
     """``/sse`` and ``/http`` serving :func:`produce` with the query's parameters."""
 
@@ -178,10 +188,13 @@ class SubprocessServer:
 
 
 @contextlib.contextmanager
-def subprocess_server(*args: str) -> Iterator[SubprocessServer]:
+def subprocess_server(
+    *args: str, script: str = "reliability_server.py"
+) -> Iterator[SubprocessServer]:
+    """Run ``script`` (in this folder) until it prints ``READY <http_port> [<grpc_port>]``."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "reliability_server.py"), *args],
+        [sys.executable, str(HERE / script), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -196,8 +209,8 @@ def subprocess_server(*args: str) -> Iterator[SubprocessServer]:
             raise RuntimeError(
                 f"server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}"
             )
-        _, http_port, grpc_port = line.split()
-        yield SubprocessServer(proc, int(http_port), int(grpc_port))
+        _, http_port, *grpc_port = line.split()
+        yield SubprocessServer(proc, int(http_port), int(grpc_port[0]) if grpc_port else 0)
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -6,7 +6,6 @@ documented values.
 
 from __future__ import annotations
 
-import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,9 +16,11 @@ import msgpack
 import numpy as np
 import pydantic
 import pytest
+from conformance.harness import TransportHarness
 from core_helpers import ReaderFactory
+from harness_clients import ClientSettings, each_harness, read_stream, served
 from live_server import live_server
-from reliability_helpers import TYPES, grpc_request, grpc_service, starlette_app
+from reliability_helpers import TYPES, grpc_request, grpc_service
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,7 +28,7 @@ from starlette.routing import Route
 
 import truss_stream as ts
 from transports import grpc as tgrpc
-from transports import http, sse
+from transports import sse
 from transports.grpc import GrpcOptions, GrpcStatusError, serve_in_thread
 from transports.sse import SSEEventTooLargeError, SSEFrameDecoder
 from truss_stream import Codec, FrameKind, MsgpackLimits, pack_tag
@@ -177,44 +178,14 @@ def test_sse_server_that_never_ends_an_event_is_cut_off_with_bounded_memory() ->
 # max_frame_bytes through the transports --------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["sse", "http", "grpc"])
-def test_max_frame_bytes_through_each_transport(transport: str) -> None:
+@each_harness
+def test_max_frame_bytes_through_each_transport(harness: TransportHarness) -> None:
     # Items of 400 KiB; the reader accepts 100 KiB frames.
     params = {"stream": 1, "n": 3, "floats": 100 * 1024}
-    options = {"max_frame_bytes": 100 * 1024}
-
-    async def main(base: str) -> None:
-        with pytest.raises(ts.FrameTooLargeError):  # noqa: PT012
-            if transport == "grpc":
-                async with tgrpc.aconnect(
-                    base, "Stream", TYPES["msgpack"], request=grpc_request(**params), **options
-                ) as reader:
-                    await reader.read_header()
-                    async for _ in reader.read_items():
-                        pass
-            else:
-                module = sse if transport == "sse" else http
-                async with (
-                    httpx.AsyncClient(timeout=10) as client,
-                    module.aconnect(
-                        client,
-                        "GET",
-                        f"{base}/{transport}",
-                        TYPES["msgpack"],
-                        params=params,
-                        reader_options=options,
-                    ) as reader,
-                ):
-                    await reader.read_header()
-                    async for _ in reader.read_items():
-                        pass
-
-    if transport == "grpc":
-        with serve_in_thread(grpc_service(), reflection=False, health=False) as running:
-            asyncio.run(main(running.target))
-    else:
-        with live_server(starlette_app()) as server:
-            asyncio.run(main(server.url))
+    settings = ClientSettings(reader={"max_frame_bytes": 100 * 1024}, timeout=10)
+    with served(harness) as app:
+        error, _, _ = read_stream(harness, "async", app.address, params, settings)
+    assert isinstance(error, ts.FrameTooLargeError), error
 
 
 # gRPC message size, both directions ----------------------------------------------------------

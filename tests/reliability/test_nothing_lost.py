@@ -4,7 +4,8 @@ connection cut at random byte offsets, a consumer that stalls.
 The conformance suite (tests/conformance) already covers a producer raising, a client
 leaving and an in-process server abort; these add a real process kill, random cuts
 through a loopback TCP proxy (with a check that each server-side producer is closed)
-and gRPC backpressure.
+and gRPC backpressure. Every transport test runs over the conformance harness
+registry (``harness_clients``).
 """
 
 from __future__ import annotations
@@ -16,26 +17,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from live_server import live_server
-from reliability_helpers import (
-    TYPES,
-    CutProxy,
-    Tracker,
-    grpc_request,
-    grpc_service,
-    starlette_app,
-    subprocess_server,
-)
+from conformance.harness import TransportHarness, harness_named
+from harness_clients import HARNESSES, ClientSettings, StreamCall, each_harness, served
+from reliability_helpers import TYPES, CutProxy, Tracker, subprocess_server
 
-from transports import grpc as tgrpc
-from transports import http, sse
-from transports.grpc import GrpcOptions, serve_in_thread
 from truss_stream import StreamError, StreamTruncatedError
-
-TRANSPORTS = ["sse", "http", "grpc"]
-PRIVATE_CONNECTION = GrpcOptions(extra=[("grpc.use_local_subchannel_pool", 1)])
 
 
 class Outcome:
@@ -50,8 +37,8 @@ def _check_prefix(outcome: Outcome, stream: int) -> None:
 
 
 async def aread(
-    transport: str,
-    base: str,
+    harness: TransportHarness,
+    address: str,
     *,
     stream: int,
     n: int,
@@ -63,31 +50,13 @@ async def aread(
 ) -> Outcome:
     """Read one stream with the async client; record items and how it ended."""
     out = Outcome()
-    types = TYPES[codec]
     params = {"stream": stream, "n": n, "codec": codec, "delay": delay, "floats": floats}
+    # gRPC: a private subchannel pool: grpc-core otherwise shares connections between
+    # channels to one target, and a stream could ride an earlier, uncut one.
+    settings = ClientSettings(timeout=timeout, private_connection=True)
     try:
-        if transport == "grpc":
-            # A private subchannel pool: grpc-core otherwise shares connections between
-            # channels to one target, and a stream could ride an earlier, uncut one.
-            cm: Any = tgrpc.aconnect(
-                base,
-                "Stream",
-                types,
-                request=grpc_request(**params),
-                timeout=timeout,
-                options=PRIVATE_CONNECTION,
-            )
-            async with cm as reader:
-                await _drain(reader, out, on_item)
-        else:
-            module = sse if transport == "sse" else http
-            async with (
-                httpx.AsyncClient(timeout=timeout) as client,
-                module.aconnect(
-                    client, "GET", f"{base}/{transport}", types, params=params
-                ) as reader,
-            ):
-                await _drain(reader, out, on_item)
+        async with harness.aconnect(StreamCall(address, TYPES[codec], params, settings)) as reader:
+            await _drain(reader, out, on_item)
     except StreamError as exc:
         out.error = exc
     return out
@@ -107,8 +76,8 @@ async def _drain(reader: Any, out: Outcome, on_item: Callable[[int], Any] | None
 
 
 def sread(
-    transport: str,
-    base: str,
+    harness: TransportHarness,
+    address: str,
     *,
     stream: int,
     n: int,
@@ -117,23 +86,10 @@ def sread(
     started: threading.Event,
 ) -> None:
     """The sync client twin of :func:`aread` (for a thread)."""
-    types = TYPES["msgpack"]
     params = {"stream": stream, "n": n, "delay": delay}
     try:
-        if transport == "grpc":
-            with tgrpc.connect(
-                base, "Stream", types, request=grpc_request(**params), timeout=30
-            ) as reader:
-                _sdrain(reader, out, started)
-        else:
-            module = sse if transport == "sse" else http
-            with (
-                httpx.Client(timeout=30) as client,
-                module.connect(
-                    client, "GET", f"{base}/{transport}", types, params=params
-                ) as reader,
-            ):
-                _sdrain(reader, out, started)
+        with harness.connect(StreamCall(address, TYPES["msgpack"], params)) as reader:
+            _sdrain(reader, out, started)
     except StreamError as exc:
         out.error = exc
     finally:
@@ -154,18 +110,21 @@ def _sdrain(reader: Any, out: Outcome, started: threading.Event) -> None:
 
 
 def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> None:
-    # One process serves all three transports; six streams (3 transports x sync/async)
+    # One process serves every transport; two streams per transport (sync and async)
     # are mid-flight when it gets SIGKILL.
     with subprocess_server() as server:
-        bases = {"sse": server.http_url, "http": server.http_url, "grpc": server.grpc_target}
+        bases = {
+            h.name: h.address_in(http_url=server.http_url, grpc_target=server.grpc_target)
+            for h in HARNESSES
+        }
         sync_outcomes: dict[str, Outcome] = {}
         threads = []
-        for i, transport in enumerate(TRANSPORTS):
+        for i, harness in enumerate(HARNESSES):
             out, started = Outcome(), threading.Event()
-            sync_outcomes[transport] = out
+            sync_outcomes[harness.name] = out
             thread = threading.Thread(
                 target=sread,
-                args=(transport, bases[transport]),
+                args=(harness, bases[harness.name]),
                 kwargs={
                     "stream": 10 + i,
                     "n": 100_000,
@@ -185,16 +144,16 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
             def seen(stream: int) -> Callable[[int], None]:
                 def on_item(index: int) -> None:
                     got[stream] = index
-                    if len(got) == 3 and min(got.values()) >= 3:
+                    if len(got) == len(HARNESSES) and min(got.values()) >= 3:
                         ready.set()
 
                 return on_item
 
             tasks = [
                 asyncio.ensure_future(
-                    aread(t, bases[t], stream=i, n=100_000, delay=0.01, on_item=seen(i))
+                    aread(h, bases[h.name], stream=i, n=100_000, delay=0.01, on_item=seen(i))
                 )
-                for i, t in enumerate(TRANSPORTS)
+                for i, h in enumerate(HARNESSES)
             ]
             await asyncio.wait_for(ready.wait(), 20)
             for _, started in threads:
@@ -206,15 +165,15 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
         for thread, _ in threads:
             thread.join(20)
             assert not thread.is_alive(), "a sync reader hung after the server died"
-    for i, (transport, out) in enumerate(zip(TRANSPORTS, async_outcomes, strict=True)):
-        assert not out.complete, transport
-        assert isinstance(out.error, StreamError), (transport, out.error)
+    for i, (harness, out) in enumerate(zip(HARNESSES, async_outcomes, strict=True)):
+        assert not out.complete, harness.name
+        assert isinstance(out.error, StreamError), (harness.name, out.error)
         assert len(out.items) >= 3
         _check_prefix(out, i)
-    for i, transport in enumerate(TRANSPORTS):
-        out = sync_outcomes[transport]
-        assert not out.complete, transport
-        assert isinstance(out.error, StreamError), (transport, out.error)
+    for i, harness in enumerate(HARNESSES):
+        out = sync_outcomes[harness.name]
+        assert not out.complete, harness.name
+        assert isinstance(out.error, StreamError), (harness.name, out.error)
         _check_prefix(out, 10 + i)
 
 
@@ -223,76 +182,44 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
 CUTS_PER_TRANSPORT = 10
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@each_harness
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
 def test_connection_cut_at_random_points_is_truncation_and_closes_the_producer(
-    transport: str, codec: str
+    harness: TransportHarness, codec: str
 ) -> None:
-    rng = random.Random(f"{transport}-{codec}")
+    rng = random.Random(f"{harness.name}-{codec}")
     tracker = Tracker()
     n_items, floats = 40, 64
     cuts: list[int | None] = [None]
     kinds: dict[str, int] = {}
-
-    @contextlib_server(transport, tracker)
-    def run(upstream: str, port: int) -> None:
-        with CutProxy(port, lambda: cuts[-1]) as proxy:
-            base = upstream.replace(str(port), str(proxy.port))
-            # First a whole stream, to learn how many bytes one takes.
-            full = asyncio.run(
-                aread(transport, base, stream=0, n=n_items, codec=codec, floats=floats)
+    with served(harness, tracker) as app, CutProxy(app.port, lambda: cuts[-1]) as proxy:
+        address = harness.address_at(proxy.port)
+        # First a whole stream, to learn how many bytes one takes.
+        full = asyncio.run(aread(harness, address, stream=0, n=n_items, codec=codec, floats=floats))
+        assert full.complete, full.error
+        total = proxy.sent[-1]
+        for k in range(1, CUTS_PER_TRANSPORT + 1):
+            cuts.append(rng.randrange(0, total))
+            out = asyncio.run(
+                aread(harness, address, stream=k, n=n_items, codec=codec, floats=floats)
             )
-            assert full.complete, full.error
-            total = proxy.sent[-1]
-            for k in range(1, CUTS_PER_TRANSPORT + 1):
-                cuts.append(rng.randrange(0, total))
-                out = asyncio.run(
-                    aread(transport, base, stream=k, n=n_items, codec=codec, floats=floats)
-                )
-                assert not out.complete, f"cut at {cuts[-1]} of {total} bytes read as complete"
-                kinds[type(out.error).__name__] = kinds.get(type(out.error).__name__, 0) + 1
-                assert isinstance(out.error, StreamError), out.error
-                _check_prefix(out, k)
+            assert not out.complete, f"cut at {cuts[-1]} of {total} bytes read as complete"
+            kinds[type(out.error).__name__] = kinds.get(type(out.error).__name__, 0) + 1
+            assert isinstance(out.error, StreamError), out.error
+            _check_prefix(out, k)
         assert tracker.wait_all_closed(5), f"{tracker.started - tracker.closed} producers left open"
-        print(f"FIGURE cuts {transport}-{codec} stream_bytes={total} cuts={len(cuts) - 1} {kinds}")
-
-    run()
-
-
-def contextlib_server(
-    transport: str, tracker: Tracker
-) -> Callable[[Callable[[str, int], None]], Callable[[], None]]:
-    """Decorator: run the body with (base URL or target, port) of a fresh in-thread server."""
-
-    def wrap(body: Callable[[str, int], None]) -> Callable[[], None]:
-        def run() -> None:
-            if transport == "grpc":
-                with serve_in_thread(
-                    grpc_service(tracker), reflection=False, health=False
-                ) as running:
-                    body(running.target, running.port)
-            else:
-                with live_server(starlette_app(tracker)) as server:
-                    body(server.url, server.port)
-
-        return run
-
-    return wrap
+    print(f"FIGURE cuts {harness.name}-{codec} stream_bytes={total} cuts={len(cuts) - 1} {kinds}")
 
 
 def test_cut_before_any_byte_is_an_error_for_every_transport() -> None:
-    for transport in TRANSPORTS:
-
-        @contextlib_server(transport, Tracker())
-        def run(upstream: str, port: int, name: str = transport) -> None:
-            with CutProxy(port, lambda: 0) as proxy:
-                base = upstream.replace(str(port), str(proxy.port))
-                out = asyncio.run(aread(name, base, stream=1, n=5, timeout=5))
-                assert not out.complete
-                assert isinstance(out.error, StreamError), out.error
-                assert out.items == []
-
-        run()
+    for harness in HARNESSES:
+        with served(harness) as app, CutProxy(app.port, lambda: 0) as proxy:
+            out = asyncio.run(
+                aread(harness, harness.address_at(proxy.port), stream=1, n=5, timeout=5)
+            )
+            assert not out.complete, harness.name
+            assert isinstance(out.error, StreamError), out.error
+            assert out.items == []
 
 
 # A consumer that stalls --------------------------------------------------------------------
@@ -304,11 +231,11 @@ def test_grpc_stalled_consumer_does_not_let_the_producer_run_ahead() -> None:
     tracker = Tracker()
     floats = 256 * 1024
 
+    harness = harness_named("grpc")
+
     async def main(target: str) -> tuple[int, int, int]:
         params = {"stream": 1, "n": -1, "floats": floats}
-        async with tgrpc.aconnect(
-            target, "Stream", TYPES["msgpack"], request=grpc_request(**params)
-        ) as reader:
+        async with harness.aconnect(StreamCall(target, TYPES["msgpack"], params)) as reader:
             await reader.read_header()
             await asyncio.sleep(0.7)
             ahead_1s = tracker.produced
@@ -321,8 +248,8 @@ def test_grpc_stalled_consumer_does_not_let_the_producer_run_ahead() -> None:
                     break
             return ahead_1s, ahead_2s, got
 
-    with serve_in_thread(grpc_service(tracker), reflection=False, health=False) as running:
-        ahead_1s, ahead_2s, got = asyncio.run(main(running.target))
+    with served(harness, tracker) as app:
+        ahead_1s, ahead_2s, got = asyncio.run(main(app.address))
         assert tracker.wait_all_closed(5), "the producer was not closed after the client left"
     print(f"FIGURE grpc-stall items_1MiB_ahead_after_0.7s={ahead_1s} after_1.4s={ahead_2s}")
     assert got == 50
@@ -331,22 +258,17 @@ def test_grpc_stalled_consumer_does_not_let_the_producer_run_ahead() -> None:
     assert ahead_2s - ahead_1s <= 2, (ahead_1s, ahead_2s)
 
 
-@pytest.mark.parametrize("transport", ["sse", "http"])
-def test_http_stalled_httpx_consumer_is_bounded_then_aborted(transport: str) -> None:
+@pytest.mark.parametrize("name", ["sse", "http"])  # send_timeout is theirs
+def test_http_stalled_httpx_consumer_is_bounded_then_aborted(name: str) -> None:
     # The teammates' test stalls a raw socket; this one stalls a real httpx client.
+    harness = harness_named(name)
     tracker = Tracker()
     floats = 256 * 1024
 
-    async def main(url: str) -> tuple[int, int, BaseException | None]:
+    async def main(address: str) -> tuple[int, int, BaseException | None]:
         params = {"stream": 1, "n": -1, "floats": floats}
-        module = sse if transport == "sse" else http
         error = None
-        async with (
-            httpx.AsyncClient(timeout=30) as client,
-            module.aconnect(
-                client, "GET", f"{url}/{transport}", TYPES["msgpack"], params=params
-            ) as reader,
-        ):
+        async with harness.aconnect(StreamCall(address, TYPES["msgpack"], params)) as reader:
             await reader.read_header()
             await asyncio.sleep(0.3)
             ahead = tracker.produced
@@ -358,11 +280,11 @@ def test_http_stalled_httpx_consumer_is_bounded_then_aborted(transport: str) -> 
                 error = exc
         return ahead, tracker.produced, error
 
-    with live_server(starlette_app(tracker, send_timeout=0.6)) as server:
+    with served(harness, tracker, send_timeout=0.6) as app:
         started = time.monotonic()
-        ahead, produced, error = asyncio.run(main(server.url))
+        ahead, produced, error = asyncio.run(main(app.address))
         assert tracker.wait_all_closed(5)
-    print(f"FIGURE {transport}-stall items_1MiB_ahead={ahead} produced_total={produced}")
+    print(f"FIGURE {name}-stall items_1MiB_ahead={ahead} produced_total={produced}")
     assert ahead <= 64, ahead
     assert produced <= 96, produced
     assert isinstance(error, StreamTruncatedError), "an aborted stream must read as truncated"

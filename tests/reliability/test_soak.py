@@ -17,17 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc.aio
-import httpx
 import numpy as np
 import psutil
 import pytest
-from reliability_helpers import TYPES, SubprocessServer, grpc_request, subprocess_server
+from conformance.harness import TransportHarness
+from harness_clients import ClientSettings, StreamCall, each_harness
+from reliability_helpers import TYPES, SubprocessServer, subprocess_server
 from test_faults import Proxy, free_port, settings
 
-from transports import grpc as tgrpc
-from transports import http, sse
-from transports.grpc import GrpcOptions
 from transports.triton import AsyncTritonBytesStreamer
 from truss_stream import StreamError
 
@@ -73,8 +70,8 @@ def _cpu(pid: int) -> float:
 
 
 async def _one_stream(
-    transport: str,
-    server: SubprocessServer,
+    harness: TransportHarness,
+    address: str,
     client: Any,
     stream: int,
     n: int,
@@ -84,16 +81,9 @@ async def _one_stream(
     params = {"stream": stream, "n": n, "delay": delay}
     result.expected += n
     try:
-        if transport == "grpc":
-            cm: Any = tgrpc.aconnect(
-                client, "Stream", TYPES["msgpack"], request=grpc_request(**params)
-            )
-        else:
-            module = sse if transport == "sse" else http
-            cm = module.aconnect(
-                client, "GET", f"{server.http_url}/{transport}", TYPES["msgpack"], params=params
-            )
-        async with cm as reader:
+        # No deadline: a soak stream runs as long as the soak.
+        call = StreamCall(address, TYPES["msgpack"], params, ClientSettings(timeout=None))
+        async with harness.aconnect(call, client=client) as reader:
             header = await reader.read_header()
             assert header.stream == stream
             expect = 0
@@ -109,48 +99,37 @@ async def _one_stream(
 
 
 async def run_load(
-    transport: str, streams: int, delay: float, seconds: float, server: SubprocessServer
+    harness: TransportHarness,
+    streams: int,
+    delay: float,
+    seconds: float,
+    server: SubprocessServer,
 ) -> LoadResult:
     """``streams`` concurrent streams, each an item every ``delay`` s for about ``seconds``."""
-    result = LoadResult(transport, streams)
+    result = LoadResult(harness.name, streams)
     pid = server.proc.pid
     result.rss["start"] = _rss(pid)
     cpu_start, client_cpu_start = _cpu(pid), time.process_time()
     n = max(int(seconds / delay), 1)
     started = time.monotonic()
-    if transport == "grpc":
-        client: Any = grpc.aio.insecure_channel(
-            server.grpc_target, options=GrpcOptions().channel_options()
-        )
-    else:
-        client = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0),
-            limits=httpx.Limits(
-                max_connections=streams + 10, max_keepalive_connections=streams + 10
-            ),
-        )
+    address = harness.address_in(http_url=server.http_url, grpc_target=server.grpc_target)
 
     async def sample_middle() -> None:
         await asyncio.sleep(seconds / 2)
         result.rss["middle"] = _rss(pid)
 
-    try:
+    async with harness.async_client(address, max_streams=streams) as client:
         sampler = asyncio.ensure_future(sample_middle())
         await asyncio.wait_for(
             asyncio.gather(
                 *(
-                    _one_stream(transport, server, client, s, n, delay, result)
+                    _one_stream(harness, address, client, s, n, delay, result)
                     for s in range(streams)
                 )
             ),
             seconds * 3 + 60,
         )
         await sampler
-    finally:
-        if transport == "grpc":
-            await client.close()
-        else:
-            await client.aclose()
     result.seconds = time.monotonic() - started
     result.server_cpu = _cpu(pid) - cpu_start
     result.client_cpu = time.process_time() - client_cpu_start
@@ -159,9 +138,11 @@ async def run_load(
     return result
 
 
-# (transport, concurrent streams, seconds between a stream's items): about 1,000 items/s
-# in all, what one loaded core of this 2-core machine sustains with the client alongside.
-LOADS = [("sse", 200, 0.25), ("http", 100, 0.1), ("grpc", 100, 0.1)]
+# transport -> (concurrent streams, seconds between a stream's items): about 1,000
+# items/s in all, what one loaded core of this 2-core machine sustains with the client
+# alongside. A transport registered later gets the default.
+LOADS = {"sse": (200, 0.25), "http": (100, 0.1), "grpc": (100, 0.1)}
+DEFAULT_LOAD = (100, 0.1)
 
 
 def _check(result: LoadResult, seconds: float) -> None:
@@ -180,19 +161,19 @@ def shared_server() -> Iterator[SubprocessServer]:
         yield server
 
 
-@pytest.mark.parametrize(("transport", "streams", "delay"), LOADS, ids=[t for t, _, _ in LOADS])
-def test_short_load(
-    transport: str, streams: int, delay: float, shared_server: SubprocessServer
-) -> None:
-    result = asyncio.run(run_load(transport, streams, delay, SHORT_SECONDS, shared_server))
+@each_harness
+def test_short_load(harness: TransportHarness, shared_server: SubprocessServer) -> None:
+    streams, delay = LOADS.get(harness.name, DEFAULT_LOAD)
+    result = asyncio.run(run_load(harness, streams, delay, SHORT_SECONDS, shared_server))
     _check(result, SHORT_SECONDS)
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize(("transport", "streams", "delay"), LOADS, ids=[t for t, _, _ in LOADS])
-def test_soak(transport: str, streams: int, delay: float) -> None:
+@each_harness
+def test_soak(harness: TransportHarness) -> None:
+    streams, delay = LOADS.get(harness.name, DEFAULT_LOAD)
     with subprocess_server() as server:
-        result = asyncio.run(run_load(transport, streams, delay, SOAK_SECONDS, server))
+        result = asyncio.run(run_load(harness, streams, delay, SOAK_SECONDS, server))
     _check(result, SOAK_SECONDS)
 
 

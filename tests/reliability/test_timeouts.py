@@ -18,31 +18,31 @@ idle, sync     reader ``idle_timeout`` (as httpx's read      ``idle_timeout`` (t
 total          reader ``total_timeout``                      ``timeout=`` deadline or reader
                                                              ``total_timeout``
 =============  ===========================================  =====================================
+
+Every test runs over the conformance harness registry (``harness_clients``); the
+client's limits are given as ``ClientSettings``, which each harness maps onto its
+transport's own settings as in the table.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import httpx
 import pytest
-from live_server import live_server
-from reliability_helpers import TYPES, grpc_request, grpc_service, starlette_app
+from conformance.harness import TransportHarness, harness_named
+from harness_clients import MODES, ClientSettings, StreamCall, each_harness, read_stream, served
+from reliability_helpers import TYPES
 
-from transports import grpc as tgrpc
-from transports import http, sse
 from transports.base import TransportError
-from transports.grpc import GrpcStatusError, serve_in_thread
-from truss_stream import StreamError, StreamTimeoutError
+from transports.grpc import GrpcStatusError
+from truss_stream import StreamTimeoutError
 
-TRANSPORTS = ["sse", "http", "grpc"]
-MODES = ["sync", "async"]
+NOT_GRPC = ["sse", "http"]
 
 
 @contextlib.contextmanager
@@ -79,170 +79,54 @@ def silent_listener() -> Iterator[int]:
         server.close()
 
 
-def read_stream(
-    transport: str,
-    mode: str,
-    base: str,
-    params: dict[str, Any],
-    *,
-    httpx_timeout: httpx.Timeout | None = None,
-    reader: dict[str, Any] | None = None,
-    grpc_kwargs: dict[str, Any] | None = None,
-) -> tuple[BaseException | None, float, int]:
-    """Read a whole stream; return (error, seconds, items read)."""
-    reader_opts = reader or {}
-    timeout = httpx_timeout or httpx.Timeout(30.0)
-    count = 0
-    started = time.monotonic()
-
-    async def aread() -> None:
-        nonlocal count
-        if transport == "grpc":
-            cm: Any = tgrpc.aconnect(
-                base,
-                "Stream",
-                TYPES["msgpack"],
-                request=grpc_request(**params),
-                **(grpc_kwargs or {}),
-                **reader_opts,
-            )
-            async with cm as r:
-                await r.read_header()
-                async for _ in r.read_items():
-                    count += 1
-                await r.read_footer()
-            return
-        module = sse if transport == "sse" else http
-        async with (
-            httpx.AsyncClient(timeout=timeout) as client,
-            module.aconnect(
-                client,
-                "GET",
-                f"{base}/{transport}",
-                TYPES["msgpack"],
-                params=params,
-                reader_options=reader_opts,
-            ) as r,
-        ):
-            await r.read_header()
-            async for _ in r.read_items():
-                count += 1
-            await r.read_footer()
-
-    def sread() -> None:
-        nonlocal count
-        if transport == "grpc":
-            with tgrpc.connect(
-                base,
-                "Stream",
-                TYPES["msgpack"],
-                request=grpc_request(**params),
-                **(grpc_kwargs or {}),
-                **reader_opts,
-            ) as r:
-                r.read_header()
-                for _ in r.read_items():
-                    count += 1
-                r.read_footer()
-            return
-        module = sse if transport == "sse" else http
-        with (
-            httpx.Client(timeout=timeout) as client,
-            module.connect(
-                client,
-                "GET",
-                f"{base}/{transport}",
-                TYPES["msgpack"],
-                params=params,
-                reader_options=reader_opts,
-            ) as r,
-        ):
-            r.read_header()
-            for _ in r.read_items():
-                count += 1
-            r.read_footer()
-
-    try:
-        if mode == "sync":
-            sread()
-        else:
-            asyncio.run(aread())
-    except StreamError as exc:
-        return exc, time.monotonic() - started, count
-    return None, time.monotonic() - started, count
-
-
-@contextlib.contextmanager
-def served(transport: str) -> Iterator[str]:
-    if transport == "grpc":
-        with serve_in_thread(grpc_service(), reflection=False, health=False) as running:
-            yield running.target
-    else:
-        with live_server(starlette_app()) as server:
-            yield server.url
-
-
 # Connect ------------------------------------------------------------------------------------
 
 
+def _assert_opening_timed_out(harness: TransportHarness, error: object, cause: type) -> None:
+    # The stream never opened: the transport's own error, which is a StreamError.
+    if harness.name == "grpc":
+        assert isinstance(error, GrpcStatusError), error
+        assert error.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+    else:
+        assert isinstance(error, TransportError), error
+        assert isinstance(error, StreamTimeoutError), error
+        assert isinstance(error.__cause__, cause)
+
+
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_connect_timeout_against_a_black_hole(transport: str, mode: str) -> None:
+@each_harness
+def test_connect_timeout_against_a_black_hole(harness: TransportHarness, mode: str) -> None:
     with full_backlog_listener() as port:
-        if transport == "grpc":
-            error, took, _ = read_stream(
-                transport,
-                mode,
-                f"127.0.0.1:{port}",
-                {},
-                grpc_kwargs={"timeout": 0.5, "wait_for_ready": True},
-            )
-            assert isinstance(error, GrpcStatusError), error
-            assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
-        else:
-            error, took, _ = read_stream(
-                transport,
-                mode,
-                f"http://127.0.0.1:{port}",
-                {},
-                httpx_timeout=httpx.Timeout(30.0, connect=0.5),
-            )
-            assert isinstance(error, TransportError), error
-            assert isinstance(error, StreamTimeoutError), error
-            assert isinstance(error.__cause__, httpx.ConnectTimeout)
+        error, took, _ = read_stream(
+            harness, mode, harness.address_at(port), {}, ClientSettings(connect_timeout=0.5)
+        )
+    _assert_opening_timed_out(harness, error, httpx.ConnectTimeout)
+    if harness.name == "grpc":  # waiting for a connection ends at the deadline
+        assert isinstance(error, GrpcStatusError)
+        assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert took < 3, took
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("transport", ["http", "grpc"])  # SSE opens through the same code
-def test_a_server_that_accepts_and_never_answers_times_out(transport: str, mode: str) -> None:
+@each_harness
+def test_a_server_that_accepts_and_never_answers_times_out(
+    harness: TransportHarness, mode: str
+) -> None:
     with silent_listener() as port:
-        if transport == "grpc":
-            error, took, _ = read_stream(
-                transport, mode, f"127.0.0.1:{port}", {}, grpc_kwargs={"timeout": 0.5}
-            )
-            assert isinstance(error, GrpcStatusError), error
-            assert error.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
-        else:
-            error, took, _ = read_stream(
-                transport,
-                mode,
-                f"http://127.0.0.1:{port}",
-                {},
-                httpx_timeout=httpx.Timeout(30.0, read=0.5),
-            )
-            assert isinstance(error, TransportError), error
-            assert isinstance(error, StreamTimeoutError), error
-            assert isinstance(error.__cause__, httpx.ReadTimeout)
+        error, took, _ = read_stream(
+            harness, mode, harness.address_at(port), {}, ClientSettings(read_timeout=0.5)
+        )
+    _assert_opening_timed_out(harness, error, httpx.ReadTimeout)
     assert took < 3, took
 
 
 def test_grpc_without_wait_for_ready_fails_fast_on_a_refused_port() -> None:
+    harness = harness_named("grpc")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, never listening: refused
         for mode in MODES:
-            error, took, _ = read_stream("grpc", mode, f"127.0.0.1:{port}", {})
+            error, took, _ = read_stream(harness, mode, harness.address_at(port), {})
             assert isinstance(error, GrpcStatusError), error
             assert error.code is grpc.StatusCode.UNAVAILABLE
             assert took < 5, took
@@ -254,12 +138,12 @@ STALLS = {"stream": 1, "n": 5, "delay": 30}  # header and item 0, then 30 s of s
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_idle_timeout_between_items(transport: str, mode: str) -> None:
+@each_harness
+def test_idle_timeout_between_items(harness: TransportHarness, mode: str) -> None:
     # Sync SSE/HTTP: connect() hands the idle limit to httpx as its read timeout.
-    with served(transport) as base:
+    with served(harness) as app:
         error, took, count = read_stream(
-            transport, mode, base, STALLS, reader={"idle_timeout": 0.5}
+            harness, mode, app.address, STALLS, ClientSettings(reader={"idle_timeout": 0.5})
         )
     assert isinstance(error, StreamTimeoutError), error
     assert isinstance(error, TimeoutError)
@@ -268,40 +152,40 @@ def test_idle_timeout_between_items(transport: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("transport", ["sse", "http"])
-def test_httpx_read_timeout_mid_stream_is_a_stream_timeout(transport: str, mode: str) -> None:
-    with served(transport) as base:
+@pytest.mark.parametrize("name", NOT_GRPC)  # gRPC has no read timeout of its own
+def test_httpx_read_timeout_mid_stream_is_a_stream_timeout(name: str, mode: str) -> None:
+    harness = harness_named(name)
+    with served(harness) as app:
         error, took, count = read_stream(
-            transport, mode, base, STALLS, httpx_timeout=httpx.Timeout(30.0, read=0.5)
+            harness, mode, app.address, STALLS, ClientSettings(read_timeout=0.5)
         )
     assert isinstance(error, StreamTimeoutError), error
     assert count == 1
     assert took < 4
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_idle_timeout_does_not_fire_on_a_steady_stream(transport: str) -> None:
+@each_harness
+def test_idle_timeout_does_not_fire_on_a_steady_stream(harness: TransportHarness) -> None:
     # Items every 30 ms for ~0.3 s under a 0.25 s idle limit: no timeout.
     params = {"stream": 1, "n": 10, "delay": 0.03}
-    with served(transport) as base:
+    with served(harness) as app:
         for mode in MODES:
             error, _, count = read_stream(
-                transport, mode, base, params, reader={"idle_timeout": 0.25}
+                harness, mode, app.address, params, ClientSettings(reader={"idle_timeout": 0.25})
             )
             assert error is None, (mode, error)
             assert count == 10
 
 
-def test_grpc_sync_idle_watchdog_ignores_a_slow_consumer() -> None:
-    # Time the consumer spends between reads is not idle time.
+@each_harness
+def test_sync_idle_timeout_ignores_a_slow_consumer(harness: TransportHarness) -> None:
+    # Time the consumer spends between reads is not idle time (gRPC: its watchdog;
+    # SSE/HTTP: httpx's read timeout runs only while reading).
+    settings = ClientSettings(reader={"idle_timeout": 0.2})
     with (
-        served("grpc") as base,
-        tgrpc.connect(
-            base,
-            "Stream",
-            TYPES["msgpack"],
-            request=grpc_request(stream=1, n=3),
-            idle_timeout=0.2,
+        served(harness) as app,
+        harness.connect(
+            StreamCall(app.address, TYPES["msgpack"], {"stream": 1, "n": 3}, settings)
         ) as reader,
     ):
         reader.read_header()
@@ -319,12 +203,11 @@ TRICKLE = {"stream": 1, "n": -1, "delay": 0.05}  # an item every 50 ms, forever
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_total_timeout_on_a_stream_that_never_ends(transport: str, mode: str) -> None:
-    with served(transport) as base:
-        error, took, count = read_stream(
-            transport, mode, base, TRICKLE, reader={"total_timeout": 0.6, "idle_timeout": 0.4}
-        )
+@each_harness
+def test_total_timeout_on_a_stream_that_never_ends(harness: TransportHarness, mode: str) -> None:
+    settings = ClientSettings(reader={"total_timeout": 0.6, "idle_timeout": 0.4})
+    with served(harness) as app:
+        error, took, count = read_stream(harness, mode, app.address, TRICKLE, settings)
     assert isinstance(error, StreamTimeoutError), error
     assert "total_timeout" in str(error)
     assert count >= 3
@@ -333,8 +216,11 @@ def test_total_timeout_on_a_stream_that_never_ends(transport: str, mode: str) ->
 
 @pytest.mark.parametrize("mode", MODES)
 def test_grpc_deadline_is_a_total_limit(mode: str) -> None:
-    with served("grpc") as base:
-        error, took, count = read_stream("grpc", mode, base, TRICKLE, grpc_kwargs={"timeout": 0.6})
+    harness = harness_named("grpc")
+    with served(harness) as app:
+        error, took, count = read_stream(
+            harness, mode, app.address, TRICKLE, ClientSettings(timeout=0.6)
+        )
     assert isinstance(error, GrpcStatusError), error
     assert error.code is grpc.StatusCode.DEADLINE_EXCEEDED
     assert count >= 3

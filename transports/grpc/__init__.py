@@ -22,6 +22,9 @@ require_extra(__name__)
 
 from ._client import (
     AsyncGrpcTransport,
+    GrpcCallKwargs,
+    GrpcClientOptions,
+    GrpcConnectKwargs,
     GrpcStatusError,
     GrpcStreamTruncatedError,
     GrpcTransport,
@@ -47,6 +50,9 @@ __all__ = [
     "AsyncGrpcTransport",
     "ClientTLS",
     "FrameStreamService",
+    "GrpcCallKwargs",
+    "GrpcClientOptions",
+    "GrpcConnectKwargs",
     "GrpcOptions",
     "GrpcStatusError",
     "GrpcStreamTruncatedError",

@@ -1,25 +1,41 @@
 """Client side: one server-streaming call, its messages handed to the typed reader.
 
-The sync (``grpc``) and async (``grpc.aio``) transports differ only in how they
-call and iterate; both ask for the raw wire (``truss-stream-wire: frames``), so each
-message is one frame, fed to the reader as is. gRPC errors are translated here, at
-the boundary, into :class:`GrpcStatusError` (``raise ... from`` the original).
+One sans-IO core (:class:`_CallCore`: the call's path, request, metadata, and every
+decision about what an event means: which error a status becomes, whether a
+timeout fired) and two thin drivers, :class:`GrpcTransport` over ``grpc`` and
+:class:`AsyncGrpcTransport` over ``grpc.aio``, which only call and iterate. Every
+setting lives in one :class:`GrpcClientOptions`; the keyword arguments of the
+transports and of ``connect`` / ``aconnect`` (:class:`GrpcCallKwargs`) map into it.
 
-Both read the first message before handing the stream over, so a call that fails
-before its first frame (an unknown method, a producer that raised, a deadline, a
-refused connection) raises when the stream is opened, as an HTTP error status would.
+Both ask for the raw wire (``truss-stream-wire: frames``), so each message is one
+frame, fed to the reader as is. gRPC errors are translated here, at the boundary,
+into :class:`GrpcStatusError` (``raise ... from`` the original). Both read the first
+message before handing the stream over, so a call that fails before its first frame
+(an unknown method, a producer that raised, a deadline, a refused connection) raises
+when the stream is opened, as an HTTP error status would.
+
+Timeouts: ``idle_timeout`` is the most seconds between two messages (one message is
+one frame; HTTP/2 keepalive pings are not messages and do not count) and
+``total_timeout`` bounds the whole stream. Both raise
+:class:`truss_stream.StreamTimeoutError`, sync and async, from the core's one
+deadline: the async driver bounds each message wait by the core's budget; the sync
+driver runs a watchdog thread that cancels a call blocked past either limit (a
+blocking ``next()`` cannot be interrupted otherwise).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import anyio
 import grpc
 import grpc.aio
+from typing_extensions import TypedDict, Unpack
 
 from transports.base import (
     AsyncBaseTransport,
@@ -30,6 +46,7 @@ from transports.base import (
 )
 from truss_stream import (
     AsyncStreamReader,
+    MsgpackLimits,
     StreamReader,
     StreamTimeoutError,
     StreamTruncatedError,
@@ -42,6 +59,9 @@ from ._wire import DEFAULT_SERVICE_NAME, RAW_WIRE, WIRE_METADATA_KEY, encode_req
 
 __all__ = [
     "AsyncGrpcTransport",
+    "GrpcCallKwargs",
+    "GrpcClientOptions",
+    "GrpcConnectKwargs",
     "GrpcStatusError",
     "GrpcStreamTruncatedError",
     "GrpcTransport",
@@ -98,51 +118,198 @@ def _status_error(method: str, exc: grpc.RpcError) -> GrpcStatusError:
     return GrpcStatusError(method, code, details)
 
 
-class _CallSpec:
-    """What both transports send: the method path, the request and the call options."""
+class GrpcCallKwargs(TypedDict, total=False):
+    """The keyword arguments the transports, ``connect`` and ``aconnect`` take.
 
-    def __init__(
-        self,
-        method: str,
-        request: bytes,
-        timeout: float | None,
-        metadata: Metadata | None,
-        service_name: str,
-        wait_for_ready: bool | None,
-    ) -> None:
-        self.path = method_path(method, service_name)
-        self.request = encode_request(request)
-        self.timeout = timeout
-        self.metadata: tuple[tuple[str, str | bytes], ...] = (
-            *(metadata or ()),
-            (WIRE_METADATA_KEY, RAW_WIRE),
-        )
-        self.wait_for_ready = wait_for_ready
-
-
-class _IdleWatchdog:
-    """Cancels a sync call blocked longer than ``idle`` seconds waiting for a message.
-
-    The sync ``grpc`` iterator has no per-message timeout; one thread per call checks
-    the time spent inside ``next()`` (time the consumer spends elsewhere is not idle).
+    Each maps onto the :class:`GrpcClientOptions` field of the same name
+    (``options`` onto ``channel_options``).
     """
 
-    def __init__(self, call: Any, idle: float) -> None:
-        self.idle = idle
+    request: bytes
+    timeout: float | None
+    metadata: Metadata | None
+    service_name: str
+    options: GrpcOptions | None
+    tls: ClientTLS | None
+    wait_for_ready: bool | None
+    idle_timeout: float | None
+    total_timeout: float | None
+
+
+class GrpcConnectKwargs(GrpcCallKwargs, total=False):
+    """:class:`GrpcCallKwargs` plus the reader's own (``truss_stream.stream_reader``)."""
+
+    require_end: bool
+    max_frame_bytes: int
+    copy_arrays: bool
+    msgpack_limits: MsgpackLimits | None
+
+
+_READER_KEYS = ("require_end", "max_frame_bytes", "copy_arrays", "msgpack_limits")
+
+
+@dataclasses.dataclass(frozen=True)
+class GrpcClientOptions:
+    """Everything about one client call, in one place.
+
+    Attributes:
+        request: the request body the producer receives.
+        timeout: the call's gRPC deadline in seconds, covering the whole stream
+            (past it the call ends with DEADLINE_EXCEEDED).
+        metadata: extra call metadata (``(key, value)`` pairs).
+        service_name: the service serving the method.
+        channel_options: channel settings when the channel is given as a target
+            (the ``options=`` keyword).
+        tls: TLS when the channel is given as a target; ``None`` is plaintext.
+        wait_for_ready: queue the call until the channel connects instead of
+            failing fast with UNAVAILABLE.
+        idle_timeout: most seconds between two messages (frames); keepalive pings
+            do not count. Past it: :class:`truss_stream.StreamTimeoutError`.
+        total_timeout: most seconds for the whole stream, from the call's start.
+            Past it: :class:`truss_stream.StreamTimeoutError`.
+    """
+
+    request: bytes = b""
+    timeout: float | None = None
+    metadata: Metadata | None = None
+    service_name: str = DEFAULT_SERVICE_NAME
+    channel_options: GrpcOptions | None = None
+    tls: ClientTLS | None = None
+    wait_for_ready: bool | None = None
+    idle_timeout: float | None = None
+    total_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("idle_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None")
+
+    def with_kwargs(self, **kwargs: Unpack[GrpcCallKwargs]) -> GrpcClientOptions:
+        """These options with the given keyword arguments applied on top.
+
+        Raises:
+            TypeError: an unknown keyword.
+        """
+        fields: dict[str, Any] = dict(kwargs)
+        if "options" in fields:
+            fields["channel_options"] = fields.pop("options")
+        unknown = set(fields) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown gRPC client option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **fields) if fields else self
+
+
+def _options_of(
+    client_options: GrpcClientOptions | None, kwargs: GrpcCallKwargs
+) -> GrpcClientOptions:
+    return (client_options or GrpcClientOptions()).with_kwargs(**kwargs)
+
+
+class _CallCore:
+    """The sans-IO half of one call: what to send, and what each outcome means.
+
+    The drivers report events (a message, the end, an ``RpcError``) and get back
+    bytes to hand on, or the exception to raise; they never decide anything.
+    """
+
+    def __init__(self, method: str, options: GrpcClientOptions) -> None:
+        self.options = options
+        self.path = method_path(method, options.service_name)
+        self.request = encode_request(options.request)
+        self.metadata: tuple[tuple[str, str | bytes], ...] = (
+            *(options.metadata or ()),
+            (WIRE_METADATA_KEY, RAW_WIRE),
+        )
+        self.started = False
+        self.timed_out: str | None = None  # "idle" / "total", once a limit passed
+        total = options.total_timeout
+        self.deadline = None if total is None else time.monotonic() + total
+        self._total_binds = False
+
+    def call_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the stub's unary-stream call."""
+        return {
+            "timeout": self.options.timeout,
+            "metadata": self.metadata,
+            "wait_for_ready": self.options.wait_for_ready,
+        }
+
+    def message(self, message: bytes) -> bytes:
+        """A message arrived: it is one frame, handed on as it is."""
+        self.started = True
+        return message
+
+    def failed(self, exc: grpc.RpcError) -> Exception:
+        """The exception to raise for a call that ended with ``exc``."""
+        if self.timed_out is not None:
+            return self.timeout_error()
+        error = _status_error(self.path, exc)
+        return _cut_short(error) if self.started else error
+
+    def budget(self) -> float | None:
+        """Seconds the next message may take, or None for no limit (the async driver)."""
+        idle = self.options.idle_timeout
+        if self.deadline is None:
+            self._total_binds = False
+            return idle
+        left = max(self.deadline - time.monotonic(), 0.0)
+        # Which limit this budget is, for timeout_error(): a timer may fire a hair
+        # before the deadline, so "now >= deadline" could name the wrong one.
+        self._total_binds = idle is None or left <= idle
+        return left if idle is None else min(left, idle)
+
+    def timeout_error(self) -> StreamTimeoutError:
+        """The error for a limit that passed (``timed_out``, else whichever it was)."""
+        if self.timed_out is None:
+            self.timed_out = "total" if self._total_binds else "idle"
+        if self.timed_out == "total":
+            return StreamTimeoutError(
+                f"the stream took longer than total_timeout={self.options.total_timeout}s "
+                f"on {self.path}"
+            )
+        return StreamTimeoutError(
+            f"no message for idle_timeout={self.options.idle_timeout}s on {self.path}"
+        )
+
+    def watchdog(self, call: Any) -> _Watchdog | None:
+        """For the sync driver: a thread enforcing the timeouts, or None if none are set."""
+        idle, total = self.options.idle_timeout, self.options.total_timeout
+        if idle is None and total is None:
+            return None
+        return _Watchdog(self, call, idle)
+
+
+class _Watchdog:
+    """Cancels a sync call blocked past ``idle`` (per message) or ``total`` seconds.
+
+    The sync ``grpc`` iterator has no per-message timeout; one thread per call checks
+    the time spent inside ``next()`` (time the consumer spends elsewhere is not idle)
+    and the time since the call started.
+    """
+
+    def __init__(self, core: _CallCore, call: Any, idle: float | None) -> None:
+        self._core = core
+        self._idle = idle
         self.waiting_since: float | None = None
-        self.fired = False
         self._stop = threading.Event()
+        periods = [p for p in (idle, core.options.total_timeout) if p is not None]
+        self._tick = min(min(periods) / 4, 0.25)
         self._thread = threading.Thread(
-            target=self._run, args=(call,), name="grpc-idle-watchdog", daemon=True
+            target=self._run, args=(call,), name="grpc-timeout-watchdog", daemon=True
         )
         self._thread.start()
 
     def _run(self, call: Any) -> None:
-        tick = min(self.idle / 4, 0.25)
-        while not self._stop.wait(tick):
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
+            deadline = self._core.deadline
+            if deadline is not None and now > deadline:
+                self._core.timed_out = "total"
             since = self.waiting_since
-            if since is not None and time.monotonic() - since > self.idle:
-                self.fired = True
+            if self._idle is not None and since is not None and now - since > self._idle:
+                self._core.timed_out = "idle"
+            if self._core.timed_out is not None:
                 call.cancel()
                 return
 
@@ -155,19 +322,12 @@ class GrpcTransport(BaseTransport):
 
     Args:
         channel: an open ``grpc.Channel`` (left open), or a target string (a channel
-            is opened with ``options`` and ``tls`` for each stream and closed after).
+            is opened with the options' ``channel_options`` and ``tls`` for each
+            stream and closed after).
         method: the method name (``/<service_name>/<method>``) or a full ``/path``.
-        request: the request body the producer receives.
-        timeout: the call's deadline in seconds, covering the whole stream.
-        metadata: extra call metadata (``(key, value)`` pairs).
-        service_name: the service serving ``method``.
-        options: channel settings when ``channel`` is a target.
-        tls: TLS when ``channel`` is a target; ``None`` is plaintext.
-        wait_for_ready: queue the call until the channel connects instead of failing
-            fast with UNAVAILABLE.
-        idle_timeout: most seconds to wait for each message; past it the call is
-            cancelled and :class:`truss_stream.StreamTimeoutError` raised (the sync
-            twin of the async reader's ``idle_timeout``).
+        client_options: the call's settings (:class:`GrpcClientOptions`).
+        **kwargs: any :class:`GrpcClientOptions` field by its keyword
+            (:class:`GrpcCallKwargs`), applied on top of ``client_options``.
     """
 
     def __init__(
@@ -175,88 +335,70 @@ class GrpcTransport(BaseTransport):
         channel: grpc.Channel | str,
         method: str,
         *,
-        request: bytes = b"",
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        service_name: str = DEFAULT_SERVICE_NAME,
-        options: GrpcOptions | None = None,
-        tls: ClientTLS | None = None,
-        wait_for_ready: bool | None = None,
-        idle_timeout: float | None = None,
+        client_options: GrpcClientOptions | None = None,
+        **kwargs: Unpack[GrpcCallKwargs],
     ) -> None:
         self._channel = channel
-        self._spec = _CallSpec(method, request, timeout, metadata, service_name, wait_for_ready)
-        self._options = options
-        self._tls = tls
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be > 0 or None")
-        self._idle = idle_timeout
+        self._method = method
+        self.options = _options_of(client_options, kwargs)
 
     def open_stream(self) -> contextlib.AbstractContextManager[Iterator[bytes]]:
         """Start the call and give its messages, one frame each.
 
         Raises:
             GrpcStatusError: the call failed before its first message.
+            StreamTimeoutError: a timeout passed before the first message.
         """
-        return self._open()
+        return self._open(_CallCore(self._method, self.options))
 
     @contextlib.contextmanager
-    def _open(self) -> Iterator[Iterator[bytes]]:
+    def _open(self, core: _CallCore) -> Iterator[Iterator[bytes]]:
         with contextlib.ExitStack() as stack:
             channel = self._channel
             if isinstance(channel, str):
+                opts = self.options
                 channel = stack.enter_context(
-                    create_channel(channel, options=self._options, tls=self._tls)
+                    create_channel(channel, options=opts.channel_options, tls=opts.tls)
                 )
-            spec = self._spec
-            call = channel.unary_stream(spec.path, None, None)(
-                spec.request,
-                timeout=spec.timeout,
-                metadata=spec.metadata,
-                wait_for_ready=spec.wait_for_ready,
-            )
+            call = channel.unary_stream(core.path, None, None)(core.request, **core.call_kwargs())
             stack.callback(call.cancel)
-            watchdog = None
-            if self._idle is not None:
-                watchdog = _IdleWatchdog(call, self._idle)
+            watchdog = core.watchdog(call)
+            if watchdog is not None:
                 stack.callback(watchdog.stop)
             messages = iter(call)
-            first = self._next(messages, watchdog)
-            yield self._chunks(messages, first, watchdog)
+            first = _next(core, messages, watchdog)
+            yield _chunks(core, messages, first, watchdog)
 
-    def _next(self, messages: Iterator[bytes], watchdog: _IdleWatchdog | None) -> bytes | None:
+
+def _next(core: _CallCore, messages: Iterator[bytes], watchdog: _Watchdog | None) -> bytes | None:
+    if watchdog is not None:
+        watchdog.waiting_since = time.monotonic()
+    try:
+        return core.message(next(messages))
+    except StopIteration:
+        return None
+    except grpc.RpcError as exc:
+        raise core.failed(exc) from exc
+    finally:
         if watchdog is not None:
-            watchdog.waiting_since = time.monotonic()
-        try:
-            return next(messages)
-        except StopIteration:
-            return None
-        except grpc.RpcError as exc:
-            if watchdog is not None and watchdog.fired:
-                raise StreamTimeoutError(
-                    f"no message for idle_timeout={watchdog.idle}s on {self._spec.path}"
-                ) from exc
-            raise _status_error(self._spec.path, exc) from exc
-        finally:
-            if watchdog is not None:
-                watchdog.waiting_since = None
+            watchdog.waiting_since = None
 
-    def _chunks(
-        self, messages: Iterator[bytes], first: bytes | None, watchdog: _IdleWatchdog | None
-    ) -> Iterator[bytes]:
-        message = first
-        while message is not None:
-            yield message
-            try:
-                message = self._next(messages, watchdog)
-            except GrpcStatusError as exc:
-                raise _cut_short(exc) from exc.__cause__
+
+def _chunks(
+    core: _CallCore, messages: Iterator[bytes], first: bytes | None, watchdog: _Watchdog | None
+) -> Iterator[bytes]:
+    message = first
+    while message is not None:
+        yield message
+        message = _next(core, messages, watchdog)
 
 
 class AsyncGrpcTransport(AsyncBaseTransport):
-    """Async transport over ``grpc.aio``; the twin of :class:`GrpcTransport`.
+    """Async transport over ``grpc.aio``: the other driver of the same core.
 
-    ``channel`` is an open ``grpc.aio.Channel`` (left open) or a target string.
+    Takes the arguments of :class:`GrpcTransport`; ``channel`` is an open
+    ``grpc.aio.Channel`` (left open) or a target string. It enforces
+    ``idle_timeout`` and ``total_timeout`` itself, per message.
     """
 
     def __init__(
@@ -264,18 +406,12 @@ class AsyncGrpcTransport(AsyncBaseTransport):
         channel: grpc.aio.Channel | str,
         method: str,
         *,
-        request: bytes = b"",
-        timeout: float | None = None,
-        metadata: Metadata | None = None,
-        service_name: str = DEFAULT_SERVICE_NAME,
-        options: GrpcOptions | None = None,
-        tls: ClientTLS | None = None,
-        wait_for_ready: bool | None = None,
+        client_options: GrpcClientOptions | None = None,
+        **kwargs: Unpack[GrpcCallKwargs],
     ) -> None:
         self._channel = channel
-        self._spec = _CallSpec(method, request, timeout, metadata, service_name, wait_for_ready)
-        self._options = options
-        self._tls = tls
+        self._method = method
+        self.options = _options_of(client_options, kwargs)
 
     def open_stream(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """Start the call and give its messages, one frame each.
@@ -283,46 +419,58 @@ class AsyncGrpcTransport(AsyncBaseTransport):
         Raises:
             GrpcStatusError: the call failed before its first message.
         """
-        return self._open()
+        return self._open(_CallCore(self._method, self.options))
 
     @contextlib.asynccontextmanager
-    async def _open(self) -> AsyncIterator[AsyncIterator[bytes]]:
+    async def _open(self, core: _CallCore) -> AsyncIterator[AsyncIterator[bytes]]:
         async with contextlib.AsyncExitStack() as stack:
             channel = self._channel
             if isinstance(channel, str):
+                opts = self.options
                 channel = await stack.enter_async_context(
-                    acreate_channel(channel, options=self._options, tls=self._tls)
+                    acreate_channel(channel, options=opts.channel_options, tls=opts.tls)
                 )
-            spec = self._spec
-            call = channel.unary_stream(spec.path, None, None)(
-                spec.request,
-                timeout=spec.timeout,
-                metadata=spec.metadata,
-                wait_for_ready=spec.wait_for_ready,
-            )
+            call = channel.unary_stream(core.path, None, None)(core.request, **core.call_kwargs())
             stack.callback(call.cancel)
             messages = call.__aiter__()
-            first = await self._next(messages)
-            yield self._chunks(messages, first)
+            first = await _anext(core, messages)
+            yield _achunks(core, messages, first)
 
-    async def _next(self, messages: AsyncIterator[bytes]) -> bytes | None:
-        try:
-            return await messages.__anext__()
-        except StopAsyncIteration:
-            return None
-        except grpc.RpcError as exc:
-            raise _status_error(self._spec.path, exc) from exc
 
-    async def _chunks(
-        self, messages: AsyncIterator[bytes], first: bytes | None
-    ) -> AsyncIterator[bytes]:
-        message = first
-        while message is not None:
-            yield message
-            try:
-                message = await self._next(messages)
-            except GrpcStatusError as exc:
-                raise _cut_short(exc) from exc.__cause__
+async def _anext(core: _CallCore, messages: AsyncIterator[bytes]) -> bytes | None:
+    budget = core.budget()
+    try:
+        if budget is None:
+            return core.message(await messages.__anext__())
+        with anyio.fail_after(budget):
+            return core.message(await messages.__anext__())
+    except TimeoutError:
+        raise core.timeout_error() from None
+    except StopAsyncIteration:
+        return None
+    except grpc.RpcError as exc:
+        raise core.failed(exc) from exc
+
+
+async def _achunks(
+    core: _CallCore, messages: AsyncIterator[bytes], first: bytes | None
+) -> AsyncIterator[bytes]:
+    message = first
+    while message is not None:
+        yield message
+        message = await _anext(core, messages)
+
+
+def _split(
+    client_options: GrpcClientOptions | None, kwargs: GrpcConnectKwargs
+) -> tuple[GrpcClientOptions, dict[str, Any]]:
+    """(call options, reader keyword arguments) from ``connect``'s keywords."""
+    call: dict[str, Any] = {k: v for k, v in kwargs.items() if k not in _READER_KEYS}
+    options = (client_options or GrpcClientOptions()).with_kwargs(**call)
+    reader = {k: v for k, v in kwargs.items() if k in _READER_KEYS}
+    reader["idle_timeout"] = options.idle_timeout
+    reader["total_timeout"] = options.total_timeout
+    return options, reader
 
 
 @contextlib.contextmanager
@@ -331,14 +479,8 @@ def connect(
     method: str,
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
-    request: bytes = b"",
-    timeout: float | None = None,
-    metadata: Metadata | None = None,
-    service_name: str = DEFAULT_SERVICE_NAME,
-    options: GrpcOptions | None = None,
-    tls: ClientTLS | None = None,
-    wait_for_ready: bool | None = None,
-    **reader_kwargs: Any,
+    client_options: GrpcClientOptions | None = None,
+    **kwargs: Unpack[GrpcConnectKwargs],
 ) -> Iterator[StreamReader[ItemT, HeaderTT, FooterTT]]:
     """Call a FrameStream method and give a sync typed reader over its stream.
 
@@ -346,37 +488,25 @@ def connect(
         channel: a ``grpc.Channel`` (left open) or a target string.
         method: the method name, or a full ``/package.Service/Method`` path.
         types: the stream type (``truss_stream.stream_types(...)``).
-        request: the request body for the producer.
-        timeout: deadline in seconds for the whole stream.
-        metadata: extra call metadata.
-        service_name: the service serving ``method``.
-        options: channel settings when ``channel`` is a target.
-        tls: TLS when ``channel`` is a target.
-        wait_for_ready: wait for the channel to connect instead of failing fast.
-        **reader_kwargs: passed to ``truss_stream.stream_reader`` (``require_end``,
-            ``max_frame_bytes``, ``copy_arrays``, ``total_timeout``); ``idle_timeout``
-            also goes to the transport, which enforces it for the sync reader.
+        client_options: the call's settings (:class:`GrpcClientOptions`: request,
+            timeout, metadata, service_name, channel options, tls, wait_for_ready,
+            idle_timeout, total_timeout).
+        **kwargs: any of those by keyword (``request=b"..."``, ``timeout=30``,
+            ``options=GrpcOptions(...)``...), applied on top of ``client_options``,
+            and the reader's ``require_end``, ``max_frame_bytes``, ``copy_arrays``,
+            ``msgpack_limits``.
 
     Returns:
         A context manager giving the reader; leaving it cancels the call.
 
     Raises:
         GrpcStatusError: the call failed (on entry if before the first frame, else
-            while reading).
+            while reading, as :class:`GrpcStreamTruncatedError`).
+        StreamTimeoutError: ``idle_timeout`` or ``total_timeout`` passed.
         StreamError: the stream was truncated, malformed, or failed remotely.
     """
-    transport = GrpcTransport(
-        channel,
-        method,
-        request=request,
-        timeout=timeout,
-        metadata=metadata,
-        service_name=service_name,
-        options=options,
-        tls=tls,
-        wait_for_ready=wait_for_ready,
-        idle_timeout=reader_kwargs.get("idle_timeout"),
-    )
+    options, reader_kwargs = _split(client_options, kwargs)
+    transport = GrpcTransport(channel, method, client_options=options)
     with open_reader(transport, types, **reader_kwargs) as reader:
         yield reader
 
@@ -387,26 +517,11 @@ async def aconnect(
     method: str,
     types: StreamTypes[ItemT, HeaderTT, FooterTT],
     *,
-    request: bytes = b"",
-    timeout: float | None = None,
-    metadata: Metadata | None = None,
-    service_name: str = DEFAULT_SERVICE_NAME,
-    options: GrpcOptions | None = None,
-    tls: ClientTLS | None = None,
-    wait_for_ready: bool | None = None,
-    **reader_kwargs: Any,
+    client_options: GrpcClientOptions | None = None,
+    **kwargs: Unpack[GrpcConnectKwargs],
 ) -> AsyncIterator[AsyncStreamReader[ItemT, HeaderTT, FooterTT]]:
     """The async twin of :func:`connect`, over a ``grpc.aio.Channel`` or a target."""
-    transport = AsyncGrpcTransport(
-        channel,
-        method,
-        request=request,
-        timeout=timeout,
-        metadata=metadata,
-        service_name=service_name,
-        options=options,
-        tls=tls,
-        wait_for_ready=wait_for_ready,
-    )
+    options, reader_kwargs = _split(client_options, kwargs)
+    transport = AsyncGrpcTransport(channel, method, client_options=options)
     async with aopen_reader(transport, types, **reader_kwargs) as reader:
         yield reader

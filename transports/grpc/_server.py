@@ -5,7 +5,13 @@ writer's frames as an (async) iterable. :class:`FrameStreamService` exposes each
 as a method ``/<service>/<name>`` and sends one frame per message, unchanged, through
 :func:`transports.base.guard_frames` (END appended, later failures as an ERROR frame).
 A producer that fails before its first frame ends the call with status INTERNAL
-instead, the gRPC twin of an HTTP 500.
+instead, the gRPC twin of an HTTP 500. Failures are logged with an error id
+(logger ``truss_stream.server``); ``expose_errors=False`` sends clients only the
+exception's type and that id. A sync producer runs in a worker thread.
+
+Shutdown: :meth:`RunningServer.stop` ends the open streams with a going-away ERROR
+frame (:class:`truss_stream.ServerGoingAwayError`) once its grace period is over,
+and new calls get UNAVAILABLE; see :class:`transports.shutdown.GracefulShutdown`.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -25,11 +30,14 @@ from collections.abc import (
 )
 from typing import Any, NoReturn, cast
 
+import anyio
 import grpc
 import grpc.aio
 from google.protobuf.descriptor_pool import DescriptorPool
 
-from transports.base import guard_frames
+from transports.base import describe_failure, guard_frames, new_stream_id, report_failure
+from transports.shutdown import GracefulShutdown
+from truss_stream import ServerGoingAwayError, error_frame, frame_info
 
 from ._options import GrpcOptions, ServerTLS
 from ._wire import (
@@ -52,8 +60,6 @@ __all__ = [
     "serve",
     "start_server",
 ]
-
-_log = logging.getLogger(__name__)
 
 FrameLike = bytes | bytearray | memoryview
 #: ``producer(request_body, context)`` returns the writer's frames for one call.
@@ -90,6 +96,11 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     Args:
         producers: method name -> producer.
         service_name: the package-qualified service name.
+        expose_errors: False withholds a failed producer's message from clients,
+            which get its type and an error id; the server logs the full error.
+        shutdown: the :class:`transports.shutdown.GracefulShutdown` that ends this
+            service's streams; by default the service has its own, which
+            :meth:`RunningServer.stop` begins. Pass one to share it with HTTP routes.
     """
 
     def __init__(
@@ -97,8 +108,12 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         producers: Mapping[str, Producer] | None = None,
         *,
         service_name: str = DEFAULT_SERVICE_NAME,
+        expose_errors: bool = True,
+        shutdown: GracefulShutdown | None = None,
     ) -> None:
         self._service_name = check_service_name(service_name)
+        self._expose_errors = expose_errors
+        self.shutdown = shutdown if shutdown is not None else GracefulShutdown(grace=1.0)
         self._producers: dict[str, Producer] = {}
         self._request_type = message_class(frames_pool(), "StreamRequest")
         for name, producer in (producers or {}).items():
@@ -142,44 +157,84 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             else encode_frame_message,
         )
 
-    @staticmethod
     def _behavior(
-        producer: Producer,
+        self, producer: Producer
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
+        drain, expose = self.shutdown, self._expose_errors
+
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            # A coroutine writing with context.write, not an async generator: when the
-            # client cancels, the CancelledError lands here and the finally below
-            # closes the producer at once, not whenever the generator is collected.
-            try:
-                frames = cast(
-                    AsyncGenerator[bytes | memoryview, None],
-                    guard_frames(producer(bytes(request.body), context)),
-                )
-            except Exception as exc:
-                await _abort_before_first_frame(context, exc)
-            try:
-                try:
-                    first = await frames.__anext__()
-                except StopAsyncIteration:  # pragma: no cover - guard_frames always ends
-                    return
-                except Exception as exc:
-                    await _abort_before_first_frame(context, exc)
-                await context.write(_as_bytes(first))
-                async for frame in frames:
-                    await context.write(_as_bytes(frame))
-            finally:
-                await frames.aclose()
+            if drain.shutting_down:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            with drain.track():
+                await _serve_call(producer, request, context, drain, expose)
 
         return handle
 
 
+async def _serve_call(
+    producer: Producer,
+    request: Any,
+    context: grpc.aio.ServicerContext[Any, Any],
+    drain: GracefulShutdown,
+    expose: bool,
+) -> None:
+    # A coroutine writing with context.write, not an async generator: when the
+    # client cancels, the CancelledError lands here and the finally below closes
+    # the producer at once, not whenever the generator is collected.
+    stream_id = new_stream_id()
+    try:
+        frames = cast(
+            AsyncGenerator[bytes | memoryview, None],
+            guard_frames(
+                producer(bytes(request.body), context),
+                expose_errors=expose,
+                stream_id=stream_id,
+            ),
+        )
+    except Exception as exc:
+        await _abort_before_first_frame(context, exc, stream_id, expose)
+    codec = None
+    # A cancel scope, not a task group: a task group would wrap the AbortError
+    # grpc needs to see in an ExceptionGroup.
+    with anyio.CancelScope() as scope:
+        watcher = asyncio.ensure_future(_cancel_when_due(drain, scope))
+        try:
+            try:
+                first = await frames.__anext__()
+            except StopAsyncIteration:  # pragma: no cover - guard_frames always ends
+                return
+            except Exception as exc:
+                await _abort_before_first_frame(context, exc, stream_id, expose)
+            codec = frame_info(first)[1]
+            await context.write(_as_bytes(first))
+            async for frame in frames:
+                await context.write(_as_bytes(frame))
+        finally:
+            watcher.cancel()
+            if scope.cancel_called:
+                with anyio.CancelScope(shield=True):
+                    await frames.aclose()
+    try:
+        if scope.cancelled_caught:
+            if codec is None:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            await context.write(error_frame(ServerGoingAwayError(), codec))
+    finally:
+        await frames.aclose()
+
+
+async def _cancel_when_due(drain: GracefulShutdown, scope: anyio.CancelScope) -> None:
+    await drain.wait_until_due()
+    scope.cancel()
+
+
 async def _abort_before_first_frame(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, stream_id: str, expose: bool
 ) -> NoReturn:
     if isinstance(exc, grpc.aio.AbortError):  # the producer chose its own status
         raise exc
-    _log.warning("stream producer failed before its first frame", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    error_id = report_failure(exc, stream_id=stream_id, frames_sent=0)
+    await context.abort(grpc.StatusCode.INTERNAL, describe_failure(exc, error_id, expose=expose))
 
 
 def add_stream_method(
@@ -218,6 +273,7 @@ class RunningServer:
     port: int
     host: str
     health: Any = None
+    service: FrameStreamService | None = None
 
     @property
     def target(self) -> str:
@@ -227,9 +283,13 @@ class RunningServer:
     async def stop(self, grace: float | None = 1.0, *, drain: float = 0.0) -> None:
         """Report NOT_SERVING, then stop, letting open calls finish for ``grace`` seconds.
 
+        Streams still open when ``grace`` is over end with a going-away ERROR frame
+        (the reader raises :class:`truss_stream.ServerGoingAwayError`), then the
+        server stops; new calls get UNAVAILABLE from the moment the grace begins.
+
         Args:
             grace: seconds open calls may take to finish once new calls are refused;
-                ``0`` or ``None`` cancels them at once.
+                ``0`` or ``None`` ends open streams at once.
             drain: seconds to keep accepting calls while health checks already say
                 NOT_SERVING, so load balancers can take the server out first.
         """
@@ -237,7 +297,16 @@ class RunningServer:
             await self.health.enter_graceful_shutdown()
         if drain > 0:
             await asyncio.sleep(drain)
+        if self.service is not None:
+            self.service.shutdown.begin(grace or 0.0)
+            # Streams end at the deadline and need a moment to write their last frame.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.service.shutdown.wait_idle(), (grace or 0.0) + 1.0)
         await self.server.stop(grace)
+
+    async def kill(self) -> None:
+        """Stop at once, cancelling open calls without a going-away frame (a crash, for tests)."""
+        await self.server.stop(0)
 
 
 def _split_host(address: str) -> str:
@@ -308,7 +377,11 @@ async def start_server(
         raise RuntimeError(f"could not bind gRPC server to {address}")
     await server.start()
     return RunningServer(
-        server=server, port=port, host=_split_host(address), health=health_servicer
+        server=server,
+        port=port,
+        host=_split_host(address),
+        health=health_servicer,
+        service=service,
     )
 
 

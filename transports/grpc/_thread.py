@@ -47,6 +47,10 @@ class ServerThread:
         future = asyncio.run_coroutine_threadsafe(self.running.stop(grace, drain=drain), self._loop)
         future.result()
 
+    def kill(self) -> None:
+        """Stop at once from any thread; see :meth:`RunningServer.kill`."""
+        asyncio.run_coroutine_threadsafe(self.running.kill(), self._loop).result()
+
 
 @contextlib.contextmanager
 def serve_in_thread(
