@@ -16,7 +16,11 @@ __all__ = ["require_extra"]
 EXTRAS: Final[tuple[tuple[str, str, tuple[str, ...]], ...]] = (
     ("transports.sse", "sse", ("anyio", "httpx", "starlette")),
     ("transports.http", "http", ("anyio", "httpx", "starlette")),
-    ("transports.grpc", "grpc", ("anyio", "grpc", "google.protobuf", "grpc_health.v1", "grpc_reflection")),
+    (
+        "transports.grpc",
+        "grpc",
+        ("anyio", "grpc", "google.protobuf", "grpc_health.v1", "grpc_reflection"),
+    ),
     ("transports.triton", "triton", ("grpc", "google.protobuf", "grpc_health.v1")),
 )
 
