@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv triton-venv chromium lint typecheck test test-fast demo bench fuzz soak protos clean
+.PHONY: venv triton-venv chromium redis demo-scale lint typecheck test test-fast demo bench fuzz soak protos clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,11 @@ chromium:
 	  echo "installing Debian's chromium for the browser test"; \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null; }
 
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server for the Redis tests"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server) >/dev/null; }
+
 lint: venv
 	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
 	$(VENV)/bin/ruff format --check truss_stream transports examples tests benchmarks
@@ -40,7 +45,7 @@ typecheck: venv
 	$(VENV)/bin/mypy tests/typing/ok_usage.py
 	$(PY) tests/typing/check_errors.py
 
-test: venv triton-venv chromium lint typecheck
+test: venv triton-venv chromium redis lint typecheck
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
 	  $(PY) -m pytest -q -m "not soak" $(PYTEST_ARGS)
 
@@ -49,6 +54,9 @@ test-fast: venv
 
 demo: venv
 	$(PY) -m examples.demo
+
+demo-scale: venv redis
+	$(PY) -m examples.scale_out
 
 bench: venv triton-venv
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
