@@ -47,10 +47,11 @@ def render(
     health_service: str = GRPC_HEALTH_SERVICE,
 ) -> str:
     """The config ``examples/envoy/{name}.yaml`` with its ``${...}`` filled in."""
+    indent = " " * 14
     endpoints = "\n".join(
-        "              - endpoint:\n"
-        f"                  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }}"
-        for p in upstream_ports
+        f"{indent}- endpoint:\n{indent}    address:\n"
+        f"{indent}      socket_address: {{ address: 127.0.0.1, port_value: {port} }}"
+        for port in upstream_ports
     )
     template = string.Template((CONFIGS / f"{name}.yaml").read_text())
     return template.substitute(
