@@ -132,7 +132,7 @@ def test_chat_calls_spread_over_replicas_and_survive_a_killed_one(
             except grpc.RpcError:
                 failures += 1  # only a call already bound to the dead replica may fail
         assert failures <= 1
-        print(f"per-replica gRPC requests (Envoy rq_total) before the kill: {counts}; failed after it: {failures}")
+        print(f"per-replica gRPC requests before the kill: {counts}; failed after: {failures}")
         wait_for(lambda: victim.host not in envoy.healthy_hosts())
         before = envoy.requests_per_host()
         for _ in range(20):
