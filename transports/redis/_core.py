@@ -50,7 +50,6 @@ __all__ = [
     "Step",
     "XRange",
     "XRead",
-    "entry_fields",
     "parse_entry_id",
     "read_steps",
 ]
@@ -122,11 +121,12 @@ class Deliver:
 
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry: its Redis id, its position and its frame."""
+    """One stream entry: its Redis id, its frame's position, the frame, the stream's identity."""
 
     id: bytes
     position: int
     frame: bytes
+    stream: bytes
 
 
 Step = XRange | XRead | Exists | Sleep | Deliver
@@ -147,12 +147,7 @@ def parse_entry_id(value: str | bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def entry_fields(frame: bytes | memoryview, position: int, stream: bytes) -> dict[bytes, Any]:
-    """The fields of the entry holding one frame (what ``publish`` XADDs)."""
-    return {FIELD_FRAME: frame, FIELD_POSITION: b"%d" % position, FIELD_STREAM: stream}
-
-
-def _decode(raw: RawEntry) -> tuple[Entry, bytes]:
+def _decode(raw: RawEntry) -> Entry:
     entry_id, fields = raw
     try:
         frame = fields[FIELD_FRAME]
@@ -164,7 +159,7 @@ def _decode(raw: RawEntry) -> tuple[Entry, bytes]:
         ) from exc
     if not isinstance(frame, bytes):
         raise MalformedFrameError("stream entries came back decoded: use decode_responses=False")
-    return Entry(entry_id, position, frame), stream
+    return Entry(entry_id, position, frame, stream)
 
 
 def _is_last(frame: bytes) -> bool:
@@ -238,7 +233,8 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
                     f"(the stream now starts at {first[0][0].decode()})"
                 )
             raise StreamPositionError(f"{after_b.decode()} is not an entry id of {key!r}")
-        entry, stream = _decode(found[0])
+        entry = _decode(found[0])
+        stream = entry.stream
         expected = entry.position + 1
         if _is_last(entry.frame):
             return
@@ -263,10 +259,10 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
         entries: list[Entry] = []
         done = False
         for item in raw:
-            entry, entry_stream = _decode(item)
+            entry = _decode(item)
             if stream is None:
-                stream = entry_stream
-            elif entry_stream != stream:
+                stream = entry.stream
+            elif entry.stream != stream:
                 raise StreamIdentityError(
                     f"{key!r}: entry {entry.id.decode()} belongs to another stream "
                     "(the key was reused)"

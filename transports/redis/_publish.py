@@ -53,8 +53,8 @@ local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
 if #last > 0 then
   local fields, n, s = last[1][2], nil, nil
   for i = 1, #fields, 2 do
-    if fields[i] == '%(n)s' then n = tonumber(fields[i + 1])
-    elseif fields[i] == '%(s)s' then s = fields[i + 1] end
+    if fields[i] == 'n' then n = tonumber(fields[i + 1])
+    elseif fields[i] == 's' then s = fields[i + 1] end
   end
   if s ~= sid then
     return redis.error_reply('TRUSS_IDENTITY the key holds another stream')
@@ -69,15 +69,17 @@ for i = 5, #ARGV do
   if pos >= stored then
     if maxlen ~= '' then
       redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*',
-                 '%(f)s', ARGV[i], '%(n)s', pos, '%(s)s', sid)
+                 'f', ARGV[i], 'n', pos, 's', sid)
     else
-      redis.call('XADD', key, '*', '%(f)s', ARGV[i], '%(n)s', pos, '%(s)s', sid)
+      redis.call('XADD', key, '*', 'f', ARGV[i], 'n', pos, 's', sid)
     end
   end
 end
 if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
 return stored
-""" % {"f": FIELD_FRAME.decode(), "n": FIELD_POSITION.decode(), "s": FIELD_STREAM.decode()}
+"""
+# The script spells the entry fields out; keep them in step with the reader's.
+assert (FIELD_FRAME, FIELD_POSITION, FIELD_STREAM) == (b"f", b"n", b"s")
 
 
 class _Publisher:

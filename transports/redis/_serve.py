@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 import redis.asyncio
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
@@ -35,6 +36,10 @@ from ._read import aiter_entries
 
 __all__ = ["sse_response", "stream_response"]
 
+#: The resume-integrity response headers of the SSE client (docs/transports.md, "Resume
+#: integrity"): the position of this response's first frame, and the stream's identity.
+POSITION_HEADER: Final = "Truss-Stream-Position"
+STREAM_ID_HEADER: Final = "Truss-Stream-Id"
 #: What ``encode_event`` writes between the kind line and the data: replaced by the entry id.
 _SEQ_LINE: Final = b"\nid: 0\n"
 #: HTTP statuses for a stream that cannot be served from the position asked for.
@@ -66,12 +71,18 @@ async def _frames(
     after: str,
     options: ReadOptions,
     ids: collections.deque[bytes] | None,
+    headers: list[MutableHeaders] | None = None,
 ) -> AsyncIterator[bytes]:
     first = True
     try:
         async for entry in aiter_entries(client, key, after, options):
             if ids is not None:
                 ids.append(entry.id)
+            if first and headers:
+                # Pulled before the response starts (FrameStreamResponse), so these
+                # headers still go out: where this response starts, and which stream.
+                headers[0][POSITION_HEADER] = str(entry.position)
+                headers[0][STREAM_ID_HEADER] = entry.stream.decode("ascii", "replace")
             first = False
             yield entry.frame
     except StreamError as exc:
@@ -122,9 +133,11 @@ def sse_response(
         were read) is an ERROR event naming the error class, without an ``id:``.
     """
     ids: collections.deque[bytes] = collections.deque()
-    frames = _frames(client, key, _start(request, after), options or ReadOptions(), ids)
+    headers: list[MutableHeaders] = []  # the response's, once it exists
+    frames = _frames(client, key, _start(request, after), options or ReadOptions(), ids, headers)
     response = _sse_response(frames, **sse_options)
     response._encode = _event_encoder(ids)
+    headers.append(response.headers)
     return response
 
 
