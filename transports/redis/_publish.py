@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import anyio
+import anyio.lowlevel
 import redis.asyncio
 
 from truss_stream import Codec, error_frame
@@ -108,7 +109,17 @@ class _Publisher:
         self._queued_bytes += len(frame)
         self._more.set()
 
+    def batch_ready(self) -> bool:
+        """A batch is queued: time to let the sender run (see :meth:`wait_for_room`)."""
+        return len(self._queue) % _BATCH_ENTRIES == 0 or self._queued_bytes >= _BATCH_BYTES
+
     async def wait_for_room(self) -> None:
+        """Let the sender run; wait while the queue is full.
+
+        Called once a batch is queued: a producer that never awaits would otherwise
+        queue its whole stream before the first batch leaves.
+        """
+        await anyio.lowlevel.checkpoint()
         while self._queued_bytes >= _QUEUE_BYTES:
             self._room = anyio.Event()
             await self._room.wait()
@@ -232,7 +243,8 @@ async def publish(
         try:
             async for frame in guard_frames(frames, default_codec=default_codec):
                 publisher.put(frame)
-                await publisher.wait_for_room()
+                if publisher.batch_ready():
+                    await publisher.wait_for_room()
         except Exception as exc:  # before the first frame: readers still get the error
             logger.warning("stream producer for %r failed before its first frame", key)
             publisher.put(error_frame(exc, default_codec))
