@@ -303,15 +303,11 @@ async def measure() -> dict[str, Any]:
                     ),
                 }  # fmt: skip
                 out.update(await _interleaved(variants, REPEATS))
-            out.update(
-                await _interleaved(
-                    {
-                        "tensor_direct": (lambda: tensor_items(client, "direct"), pid, TENSOR_ITEMS),
-                        "tensor_redis": (lambda: tensor_items(client, "redis"), pid, TENSOR_ITEMS),
-                    },
-                    REPEATS,
-                )
-            )  # fmt: skip
+            tensors = {
+                f"tensor_{path}": (lambda p=path: tensor_items(client, p), pid, TENSOR_ITEMS)
+                for path in ("direct", "redis")
+            }
+            out.update(await _interleaved(tensors, REPEATS))
             direct_lat: list[float] = []
             redis_lat: list[float] = []
             for _ in range(REPEATS):

@@ -26,9 +26,10 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from truss_stream import TAG_SIZE, FrameKind, MalformedFrameError, parse_tag
+from truss_stream import TAG_SIZE, FrameKind, MalformedFrameError
+from truss_stream._frames import TAG_TABLE
 
 from ._errors import (
     ProducerGoneError,
@@ -119,8 +120,7 @@ class Deliver:
     entries: list[Entry]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One stream entry: its Redis id, its frame's position, the frame, the stream's identity."""
 
     id: bytes
@@ -163,7 +163,8 @@ def _decode(raw: RawEntry) -> Entry:
 
 
 def _is_last(frame: bytes) -> bool:
-    return len(frame) >= TAG_SIZE and parse_tag(frame[:TAG_SIZE])[0] in _ENDS
+    info = TAG_TABLE[frame[0]] if len(frame) >= TAG_SIZE else None
+    return info is not None and info[0] in _ENDS
 
 
 class _Outage:
