@@ -20,7 +20,7 @@ from transports.base import AsyncBaseTransport, BaseTransport
 ProducerFactory = Callable[[], AsyncIterator[bytes | memoryview]]
 
 #: Modules (in this package) that define harnesses; append yours.
-_HARNESS_MODULES = ["http_harness", "grpc_harness"]
+_HARNESS_MODULES = ["http_harness", "grpc_harness", "redis_harness"]
 
 
 class ServedStream(abc.ABC):
