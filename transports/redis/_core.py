@@ -142,7 +142,7 @@ def parse_entry_id(value: str | bytes) -> tuple[int, int]:
     """
     text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
     ms, _, seq = text.partition("-")
-    if not ms.isdigit() or not (seq == "" or seq.isdigit()) or len(text) > 41:
+    if not text.isascii() or not ms.isdigit() or not (seq == "" or seq.isdigit()) or len(text) > 41:
         raise StreamPositionError(f"not a Redis stream entry id: {text[:45]!r}")
     return int(ms), int(seq or 0)
 
