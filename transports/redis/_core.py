@@ -61,6 +61,8 @@ FIELD_POSITION: Final = b"n"
 FIELD_STREAM: Final = b"s"
 
 _ENDS: Final = (FrameKind.END, FrameKind.ERROR)
+#: About how many bytes one XREAD reply should carry (its COUNT follows the frame size).
+_REPLY_BYTES: Final = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,8 @@ class ReadOptions:
             with :class:`RedisUnavailableError`; 0: fail at the first error.
         block_seconds: longest single ``XREAD BLOCK`` (keep it below the client's
             ``socket_timeout``).
-        batch: most entries one ``XREAD`` returns.
+        batch: most entries one ``XREAD`` returns (fewer for large frames: a reply
+            carries about 4 MiB).
     """
 
     idle_limit: float = 60.0
@@ -241,8 +244,9 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
             return
     idle_since = time.monotonic()
     block_ms = max(int(options.block_seconds * 1000), 1)
+    count = options.batch
     while True:
-        raw: Sequence[RawEntry] = yield from command(XRead(last_id, options.batch, block_ms))
+        raw: Sequence[RawEntry] = yield from command(XRead(last_id, count, block_ms))
         if not raw:
             waited = time.monotonic() - idle_since
             if waited < options.idle_limit:
@@ -283,6 +287,9 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
                 done = True
                 break
         last_id = entries[-1].id
+        # Keep one reply near _REPLY_BYTES: many small frames, or a few large ones.
+        size = max(sum(len(e.frame) for e in entries) // len(entries), 1)
+        count = max(1, min(options.batch, _REPLY_BYTES // size))
         yield Deliver(entries)
         if done:
             return

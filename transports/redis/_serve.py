@@ -94,12 +94,13 @@ async def _frames(
 
 def _event_encoder(ids: collections.deque[bytes]) -> Any:
     def encode(seq: int, frame: bytes | memoryview) -> bytes:
+        if ids:
+            return encode_event(ids.popleft(), frame)
+        # An ERROR frame of this replica's own (Redis failed, producer gone): no entry,
+        # so no id (a client's Last-Event-ID stays the last frame's).
         event = encode_event(0, frame)
-        entry_id = ids.popleft() if ids else None
         cut = event.index(_SEQ_LINE)
-        if entry_id is None:  # an ERROR frame of this replica's own (Redis failed)
-            return event[:cut] + event[cut + len(_SEQ_LINE) - 1 :]
-        return b"".join((event[:cut], b"\nid: ", entry_id, event[cut + len(_SEQ_LINE) - 1 :]))
+        return event[:cut] + event[cut + len(_SEQ_LINE) - 1 :]
 
     return encode
 
