@@ -62,7 +62,7 @@ FIELD_STREAM: Final = b"s"
 
 _ENDS: Final = (FrameKind.END, FrameKind.ERROR)
 #: About how many bytes one XREAD reply should carry (its COUNT follows the frame size).
-_REPLY_BYTES: Final = 4 << 20
+_REPLY_BYTES: Final = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class ReadOptions:
         block_seconds: longest single ``XREAD BLOCK`` (keep it below the client's
             ``socket_timeout``).
         batch: most entries one ``XREAD`` returns (fewer for large frames: a reply
-            carries about 4 MiB).
+            carries about 16 MiB).
     """
 
     idle_limit: float = 60.0
