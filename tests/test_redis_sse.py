@@ -4,6 +4,9 @@ the chunked twin, fan-out, and a client surviving its replica being SIGKILLed.""
 from __future__ import annotations
 
 import re
+import signal
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -270,3 +273,52 @@ def test_client_survives_its_replica_being_killed() -> None:
     assert indexes == list(range(40))  # every item exactly once, in order
     assert total == 40
     assert sorted(served.values()) == [1, 1]  # the first request, then the resumed one
+
+
+def test_a_redis_restart_mid_stream_is_invisible_to_sse_clients() -> None:
+    """AOF on: Redis SIGKILLed and restarted while a replica serves a live stream; the
+    replica's reader retries within outage_limit and the client gets the whole stream."""
+    with redis_server(aof=True) as running:
+        options = tr.ReadOptions(outage_limit=10, block_seconds=0.2)
+
+        async def endpoint(request: Request) -> Response:
+            client = redis.asyncio.Redis(port=running.port)
+            return tr.sse_response(client, tr.stream_key("restart"), request, options=options)
+
+        app = Starlette(routes=[Route("/s", endpoint)])
+
+        def crash() -> None:
+            time.sleep(0.5)
+            running.restart(signal.SIGKILL, down_for=0.5)
+
+        async def main() -> list[int]:
+            async with (
+                redis.asyncio.Redis(port=running.port) as pub,
+                httpx.AsyncClient(timeout=30) as client,
+            ):
+                async with anyio.create_task_group() as tg:
+                    frames = _slow(produce(150), 0.01)
+                    tg.start_soon(
+                        lambda: tr.publish(pub, tr.stream_key("restart"), frames, outage_limit=10)
+                    )
+                    async with sse.aconnect(
+                        client, "GET", f"{server.url}/s", TYPES["msgpack"]
+                    ) as r:
+                        items = [item.index async for item in r.read_items()]
+                        assert (await r.read_footer()).count == 150
+                return items
+
+        with live_server(app) as server:
+            thread = threading.Thread(target=crash)
+            thread.start()
+            try:
+                items = anyio.run(main)
+            finally:
+                thread.join()
+        assert items == list(range(150))
+
+
+async def _slow(frames: AsyncIterator[bytes], delay: float) -> AsyncIterator[bytes]:
+    async for frame in frames:
+        yield frame
+        await anyio.sleep(delay)
