@@ -16,12 +16,19 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
+import httpx
 import pydantic
 import pytest
+from live_server import live_server
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis_helpers import RedisServer, free_port, needs_redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from transports import redis as tr
+from transports import sse
 from truss_stream import stream_types, stream_writer
 
 pytestmark = [
@@ -113,3 +120,18 @@ def test_streams_spread_over_the_nodes_each_in_one_slot() -> None:
                     assert slot == tr.hash_slot(name)
         assert len(holders) == 12
         assert len(set(holders.values())) == 3  # 12 streams landed on all three nodes
+
+        # A web replica serving them as SSE over the cluster, resuming after an entry id.
+        async def endpoint(request: Request) -> Response:
+            client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", servers[1].port)])
+            key = tr.stream_key(request.path_params["sid"])
+            return tr.sse_response(client, key, request)
+
+        with live_server(Starlette(routes=[Route("/s/{sid}", endpoint)])) as web:
+            slot_owner = {s.port: s for s in servers}[holders["truss:{job-5}"]]
+            with slot_owner.client() as owner:
+                ids = [i.decode() for i, _ in owner.xrange(tr.stream_key("job-5"))]
+            with httpx.Client() as http_client:
+                url, headers = f"{web.url}/s/job-5", {"Last-Event-ID": ids[9]}
+                with sse.connect(http_client, "GET", url, TYPES, headers=headers) as reader:
+                    assert [item.index for item in reader.read_items()] == list(range(10, 50))
