@@ -152,6 +152,7 @@ def test_health_checks_speak_the_proxies_grpc_health_service(replicas: list[Repl
     bad = start_envoy(replicas, health_service="no.such.Service")
     try:
         good.wait_ready(healthy=3)
+        bad.wait_ready(healthy=0)  # its admin interface answers
         stats = good.admin("/stats?filter=cluster.proxies.health_check")
         assert "cluster.proxies.health_check.success" in stats
         wait_for(
