@@ -40,7 +40,7 @@ __all__ = ["sse_response", "stream_response"]
 #: integrity"): the position of this response's first frame, and the stream's identity.
 POSITION_HEADER: Final = "Truss-Stream-Position"
 STREAM_ID_HEADER: Final = "Truss-Stream-Id"
-#: What ``encode_event`` writes between the kind line and the data: replaced by the entry id.
+#: The id line ``encode_event(0, ...)`` writes; dropped for frames that are not entries.
 _SEQ_LINE: Final = b"\nid: 0\n"
 #: HTTP statuses for a stream that cannot be served from the position asked for.
 _STATUS: Final[Mapping[type[StreamError], int]] = {
@@ -137,6 +137,8 @@ def sse_response(
     headers: list[MutableHeaders] = []  # the response's, once it exists
     frames = _frames(client, key, _start(request, after), options or ReadOptions(), ids, headers)
     response = _sse_response(frames, **sse_options)
+    # sse_response numbers events by position; here each event's id is its entry id.
+    # (FrameStreamResponse has no public hook for the encoder: see the merge notes.)
     response._encode = _event_encoder(ids)
     headers.append(response.headers)
     return response
