@@ -138,7 +138,7 @@ def sse_response(
     frames = _frames(client, key, _start(request, after), options or ReadOptions(), ids, headers)
     response = _sse_response(frames, **sse_options)
     # sse_response numbers events by position; here each event's id is its entry id.
-    # (FrameStreamResponse has no public hook for the encoder: see the merge notes.)
+    # (sse_response does not take an encoder; FrameStreamResponse keeps it here.)
     response._encode = _event_encoder(ids)
     headers.append(response.headers)
     return response
