@@ -160,14 +160,25 @@ def test_reading_after_an_entry_resumes_exactly(server: RedisServer, mode: str) 
     publish(server, key, produce(10))
     with server.client() as client:
         ids = [entry_id.decode() for entry_id, _ in client.xrange(key)]
-    # After the header and items 0..3: the rest, checked by the reader as a whole stream
-    # would be if it started there; read the raw frames to see the positions.
+    # After the header and items 0..3 (entry ids[4]): exactly the frames of ids[5:].
     with server.client() as client:
-        transport = tr.RedisTransport(client, key, after=ids[4])
-        with transport.open_stream() as frames:
-            rest = list(frames)
-        assert len(rest) == len(ids) - 5
-        assert transport.last_id == ids[-1]
+        expected = [fields[b"f"] for _, fields in client.xrange(key)][5:]
+    if mode == "sync":
+        with server.client() as client:
+            transport = tr.RedisTransport(client, key, after=ids[4])
+            with transport.open_stream() as frames:
+                rest = list(frames)
+    else:
+
+        async def main() -> tuple[list[bytes], tr.AsyncRedisTransport]:
+            async with aclient(server) as client:
+                transport = tr.AsyncRedisTransport(client, key, after=ids[4])
+                async with transport.open_stream() as frames:
+                    return [frame async for frame in frames], transport
+
+        rest, transport = anyio.run(main)
+    assert rest == expected
+    assert transport.last_id == ids[-1]  # where a later read would resume
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
