@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv triton-venv chromium js node nginx lint typecheck test test-fast demo bench fuzz soak protos clean
+.PHONY: venv triton-venv chromium js node nginx redis demo-scale lint typecheck test test-fast demo bench fuzz soak protos clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ nginx:
 	  echo "installing Debian's nginx for the reverse-proxy tests"; \
 	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx) >/dev/null; }
 
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server for the Redis tests"; \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server) >/dev/null; }
+
 lint: venv
 	$(VENV)/bin/ruff check truss_stream transports examples tests benchmarks
 	$(VENV)/bin/ruff format --check truss_stream transports examples tests benchmarks
@@ -63,7 +68,7 @@ typecheck: venv
 	$(VENV)/bin/mypy tests/typing/ok_usage.py
 	$(PY) tests/typing/check_errors.py
 
-test: venv triton-venv chromium nginx js lint typecheck
+test: venv triton-venv chromium nginx redis js lint typecheck
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \
 	  $(PY) -m pytest -q -m "not soak" $(PYTEST_ARGS)
 
@@ -72,6 +77,9 @@ test-fast: venv
 
 demo: venv
 	$(PY) -m examples.demo
+
+demo-scale: venv redis
+	$(PY) -m examples.scale_out
 
 bench: venv triton-venv
 	TRUSS_STREAM_TRITON_PYTHON=$(abspath $(TRITON_VENV))/bin/python \

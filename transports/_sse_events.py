@@ -73,18 +73,19 @@ class SSEEventTooLargeError(FrameTooLargeError):
         self.limit = limit
 
 
-def encode_event(seq: int, frame: bytes | memoryview) -> bytes:
+def encode_event(seq: int | bytes, frame: bytes | memoryview) -> bytes:
     """Encode one whole frame as one SSE event (see the module docstring).
 
     Args:
-        seq: the event's ``id:``, the frame's position in the stream.
+        seq: the event's ``id:``, the frame's position in the stream (or, as bytes,
+            another cursor without CR/LF, such as a Redis entry id).
         frame: one whole frame, as the writer returns it.
 
     Returns:
         The event's bytes, ending with its blank line.
     """
     kind, codec = _TAG_LOOKUP[frame[0] & 0x1F]
-    head = _PREFIXES[kind] + b"%d\ndata: " % seq
+    head = _PREFIXES[kind] + (b"%d\ndata: " if isinstance(seq, int) else b"%b\ndata: ") % seq
     if codec is not Codec.JSON:
         return head + base64.b64encode(frame) + b"\n\n"
     payload = frame[5:]

@@ -32,7 +32,7 @@ ProducerFactory = Callable[[], AsyncIterator[bytes | memoryview]]
 ParamProducer = Callable[[Mapping[str, Any]], AsyncIterator[bytes | memoryview]]
 
 #: Modules (in this package) that define harnesses; append yours.
-_HARNESS_MODULES = ["http_harness", "grpc_harness"]
+_HARNESS_MODULES = ["http_harness", "grpc_harness", "redis_harness"]
 
 
 class ServedStream(abc.ABC):
