@@ -90,6 +90,10 @@ class TransportHarness(abc.ABC):
     """Serves producers over one transport and opens client transports to them."""
 
     name: str
+    #: Whether the shared reliability server (``tests/reliability/reliability_server.py``)
+    #: serves this transport, so :meth:`address_in` works. Transports that need a
+    #: service of their own beside it (a redis-server) say False.
+    in_shared_server: bool = True
 
     # The reliability suite's part --------------------------------------------------
 

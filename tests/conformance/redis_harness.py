@@ -67,6 +67,7 @@ class RedisSSEHarness(TransportHarness):
     """Clients are the plain SSE clients; the server publishes into and serves from Redis."""
 
     name = "redis-sse"
+    in_shared_server = False
 
     def __init__(self) -> None:
         self._url = ""

@@ -33,7 +33,9 @@ __all__ = [
     "MODES",
     "ClientSettings",
     "StreamCall",
+    "SHARED_SERVER_HARNESSES",
     "each_harness",
+    "each_shared_harness",
     "read_stream",
     "served",
 ]
@@ -42,6 +44,12 @@ MODES = ["sync", "async"]
 
 #: ``@each_harness``: run the test once per registered transport (``harness`` argument).
 each_harness = pytest.mark.parametrize("harness", HARNESSES, ids=[h.name for h in HARNESSES])
+#: The harnesses the shared reliability server serves (``address_in`` works).
+SHARED_SERVER_HARNESSES = [h for h in HARNESSES if h.in_shared_server]
+#: ``@each_shared_harness``: once per transport the shared reliability server serves.
+each_shared_harness = pytest.mark.parametrize(
+    "harness", SHARED_SERVER_HARNESSES, ids=[h.name for h in SHARED_SERVER_HARNESSES]
+)
 
 
 @contextlib.contextmanager

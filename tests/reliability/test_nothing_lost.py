@@ -19,7 +19,14 @@ from typing import Any
 
 import pytest
 from conformance.harness import TransportHarness, harness_named
-from harness_clients import HARNESSES, ClientSettings, StreamCall, each_harness, served
+from harness_clients import (
+    HARNESSES,
+    SHARED_SERVER_HARNESSES,
+    ClientSettings,
+    StreamCall,
+    each_harness,
+    served,
+)
 from reliability_helpers import TYPES, CutProxy, Tracker, subprocess_server
 
 from truss_stream import StreamError, StreamTruncatedError
@@ -115,11 +122,11 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
     with subprocess_server() as server:
         bases = {
             h.name: h.address_in(http_url=server.http_url, grpc_target=server.grpc_target)
-            for h in HARNESSES
+            for h in SHARED_SERVER_HARNESSES
         }
         sync_outcomes: dict[str, Outcome] = {}
         threads = []
-        for i, harness in enumerate(HARNESSES):
+        for i, harness in enumerate(SHARED_SERVER_HARNESSES):
             out, started = Outcome(), threading.Event()
             sync_outcomes[harness.name] = out
             thread = threading.Thread(
@@ -144,7 +151,7 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
             def seen(stream: int) -> Callable[[int], None]:
                 def on_item(index: int) -> None:
                     got[stream] = index
-                    if len(got) == len(HARNESSES) and min(got.values()) >= 3:
+                    if len(got) == len(SHARED_SERVER_HARNESSES) and min(got.values()) >= 3:
                         ready.set()
 
                 return on_item
@@ -153,7 +160,7 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
                 asyncio.ensure_future(
                     aread(h, bases[h.name], stream=i, n=100_000, delay=0.01, on_item=seen(i))
                 )
-                for i, h in enumerate(HARNESSES)
+                for i, h in enumerate(SHARED_SERVER_HARNESSES)
             ]
             await asyncio.wait_for(ready.wait(), 20)
             for _, started in threads:
@@ -165,12 +172,12 @@ def test_server_process_sigkilled_mid_stream_is_never_a_complete_stream() -> Non
         for thread, _ in threads:
             thread.join(20)
             assert not thread.is_alive(), "a sync reader hung after the server died"
-    for i, (harness, out) in enumerate(zip(HARNESSES, async_outcomes, strict=True)):
+    for i, (harness, out) in enumerate(zip(SHARED_SERVER_HARNESSES, async_outcomes, strict=True)):
         assert not out.complete, harness.name
         assert isinstance(out.error, StreamError), (harness.name, out.error)
         assert len(out.items) >= 3
         _check_prefix(out, i)
-    for i, harness in enumerate(HARNESSES):
+    for i, harness in enumerate(SHARED_SERVER_HARNESSES):
         out = sync_outcomes[harness.name]
         assert not out.complete, harness.name
         assert isinstance(out.error, StreamError), (harness.name, out.error)

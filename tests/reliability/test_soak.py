@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 from conformance.harness import TransportHarness
-from harness_clients import ClientSettings, StreamCall, each_harness
+from harness_clients import ClientSettings, StreamCall, each_shared_harness
 from reliability_helpers import TYPES, SubprocessServer, subprocess_server
 from test_faults import Proxy, free_port, settings
 
@@ -161,7 +161,7 @@ def shared_server() -> Iterator[SubprocessServer]:
         yield server
 
 
-@each_harness
+@each_shared_harness
 def test_short_load(harness: TransportHarness, shared_server: SubprocessServer) -> None:
     streams, delay = LOADS.get(harness.name, DEFAULT_LOAD)
     result = asyncio.run(run_load(harness, streams, delay, SHORT_SECONDS, shared_server))
@@ -169,7 +169,7 @@ def test_short_load(harness: TransportHarness, shared_server: SubprocessServer) 
 
 
 @pytest.mark.soak
-@each_harness
+@each_shared_harness
 def test_soak(harness: TransportHarness) -> None:
     streams, delay = LOADS.get(harness.name, DEFAULT_LOAD)
     with subprocess_server() as server:
