@@ -7,13 +7,20 @@ backend) and answers every packet with exactly one ``Ack`` carrying its correlat
 id. On one Chat call, up to ``--max-in-flight`` packets are worked on at once and
 Acks are sent as they complete, so they may overtake each other: match them by
 ``correlation_id``. A client that goes away cancels its in-flight backend calls.
+Across all calls, packets read and not yet answered hold at most ``--max-inflight-mb``
+of packet bytes; past it the proxy stops reading from calls until Acks go out.
+
+Logging: one access record per Chat/SendUnary call at INFO on the
+``transports.triton.access`` logger (peer, models, packets, statuses, duration, never
+credentials); each failed packet at DEBUG.
 
 Command line (flags win over the environment)::
 
     python -m transports.triton.proxy --listen HOST:PORT --triton-url TARGET
         [--auth-url URL] [--backend triton|demo|python:module:callable]
-        [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
-        [--tls-cert PEM --tls-key PEM] [--coalesce N]
+        [--max-in-flight N] [--max-inflight-mb N] [--default-timeout S]
+        [--max-message-mb N] [--tls-cert PEM --tls-key PEM] [--coalesce N]
+        [--log-level LEVEL]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
@@ -32,6 +39,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +54,20 @@ from grpc_reflection.v1alpha import reflection
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import Backend, PythonBackend, TritonBackend, load_backend
-from transports.triton._packets import BackendError, PacketError, error_ack, ok_ack, parse_packet
+from transports.triton._packets import (
+    BackendError,
+    PacketError,
+    check_correlation_id,
+    error_ack,
+    ok_ack,
+    parse_packet,
+    status_name,
+)
 from transports.triton.auth import DominoAuthInterceptor, principal_url
 
 __all__ = [
     "Backend",
+    "InflightBudget",
     "MultimodalProxy",
     "ProxyConfig",
     "ProxyServer",
@@ -62,8 +79,12 @@ __all__ = [
 ]
 
 _log = logging.getLogger("transports.triton.proxy")
+_access = logging.getLogger("transports.triton.access")
+_MODELS_LOGGED = 8  # model names per access record; a call may use any number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MultimodalService"].full_name
 _Context = grpc.aio.ServicerContext[Any, Any]
+# A packet answered on a Chat call: (packet, Ack, error text or None, budget bytes held).
+_Answered = tuple[pb.DataPacket, pb.Ack, str | None, int]
 
 
 @dataclass
@@ -81,10 +102,144 @@ class ProxyStats:
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
+    budget_waits: int = 0
+    """Packets that waited for the proxy-wide in-flight byte budget."""
+    oversized_acks: int = 0
+    """Acks replaced by an error because they would exceed the message limit."""
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+class InflightBudget:
+    """Bytes of packets read and not yet answered, shared by every call of one proxy.
+
+    A call acquires a packet's size before working on it and releases it once the
+    packet's Ack is sent; while the budget is spent, the call waits and so stops
+    reading its request stream (gRPC flow control then holds the client back). No
+    packet is dropped. Waiters are served first come, first served, and a packet
+    larger than the whole budget is admitted alone once nothing else is in flight,
+    so every packet the message limit lets in makes progress.
+
+    Args:
+        limit: bytes; 0 or less turns the budget off.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.limit <= 0 or self.used == 0 or self.used + size <= self.limit
+
+    def _take(self, size: int) -> None:
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def try_acquire(self, size: int) -> bool:
+        """Take ``size`` bytes now if they fit and nobody waits before us."""
+        if self._waiters or not self._fits(size):
+            return False
+        self._take(size)
+        return True
+
+    async def acquire(self, size: int) -> None:
+        """Wait until ``size`` bytes fit, then take them."""
+        if self.try_acquire(size):
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, granted)
+        self._waiters.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(size)  # granted just as we were cancelled
+            else:
+                self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes and admit whoever now fits, in order."""
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, granted = self._waiters[0]
+            if not self._fits(size):
+                return
+            self._waiters.popleft()
+            self._take(size)
+            granted.set_result(None)
+
+
+class _CallRecord:
+    """What one call did, for its access-log record (no credentials, bounded size)."""
+
+    def __init__(self, rpc: str, context: _Context) -> None:
+        self.rpc = rpc
+        try:
+            self.peer = str(context.peer())
+        except Exception:  # a context without a peer (tests, closed transport)
+            self.peer = "unknown"
+        self.started = time.perf_counter()
+        self.packets = 0
+        self.statuses: Counter[str] = Counter()
+        self.models: dict[str, None] = {}  # insertion-ordered set
+        self.outcome = "ok"
+
+    def packet(self, packet: pb.DataPacket, ack: pb.Ack, error: str | None) -> None:
+        self.packets += 1
+        status = status_name(ack.status)
+        self.statuses[status] += 1
+        if packet.HasField("control") and len(self.models) < _MODELS_LOGGED:
+            self.models.setdefault(packet.control.model[:256], None)
+        if error is not None and _access.isEnabledFor(logging.DEBUG):
+            _access.debug(
+                "%s packet %r from %s failed: %s: %s",
+                self.rpc,
+                ack.correlation_id,
+                self.peer,
+                status,
+                error,
+                extra={
+                    "rpc": self.rpc,
+                    "peer": self.peer,
+                    "cid": ack.correlation_id,
+                    "status": status,
+                    "error": error,
+                },
+            )
+
+    def emit(self) -> None:
+        duration_ms = round(_ms(self.started), 3)
+        statuses = dict(self.statuses)
+        models = list(self.models)
+        _access.info(
+            "%s peer=%s models=%s packets=%d statuses=%s duration_ms=%.1f outcome=%s",
+            self.rpc,
+            self.peer,
+            ",".join(models) or "-",
+            self.packets,
+            ",".join(f"{k}:{v}" for k, v in sorted(statuses.items())) or "-",
+            duration_ms,
+            self.outcome,
+            extra={
+                "rpc": self.rpc,
+                "peer": self.peer,
+                "models": models,
+                "packets": self.packets,
+                "statuses": statuses,
+                "errors": sum(v for k, v in statuses.items() if k != "OK"),
+                "duration_ms": duration_ms,
+                "outcome": self.outcome,
+            },
+        )
 
 
 class MultimodalProxy(pbg.MultimodalServiceServicer):
@@ -95,16 +250,27 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         max_in_flight: packets worked on at once per Chat call; also bounds the Acks
             waiting to be sent, so a client that stops reading stalls its own call.
         default_timeout: backend deadline in seconds when ``Control.timeout_secs`` is 0.
+        max_message_bytes: the server's send limit: an Ack that would exceed it is
+            replaced by a small error Ack instead of ending the call.
+        max_inflight_bytes: the proxy-wide :class:`InflightBudget` (0: off).
     """
 
     def __init__(
-        self, backend: Backend, *, max_in_flight: int = 32, default_timeout: float = 30.0
+        self,
+        backend: Backend,
+        *,
+        max_in_flight: int = 32,
+        default_timeout: float = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        max_inflight_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self.backend = backend
         self.max_in_flight = max_in_flight
         self.default_timeout = default_timeout
+        self.max_message_bytes = max_message_bytes
+        self.budget = InflightBudget(max_inflight_bytes)
         self.stats = ProxyStats()
 
     def _count(self, ack: pb.Ack) -> pb.Ack:
@@ -121,75 +287,114 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             packet: the packet.
             received: ``time.perf_counter()`` when it arrived (for ``total_ms``).
         """
-        received = time.perf_counter() if received is None else received
+        ack, _ = await self._answer(packet, time.perf_counter() if received is None else received)
+        return ack
+
+    async def _answer(self, packet: pb.DataPacket, received: float) -> tuple[pb.Ack, str | None]:
+        """The packet's Ack, and its error text when it failed (for the log)."""
         self.stats.packets += 1
-        name = self.backend.name
-        if packet.event in (pb.SEV_START, pb.SEV_END):
-            # The proxy keeps no per-stream state: start/end markers are no-ops.
-            cid = packet.meta.correlation_id
-            body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
-            return self._count(pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body)))
         try:
+            ack, error = await self._infer(packet, received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the proxy: still one Ack, no exception text
+            _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id[:256])
+            error = f"proxy error ({type(exc).__name__}); see the proxy's log"
+            ack = error_ack(packet, pb.INTERNAL, error, backend="proxy", total_ms=_ms(received))
+        size = ack.ByteSize()
+        if size > self.max_message_bytes:
+            # Sending it would fail the whole call (every in-flight Ack with it).
+            self.stats.oversized_acks += 1
+            error = (
+                f"the Ack would be {size} bytes, above the proxy's {self.max_message_bytes}-byte "
+                "message limit (ask for binary_outputs, fewer outputs, or a larger "
+                "--max-message-mb on both ends)"
+            )
+            ack = error_ack(
+                packet,
+                pb.INTERNAL,
+                error,
+                backend=self.backend.name,
+                triton_infer_ms=ack.timing.triton_infer_ms,
+                total_ms=_ms(received),
+            )
+        if ack.status == pb.OK:
+            self.stats.ok += 1
+        else:
+            self.stats.failed += 1
+        return ack, error
+
+    async def _infer(self, packet: pb.DataPacket, received: float) -> tuple[pb.Ack, str | None]:
+        name = self.backend.name
+        try:
+            if packet.event in (pb.SEV_START, pb.SEV_END):
+                # The proxy keeps no per-stream state: start/end markers are no-ops.
+                cid = check_correlation_id(packet)
+                body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
+                return pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body)), None
             request = parse_packet(packet, default_timeout=self.default_timeout)
         except PacketError as exc:
-            return self._count(
-                error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
-            )
+            error = str(exc)
+            ack = error_ack(packet, exc.status, error, backend=name, total_ms=_ms(received))
+            return ack, error
         started = time.perf_counter()
         try:
             outputs = await self.backend.infer(request)
         except BackendError as exc:
-            return self._count(
-                error_ack(
-                    packet,
-                    exc.status,
-                    str(exc),
-                    backend=name,
-                    triton_infer_ms=_ms(started),
-                    total_ms=_ms(received),
-                )
+            error = str(exc)
+            ack = error_ack(
+                packet,
+                exc.status,
+                error,
+                backend=name,
+                triton_infer_ms=_ms(started),
+                total_ms=_ms(received),
             )
+            return ack, error
         except Exception as exc:  # a bug or an unexpected backend failure: still one Ack
             _log.exception("packet %r: unexpected backend failure", request.cid)
-            return self._count(
-                error_ack(
-                    packet,
-                    pb.INTERNAL,
-                    f"{type(exc).__name__}: {exc}",
-                    backend=name,
-                    triton_infer_ms=_ms(started),
-                    total_ms=_ms(received),
-                )
+            error = f"{type(exc).__name__}: {exc}"
+            ack = error_ack(
+                packet,
+                pb.INTERNAL,
+                error,
+                backend=name,
+                triton_infer_ms=_ms(started),
+                total_ms=_ms(received),
             )
+            return ack, error
         infer_ms = _ms(started)
-        return self._count(
-            ok_ack(request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received))
+        ack = ok_ack(
+            request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received)
         )
+        return ack, None
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
     ) -> AsyncIterator[pb.Ack]:
         """Many packets per call, up to ``max_in_flight`` at once; Acks in completion order."""
+        record = _CallRecord("Chat", context)
         slots = asyncio.Semaphore(self.max_in_flight)
-        acks: asyncio.Queue[pb.Ack | BaseException | None] = asyncio.Queue()
+        budget = self.budget
+        held = [0]  # budget bytes this call holds
+        acks: asyncio.Queue[_Answered | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def answer(packet: pb.DataPacket, received: float) -> None:
-            try:
-                ack = await self.handle(packet, received)
-            except Exception as exc:  # a bug in building the Ack: still one Ack
-                _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id)
-                ack = self._count(
-                    error_ack(packet, pb.INTERNAL, f"{type(exc).__name__}", backend="proxy")
-                )
-            acks.put_nowait(ack)
+        async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
+            ack, error = await self._answer(packet, received)
+            acks.put_nowait((packet, ack, error, size))
 
         async def read() -> None:
             try:
                 async for packet in request_iterator:
                     received = time.perf_counter()
+                    size = packet.ByteSize()
                     await slots.acquire()
-                    task = asyncio.create_task(answer(packet, received))
+                    if not budget.try_acquire(size):
+                        self.stats.budget_waits += 1
+                        await budget.acquire(size)  # not reading on: back-pressure
+                    held[0] += size
+                    task = asyncio.create_task(answer(packet, received, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:
@@ -208,8 +413,20 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                packet, ack, error, size = item
+                record.packet(packet, ack, error)
+                del packet, item
+                yield ack
+                del ack
                 slots.release()
+                held[0] -= size
+                budget.release(size)
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        except BaseException as exc:
+            record.outcome = f"error:{type(exc).__name__}"
+            raise
         finally:
             reader.cancel()
             for task in list(tasks):
@@ -218,10 +435,30 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     self.stats.cancelled += 1
             if tasks or not reader.done():
                 await asyncio.gather(reader, *tasks, return_exceptions=True)
+            if held[0]:
+                budget.release(held[0])
+                held[0] = 0
+            if context.cancelled() and record.outcome == "ok":
+                record.outcome = "cancelled"
+            record.emit()
 
     async def SendUnary(self, request: pb.DataPacket, context: _Context) -> pb.Ack:
         """One packet, one Ack."""
-        return await self.handle(request)
+        record = _CallRecord("SendUnary", context)
+        size = request.ByteSize()
+        if not self.budget.try_acquire(size):
+            self.stats.budget_waits += 1
+            await self.budget.acquire(size)
+        try:
+            ack, error = await self._answer(request, time.perf_counter())
+            record.packet(request, ack, error)
+            return ack
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        finally:
+            self.budget.release(size)
+            record.emit()
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: _Context
@@ -257,6 +494,8 @@ class ProxyConfig:
         triton_url: Triton's gRPC target (several replicas: ``ipv4:h1:p1,h2:p2``).
         auth_url: the principal endpoint; None runs without authentication.
         max_in_flight: packets worked on at once per Chat call.
+        max_inflight_bytes: packet bytes read and not yet answered across all calls
+            (see :class:`InflightBudget`); 0 turns the budget off.
         default_timeout: backend deadline when a packet gives none.
         max_message_bytes: largest gRPC message, both to clients and to Triton.
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
@@ -272,6 +511,7 @@ class ProxyConfig:
     max_in_flight: int = 32
     default_timeout: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 256 * 1024 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
     auth_cache_ttl: float = 30.0
@@ -363,7 +603,11 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
         options=_server_options(config.max_message_bytes),
     )
     proxy = MultimodalProxy(
-        backend, max_in_flight=config.max_in_flight, default_timeout=config.default_timeout
+        backend,
+        max_in_flight=config.max_in_flight,
+        default_timeout=config.default_timeout,
+        max_message_bytes=config.max_message_bytes,
+        max_inflight_bytes=config.max_inflight_bytes,
     )
     pbg.add_MultimodalServiceServicer_to_server(proxy, server)
     health_servicer = AsyncHealthServicer()
@@ -414,6 +658,13 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     )
     parser.add_argument("--max-in-flight", type=int, default=32, help="per Chat call (32)")
     parser.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=256,
+        help="MiB of packets read and not yet answered, across all calls; past it the "
+        "proxy stops reading until Acks go out (256; 0: no limit)",
+    )
+    parser.add_argument(
         "--default-timeout", type=float, default=30.0, help="seconds, when a packet sets none"
     )
     parser.add_argument("--max-message-mb", type=int, default=64, help="largest message (64)")
@@ -427,7 +678,12 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         help="send packets arriving together as one Triton request of up to N batch rows "
         "(models with max_batch_size > 0; default 0: off)",
     )
-    parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=env.get("LOG_LEVEL", "INFO"),
+        help="INFO (default, $LOG_LEVEL): one access record per call; DEBUG: also each "
+        "failed packet",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -443,6 +699,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         triton_url=args.triton_url,
         auth_url=args.auth_url,
         max_in_flight=args.max_in_flight,
+        max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
         default_timeout=args.default_timeout,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         tls_cert=args.tls_cert,
