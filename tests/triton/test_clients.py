@@ -181,7 +181,7 @@ def test_pipeline_rejects_unknown_and_missing_acks() -> None:
     pipe.packet(b"\0" * 8)
     with pytest.raises(TritonClientError) as info:
         pipe.on_ack(pb.Ack(correlation_id="other:0"))
-    assert info.value.code is grpc.StatusCode.INTERNAL
+    assert info.value.code() is grpc.StatusCode.INTERNAL
     with pytest.raises(TritonClientError, match="unacknowledged"):
         pipe.finish()
 
@@ -340,7 +340,7 @@ def test_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
         pytest.raises(TritonClientError) as info,
     ):
         list(streamer.stream_bytes("m", "1", fp32_frames(5)))
-    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "ack_timeout_sec" in str(info.value)
     assert time.monotonic() - started < 10
 
@@ -353,7 +353,7 @@ async def test_async_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
         with pytest.raises(TritonClientError) as info:
             async for _ in streamer.stream_bytes("m", "1", fp32_frames(5)):
                 pass
-    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_slow_consumer_is_not_a_stuck_proxy(scrambler: tuple[str, ScramblingServicer]) -> None:
@@ -466,7 +466,7 @@ def test_metadata_discovery_fills_in_and_checks(demo_proxy: ProxyProcess) -> Non
             wrong.prepare("add_one_fp32", "1")
         with pytest.raises(TritonClientError) as info_err:
             wrong.model_metadata("no_such_model")
-        assert info_err.value.code is grpc.StatusCode.NOT_FOUND
+        assert info_err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
@@ -475,7 +475,7 @@ def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
         started = time.monotonic()
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready("no_such_model", timeout_s=0.5)
-        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 3
 
 
@@ -489,7 +489,7 @@ async def test_async_wait_for_ready_and_metadata(demo_proxy: ProxyProcess) -> No
         assert result.ok
         with pytest.raises(TritonClientError) as info:
             await streamer.wait_for_ready("no_such_model", timeout_s=0.3)
-        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @pytest.mark.anyio
@@ -517,10 +517,10 @@ def test_auth_accepted_and_rejected(
     with seed_streamer(proxy.target, environ={"DOMINO_USER_API_KEY": "wrong"}) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1)))
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready(timeout_s=5)
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.anyio
@@ -529,7 +529,7 @@ async def test_async_auth_rejected(demo_auth_proxy: tuple[ProxyProcess, Principa
     async with AsyncTritonBytesStreamer(proxy.target, shape=(1, 4), environ={}) as streamer:
         with pytest.raises(TritonClientError) as info:
             await streamer.model_metadata("add_one_fp32")
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 # Proxy down, closed clients ---------------------------------------------------------------
@@ -541,10 +541,10 @@ def test_proxy_down_is_unavailable_quickly() -> None:
     with seed_streamer(addr, connect_timeout_sec=1.0) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
-        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         with pytest.raises(TritonClientError) as ready:
             streamer.wait_for_ready(timeout_s=0.5)
-        assert ready.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ready.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
 
 
@@ -558,7 +558,7 @@ async def test_async_proxy_down_is_unavailable_quickly() -> None:
         with pytest.raises(TritonClientError) as info:
             async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
                 pass
-        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < 5
 
 
@@ -590,7 +590,7 @@ def test_proxy_killed_mid_stream_raises_unavailable() -> None:
 
             with pytest.raises(TritonClientError) as info:
                 kill_at_20()
-            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         proc.kill()
         proc.wait(10)
@@ -612,7 +612,7 @@ def test_tls_with_root_certs(tmp_path: Any) -> None:
         with seed_streamer(addr, connect_timeout_sec=1.0) as plain:  # no TLS: no connection
             with pytest.raises(TritonClientError) as info:
                 plain.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         proxy.stop()
 
@@ -624,7 +624,7 @@ def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
     assert streamer.closed
     with pytest.raises(TritonClientError) as info:
         streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-    assert info.value.code is grpc.StatusCode.CANCELLED
+    assert info.value.code() is grpc.StatusCode.CANCELLED
 
 
 @pytest.mark.anyio
