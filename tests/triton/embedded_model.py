@@ -19,3 +19,10 @@ async def slow_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     await asyncio.sleep(0.05)
     (array,) = inputs.values()
     return {"OUTPUT": array}
+
+
+async def held_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Echo after 1 s: packets pile up in flight (the proxy's memory tests)."""
+    await asyncio.sleep(1.0)
+    (array,) = inputs.values()
+    return {"OUTPUT": array}
