@@ -783,3 +783,110 @@ def test_typed_view_sync_thread_over_real_triton(proxy_cli: ProxyProcess) -> Non
     assert reader.read_header().max_batch_size == 64
     assert [i.status for i in reader.read_items()] == ["OK"] * 10
     assert reader.read_footer().ok == 10
+
+
+# Call-level errors are grpc.RpcError, as the seed's plain gRPC client raised -------------
+
+
+def _rpc_failures(
+    auth_target: str, silent_target: str
+) -> list[tuple[str, grpc.StatusCode, dict[str, Any], Any]]:
+    """(what, expected code, constructor kwargs, how to call) for each kind of failure."""
+    return [
+        ("rejected key", grpc.StatusCode.UNAUTHENTICATED,
+         {"addr": auth_target, "environ": {"DOMINO_USER_API_KEY": "wrong"}}, "stream"),
+        ("call deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": silent_target, "stream_timeout_sec": 0.5}, "stream"),
+        ("stuck proxy", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": silent_target, "ack_timeout_sec": 0.5}, "stream"),
+        ("proxy down", grpc.StatusCode.UNAVAILABLE,
+         {"addr": f"127.0.0.1:{free_port()}", "connect_timeout_sec": 0.5}, "stream"),
+        ("readiness deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": f"127.0.0.1:{free_port()}"}, "wait"),
+    ]  # fmt: skip
+
+
+def _check_rpc_error(what: str, code: grpc.StatusCode, exc: grpc.RpcError) -> None:
+    assert exc.code() is code, (what, exc, exc.__cause__)
+    assert exc.details(), what
+    assert isinstance(exc, TritonClientError)  # and still in the library's error tree
+    assert isinstance(exc, StreamError)
+    assert exc.status == code.name
+
+
+def test_sync_call_errors_are_grpc_rpc_errors(
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
+) -> None:
+    proxy, _ = demo_auth_proxy
+    for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
+        settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
+        with TritonBytesStreamer(
+            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
+            **settings,
+        ) as streamer:  # fmt: skip
+            try:
+                if how == "stream":
+                    list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
+                else:
+                    streamer.wait_for_ready(timeout_s=0.5)
+            except grpc.RpcError as exc:  # the seed's way of catching a failed call
+                _check_rpc_error(what, code, exc)
+            else:
+                raise AssertionError(f"{what}: no error")
+
+
+@pytest.mark.anyio
+async def test_async_call_errors_are_grpc_rpc_errors(
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
+) -> None:
+    proxy, _ = demo_auth_proxy
+    for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
+        settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
+        async with AsyncTritonBytesStreamer(
+            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
+            **settings,
+        ) as streamer:  # fmt: skip
+            try:
+                if how == "stream":
+                    async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
+                        pass
+                else:
+                    await streamer.wait_for_ready(timeout_s=0.5)
+            except grpc.RpcError as exc:
+                _check_rpc_error(what, code, exc)
+            else:
+                raise AssertionError(f"{what}: no error")
+
+
+def _failing_frames() -> Iterator[bytes]:
+    yield from fp32_frames(1)
+    raise OSError("camera unplugged")
+
+
+async def _afailing_frames() -> AsyncIterator[bytes]:
+    for frame in fp32_frames(1):
+        yield frame
+    raise OSError("camera unplugged")
+
+
+def test_sync_frame_iterator_failure_wins_over_the_call_failure(silent: str) -> None:
+    """The frames ran out with an error, then the call failed (its deadline): the
+    caller gets its own iterator's error, in both clients."""
+    with (
+        seed_streamer(silent, stream_timeout_sec=0.5) as streamer,
+        pytest.raises(OSError, match="camera"),
+    ):
+        list(streamer.stream_bytes("m", "1", _failing_frames()))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("frames", [_failing_frames, _afailing_frames], ids=["sync", "async"])
+async def test_async_frame_iterator_failure_wins_over_the_call_failure(
+    silent: str, frames: Any
+) -> None:
+    async with AsyncTritonBytesStreamer(
+        silent, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), stream_timeout_sec=0.5
+    ) as streamer:
+        with pytest.raises(OSError, match="camera"):
+            async for _ in streamer.stream_bytes("m", "1", frames()):
+                pass
