@@ -173,6 +173,11 @@ def _clip(text: str, limit: int = MAX_ID_BYTES) -> str:
     return text[:limit].encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
 
 
+def _quoted(name: str) -> str:
+    """A name for an error message: quoted, at most 64 chars of it."""
+    return repr(name) if len(name) <= 64 else f"{name[:64]!r}..."
+
+
 def _check_id(what: str, text: str) -> None:
     if len(text) * 4 > MAX_ID_BYTES and _utf8_len(text) > MAX_ID_BYTES:
         raise PacketError(
@@ -248,7 +253,7 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
             raise PacketError(
                 pb.UNSUPPORTED,
                 f"unsupported source {_enum_name(pb.Source, source)} for input "
-                f"{spec.name!r}: only SRC_TENSOR",
+                f"{_quoted(spec.name)}: only SRC_TENSOR",
             )
     if len(control.inputs) != 1:
         raise PacketError(
@@ -277,7 +282,8 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
     if datatype is None:
         raise PacketError(
             bad,
-            f"missing or unknown dtype {_enum_name(pb.DataType, dtype)} for input {spec.name!r}",
+            f"missing or unknown dtype {_enum_name(pb.DataType, dtype)} "
+            f"for input {_quoted(spec.name)}",
         )
 
     spec_shape = _dims("control's shape", spec.shape)
@@ -289,7 +295,7 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
         )
     shape = spec_shape or tensor_shape
     if not shape:
-        raise PacketError(bad, f"missing shape for input {spec.name!r}")
+        raise PacketError(bad, f"missing shape for input {_quoted(spec.name)}")
     if any(d < 0 for d in shape):
         raise PacketError(bad, f"shape {list(shape)} has a negative dim")
 

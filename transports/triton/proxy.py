@@ -83,8 +83,8 @@ _access = logging.getLogger("transports.triton.access")
 _MODELS_LOGGED = 8  # model names per access record; a call may use any number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MultimodalService"].full_name
 _Context = grpc.aio.ServicerContext[Any, Any]
-# A packet answered on a Chat call: (packet, Ack, error text or None, budget bytes held).
-_Answered = tuple[pb.DataPacket, pb.Ack, str | None, int]
+# A packet answered on a Chat call: (packet, Ack, budget bytes held).
+_Answered = tuple[pb.DataPacket, pb.Ack, int]
 
 
 @dataclass
@@ -193,13 +193,18 @@ class _CallRecord:
         self.models: dict[str, None] = {}  # insertion-ordered set
         self.outcome = "ok"
 
-    def packet(self, packet: pb.DataPacket, ack: pb.Ack, error: str | None) -> None:
+    def packet(self, packet: pb.DataPacket, ack: pb.Ack) -> None:
         self.packets += 1
         status = status_name(ack.status)
         self.statuses[status] += 1
         if packet.HasField("control") and len(self.models) < _MODELS_LOGGED:
             self.models.setdefault(packet.control.model[:256], None)
-        if error is not None and _access.isEnabledFor(logging.DEBUG):
+        if ack.status != pb.OK and _access.isEnabledFor(logging.DEBUG):
+            # A failed Ack is a few KiB at most (see _packets): reading it back is cheap.
+            try:
+                error = str(json.loads(ack.message).get("error", ""))
+            except (ValueError, AttributeError):
+                error = ack.message[:256]
             _access.debug(
                 "%s packet %r from %s failed: %s: %s",
                 self.rpc,
@@ -287,14 +292,10 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             packet: the packet.
             received: ``time.perf_counter()`` when it arrived (for ``total_ms``).
         """
-        ack, _ = await self._answer(packet, time.perf_counter() if received is None else received)
-        return ack
-
-    async def _answer(self, packet: pb.DataPacket, received: float) -> tuple[pb.Ack, str | None]:
-        """The packet's Ack, and its error text when it failed (for the log)."""
+        received = time.perf_counter() if received is None else received
         self.stats.packets += 1
         try:
-            ack, error = await self._infer(packet, received)
+            ack = await self._infer(packet, received)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in the proxy: still one Ack, no exception text
@@ -318,56 +319,40 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                 triton_infer_ms=ack.timing.triton_infer_ms,
                 total_ms=_ms(received),
             )
-        if ack.status == pb.OK:
-            self.stats.ok += 1
-        else:
-            self.stats.failed += 1
-        return ack, error
+        return self._count(ack)
 
-    async def _infer(self, packet: pb.DataPacket, received: float) -> tuple[pb.Ack, str | None]:
+    async def _infer(self, packet: pb.DataPacket, received: float) -> pb.Ack:
         name = self.backend.name
         try:
             if packet.event in (pb.SEV_START, pb.SEV_END):
                 # The proxy keeps no per-stream state: start/end markers are no-ops.
                 cid = check_correlation_id(packet)
                 body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
-                return pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body)), None
+                return pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body))
             request = parse_packet(packet, default_timeout=self.default_timeout)
         except PacketError as exc:
-            error = str(exc)
-            ack = error_ack(packet, exc.status, error, backend=name, total_ms=_ms(received))
-            return ack, error
+            return error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
         started = time.perf_counter()
         try:
             outputs = await self.backend.infer(request)
-        except BackendError as exc:
-            error = str(exc)
-            ack = error_ack(
+        except Exception as exc:
+            if isinstance(exc, BackendError):
+                status, error = exc.status, str(exc)
+            else:  # a bug or an unexpected backend failure: still one Ack
+                _log.exception("packet %r: unexpected backend failure", request.cid)
+                status, error = pb.INTERNAL, f"{type(exc).__name__}: {exc}"
+            return error_ack(
                 packet,
-                exc.status,
+                status,
                 error,
                 backend=name,
                 triton_infer_ms=_ms(started),
                 total_ms=_ms(received),
             )
-            return ack, error
-        except Exception as exc:  # a bug or an unexpected backend failure: still one Ack
-            _log.exception("packet %r: unexpected backend failure", request.cid)
-            error = f"{type(exc).__name__}: {exc}"
-            ack = error_ack(
-                packet,
-                pb.INTERNAL,
-                error,
-                backend=name,
-                triton_infer_ms=_ms(started),
-                total_ms=_ms(received),
-            )
-            return ack, error
         infer_ms = _ms(started)
-        ack = ok_ack(
+        return ok_ack(
             request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received)
         )
-        return ack, None
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
@@ -381,8 +366,8 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
-            ack, error = await self._answer(packet, received)
-            acks.put_nowait((packet, ack, error, size))
+            ack = await self.handle(packet, received)
+            acks.put_nowait((packet, ack, size))
 
         async def read() -> None:
             try:
@@ -413,8 +398,8 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                packet, ack, error, size = item
-                record.packet(packet, ack, error)
+                packet, ack, size = item
+                record.packet(packet, ack)
                 del packet, item
                 yield ack
                 del ack
@@ -450,8 +435,8 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             self.stats.budget_waits += 1
             await self.budget.acquire(size)
         try:
-            ack, error = await self._answer(request, time.perf_counter())
-            record.packet(request, ack, error)
+            ack = await self.handle(request)
+            record.packet(request, ack)
             return ack
         except asyncio.CancelledError:
             record.outcome = "cancelled"
