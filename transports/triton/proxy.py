@@ -18,9 +18,8 @@ Command line (flags win over the environment)::
 
     python -m transports.triton.proxy --listen HOST:PORT --triton-url TARGET
         [--auth-url URL] [--backend triton|demo|python:module:callable]
-        [--max-in-flight N] [--max-inflight-mb N] [--default-timeout S]
-        [--max-message-mb N] [--tls-cert PEM --tls-key PEM] [--coalesce N]
-        [--log-level LEVEL]
+        [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
+        [--tls-cert PEM --tls-key PEM] [--coalesce N]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
