@@ -82,8 +82,9 @@ _access = logging.getLogger("transports.triton.access")
 _MODELS_LOGGED = 8  # model names per access record; a call may use any number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MultimodalService"].full_name
 _Context = grpc.aio.ServicerContext[Any, Any]
-# A packet answered on a Chat call: (packet, Ack, budget bytes held).
-_Answered = tuple[pb.DataPacket, pb.Ack, int]
+# A packet answered on a Chat call: (its model or None, its Ack, budget bytes held). Not
+# the packet itself: its bytes need not wait with the Ack for a slow reader.
+_Answered = tuple[str | None, pb.Ack, int]
 
 
 @dataclass
@@ -177,6 +178,10 @@ class InflightBudget:
             granted.set_result(None)
 
 
+def _model_of(packet: pb.DataPacket) -> str | None:
+    return packet.control.model if packet.HasField("control") else None
+
+
 class _CallRecord:
     """What one call did, for its access-log record (no credentials, bounded size)."""
 
@@ -192,12 +197,12 @@ class _CallRecord:
         self.models: dict[str, None] = {}  # insertion-ordered set
         self.outcome = "ok"
 
-    def packet(self, packet: pb.DataPacket, ack: pb.Ack) -> None:
+    def packet(self, model: str | None, ack: pb.Ack) -> None:
         self.packets += 1
         status = status_name(ack.status)
         self.statuses[status] += 1
-        if packet.HasField("control") and len(self.models) < _MODELS_LOGGED:
-            self.models.setdefault(packet.control.model[:256], None)
+        if model is not None and len(self.models) < _MODELS_LOGGED:
+            self.models.setdefault(model[:256], None)
         if ack.status != pb.OK and _access.isEnabledFor(logging.DEBUG):
             # A failed Ack is a few KiB at most (see _packets): reading it back is cheap.
             try:
@@ -366,7 +371,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
 
         async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
             ack = await self.handle(packet, received)
-            acks.put_nowait((packet, ack, size))
+            acks.put_nowait((_model_of(packet), ack, size))
 
         async def read() -> None:
             try:
@@ -397,9 +402,9 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                packet, ack, size = item
-                record.packet(packet, ack)
-                del packet, item
+                model, ack, size = item
+                record.packet(model, ack)
+                del item
                 yield ack
                 del ack
                 slots.release()
@@ -435,7 +440,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             await self.budget.acquire(size)
         try:
             ack = await self.handle(request)
-            record.packet(request, ack)
+            record.packet(_model_of(request), ack)
             return ack
         except asyncio.CancelledError:
             record.outcome = "cancelled"
