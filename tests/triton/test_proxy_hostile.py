@@ -412,3 +412,43 @@ async def test_access_record_has_structured_fields(caplog: pytest.LogCaptureFixt
     (failure,) = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert failure.__dict__["cid"] == "bad"
     assert failure.__dict__["status"] == "INTERNAL"
+
+
+# What held before must still hold: a client that reads its Acks late loses none ------------
+
+
+async def _send_all_then_read(count: int, read_after_s: float) -> tuple[int, int]:
+    proxy = ProxyProcess(["--backend", "demo"])
+    try:
+        async with grpc.aio.insecure_channel(proxy.target) as channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            sent = [0]
+
+            async def packets() -> Any:
+                for i in range(count):
+                    yield packet(f"p:{i}", X)
+                    sent[0] += 1
+
+            call = stub.Chat(packets(), timeout=600)
+            await asyncio.sleep(read_after_s)  # not reading: the proxy must hold back
+            seen: set[str] = set()
+            ok = 0
+            async for ack in call:
+                seen.add(ack.correlation_id)
+                ok += ack.status == pb.OK
+    finally:
+        proxy.stop()
+    assert sent[0] == count
+    return len(seen), ok
+
+
+async def test_packets_sent_before_any_ack_is_read_are_all_answered() -> None:
+    answered, ok = await _send_all_then_read(5_000, read_after_s=2.0)
+    assert (answered, ok) == (5_000, 5_000)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+async def test_100k_packets_sent_before_any_ack_is_read_are_all_answered() -> None:
+    answered, ok = await _send_all_then_read(100_000, read_after_s=5.0)
+    assert (answered, ok) == (100_000, 100_000)
