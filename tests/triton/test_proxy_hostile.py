@@ -340,6 +340,21 @@ async def test_budget_serves_waiters_in_order_and_survives_cancellation() -> Non
     assert cancelled.cancelled()
 
 
+async def test_budget_skips_a_waiter_cancelled_before_it_ran() -> None:
+    """Cancelled, then woken before its task saw the cancellation: no double grant."""
+    budget = InflightBudget(10)
+    await budget.acquire(10)
+    waiter = asyncio.ensure_future(budget.acquire(5))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    budget.release(10)  # _wake meets the cancelled future first
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert budget.used == 0
+    await budget.acquire(10)
+    assert budget.used == 10
+
+
 # The access log -------------------------------------------------------------------------------
 
 

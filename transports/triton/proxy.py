@@ -159,7 +159,8 @@ class InflightBudget:
             if granted.done() and not granted.cancelled():
                 self.release(size)  # granted just as we were cancelled
             else:
-                self._waiters.remove(entry)
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()
             raise
 
@@ -171,6 +172,9 @@ class InflightBudget:
     def _wake(self) -> None:
         while self._waiters:
             size, granted = self._waiters[0]
+            if granted.done():  # its waiter was cancelled and has not run yet
+                self._waiters.popleft()
+                continue
             if not self._fits(size):
                 return
             self._waiters.popleft()
@@ -180,6 +184,11 @@ class InflightBudget:
 
 def _model_of(packet: pb.DataPacket) -> str | None:
     return packet.control.model if packet.HasField("control") else None
+
+
+def _printable(name: str) -> str:
+    # Names come from clients: a newline or a space must not forge a log line or field.
+    return name if name.isprintable() and " " not in name and "," not in name else repr(name)
 
 
 class _CallRecord:
@@ -210,7 +219,7 @@ class _CallRecord:
             except (ValueError, AttributeError):
                 error = ack.message[:256]
             _access.debug(
-                "%s packet %r from %s failed: %s: %s",
+                "%s packet %r from %s failed: %s: %r",
                 self.rpc,
                 ack.correlation_id,
                 self.peer,
@@ -233,7 +242,7 @@ class _CallRecord:
             "%s peer=%s models=%s packets=%d statuses=%s duration_ms=%.1f outcome=%s",
             self.rpc,
             self.peer,
-            ",".join(models) or "-",
+            ",".join(_printable(m) for m in models) or "-",
             self.packets,
             ",".join(f"{k}:{v}" for k, v in sorted(statuses.items())) or "-",
             duration_ms,
