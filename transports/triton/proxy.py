@@ -676,12 +676,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         help="send packets arriving together as one Triton request of up to N batch rows "
         "(models with max_batch_size > 0; default 0: off)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=env.get("LOG_LEVEL", "INFO"),
-        help="INFO (default, $LOG_LEVEL): one access record per call; DEBUG: also each "
-        "failed packet",
-    )
+    parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
