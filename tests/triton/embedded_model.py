@@ -19,3 +19,12 @@ async def slow_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     await asyncio.sleep(0.05)
     (array,) = inputs.values()
     return {"OUTPUT": array}
+
+
+async def held_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Echo after holding the input for a while, so packets pile up in flight (the
+    proxy's memory tests): model ``held:S`` holds it S seconds, any other name 1 s."""
+    _, _, seconds = model.partition(":")
+    await asyncio.sleep(float(seconds or 1.0))
+    (array,) = inputs.values()
+    return {"OUTPUT": array}

@@ -16,6 +16,7 @@ leading batch dim):
 - ``invert_u8``: IMAGE uint8 [-1, -1, 3] -> IMAGE_OUT uint8 (255 - IMAGE)
 - ``two_outputs_fp32``: INPUT fp32 [-1] -> PLUS_ONE, TIMES_TWO fp32 [-1]
 - ``sleep_fp32``: SECONDS fp32 [1] -> SLEPT fp32 [1], sleeps max(SECONDS) first
+- ``fail_fp32``: INPUT fp32 [-1] -> OUTPUT, always raises (a model error)
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def _two_outputs(INPUT: np.ndarray) -> dict[str, np.ndarray]:
 def _sleep(SECONDS: np.ndarray) -> dict[str, np.ndarray]:
     time.sleep(float(SECONDS.max()))
     return {"SLEPT": SECONDS.astype(np.float32)}
+
+
+@batch
+def _fail(INPUT: np.ndarray) -> dict[str, np.ndarray]:
+    raise RuntimeError("fail_fp32 always fails")
 
 
 def _on_term(signum: int, frame: object) -> None:
@@ -115,6 +121,13 @@ def main() -> int:
             inputs=[Tensor(name="SECONDS", dtype=fp32, shape=(1,))],
             outputs=[Tensor(name="SLEPT", dtype=fp32, shape=(1,))],
             config=ModelConfig(max_batch_size=64),
+        )
+        triton.bind(
+            model_name="fail_fp32",
+            infer_func=_fail,
+            inputs=[Tensor(name="INPUT", dtype=fp32, shape=(-1,))],
+            outputs=[Tensor(name="OUTPUT", dtype=fp32, shape=(-1,))],
+            config=batching,
         )
         triton.run()
         # PyTriton guards Triton's statistics API with a per-run token; the tests read

@@ -181,7 +181,7 @@ def test_pipeline_rejects_unknown_and_missing_acks() -> None:
     pipe.packet(b"\0" * 8)
     with pytest.raises(TritonClientError) as info:
         pipe.on_ack(pb.Ack(correlation_id="other:0"))
-    assert info.value.code is grpc.StatusCode.INTERNAL
+    assert info.value.code() is grpc.StatusCode.INTERNAL
     with pytest.raises(TritonClientError, match="unacknowledged"):
         pipe.finish()
 
@@ -340,7 +340,7 @@ def test_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
         pytest.raises(TritonClientError) as info,
     ):
         list(streamer.stream_bytes("m", "1", fp32_frames(5)))
-    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert "ack_timeout_sec" in str(info.value)
     assert time.monotonic() - started < 10
 
@@ -353,7 +353,7 @@ async def test_async_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
         with pytest.raises(TritonClientError) as info:
             async for _ in streamer.stream_bytes("m", "1", fp32_frames(5)):
                 pass
-    assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_slow_consumer_is_not_a_stuck_proxy(scrambler: tuple[str, ScramblingServicer]) -> None:
@@ -466,7 +466,7 @@ def test_metadata_discovery_fills_in_and_checks(demo_proxy: ProxyProcess) -> Non
             wrong.prepare("add_one_fp32", "1")
         with pytest.raises(TritonClientError) as info_err:
             wrong.model_metadata("no_such_model")
-        assert info_err.value.code is grpc.StatusCode.NOT_FOUND
+        assert info_err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
@@ -475,7 +475,7 @@ def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
         started = time.monotonic()
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready("no_such_model", timeout_s=0.5)
-        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 3
 
 
@@ -489,7 +489,7 @@ async def test_async_wait_for_ready_and_metadata(demo_proxy: ProxyProcess) -> No
         assert result.ok
         with pytest.raises(TritonClientError) as info:
             await streamer.wait_for_ready("no_such_model", timeout_s=0.3)
-        assert info.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 @pytest.mark.anyio
@@ -517,10 +517,10 @@ def test_auth_accepted_and_rejected(
     with seed_streamer(proxy.target, environ={"DOMINO_USER_API_KEY": "wrong"}) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1)))
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready(timeout_s=5)
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.anyio
@@ -529,7 +529,7 @@ async def test_async_auth_rejected(demo_auth_proxy: tuple[ProxyProcess, Principa
     async with AsyncTritonBytesStreamer(proxy.target, shape=(1, 4), environ={}) as streamer:
         with pytest.raises(TritonClientError) as info:
             await streamer.model_metadata("add_one_fp32")
-        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 # Proxy down, closed clients ---------------------------------------------------------------
@@ -541,10 +541,10 @@ def test_proxy_down_is_unavailable_quickly() -> None:
     with seed_streamer(addr, connect_timeout_sec=1.0) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
-        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         with pytest.raises(TritonClientError) as ready:
             streamer.wait_for_ready(timeout_s=0.5)
-        assert ready.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ready.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert time.monotonic() - started < 5
 
 
@@ -558,7 +558,7 @@ async def test_async_proxy_down_is_unavailable_quickly() -> None:
         with pytest.raises(TritonClientError) as info:
             async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
                 pass
-        assert info.value.code is grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < 5
 
 
@@ -590,7 +590,7 @@ def test_proxy_killed_mid_stream_raises_unavailable() -> None:
 
             with pytest.raises(TritonClientError) as info:
                 kill_at_20()
-            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         proc.kill()
         proc.wait(10)
@@ -612,7 +612,7 @@ def test_tls_with_root_certs(tmp_path: Any) -> None:
         with seed_streamer(addr, connect_timeout_sec=1.0) as plain:  # no TLS: no connection
             with pytest.raises(TritonClientError) as info:
                 plain.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-            assert info.value.code is grpc.StatusCode.UNAVAILABLE
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         proxy.stop()
 
@@ -624,7 +624,7 @@ def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
     assert streamer.closed
     with pytest.raises(TritonClientError) as info:
         streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-    assert info.value.code is grpc.StatusCode.CANCELLED
+    assert info.value.code() is grpc.StatusCode.CANCELLED
 
 
 @pytest.mark.anyio
@@ -783,3 +783,110 @@ def test_typed_view_sync_thread_over_real_triton(proxy_cli: ProxyProcess) -> Non
     assert reader.read_header().max_batch_size == 64
     assert [i.status for i in reader.read_items()] == ["OK"] * 10
     assert reader.read_footer().ok == 10
+
+
+# Call-level errors are grpc.RpcError, as the seed's plain gRPC client raised -------------
+
+
+def _rpc_failures(
+    auth_target: str, silent_target: str
+) -> list[tuple[str, grpc.StatusCode, dict[str, Any], Any]]:
+    """(what, expected code, constructor kwargs, how to call) for each kind of failure."""
+    return [
+        ("rejected key", grpc.StatusCode.UNAUTHENTICATED,
+         {"addr": auth_target, "environ": {"DOMINO_USER_API_KEY": "wrong"}}, "stream"),
+        ("call deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": silent_target, "stream_timeout_sec": 0.5}, "stream"),
+        ("stuck proxy", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": silent_target, "ack_timeout_sec": 0.5}, "stream"),
+        ("proxy down", grpc.StatusCode.UNAVAILABLE,
+         {"addr": f"127.0.0.1:{free_port()}", "connect_timeout_sec": 0.5}, "stream"),
+        ("readiness deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": f"127.0.0.1:{free_port()}"}, "wait"),
+    ]  # fmt: skip
+
+
+def _check_rpc_error(what: str, code: grpc.StatusCode, exc: grpc.RpcError) -> None:
+    assert exc.code() is code, (what, exc, exc.__cause__)
+    assert exc.details(), what
+    assert isinstance(exc, TritonClientError)  # and still in the library's error tree
+    assert isinstance(exc, StreamError)
+    assert exc.status == code.name
+
+
+def test_sync_call_errors_are_grpc_rpc_errors(
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
+) -> None:
+    proxy, _ = demo_auth_proxy
+    for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
+        settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
+        with TritonBytesStreamer(
+            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
+            **settings,
+        ) as streamer:  # fmt: skip
+            try:
+                if how == "stream":
+                    list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
+                else:
+                    streamer.wait_for_ready(timeout_s=0.5)
+            except grpc.RpcError as exc:  # the seed's way of catching a failed call
+                _check_rpc_error(what, code, exc)
+            else:
+                raise AssertionError(f"{what}: no error")
+
+
+@pytest.mark.anyio
+async def test_async_call_errors_are_grpc_rpc_errors(
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
+) -> None:
+    proxy, _ = demo_auth_proxy
+    for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
+        settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
+        async with AsyncTritonBytesStreamer(
+            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
+            **settings,
+        ) as streamer:  # fmt: skip
+            try:
+                if how == "stream":
+                    async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
+                        pass
+                else:
+                    await streamer.wait_for_ready(timeout_s=0.5)
+            except grpc.RpcError as exc:
+                _check_rpc_error(what, code, exc)
+            else:
+                raise AssertionError(f"{what}: no error")
+
+
+def _failing_frames() -> Iterator[bytes]:
+    yield from fp32_frames(1)
+    raise OSError("camera unplugged")
+
+
+async def _afailing_frames() -> AsyncIterator[bytes]:
+    for frame in fp32_frames(1):
+        yield frame
+    raise OSError("camera unplugged")
+
+
+def test_sync_frame_iterator_failure_wins_over_the_call_failure(silent: str) -> None:
+    """The frames ran out with an error, then the call failed (its deadline): the
+    caller gets its own iterator's error, in both clients."""
+    with (
+        seed_streamer(silent, stream_timeout_sec=0.5) as streamer,
+        pytest.raises(OSError, match="camera"),
+    ):
+        list(streamer.stream_bytes("m", "1", _failing_frames()))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("frames", [_failing_frames, _afailing_frames], ids=["sync", "async"])
+async def test_async_frame_iterator_failure_wins_over_the_call_failure(
+    silent: str, frames: Any
+) -> None:
+    async with AsyncTritonBytesStreamer(
+        silent, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), stream_timeout_sec=0.5
+    ) as streamer:
+        with pytest.raises(OSError, match="camera"):
+            async for _ in streamer.stream_bytes("m", "1", frames()):
+                pass

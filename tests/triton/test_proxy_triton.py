@@ -20,6 +20,7 @@ from triton_helpers import (
     ack_json,
     auth_metadata,
     decode_output,
+    free_port,
     packet,
     running_proxy,
 )
@@ -225,7 +226,8 @@ async def test_two_replicas_both_receive_traffic(
 
 
 async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) -> None:
-    """Error Acks (INTERNAL, backend triton) while Triton is down, not a hang; then OK again."""
+    """Error Acks (UNAVAILABLE, backend triton) while Triton is down, not a hang; then OK
+    again. (Before UNAVAILABLE existed, these were INTERNAL like a model's own error.)"""
     async with (
         running_proxy(triton_url=spare_triton.url, max_in_flight=4) as server,
         grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
@@ -255,7 +257,7 @@ async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) 
             elif phase == "stopping" and transition is not None and transition.done():
                 transition.result()
                 phase = "down"
-            elif phase == "down" and seen["down"].count(pb.INTERNAL) >= 3:
+            elif phase == "down" and seen["down"].count(pb.UNAVAILABLE) >= 3:
                 phase = "back"
                 transition = asyncio.ensure_future(asyncio.to_thread(spare_triton.start))
             elif (
@@ -268,14 +270,60 @@ async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) 
                 done.set()
     assert set(seen["up"]) == {pb.OK}
     # (an OK sent before Triton went away may still arrive just after)
-    assert seen["down"].count(pb.INTERNAL) >= 3
-    assert set(seen["down"]) <= {pb.OK, pb.INTERNAL}
+    assert seen["down"].count(pb.UNAVAILABLE) >= 3
+    assert set(seen["down"]) <= {pb.OK, pb.UNAVAILABLE}
     assert seen["back"][-3:] == [pb.OK] * 3
     assert errors
     for body in errors:
         assert body["backend"] == "triton"
         assert "triton inference failed" in body["error"] or "timed out" in body["error"]
     assert server.proxy.stats.packets == server.proxy.stats.ok + server.proxy.stats.failed
+
+
+async def test_unreachable_triton_is_unavailable_and_a_model_error_is_internal(
+    proxy_cli: ProxyProcess,
+) -> None:
+    """A client can tell "retry later" from "the model failed": UNAVAILABLE for a Triton
+    that cannot be reached, INTERNAL for a model that raised; seed clients see both as
+    non-OK and their call goes on."""
+    from transports.triton import TritonBytesStreamer
+
+    down = ProxyProcess(["--triton-url", f"127.0.0.1:{free_port()}"])  # nothing listens
+    try:
+        for target, metadata in ((proxy_cli.target, AUTH), (down.target, ())):
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub = pbg.MultimodalServiceStub(channel)
+                packets = [packet("good", X), packet("fails", X, model="fail_fp32")]
+                acks = {
+                    a.correlation_id: a
+                    async for a in stub.Chat(iter(packets), metadata=metadata, timeout=60)
+                }
+            if target == proxy_cli.target:
+                assert acks["good"].status == pb.OK
+                assert acks["fails"].status == pb.INTERNAL
+                assert "fail_fp32 always fails" in ack_json(acks["fails"])["error"]
+            else:
+                for ack in acks.values():
+                    assert ack.status == pb.UNAVAILABLE, ack_json(ack)
+                    assert "UNAVAILABLE" in ack_json(ack)["error"]
+        # The seed's pattern (one short Chat call per frame) keeps going after UNAVAILABLE.
+        with grpc.insecure_channel(down.target) as channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            statuses = [
+                [a.status for a in stub.Chat(iter([packet(f"seed:{i}", X)]), timeout=30)]
+                for i in range(3)
+            ]
+        assert statuses == [[pb.UNAVAILABLE]] * 3
+        # Our client names it and yields every frame's result.
+        with TritonBytesStreamer(
+            down.target, "INPUT", (1, 12), pb.DT_FP32, ("OUTPUT",), request_timeout_sec=10
+        ) as streamer:
+            frames = [X.tobytes()] * 3
+            results = list(streamer.stream_results("add_one_fp32", "1", frames))
+        assert [r.status for r in results] == ["UNAVAILABLE"] * 3
+        assert not any(r.ok for r in results)
+    finally:
+        down.stop()
 
 
 def _request(cid: str, array: np.ndarray, **kwargs: Any) -> InferRequest:

@@ -32,7 +32,7 @@ SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
 API_KEY = "test-api-key-123"
 TOKEN = "test-jwt-token-456"
 READY_LINE = re.compile(r"READY grpc=\d+ token=([A-Za-z0-9_\-]+)")
-MODELS = ("add_one_fp32", "invert_u8", "two_outputs_fp32", "sleep_fp32")
+MODELS = ("add_one_fp32", "invert_u8", "two_outputs_fp32", "sleep_fp32", "fail_fp32")
 
 
 def free_port() -> int:
@@ -250,16 +250,35 @@ class ProxyProcess:
             raise RuntimeError(f"proxy did not start: {line!r} {err.decode()[-2000:]}")
         self.port = int(line.split()[1].rsplit(":", 1)[1])
         self.target = f"127.0.0.1:{self.port}"
+        # Drain stderr as it comes: the access log writes a line per call, and a full
+        # pipe would block the proxy.
+        self._stderr: list[bytes] = []
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        for line in self._proc.stderr:
+            self._stderr.append(line)
+
+    def stderr(self) -> str:
+        """What the proxy wrote to stderr so far."""
+        return b"".join(list(self._stderr)).decode(errors="replace")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     def stop(self) -> str:
         """Stop with SIGTERM; returns what it wrote to stderr."""
         self._proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self._proc.communicate(timeout=20)
+            self._proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self._proc.kill()
-            _, err = self._proc.communicate(timeout=10)
-        return err.decode()
+            self._proc.wait(timeout=10)
+        self._drain.join(10)
+        return self.stderr()
 
 
 @contextlib.asynccontextmanager

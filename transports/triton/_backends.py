@@ -103,7 +103,11 @@ def _triton_error(exc: grpc.aio.AioRpcError, what: str, timeout: float | None) -
         message = f"triton {what} timed out after {timeout:g}s"
     else:
         message = f"triton {what} failed: {code.name}: {exc.details()}"
-    return BackendError(message, code=code)
+    # UNAVAILABLE is gRPC's word for "no connection" (Triton down, restarting, shutting
+    # down; Triton answers an unknown model with NOT_FOUND): the packet never reached a
+    # model, so it is worth retrying, unlike the model's own failures.
+    status = pb.UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else pb.INTERNAL
+    return BackendError(message, status=status, code=code)
 
 
 class TritonBackend(Backend):
@@ -295,11 +299,14 @@ class TritonBackend(Backend):
                 future.cancel()
             raise
         except Exception as exc:  # every waiter gets an error, never silence
-            code = exc.code if isinstance(exc, BackendError) else grpc.StatusCode.INTERNAL
-            message = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, BackendError):
+                code, status, message = exc.code, exc.status, str(exc)
+            else:
+                code, status = grpc.StatusCode.INTERNAL, pb.INTERNAL
+                message = f"{type(exc).__name__}: {exc}"
             for future in futures:
                 if not future.done():
-                    future.set_exception(BackendError(message, code=code))
+                    future.set_exception(BackendError(message, status=status, code=code))
             return
         for future, result in zip(futures, outputs, strict=True):
             if not future.done():

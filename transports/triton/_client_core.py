@@ -170,7 +170,7 @@ class StreamerSettings:
     def _rpc_error(self, exc: BaseException, method: str) -> TritonClientError:
         """Translate a failed call; after UNAVAILABLE the next call probes the channel again."""
         error = status_error(method, exc)
-        if error.code is grpc.StatusCode.UNAVAILABLE:
+        if error.code() is grpc.StatusCode.UNAVAILABLE:
             self._connected = False
         return error
 
@@ -343,9 +343,9 @@ def readiness_steps(
             remaining = max(deadline - clock(), 0.001)
             answer = yield ReadyStep(method, request, timeout_s=min(request_timeout_s, remaining))
             if isinstance(answer, TritonClientError):
-                if answer.code not in TRANSIENT:
+                if answer.code() not in TRANSIENT:
                     raise answer
-                ready, last = False, f"{answer.code.name}: {answer.details}"
+                ready, last = False, f"{answer.code().name}: {answer.details()}"
             elif answer is None or not answer.ready:
                 ready = False
                 last = "" if answer is None else answer.message or f"{method} says not ready"

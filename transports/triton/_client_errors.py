@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from transports.grpc import GrpcStatusError
+from transports.base import TransportError
 
 __all__ = [
     "HEALTH_CHECK_METHOD",
@@ -20,16 +20,40 @@ TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 """Failures that may pass by themselves: readiness polling keeps going through them."""
 
 
-class TritonClientError(GrpcStatusError):
+class TritonClientError(TransportError, grpc.RpcError):
     """A call to the Triton proxy failed as a whole (transport, auth, deadline, protocol).
 
+    Both a ``grpc.RpcError`` with the methods of a failed gRPC call (``code()``,
+    ``details()``), so the seed's ``except grpc.RpcError`` code catches it, and a
+    :class:`~transports.base.TransportError` (so a ``truss_stream.StreamError``).
+
     Per-frame failures are not raised: they arrive as results whose ``status`` is not
-    ``"OK"``. This is raised when the gRPC call itself fails: ``code`` is
+    ``"OK"``. This is raised when the gRPC call itself fails: ``code()`` is
     ``UNAVAILABLE`` when the proxy cannot be reached (within ``connect_timeout_sec``),
     ``UNAUTHENTICATED`` for rejected credentials, ``DEADLINE_EXCEEDED`` for a call
     deadline, ``INTERNAL`` when the proxy breaks the protocol (an Ack for an unknown
     frame, a missing Ack).
+
+    Attributes:
+        status: the code's name (``"UNAVAILABLE"``, ...).
+        method: the RPC that failed (``"Chat"``, ``"connect"``, ...).
     """
+
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(
+            f"gRPC call {method} failed with {code.name}", status=code.name, body=details
+        )
+        self._code = code
+        self._details = details
+        self.method = method
+
+    def code(self) -> grpc.StatusCode:
+        """The gRPC status code, as ``grpc.RpcError.code()``."""
+        return self._code
+
+    def details(self) -> str:
+        """The status message from the proxy (or the local gRPC library)."""
+        return self._details
 
 
 def status_error(method: str, exc: BaseException) -> TritonClientError:
@@ -72,14 +96,14 @@ def connect_probe_error(
     answer but a transient failure or an auth refusal means the channel is connected
     (a proxy without the health service, e.g. the seed's, says ``UNIMPLEMENTED``).
     """
-    if exc.code in TRANSIENT:
+    if exc.code() in TRANSIENT:
         return TritonClientError(
             "connect",
             grpc.StatusCode.UNAVAILABLE,
             f"could not connect to the Triton proxy at {addr} within {timeout_s:g}s "
-            f"({exc.code.name}: {exc.details})",
+            f"({exc.code().name}: {exc.details()})",
         )
-    if exc.code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return exc
     return None
 

@@ -4,20 +4,30 @@
 Validation follows the seed's failure modes, in this order, and stops at the first:
 
 ====================================================  ===============
+correlation id longer than MAX_ID_BYTES                BAD_REQUEST
 missing control                                        BAD_REQUEST
 missing model / model_version / inputs / outputs       BAD_REQUEST
+a name longer than MAX_ID_BYTES, over MAX_OUTPUTS      BAD_REQUEST
 a source other than SRC_TENSOR                         UNSUPPORTED
 more than one input (one tensor per packet)            UNSUPPORTED
 missing tensor, dtype or shape; dtype/shape mismatch   BAD_REQUEST
+rank above MAX_RANK, a negative dim                    BAD_REQUEST
 size mismatch: got X bytes, expected Y                 BAD_REQUEST
+timeout_secs not within 0..MAX_TIMEOUT_SECS            BAD_REQUEST
 ====================================================  ===============
+
+Hostile packets cost time and Ack bytes in proportion to their own size at most, on
+the proxy's event loop: the rank is checked before a shape is read, the size check
+stops multiplying once the product passes what any tensor could hold, enum values
+outside the proto's enums are named by number, and nothing a packet carries is
+echoed beyond MAX_ID_BYTES (strings) or MAX_ERROR_CHARS (error texts), so every
+failed Ack stays a few KiB whatever the packet holds.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,14 +38,42 @@ from transports.triton import _dtypes
 from transports.triton import multimodal_pb2 as pb
 
 __all__ = [
+    "MAX_ERROR_CHARS",
+    "MAX_ID_BYTES",
+    "MAX_OUTPUTS",
+    "MAX_RANK",
+    "MAX_TIMEOUT_SECS",
     "BackendError",
     "InferRequest",
     "OutputTensor",
     "PacketError",
+    "check_correlation_id",
     "error_ack",
     "ok_ack",
     "parse_packet",
+    "status_name",
 ]
+
+MAX_RANK = 64
+"""Most dims a shape may have: NumPy 2's limit (NPY_MAXDIMS); Triton sets none of its own
+in the protocol, and its backends take fewer (TensorRT: 8)."""
+
+MAX_ID_BYTES = 1024
+"""Longest correlation id, model name, model version, input or output name (UTF-8)."""
+
+MAX_OUTPUTS = 1024
+"""Most output names one packet may ask for."""
+
+MAX_ERROR_CHARS = 2048
+"""Longest error text an Ack carries; longer ones (a model's exception) are cut."""
+
+MAX_TIMEOUT_SECS = 86400.0
+"""Longest ``Control.timeout_secs`` (a day): gRPC turns far larger deadlines into an
+immediate DEADLINE_EXCEEDED."""
+
+# No tensor can hold more bytes than this (Triton's byte sizes are int64): the size
+# check stops multiplying dims once past it.
+_SIZE_CAP = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -93,7 +131,9 @@ class BackendError(RuntimeError):
     """A backend call failed (unreachable, timed out, model error).
 
     Attributes:
-        status: the ``AckStatus`` to answer with (INTERNAL unless the backend knows better).
+        status: the ``AckStatus`` to answer with: UNAVAILABLE when the backend could
+            not be reached (the packet may be retried), else INTERNAL unless the
+            backend knows better.
         code: the gRPC status for RPCs that answer with one (model metadata, readiness).
     """
 
@@ -109,15 +149,73 @@ class BackendError(RuntimeError):
         self.code = code
 
 
-def _dims(shape: pb.Shape) -> tuple[int, ...]:
-    return tuple(int(d) for d in shape.dims)
-
-
-def _source_name(value: int) -> str:
+def _enum_name(enum: Any, value: int) -> str:
+    # proto3 enums are open: a packet may carry any int32, which Name() refuses.
     try:
-        return pb.Source.Name(value)
+        return str(enum.Name(value))
     except ValueError:
         return str(value)
+
+
+def status_name(status: int) -> str:
+    """The ``AckStatus`` name of ``status``, or its number when the enum has none."""
+    return _enum_name(pb.AckStatus, status)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _clip(text: str, limit: int = MAX_ID_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    if len(text) * 4 <= limit:
+        return text
+    return text[:limit].encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
+
+
+def _quoted(name: str) -> str:
+    """A name for an error message: quoted, at most 64 chars of it."""
+    return repr(name) if len(name) <= 64 else f"{name[:64]!r}..."
+
+
+def _check_id(what: str, text: str) -> None:
+    if len(text) * 4 > MAX_ID_BYTES and _utf8_len(text) > MAX_ID_BYTES:
+        raise PacketError(
+            pb.BAD_REQUEST,
+            f"{what} is {_utf8_len(text)} bytes, more than the {MAX_ID_BYTES} allowed",
+        )
+
+
+def _dims(what: str, shape: pb.Shape) -> tuple[int, ...]:
+    # The rank first: a shape's dims are never read, let alone multiplied, past it.
+    rank = len(shape.dims)
+    if rank > MAX_RANK:
+        raise PacketError(pb.BAD_REQUEST, f"{what} has {rank} dims, more than {MAX_RANK}")
+    return tuple(shape.dims)
+
+
+def _byte_size(shape: tuple[int, ...], itemsize: int) -> int | None:
+    """Bytes a tensor of ``shape`` takes, or None past ``_SIZE_CAP`` (at most MAX_RANK
+    multiplications, each of numbers below 2**126)."""
+    if 0 in shape:
+        return 0
+    size = itemsize
+    for d in shape:
+        size *= d
+        if size > _SIZE_CAP:
+            return None
+    return size
+
+
+def check_correlation_id(packet: pb.DataPacket) -> str:
+    """The packet's correlation id, if it is at most ``MAX_ID_BYTES`` long.
+
+    Raises:
+        PacketError: BAD_REQUEST, the id is longer.
+    """
+    cid = packet.meta.correlation_id
+    _check_id("correlation_id", cid)
+    return cid
 
 
 def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferRequest:
@@ -134,23 +232,28 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
         PacketError: the packet breaks one of the rules in the module docstring.
     """
     bad = pb.BAD_REQUEST
+    check_correlation_id(packet)
     if not packet.HasField("control"):
         raise PacketError(bad, "missing control")
     control = packet.control
     for field in ("model", "model_version"):
         if not getattr(control, field):
             raise PacketError(bad, f"missing {field}")
+        _check_id(field, getattr(control, field))
     if not control.inputs:
         raise PacketError(bad, "missing inputs")
     if not control.outputs:
         raise PacketError(bad, "missing outputs")
+    if len(control.outputs) > MAX_OUTPUTS:
+        raise PacketError(bad, f"{len(control.outputs)} outputs asked for, more than {MAX_OUTPUTS}")
     for spec in control.inputs:
+        _check_id("input name", spec.name)
         source = getattr(spec, "from")
         if source != pb.SRC_TENSOR:
             raise PacketError(
                 pb.UNSUPPORTED,
-                f"unsupported source {_source_name(source)} for input {spec.name!r}: "
-                "only SRC_TENSOR",
+                f"unsupported source {_enum_name(pb.Source, source)} for input "
+                f"{_quoted(spec.name)}: only SRC_TENSOR",
             )
     if len(control.inputs) != 1:
         raise PacketError(
@@ -160,8 +263,10 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
     spec = control.inputs[0]
     if not spec.name:
         raise PacketError(bad, "missing input name")
-    if any(not o.name for o in control.outputs):
-        raise PacketError(bad, "missing output name")
+    for output in control.outputs:
+        if not output.name:
+            raise PacketError(bad, "missing output name")
+        _check_id("output name", output.name)
     if not packet.HasField("tensor"):
         raise PacketError(bad, "missing tensor")
     tensor = packet.tensor
@@ -170,14 +275,19 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
     if spec.dtype and tensor.dtype and spec.dtype != tensor.dtype:
         raise PacketError(
             bad,
-            f"dtype mismatch: control says {pb.DataType.Name(spec.dtype)}, "
-            f"tensor says {pb.DataType.Name(tensor.dtype)}",
+            f"dtype mismatch: control says {_enum_name(pb.DataType, spec.dtype)}, "
+            f"tensor says {_enum_name(pb.DataType, tensor.dtype)}",
         )
     datatype = _dtypes.triton_name(dtype)
     if datatype is None:
-        raise PacketError(bad, f"missing or unknown dtype for input {spec.name!r}")
+        raise PacketError(
+            bad,
+            f"missing or unknown dtype {_enum_name(pb.DataType, dtype)} "
+            f"for input {_quoted(spec.name)}",
+        )
 
-    spec_shape, tensor_shape = _dims(spec.shape), _dims(tensor.shape)
+    spec_shape = _dims("control's shape", spec.shape)
+    tensor_shape = _dims("tensor's shape", tensor.shape)
     if spec_shape and tensor_shape and spec_shape != tensor_shape:
         raise PacketError(
             bad,
@@ -185,24 +295,27 @@ def parse_packet(packet: pb.DataPacket, *, default_timeout: float) -> InferReque
         )
     shape = spec_shape or tensor_shape
     if not shape:
-        raise PacketError(bad, f"missing shape for input {spec.name!r}")
+        raise PacketError(bad, f"missing shape for input {_quoted(spec.name)}")
     if any(d < 0 for d in shape):
         raise PacketError(bad, f"shape {list(shape)} has a negative dim")
 
     itemsize = _dtypes.ITEMSIZE.get(datatype)
     if itemsize is not None:
-        expected = math.prod(shape) * itemsize
+        expected = _byte_size(shape, itemsize)
         got = len(tensor.data)
         if got != expected:
+            wanted = f"{expected}" if expected is not None else f"more than {_SIZE_CAP}"
             raise PacketError(
                 bad,
-                f"size mismatch: got {got} bytes, expected {expected} "
+                f"size mismatch: got {got} bytes, expected {wanted} "
                 f"(shape {list(shape)}, {datatype})",
             )
 
     timeout = control.timeout_secs
-    if not math.isfinite(timeout) or timeout < 0:
-        raise PacketError(bad, f"timeout_secs must be >= 0, got {timeout}")
+    if not 0 <= timeout <= MAX_TIMEOUT_SECS:  # NaN fails both comparisons
+        raise PacketError(
+            bad, f"timeout_secs must be within 0..{MAX_TIMEOUT_SECS:g}, got {timeout}"
+        )
     return InferRequest(
         cid=packet.meta.correlation_id,
         model=control.model,
@@ -233,18 +346,23 @@ def error_ack(
     """The Ack for a packet that failed: ``{"error": ...}`` plus what is known of it.
 
     Args:
-        packet: the packet (its correlation id, model and version are echoed).
+        packet: the packet (its correlation id, model and version are echoed, each cut
+            to at most ``MAX_ID_BYTES``).
         status: a non-OK ``AckStatus``.
-        error: what went wrong, for humans.
+        error: what went wrong, for humans (cut to ``MAX_ERROR_CHARS``).
         backend: the backend's name ("triton", "python", "demo").
         triton_infer_ms: time spent in the backend call, if it was made.
         total_ms: time from receiving the packet to this Ack.
     """
-    cid = packet.meta.correlation_id
+    # Echo only bounded prefixes: this Ack must fit any send limit whatever the
+    # packet holds (a 12 MiB correlation id, JSON-escaped, would not).
+    cid = _clip(packet.meta.correlation_id)
+    if len(error) > MAX_ERROR_CHARS:
+        error = error[:MAX_ERROR_CHARS] + f"... ({len(error) - MAX_ERROR_CHARS} more chars)"
     body: dict[str, Any] = {"error": error, "backend": backend, "cid": cid}
     if packet.HasField("control"):
-        body["model"] = packet.control.model
-        body["model_version"] = packet.control.model_version
+        body["model"] = _clip(packet.control.model)
+        body["model_version"] = _clip(packet.control.model_version)
     body["triton_infer_ms"] = round(triton_infer_ms, 3)
     body["total_ms"] = round(total_ms, 3)
     return pb.Ack(

@@ -254,7 +254,11 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                     for result in pipe.on_ack(ack):
                         window.release()
                         yield result
+            except TritonClientError:
+                raise  # ours already (a stuck call, a protocol error): a grpc.RpcError too
             except grpc.RpcError as exc:
+                if failure:  # the frame iterator's own failure comes first, as in the sync client
+                    raise failure[0] from None
                 raise self._rpc_error(exc, "Chat") from exc
             if failure:
                 raise failure[0]

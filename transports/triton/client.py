@@ -331,8 +331,10 @@ class TritonBytesStreamer(StreamerSettings):
                     for result in ready:
                         window.release()
                         yield result
+            except TritonClientError:
+                raise  # ours already (a protocol error): a grpc.RpcError too
             except grpc.RpcError as exc:
-                if failure:
+                if failure:  # the frame iterator's own failure comes first
                     raise failure[0] from None
                 if watch.tripped:
                     raise watch.error() from exc

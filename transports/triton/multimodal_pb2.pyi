@@ -47,6 +47,7 @@ class AckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INTERNAL: _ClassVar[AckStatus]
     UNSUPPORTED: _ClassVar[AckStatus]
     UNAUTHENTICATED: _ClassVar[AckStatus]
+    UNAVAILABLE: _ClassVar[AckStatus]
 DT_UNSPECIFIED: DataType
 DT_FP32: DataType
 DT_FP16: DataType
@@ -76,6 +77,7 @@ BAD_REQUEST: AckStatus
 INTERNAL: AckStatus
 UNSUPPORTED: AckStatus
 UNAUTHENTICATED: AckStatus
+UNAVAILABLE: AckStatus
 
 class Meta(_message.Message):
     __slots__ = ("correlation_id", "note")

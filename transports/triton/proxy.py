@@ -7,6 +7,12 @@ backend) and answers every packet with exactly one ``Ack`` carrying its correlat
 id. On one Chat call, up to ``--max-in-flight`` packets are worked on at once and
 Acks are sent as they complete, so they may overtake each other: match them by
 ``correlation_id``. A client that goes away cancels its in-flight backend calls.
+Across all calls, packets read and not yet answered hold at most ``--max-inflight-mb``
+of packet bytes; past it the proxy stops reading from calls until Acks go out.
+
+Logging: one access record per Chat/SendUnary call at INFO on the
+``transports.triton.access`` logger (peer, models, packets, statuses, duration, never
+credentials); each failed packet at DEBUG.
 
 Command line (flags win over the environment)::
 
@@ -32,6 +38,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +53,20 @@ from grpc_reflection.v1alpha import reflection
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import Backend, PythonBackend, TritonBackend, load_backend
-from transports.triton._packets import BackendError, PacketError, error_ack, ok_ack, parse_packet
+from transports.triton._packets import (
+    BackendError,
+    PacketError,
+    check_correlation_id,
+    error_ack,
+    ok_ack,
+    parse_packet,
+    status_name,
+)
 from transports.triton.auth import DominoAuthInterceptor, principal_url
 
 __all__ = [
     "Backend",
+    "InflightBudget",
     "MultimodalProxy",
     "ProxyConfig",
     "ProxyServer",
@@ -62,8 +78,13 @@ __all__ = [
 ]
 
 _log = logging.getLogger("transports.triton.proxy")
+_access = logging.getLogger("transports.triton.access")
+_MODELS_LOGGED = 8  # model names per access record; a call may use any number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MultimodalService"].full_name
 _Context = grpc.aio.ServicerContext[Any, Any]
+# A packet answered on a Chat call: (its model or None, its Ack, budget bytes held). Not
+# the packet itself: its bytes need not wait with the Ack for a slow reader.
+_Answered = tuple[str | None, pb.Ack, int]
 
 
 @dataclass
@@ -81,10 +102,162 @@ class ProxyStats:
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
+    budget_waits: int = 0
+    """Packets that waited for the proxy-wide in-flight byte budget."""
+    oversized_acks: int = 0
+    """Acks replaced by an error because they would exceed the message limit."""
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+class InflightBudget:
+    """Bytes of packets read and not yet answered, shared by every call of one proxy.
+
+    A call acquires a packet's size before working on it and releases it once the
+    packet's Ack is sent; while the budget is spent, the call waits and so stops
+    reading its request stream (gRPC flow control then holds the client back). No
+    packet is dropped. Waiters are served first come, first served, and a packet
+    larger than the whole budget is admitted alone once nothing else is in flight,
+    so every packet the message limit lets in makes progress.
+
+    Args:
+        limit: bytes; 0 or less turns the budget off.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.limit <= 0 or self.used == 0 or self.used + size <= self.limit
+
+    def _take(self, size: int) -> None:
+        self.used += size
+        self.peak = max(self.peak, self.used)
+
+    def try_acquire(self, size: int) -> bool:
+        """Take ``size`` bytes now if they fit and nobody waits before us."""
+        if self._waiters or not self._fits(size):
+            return False
+        self._take(size)
+        return True
+
+    async def acquire(self, size: int) -> None:
+        """Wait until ``size`` bytes fit, then take them."""
+        if self.try_acquire(size):
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (size, granted)
+        self._waiters.append(entry)
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(size)  # granted just as we were cancelled
+            else:
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` bytes and admit whoever now fits, in order."""
+        self.used -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, granted = self._waiters[0]
+            if granted.done():  # its waiter was cancelled and has not run yet
+                self._waiters.popleft()
+                continue
+            if not self._fits(size):
+                return
+            self._waiters.popleft()
+            self._take(size)
+            granted.set_result(None)
+
+
+def _model_of(packet: pb.DataPacket) -> str | None:
+    return packet.control.model if packet.HasField("control") else None
+
+
+def _printable(name: str) -> str:
+    # Names come from clients: a newline or a space must not forge a log line or field.
+    return name if name.isprintable() and " " not in name and "," not in name else repr(name)
+
+
+class _CallRecord:
+    """What one call did, for its access-log record (no credentials, bounded size)."""
+
+    def __init__(self, rpc: str, context: _Context) -> None:
+        self.rpc = rpc
+        try:
+            self.peer = str(context.peer())
+        except Exception:  # a context without a peer (tests, closed transport)
+            self.peer = "unknown"
+        self.started = time.perf_counter()
+        self.packets = 0
+        self.statuses: Counter[str] = Counter()
+        self.models: dict[str, None] = {}  # insertion-ordered set
+        self.outcome = "ok"
+
+    def packet(self, model: str | None, ack: pb.Ack) -> None:
+        self.packets += 1
+        status = status_name(ack.status)
+        self.statuses[status] += 1
+        if model is not None and len(self.models) < _MODELS_LOGGED:
+            self.models.setdefault(model[:256], None)
+        if ack.status != pb.OK and _access.isEnabledFor(logging.DEBUG):
+            # A failed Ack is a few KiB at most (see _packets): reading it back is cheap.
+            try:
+                error = str(json.loads(ack.message).get("error", ""))
+            except (ValueError, AttributeError):
+                error = ack.message[:256]
+            _access.debug(
+                "%s packet %r from %s failed: %s: %r",
+                self.rpc,
+                ack.correlation_id,
+                self.peer,
+                status,
+                error,
+                extra={
+                    "rpc": self.rpc,
+                    "peer": self.peer,
+                    "cid": ack.correlation_id,
+                    "status": status,
+                    "error": error,
+                },
+            )
+
+    def emit(self) -> None:
+        duration_ms = round(_ms(self.started), 3)
+        statuses = dict(self.statuses)
+        models = list(self.models)
+        _access.info(
+            "%s peer=%s models=%s packets=%d statuses=%s duration_ms=%.1f outcome=%s",
+            self.rpc,
+            self.peer,
+            ",".join(_printable(m) for m in models) or "-",
+            self.packets,
+            ",".join(f"{k}:{v}" for k, v in sorted(statuses.items())) or "-",
+            duration_ms,
+            self.outcome,
+            extra={
+                "rpc": self.rpc,
+                "peer": self.peer,
+                "models": models,
+                "packets": self.packets,
+                "statuses": statuses,
+                "errors": sum(v for k, v in statuses.items() if k != "OK"),
+                "duration_ms": duration_ms,
+                "outcome": self.outcome,
+            },
+        )
 
 
 class MultimodalProxy(pbg.MultimodalServiceServicer):
@@ -95,16 +268,27 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         max_in_flight: packets worked on at once per Chat call; also bounds the Acks
             waiting to be sent, so a client that stops reading stalls its own call.
         default_timeout: backend deadline in seconds when ``Control.timeout_secs`` is 0.
+        max_message_bytes: the server's send limit: an Ack that would exceed it is
+            replaced by a small error Ack instead of ending the call.
+        max_inflight_bytes: the proxy-wide :class:`InflightBudget` (0: off).
     """
 
     def __init__(
-        self, backend: Backend, *, max_in_flight: int = 32, default_timeout: float = 30.0
+        self,
+        backend: Backend,
+        *,
+        max_in_flight: int = 32,
+        default_timeout: float = 30.0,
+        max_message_bytes: int = 64 * 1024 * 1024,
+        max_inflight_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
         self.backend = backend
         self.max_in_flight = max_in_flight
         self.default_timeout = default_timeout
+        self.max_message_bytes = max_message_bytes
+        self.budget = InflightBudget(max_inflight_bytes)
         self.stats = ProxyStats()
 
     def _count(self, ack: pb.Ack) -> pb.Ack:
@@ -123,73 +307,92 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         """
         received = time.perf_counter() if received is None else received
         self.stats.packets += 1
-        name = self.backend.name
-        if packet.event in (pb.SEV_START, pb.SEV_END):
-            # The proxy keeps no per-stream state: start/end markers are no-ops.
-            cid = packet.meta.correlation_id
-            body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
-            return self._count(pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body)))
         try:
+            ack = await self._infer(packet, received)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the proxy: still one Ack, no exception text
+            _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id[:256])
+            error = f"proxy error ({type(exc).__name__}); see the proxy's log"
+            ack = error_ack(packet, pb.INTERNAL, error, backend="proxy", total_ms=_ms(received))
+        size = ack.ByteSize()
+        if size > self.max_message_bytes:
+            # Sending it would fail the whole call (every in-flight Ack with it).
+            self.stats.oversized_acks += 1
+            error = (
+                f"the Ack would be {size} bytes, above the proxy's {self.max_message_bytes}-byte "
+                "message limit (ask for binary_outputs, fewer outputs, or a larger "
+                "--max-message-mb on both ends)"
+            )
+            ack = error_ack(
+                packet,
+                pb.INTERNAL,
+                error,
+                backend=self.backend.name,
+                triton_infer_ms=ack.timing.triton_infer_ms,
+                total_ms=_ms(received),
+            )
+        return self._count(ack)
+
+    async def _infer(self, packet: pb.DataPacket, received: float) -> pb.Ack:
+        name = self.backend.name
+        try:
+            if packet.event in (pb.SEV_START, pb.SEV_END):
+                # The proxy keeps no per-stream state: start/end markers are no-ops.
+                cid = check_correlation_id(packet)
+                body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
+                return pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body))
             request = parse_packet(packet, default_timeout=self.default_timeout)
         except PacketError as exc:
-            return self._count(
-                error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
-            )
+            return error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
         started = time.perf_counter()
         try:
             outputs = await self.backend.infer(request)
-        except BackendError as exc:
-            return self._count(
-                error_ack(
-                    packet,
-                    exc.status,
-                    str(exc),
-                    backend=name,
-                    triton_infer_ms=_ms(started),
-                    total_ms=_ms(received),
-                )
-            )
-        except Exception as exc:  # a bug or an unexpected backend failure: still one Ack
-            _log.exception("packet %r: unexpected backend failure", request.cid)
-            return self._count(
-                error_ack(
-                    packet,
-                    pb.INTERNAL,
-                    f"{type(exc).__name__}: {exc}",
-                    backend=name,
-                    triton_infer_ms=_ms(started),
-                    total_ms=_ms(received),
-                )
+        except Exception as exc:
+            if isinstance(exc, BackendError):
+                status, error = exc.status, str(exc)
+            else:  # a bug or an unexpected backend failure: still one Ack
+                _log.exception("packet %r: unexpected backend failure", request.cid)
+                status, error = pb.INTERNAL, f"{type(exc).__name__}: {exc}"
+            return error_ack(
+                packet,
+                status,
+                error,
+                backend=name,
+                triton_infer_ms=_ms(started),
+                total_ms=_ms(received),
             )
         infer_ms = _ms(started)
-        return self._count(
-            ok_ack(request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received))
+        return ok_ack(
+            request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received)
         )
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
     ) -> AsyncIterator[pb.Ack]:
         """Many packets per call, up to ``max_in_flight`` at once; Acks in completion order."""
+        record = _CallRecord("Chat", context)
         slots = asyncio.Semaphore(self.max_in_flight)
-        acks: asyncio.Queue[pb.Ack | BaseException | None] = asyncio.Queue()
+        budget = self.budget
+        held = [0]  # budget bytes this call holds
+        acks: asyncio.Queue[_Answered | BaseException | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
-        async def answer(packet: pb.DataPacket, received: float) -> None:
-            try:
-                ack = await self.handle(packet, received)
-            except Exception as exc:  # a bug in building the Ack: still one Ack
-                _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id)
-                ack = self._count(
-                    error_ack(packet, pb.INTERNAL, f"{type(exc).__name__}", backend="proxy")
-                )
-            acks.put_nowait(ack)
+        async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
+            ack = await self.handle(packet, received)
+            acks.put_nowait((_model_of(packet), ack, size))
 
         async def read() -> None:
             try:
                 async for packet in request_iterator:
                     received = time.perf_counter()
+                    size = packet.ByteSize()
                     await slots.acquire()
-                    task = asyncio.create_task(answer(packet, received))
+                    if not budget.try_acquire(size):
+                        self.stats.budget_waits += 1
+                        await budget.acquire(size)  # not reading on: back-pressure
+                    held[0] += size
+                    task = asyncio.create_task(answer(packet, received, size))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:
@@ -208,8 +411,20 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                model, ack, size = item
+                record.packet(model, ack)
+                del item
+                yield ack
+                del ack
                 slots.release()
+                held[0] -= size
+                budget.release(size)
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        except BaseException as exc:
+            record.outcome = f"error:{type(exc).__name__}"
+            raise
         finally:
             reader.cancel()
             for task in list(tasks):
@@ -218,10 +433,30 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     self.stats.cancelled += 1
             if tasks or not reader.done():
                 await asyncio.gather(reader, *tasks, return_exceptions=True)
+            if held[0]:
+                budget.release(held[0])
+                held[0] = 0
+            if context.cancelled() and record.outcome == "ok":
+                record.outcome = "cancelled"
+            record.emit()
 
     async def SendUnary(self, request: pb.DataPacket, context: _Context) -> pb.Ack:
         """One packet, one Ack."""
-        return await self.handle(request)
+        record = _CallRecord("SendUnary", context)
+        size = request.ByteSize()
+        if not self.budget.try_acquire(size):
+            self.stats.budget_waits += 1
+            await self.budget.acquire(size)
+        try:
+            ack = await self.handle(request)
+            record.packet(_model_of(request), ack)
+            return ack
+        except asyncio.CancelledError:
+            record.outcome = "cancelled"
+            raise
+        finally:
+            self.budget.release(size)
+            record.emit()
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: _Context
@@ -257,6 +492,8 @@ class ProxyConfig:
         triton_url: Triton's gRPC target (several replicas: ``ipv4:h1:p1,h2:p2``).
         auth_url: the principal endpoint; None runs without authentication.
         max_in_flight: packets worked on at once per Chat call.
+        max_inflight_bytes: packet bytes read and not yet answered across all calls
+            (see :class:`InflightBudget`); 0 turns the budget off.
         default_timeout: backend deadline when a packet gives none.
         max_message_bytes: largest gRPC message, both to clients and to Triton.
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
@@ -273,6 +510,7 @@ class ProxyConfig:
     max_in_flight: int = 32
     default_timeout: float = 30.0
     max_message_bytes: int = 64 * 1024 * 1024
+    max_inflight_bytes: int = 256 * 1024 * 1024
     tls_cert: str | None = None
     tls_key: str | None = None
     auth_cache_ttl: float = 30.0
@@ -367,7 +605,11 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
         options=_server_options(config.max_message_bytes),
     )
     proxy = MultimodalProxy(
-        backend, max_in_flight=config.max_in_flight, default_timeout=config.default_timeout
+        backend,
+        max_in_flight=config.max_in_flight,
+        default_timeout=config.default_timeout,
+        max_message_bytes=config.max_message_bytes,
+        max_inflight_bytes=config.max_inflight_bytes,
     )
     pbg.add_MultimodalServiceServicer_to_server(proxy, server)
     health_servicer = AsyncHealthServicer()
@@ -418,6 +660,13 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
     )
     parser.add_argument("--max-in-flight", type=int, default=32, help="per Chat call (32)")
     parser.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=256,
+        help="MiB of packets read and not yet answered, across all calls; past it the "
+        "proxy stops reading until Acks go out (256; 0: no limit)",
+    )
+    parser.add_argument(
         "--default-timeout", type=float, default=30.0, help="seconds, when a packet sets none"
     )
     parser.add_argument("--max-message-mb", type=int, default=64, help="largest message (64)")
@@ -458,6 +707,7 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         triton_url=args.triton_url,
         auth_url=args.auth_url,
         max_in_flight=args.max_in_flight,
+        max_inflight_bytes=int(args.max_inflight_mb * 1024 * 1024),
         default_timeout=args.default_timeout,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         tls_cert=args.tls_cert,

@@ -183,7 +183,7 @@ async def triton_frames(
         info = await streamer.model_metadata(model, model_version)
         header = header_from(info, model_version)
     except TritonClientError as exc:
-        if exc.code is not grpc.StatusCode.UNIMPLEMENTED:
+        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
             raise
         header = header_from_spec(
             model, model_version, await streamer.packet_spec(model, model_version)
