@@ -28,14 +28,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Callable,
     Iterable,
     Mapping,
 )
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -46,6 +45,10 @@ from starlette.types import Receive, Scope, Send
 from truss_stream import Codec
 
 from .base import guard_frames
+from .observability import observe_asgi
+
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
 
 __all__ = ["FrameEncoder", "FrameStreamResponse", "Frames"]
 
@@ -77,6 +80,7 @@ class FrameStreamResponse(Response):
         ping_interval: float | None = None,
         ping_bytes: bytes = b"",
         default_codec: Codec = Codec.MSGPACK,
+        metrics: StreamMetrics | bool | None = None,
     ) -> None:
         self.status_code = 200
         self.media_type = media_type
@@ -88,13 +92,17 @@ class FrameStreamResponse(Response):
         self._ping_interval = ping_interval if ping_bytes else None
         self._ping_bytes = ping_bytes
         self._default_codec = default_codec
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         run = _ResponseRun(self, send)
         complete = False
-        guarded = cast(
-            "AsyncGenerator[bytes | memoryview, None]",
+        guarded = observe_asgi(
             guard_frames(self._frames, default_codec=self._default_codec),
+            scope,
+            media_type=self.media_type,
+            metrics=self._metrics,
+            timed_out=lambda: run.timed_out,
         )
         try:
             async with anyio.create_task_group() as tg:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
@@ -29,6 +29,9 @@ from ._httpclient import (
     with_accept,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
+
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
 
 __all__ = [
     "MEDIA_TYPE",
@@ -55,6 +58,7 @@ def stream_response(
     send_timeout: float | None = 30.0,
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
+    metrics: StreamMetrics | bool | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as one binary chunked HTTP response.
 
@@ -70,6 +74,9 @@ def stream_response(
         headers: extra response headers.
         default_codec: codec of the END/ERROR frames added for a producer that
             sent no frame of its own.
+        metrics: where to record metrics (docs/observability.md): None, the default
+            registry's when prometheus_client is installed; False, nowhere; or a
+            :class:`transports.observability.StreamMetrics`.
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
@@ -83,6 +90,7 @@ def stream_response(
         headers=all_headers,
         send_timeout=send_timeout,
         default_codec=default_codec,
+        metrics=metrics,
     )
 
 

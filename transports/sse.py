@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import httpx
@@ -62,6 +62,9 @@ from ._sse_events import (
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
+
 __all__ = [
     "MEDIA_TYPE",
     "AsyncSSETransport",
@@ -90,6 +93,7 @@ def sse_response(
     headers: Mapping[str, str] | None = None,
     default_codec: Codec = Codec.MSGPACK,
     first_id: int = 0,
+    metrics: StreamMetrics | bool | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -108,6 +112,9 @@ def sse_response(
             sent no frame of its own.
         first_id: the ``id:`` of the first event: the position ``frames`` starts
             at, when resuming (see :func:`resume_position`).
+        metrics: where to record metrics (docs/observability.md): None, the default
+            registry's when prometheus_client is installed; False, nowhere; or a
+            :class:`transports.observability.StreamMetrics`.
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
@@ -124,6 +131,7 @@ def sse_response(
         ping_interval=ping_interval,
         ping_bytes=PING,
         default_codec=default_codec,
+        metrics=metrics,
     )
 
 
