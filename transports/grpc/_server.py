@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Callable,
@@ -23,13 +22,14 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 import grpc.aio
 from google.protobuf.descriptor_pool import DescriptorPool
 
 from transports.base import guard_frames
+from transports.observability import observe_grpc
 
 from ._options import GrpcOptions, ServerTLS
 from ._wire import (
@@ -52,6 +52,9 @@ __all__ = [
     "serve",
     "start_server",
 ]
+
+if TYPE_CHECKING:
+    from transports.observability import StreamMetrics
 
 _log = logging.getLogger(__name__)
 
@@ -90,6 +93,8 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     Args:
         producers: method name -> producer.
         service_name: the package-qualified service name.
+        metrics: where to record stream metrics (docs/observability.md): None, the
+            default registry's when prometheus_client is installed; False, nowhere.
     """
 
     def __init__(
@@ -97,7 +102,9 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         producers: Mapping[str, Producer] | None = None,
         *,
         service_name: str = DEFAULT_SERVICE_NAME,
+        metrics: StreamMetrics | bool | None = None,
     ) -> None:
+        self._metrics = metrics
         self._service_name = check_service_name(service_name)
         self._producers: dict[str, Producer] = {}
         self._request_type = message_class(frames_pool(), "StreamRequest")
@@ -135,7 +142,7 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if producer is None:
             return None
         return grpc.unary_stream_rpc_method_handler(
-            self._behavior(producer),
+            self._behavior(producer, handler_call_details.method, self._metrics),
             request_deserializer=self._request_type.FromString,
             response_serializer=None
             if _raw_wire_requested(handler_call_details)
@@ -144,16 +151,18 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
     @staticmethod
     def _behavior(
-        producer: Producer,
+        producer: Producer, route: str, metrics: StreamMetrics | bool | None
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             # A coroutine writing with context.write, not an async generator: when the
             # client cancels, the CancelledError lands here and the finally below
             # closes the producer at once, not whenever the generator is collected.
             try:
-                frames = cast(
-                    AsyncGenerator[bytes | memoryview, None],
+                frames = observe_grpc(
                     guard_frames(producer(bytes(request.body), context)),
+                    context,
+                    route=route,
+                    metrics=metrics,
                 )
             except Exception as exc:
                 await _abort_before_first_frame(context, exc)

@@ -32,6 +32,7 @@ from ._streams import (
     ObservedStream,
     asgi_route,
     observe_asgi,
+    observe_grpc,
     observe_stream,
     resolve_stream_metrics,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "inject_headers",
     "log_access",
     "observe_asgi",
+    "observe_grpc",
     "observe_reader",
     "observe_stream",
     "resolve_stream_metrics",

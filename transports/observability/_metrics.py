@@ -109,8 +109,13 @@ class _Group(Collector):
             yield from metric.describe()
 
     @classmethod
-    def for_registry(cls: type[_G], registry: CollectorRegistry | None = None) -> _G:
+    def for_registry(
+        cls: type[_G], registry: CollectorRegistry | None = None, **options: Any
+    ) -> _G:
         """The group registered in ``registry`` (default: prometheus_client's), made once.
+
+        ``options`` go to the constructor when the group is made here; a group found
+        already registered keeps its own.
 
         Raises:
             ValueError: another collector already uses one of the group's names.
@@ -119,7 +124,7 @@ class _Group(Collector):
         found = _registered(registry, cls._marker)
         if isinstance(found, cls):
             return found
-        group = cls()
+        group = cls(**options)
         try:
             registry.register(group)
         except ValueError:

@@ -50,6 +50,7 @@ __all__ = [
     "ObservedStream",
     "asgi_route",
     "observe_asgi",
+    "observe_grpc",
     "observe_stream",
     "resolve_stream_metrics",
 ]
@@ -210,6 +211,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
             if gap >= self._stall_s:
                 self._stalls += 1
                 self._stall_time += gap
+            self._yielded_at = 0.0
         # The span is current while the producer runs, so its own spans nest under it.
         token = _tracing.attach(self._ctx) if self._ctx is not None else None
         try:
@@ -289,6 +291,12 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
             outcome, error_type, error_id = PRODUCER_ERROR, "StreamTruncated", None
         else:
             outcome, error_type, error_id = self._outcome(exc)
+        if not exhausted and self._yielded_at:
+            # Stopped while the transport held the last frame: a send that never ended.
+            gap = end - self._yielded_at
+            if gap >= self._stall_s:
+                self._stalls += 1
+                self._stall_time += gap
         frames = sum(self._counts)
         items = self._counts[3]
         size = sum(self._bytes)
@@ -407,5 +415,36 @@ def observe_asgi(
         metrics=metrics,
         carrier=scope.get("headers"),
         peer=f"{client[0]}:{client[1]}" if client else None,
+        timed_out=timed_out,
+    )
+
+
+def observe_grpc(
+    frames: AsyncIterator[bytes | memoryview],
+    context: Any,
+    *,
+    route: str,
+    metrics: StreamMetrics | bool | None = None,
+) -> ObservedStream:
+    """:func:`observe_stream` for a gRPC call: peer, metadata and deadline from ``context``.
+
+    Args:
+        frames: the guarded frames.
+        context: the call's ``grpc.aio.ServicerContext``.
+        route: the method path (``/service/Method``).
+        metrics: see :func:`observe_stream`.
+    """
+
+    def timed_out() -> bool:
+        left = context.time_remaining()
+        return left is not None and left <= 0
+
+    return observe_stream(
+        frames,
+        transport="grpc",
+        route=route,
+        metrics=metrics,
+        carrier=context.invocation_metadata() or (),
+        peer=context.peer(),
         timed_out=timed_out,
     )
