@@ -24,6 +24,7 @@ import httpx
 from truss_stream import StreamTimeoutError, StreamTruncatedError
 
 from .base import TransportError, TransportTimeoutError
+from .observability import inject_headers
 
 __all__ = [
     "StreamResponseError",
@@ -145,9 +146,14 @@ def sync_idle_timeout(
 
 
 def with_accept(kwargs: Mapping[str, Any], media_type: str) -> dict[str, Any]:
-    """Copy httpx keyword arguments, adding ``Accept: media_type`` unless set."""
+    """Copy httpx keyword arguments, adding ``Accept: media_type`` unless set.
+
+    The current OpenTelemetry trace context (``traceparent``...) is added too, when
+    there is one (docs/observability.md).
+    """
     headers = httpx.Headers(kwargs.get("headers"))
     headers.setdefault("Accept", media_type)
+    inject_headers(headers)
     return {**kwargs, "headers": headers}
 
 

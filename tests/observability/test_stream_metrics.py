@@ -111,7 +111,9 @@ async def test_sse_stream_is_counted_by_kind_and_outcome(served: Served) -> None
 
     def ended() -> Any:
         s = served.scrape()
-        return s if value(s, "truss_stream_streams_ended_total", **SSE, outcome="complete") else None
+        return (
+            s if value(s, "truss_stream_streams_ended_total", **SSE, outcome="complete") else None
+        )
 
     s = wait_for(ended)
     assert s is not None
@@ -136,9 +138,11 @@ async def test_http_transport_has_its_own_label(served: Served) -> None:
         assert len([i async for i in reader.read_items()]) == 3
     labels = {"transport": "http", "route": "/items/{n}"}
     s = wait_for(
-        lambda: (s := served.scrape())
-        and value(s, "truss_stream_streams_ended_total", **labels, outcome="complete")
-        and s
+        lambda: (
+            (s := served.scrape())
+            and value(s, "truss_stream_streams_ended_total", **labels, outcome="complete")
+            and s
+        )
     )
     assert value(s, "truss_stream_frames_sent_total", **labels, kind="item") == 3
 
@@ -155,9 +159,11 @@ async def test_producer_failure_mid_stream_is_a_producer_error_with_a_warning(
         with pytest.raises(RemoteStreamError):
             _ = [i async for i in reader.read_items()]
     s = wait_for(
-        lambda: (s := served.scrape())
-        and value(s, "truss_stream_streams_ended_total", **SSE, outcome="producer_error")
-        and s
+        lambda: (
+            (s := served.scrape())
+            and value(s, "truss_stream_streams_ended_total", **SSE, outcome="producer_error")
+            and s
+        )
     )
     assert value(s, "truss_stream_frames_sent_total", **SSE, kind="error") == 1
     records = [r for r in caplog.records if r.name == ACCESS_LOGGER]
@@ -182,9 +188,11 @@ async def test_failure_before_the_first_frame_and_rejections(served: Served) -> 
         assert (await client.get(f"{served.url}/missing")).status_code == 404
     missing = {"transport": "sse", "route": "/missing"}
     s = wait_for(
-        lambda: (s := served.scrape())
-        and value(s, "truss_stream_streams_ended_total", **missing, outcome="rejected")
-        and s
+        lambda: (
+            (s := served.scrape())
+            and value(s, "truss_stream_streams_ended_total", **missing, outcome="rejected")
+            and s
+        )
     )
     assert value(s, "truss_stream_streams_ended_total", **missing, outcome="producer_error") == 0
     # fail=0 fails after the header: an ERROR frame inside a 200.
@@ -202,9 +210,11 @@ async def test_client_that_leaves_is_client_gone_and_not_active(served: Served) 
             if item.index == 3:
                 break
     s = wait_for(
-        lambda: (s := served.scrape())
-        and value(s, "truss_stream_streams_ended_total", **endless, outcome="client_gone")
-        and s
+        lambda: (
+            (s := served.scrape())
+            and value(s, "truss_stream_streams_ended_total", **endless, outcome="client_gone")
+            and s
+        )
     )
     assert value(s, "truss_stream_streams_active", **endless) == 0
 
@@ -232,9 +242,11 @@ async def test_going_away_error_frame_is_a_shutdown(served: Served) -> None:
         assert (await client.get(f"{served.url}/going-away")).status_code == 200
     labels = {"transport": "sse", "route": "/going-away"}
     s = wait_for(
-        lambda: (s := served.scrape())
-        and value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown")
-        and s
+        lambda: (
+            (s := served.scrape())
+            and value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown")
+            and s
+        )
     )
     assert value(s, "truss_stream_streams_ended_total", **labels, outcome="producer_error") == 0
 
@@ -242,7 +254,12 @@ async def test_going_away_error_frame_is_a_shutdown(served: Served) -> None:
 async def test_route_labels_are_capped() -> None:
     registry = CollectorRegistry()
     metrics = StreamMetrics.for_registry(registry, route_limit=2)
-    assert [metrics.routes.label(r) for r in ("/a", "/b", "/c", "/a")] == ["/a", "/b", "other", "/a"]
+    assert [metrics.routes.label(r) for r in ("/a", "/b", "/c", "/a")] == [
+        "/a",
+        "/b",
+        "other",
+        "/a",
+    ]
 
 
 def test_for_registry_finds_the_same_group_again() -> None:
