@@ -95,6 +95,8 @@ class _Group(Collector):
 
     def __init__(self) -> None:
         self._metrics: list[Any] = []
+        #: The registry the group is registered in (set by :meth:`for_registry`).
+        self.registry: CollectorRegistry | None = None
 
     def _add(self, metric: Any) -> Any:
         self._metrics.append(metric)
@@ -125,6 +127,7 @@ class _Group(Collector):
         if isinstance(found, cls):
             return found
         group = cls(**options)
+        group.registry = registry
         try:
             registry.register(group)
         except ValueError:

@@ -32,6 +32,7 @@ __all__ = [
     "start_span",
     "trace_metadata",
     "tracing_available",
+    "tracing_configured",
 ]
 
 _log = logging.getLogger("transports.observability")
@@ -44,6 +45,13 @@ SpanHandle = Any
 def tracing_available() -> bool:
     """True when the OpenTelemetry API can be imported."""
     return _trace is not None
+
+
+def tracing_configured() -> bool:
+    """True when an OpenTelemetry SDK (a real tracer provider) is set up globally."""
+    return _trace is not None and not isinstance(
+        _trace.get_tracer_provider(), _trace.ProxyTracerProvider
+    )
 
 
 class _PairsGetter(_Getter):  # type: ignore[type-arg]
