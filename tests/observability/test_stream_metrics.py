@@ -333,10 +333,13 @@ def test_metrics_false_records_nothing() -> None:
         return sse.sse_response(produce(2), metrics=False)
 
     app = Starlette(routes=[Route("/s", ok)])
-    with live_server(app) as server, httpx.Client() as client:
-        with sse.connect(client, "GET", f"{server.url}/s", TYPES) as reader:
-            reader.read_header()
-            assert len(list(reader.read_items())) == 2
+    with (
+        live_server(app) as server,
+        httpx.Client() as client,
+        sse.connect(client, "GET", f"{server.url}/s", TYPES) as reader,
+    ):
+        reader.read_header()
+        assert len(list(reader.read_items())) == 2
     assert not value(
         scrape_registry(registry), "truss_stream_streams_started_total", transport="sse", route="/s"
     )

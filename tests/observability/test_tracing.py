@@ -59,10 +59,14 @@ def test_sse_server_span_is_a_child_of_the_client_span_across_processes() -> Non
         exporter = InMemorySpanExporter()
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        with provider.get_tracer("test-client").start_as_current_span("client") as client_span:
-            with httpx.Client() as client, sse.connect(client, "GET", url, TYPES) as reader:
-                assert reader.read_header().name == "traced"
-                assert [i.index for i in reader.read_items()] == [0, 1, 2]
+        tracer = provider.get_tracer("test-client")
+        with (
+            tracer.start_as_current_span("client") as client_span,
+            httpx.Client() as client,
+            sse.connect(client, "GET", url, TYPES) as reader,
+        ):
+            assert reader.read_header().name == "traced"
+            assert [i.index for i in reader.read_items()] == [0, 1, 2]
         client_ctx = client_span.get_span_context()
     finally:
         proc.send_signal(signal.SIGTERM)

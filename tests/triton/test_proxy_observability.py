@@ -340,7 +340,8 @@ async def test_health_follows_triton_down_and_back(spare_triton: TritonProcess) 
             assert await _health(ignore, "") == serving
             assert following.observability is not None
             probe = following.observability.probe
-            assert probe is not None and probe.ready is False
+            assert probe is not None
+            assert probe.ready is False
         finally:
             await asyncio.to_thread(spare_triton.start)
         await _wait_health(follow, "", serving)
