@@ -5,7 +5,7 @@ Each module ``benchmarks.bench_*`` exposes ``run() -> list[dict]`` with rows lik
 ``"ratio_vs"``, ``"goal"`` and notes. A module that fails to import or run is
 reported in the table; the others still run.
 
-Run: ``python -m benchmarks.run [core http grpc triton]`` (``make bench``).
+Run: ``python -m benchmarks.run [core http grpc triton observability]`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmarks.machine import machine_lines
 
-MODULES = ("core", "http", "grpc", "triton")
+MODULES = ("core", "http", "grpc", "triton", "observability")
 RESULTS = Path(__file__).parent / "results" / "RESULTS.md"
 _NOTE_KEYS = ("throughput", "note", "notes", "error")
 

@@ -28,7 +28,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import msgpack
@@ -135,6 +135,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         "_flushed",
         "_flushed_at",
         "_frames",
+        "_gen",
         "_last_kind",
         "_metrics",
         "_peer",
@@ -181,6 +182,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         self._stall_time = 0.0
         self._stall_s = metrics.stall_seconds if metrics is not None else 0.1
         self._done = False
+        self._gen = self._run()
         self._span = _tracing.start_span(
             f"{transport} {route}",
             carrier=carrier,
@@ -201,52 +203,81 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         """The id this stream is logged and traced under."""
         return self._stream_id
 
-    def __aiter__(self) -> ObservedStream:
-        return self
+    def __aiter__(self) -> AsyncGenerator[bytes | memoryview, None]:
+        # ``async for`` drives the generator itself: no extra call per frame.
+        return self._gen
 
-    async def __anext__(self) -> bytes | memoryview:
-        now = time.monotonic()
-        if self._yielded_at:
-            gap = now - self._yielded_at
-            if gap >= self._stall_s:
-                self._stalls += 1
-                self._stall_time += gap
-            self._yielded_at = 0.0
-        # The span is current while the producer runs, so its own spans nest under it.
-        token = _tracing.attach(self._ctx) if self._ctx is not None else None
+    def __anext__(self) -> Awaitable[bytes | memoryview]:
+        return self._gen.__anext__()
+
+    async def _run(self) -> AsyncGenerator[bytes | memoryview, None]:
+        # The per-frame path: locals only; the state _finish needs is stored on the way out.
+        frames = self._frames
+        counts, sizes = self._counts, self._bytes
+        monotonic = time.monotonic
+        stall_s = self._stall_s
+        ctx = self._ctx
+        flush_at = self._start + _FLUSH_SECONDS
+        kind = 0
+        now = 0.0
+        holding = False
+        exhausted = False
+        failure: BaseException | None = None
         try:
-            frame = await self._frames.__anext__()
-        except StopAsyncIteration:
-            self._finish(None, exhausted=True)
-            raise
-        except BaseException as exc:
-            self._finish(exc, exhausted=False)
+            while True:
+                # The span is current while the producer runs: its own spans nest under it.
+                token = _tracing.attach(ctx) if ctx is not None else None
+                try:
+                    frame = await frames.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    return
+                finally:
+                    if token is not None:
+                        _tracing.detach(token)
+                kind = frame[0] & 0x0F
+                counts[kind] += 1
+                sizes[kind] += len(frame)
+                now = monotonic()
+                if self._first_at is None:
+                    self._first_at = now
+                if kind == _ERROR:
+                    self._error_frame = bytes(frame)
+                if now >= flush_at:
+                    self._flush(now)
+                    flush_at = now + _FLUSH_SECONDS
+                holding = True
+                yield frame
+                holding = False
+                # Back from the transport: the time it held the frame is a send stall.
+                gap = monotonic() - now
+                if gap >= stall_s:
+                    self._stalls += 1
+                    self._stall_time += gap
+        except BaseException as exc:  # GeneratorExit when closed early, CancelledError...
+            if not isinstance(exc, GeneratorExit):
+                failure = exc
             raise
         finally:
-            if token is not None:
-                _tracing.detach(token)
-        kind = frame[0] & 0x0F
-        self._counts[kind] += 1
-        self._bytes[kind] += len(frame)
-        self._last_kind = kind
-        now = time.monotonic()
-        if self._first_at is None:
-            self._first_at = now
-        if kind == _ERROR:
-            self._error_frame = bytes(frame)
-        if now - self._flushed_at >= _FLUSH_SECONDS:
-            self._flush(now)
-        self._yielded_at = now
-        return frame
+            self._last_kind = kind
+            self._yielded_at = now if holding else 0.0
+            try:
+                aclose = getattr(frames, "aclose", None)
+                if aclose is not None and not exhausted:
+                    await aclose()
+            finally:
+                self._finish(failure, exhausted=exhausted)
 
     async def aclose(self) -> None:
-        """Close the wrapped iterator and record the stream's end."""
-        try:
+        """Close the wrapped iterator and record the stream's end (idempotent)."""
+        await self._gen.aclose()
+        if not self._done:  # closed before its first frame: the generator never ran
             aclose = getattr(self._frames, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            self._finish(None, exhausted=False)
+            try:
+                if aclose is not None:
+                    await aclose()
+            finally:
+                self._finish(None, exhausted=False)
 
     def _flush(self, now: float) -> None:
         self._flushed_at = now

@@ -350,13 +350,20 @@ class ProxyObservability:
         """The port ``/metrics`` is served on, once started."""
         return None if self._http is None else int(self._http.server_port)
 
+    @property
+    def _active(self) -> bool:
+        # Without metrics and without a tracing SDK the interceptors would record
+        # nothing: leave them out, so such a proxy costs what it did before.
+        return self.metrics is not None or _tracing.tracing_configured()
+
     def server_interceptors(self, *after: Any, prefixes: Sequence[str]) -> list[Any]:
         """The server's interceptors: the call interceptor first, then ``after`` (auth)."""
-        return [CallInterceptor(self.metrics, prefixes=prefixes), *(i for i in after if i)]
+        mine = [CallInterceptor(self.metrics, prefixes=prefixes)] if self._active else []
+        return [*mine, *(i for i in after if i)]
 
     def triton_interceptors(self) -> list[Any]:
         """Interceptors for the channel to Triton."""
-        return [TritonCallInterceptor(self.metrics)]
+        return [TritonCallInterceptor(self.metrics)] if self._active else []
 
     def auth(self, auth_url: str, **kwargs: Any) -> DominoAuthInterceptor:
         """The auth interceptor, counting its decisions."""

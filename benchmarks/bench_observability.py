@@ -1,0 +1,274 @@
+"""What metrics cost: the same streams with Prometheus metrics on and off, side by side.
+
+1. SSE, small typed items (``Small``: int, float, 8 strings; msgpack), served by
+   ``sse_response`` under uvicorn[standard] in its own process and read with
+   ``transports.sse.aconnect`` here. One server process serves both routes:
+   ``/on`` records into prometheus_client's default registry (``metrics=None``, the
+   default; ``/metrics`` is mounted with ``make_asgi_app()``) and ``/off`` passes
+   ``metrics=False``. Both keep the access-record and tracing hooks (no SDK set up).
+2. The Triton proxy, pipelined (``AsyncTritonBytesStreamer``, one Chat call, 32 in
+   flight, FP32 [1, 16] frames to a real PyTriton Triton): one proxy through its CLI
+   with ``--metrics-listen`` (metrics on), one started with prometheus_client made
+   unimportable (metrics off: what a proxy without the ``metrics`` extra does).
+
+Variants take turns for ``BENCH_OBS_ROUNDS`` rounds (default 7 for SSE, 5 for the
+proxy); figures are medians, ratios the medians of each round's on/off ratio.
+Goal (DESIGN.md): on >= 0.95x off for both.
+
+Run: ``python -m benchmarks.bench_observability [sse] [proxy]`` (writes
+benchmarks/results/observability.md), or through ``benchmarks/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydantic
+
+from truss_stream import stream_types, stream_writer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results" / "observability.md"
+SSE_ITEMS = int(os.environ.get("BENCH_OBS_SSE_ITEMS", "20000"))
+SSE_ROUNDS = int(os.environ.get("BENCH_OBS_ROUNDS", "7"))
+PROXY_FRAMES = int(os.environ.get("BENCH_OBS_PROXY_FRAMES", "3000"))
+PROXY_ROUNDS = int(os.environ.get("BENCH_OBS_PROXY_ROUNDS", "5"))
+WORDS = [f"word{i}" for i in range(8)]
+_NO_PROMETHEUS = (
+    "import importlib.abc, runpy, sys\n"
+    "class _Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'prometheus_client' or name.startswith('prometheus_client.'):\n"
+    "            raise ImportError('blocked for the metrics-off benchmark')\n"
+    "sys.meta_path.insert(0, _Block())\n"
+    "sys.argv[0] = 'transports.triton.proxy'\n"
+    "runpy.run_module('transports.triton.proxy', run_name='__main__')\n"
+)
+
+
+class Small(pydantic.BaseModel):
+    index: int
+    score: float
+    words: list[str]
+
+
+SMALL = stream_types(Small)
+
+
+def app() -> Any:
+    from prometheus_client import make_asgi_app
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Mount, Route
+
+    from transports.sse import sse_response
+
+    async def small(n: int) -> AsyncIterator[bytes | memoryview]:
+        writer = stream_writer(SMALL)
+        for i in range(n):
+            yield writer.yield_item(Small(index=i, score=i * 0.5, words=WORDS))
+
+    async def on(request: Request) -> Response:
+        return sse_response(small(int(request.query_params["n"])))
+
+    async def off(request: Request) -> Response:
+        return sse_response(small(int(request.query_params["n"])), metrics=False)
+
+    return Starlette(
+        routes=[Route("/on", on), Route("/off", off), Mount("/metrics", make_asgi_app())]
+    )
+
+
+def serve(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        app(), host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def sse_server() -> Iterator[str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "benchmarks.bench_observability", "--serve", str(port)]
+    process = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+                break
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("benchmark server did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def read_sse(client: httpx.AsyncClient, route: str) -> float:
+    from transports.sse import aconnect
+
+    start = time.perf_counter()
+    count = 0
+    async with aconnect(client, "GET", route, SMALL, params={"n": SSE_ITEMS}) as reader:
+        async for item in reader.read_items():
+            count += item.index >= 0
+    assert count == SSE_ITEMS
+    return SSE_ITEMS / (time.perf_counter() - start)
+
+
+def _paired(on: list[float], off: list[float]) -> dict[str, float]:
+    return {
+        "on": statistics.median(on),
+        "off": statistics.median(off),
+        "ratio": statistics.median(a / b for a, b in zip(on, off, strict=True)),
+    }
+
+
+async def measure_sse() -> dict[str, float]:
+    on: list[float] = []
+    off: list[float] = []
+    with sse_server() as url:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            await read_sse(client, "/on")  # warm-up, both routes
+            await read_sse(client, "/off")
+            for i in range(SSE_ROUNDS):
+                # Alternate which goes first, so neither always follows the other.
+                order = ("/on", "/off") if i % 2 == 0 else ("/off", "/on")
+                for route in order:
+                    (on if route == "/on" else off).append(await read_sse(client, route))
+            scrape = (await client.get("/metrics/")).text
+    assert 'truss_stream_streams_ended_total{outcome="complete",route="/on"' in scrape
+    assert 'route="/off"' not in scrape
+    return _paired(on, off)
+
+
+@contextlib.contextmanager
+def _proxy(triton_url: str, *, metrics: bool) -> Iterator[str]:
+    from benchmarks.bench_triton import _read_line, _stop
+
+    args = ["--listen", "127.0.0.1:0", "--triton-url", triton_url, "--max-in-flight", "256"]
+    args += ["--log-level", "WARNING"]
+    if metrics:
+        cmd = [sys.executable, "-m", "transports.triton.proxy", *args, "--metrics-listen"]
+        cmd.append("127.0.0.1:0")
+    else:
+        cmd = [sys.executable, "-c", _NO_PROMETHEUS, *args]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        line = _read_line(proc, "LISTENING", 60)
+        assert ("metrics=" in line) == metrics, line
+        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}"
+    finally:
+        _stop(proc)
+
+
+def measure_proxy() -> dict[str, float]:
+    from benchmarks.bench_triton import _frames, running_triton, streamer_through_proxy
+
+    frames = _frames(PROXY_FRAMES)
+    on: list[float] = []
+    off: list[float] = []
+    with (
+        running_triton() as (triton_url, _),
+        _proxy(triton_url, metrics=True) as proxy_on,
+        _proxy(triton_url, metrics=False) as proxy_off,
+    ):
+        for target in (proxy_on, proxy_off):  # warm-up
+            asyncio.run(streamer_through_proxy(target, frames[:300], 32))
+        for i in range(PROXY_ROUNDS):
+            order = (proxy_on, proxy_off) if i % 2 == 0 else (proxy_off, proxy_on)
+            for target in order:
+                rate = asyncio.run(streamer_through_proxy(target, frames, 32))
+                (on if target == proxy_on else off).append(rate)
+    return _paired(on, off)
+
+
+def run(which: tuple[str, ...] = ("sse", "proxy")) -> list[dict[str, Any]]:
+    """Rows for benchmarks/run.py."""
+    rows: list[dict[str, Any]] = []
+    if "sse" in which:
+        sse = asyncio.run(measure_sse())
+        bench = f"SSE, {SSE_ITEMS} small msgpack items, metrics on vs off"
+        rows += [
+            {"benchmark": bench, "variant": "metrics off (metrics=False)", "value": round(sse["off"], 1), "unit": "items/s"},  # noqa: E501
+            {"benchmark": bench, "variant": "metrics on (default registry)", "value": round(sse["on"], 1), "unit": "items/s", "ratio": round(sse["ratio"], 3), "goal": ">= 0.95x"},  # noqa: E501
+        ]  # fmt: skip
+    if "proxy" in which:
+        proxy = measure_proxy()
+        bench = f"Triton proxy, pipelined, {PROXY_FRAMES} frames, 32 in flight, metrics on vs off"
+        rows += [
+            {"benchmark": bench, "variant": "metrics off (no prometheus_client)", "value": round(proxy["off"], 1), "unit": "frames/s"},  # noqa: E501
+            {"benchmark": bench, "variant": "metrics on (--metrics-listen)", "value": round(proxy["on"], 1), "unit": "frames/s", "ratio": round(proxy["ratio"], 3), "goal": ">= 0.95x"},  # noqa: E501
+        ]  # fmt: skip
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]]) -> None:
+    from benchmarks.machine import machine_lines
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = [
+        "# Metrics on vs off",
+        "",
+        *machine_lines(),
+        "",
+        f"Load average when the table was written (other jobs share the cores): {load}.",
+        f"Rounds: SSE {SSE_ROUNDS}, proxy {PROXY_ROUNDS}; variants take turns (the first of",
+        "each pair alternates); values are medians, the ratio is the median of each round's",
+        "on/off ratio. Produced by `python -m benchmarks.bench_observability`.",
+        "",
+        "| benchmark | variant | value | unit | ratio on/off | goal |",
+        "|---|---|---:|---|---:|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio']:.3f}x" if "ratio" in r else ""
+        lines.append(
+            f"| {r['benchmark']} | {r['variant']} | {r['value']:,} | {r['unit']} | {ratio} "
+            f"| {r.get('goal', '')} |"
+        )
+    RESULTS.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("which", nargs="*", default=["sse", "proxy"])
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve)
+        return
+    rows = run(tuple(args.which))
+    for row in rows:
+        print(row)
+    write_results(rows)
+
+
+if __name__ == "__main__":
+    main()
