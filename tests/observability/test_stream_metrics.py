@@ -361,3 +361,28 @@ def test_default_registry_is_used_without_an_argument() -> None:
         s = scrape_url(f"{server.url}/metrics/")
     assert value(s, "truss_stream_streams_started_total", **labels) == before + 1
     assert grpc  # imported for the gRPC tests above
+
+
+def test_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    import re
+    from pathlib import Path
+
+    from transports.observability import ProxyMetrics
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json").read_text()
+    )
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert exprs
+    known: set[str] = set()
+    for group in (StreamMetrics(), ProxyMetrics()):
+        for family in group.describe():
+            for sample_suffix in ("", "_total", "_bucket", "_count", "_sum"):
+                known.add(family.name + sample_suffix)
+    used = {name for expr in exprs for name in re.findall(r"truss_stream_[a-z_]+", expr)}
+    assert used <= known, used - known
+    # Every metric of both groups is on the dashboard.
+    families = {f.name for g in (StreamMetrics(), ProxyMetrics()) for f in g.describe()}
+    assert {f for f in families if not any(u.startswith(f) for u in used)} == {
+        "truss_stream_proxy_upstream_probes"
+    }
