@@ -143,3 +143,26 @@ def test_without_opentelemetry_nothing_happens(blocked: str, available: bool) ->
     assert "Traceback" not in result.stderr
     if available:  # the API without an SDK: one clear warning, no spans
         assert "opentelemetry-sdk is not installed" in result.stderr
+
+
+def test_grpc_clients_send_the_trace_context_when_an_sdk_is_set_up() -> None:
+    """gRPC transport client -> stream server, and Triton client -> proxy: one trace each."""
+    result = subprocess.run(
+        [sys.executable, str(HERE / "grpc_traced.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="50"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "CLIENT"
+    (grpc_trace, grpc_span), (triton_trace, triton_span) = (p.split(":") for p in last[1:])
+    spans = {s["name"]: s for s in console_spans(result.stdout)}
+    stream = spans["grpc /truss_stream.FrameStream/Generate"]
+    assert stream["context"]["trace_id"] == "0x" + grpc_trace
+    assert stream["parent_id"] == "0x" + grpc_span
+    assert stream["attributes"]["truss_stream.outcome"] == "complete"
+    call = spans["multimodal.MultimodalService/SendUnary"]
+    assert call["context"]["trace_id"] == "0x" + triton_trace
+    assert call["parent_id"] == "0x" + triton_span

@@ -50,22 +50,30 @@ def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDeta
     )
 
 
-class _AioTraceInterceptor(_AioUU, _AioUS, _AioSU, _AioSS):
+# grpc.aio files each interceptor under one call type only (the first ABC it is an
+# instance of), so each call type gets its own class.
+class _AioUnaryUnary(_AioUU):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(_aio_details(details), request)
 
+
+class _AioUnaryStream(_AioUS):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(_aio_details(details), request)
 
+
+class _AioStreamUnary(_AioSU):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(_aio_details(details), request_iterator)
 
+
+class _AioStreamStream(_AioSS):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: Any, request_iterator: Any
     ) -> Any:
@@ -73,8 +81,10 @@ class _AioTraceInterceptor(_AioUU, _AioUS, _AioSU, _AioSS):
 
 
 def aio_trace_interceptors() -> list[Any]:
-    """Interceptors for a ``grpc.aio`` channel: one when tracing is set up, else none."""
-    return [_AioTraceInterceptor()] if tracing_configured() else []
+    """Interceptors for a ``grpc.aio`` channel: one per call type when tracing is set up."""
+    if not tracing_configured():
+        return []
+    return [_AioUnaryUnary(), _AioUnaryStream(), _AioStreamUnary(), _AioStreamStream()]
 
 
 class _Details(
