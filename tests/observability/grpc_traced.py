@@ -2,7 +2,7 @@
 
 A gRPC stream server and an in-process proxy (demo backend) on loopback; a client span
 around each call. Spans go to stdout (OTEL_TRACES_EXPORTER=console); the last line is
-``CLIENT <trace id> <grpc client span id> <triton client span id>``.
+``CLIENT`` and ``trace:span`` of the async gRPC, Triton and sync gRPC client spans.
 """
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ async def main() -> None:
             async with tgrpc.aconnect(running.target, "Generate", TYPES) as reader:
                 await reader.read_header()
                 assert len([i async for i in reader.read_items()]) == 2
+
+        def sync_client() -> None:
+            with tgrpc.connect(running.target, "Generate", TYPES) as reader:
+                reader.read_header()
+                assert len(list(reader.read_items())) == 2
+
+        with tracer.start_as_current_span("grpc-sync-client") as sync_span:
+            await asyncio.to_thread(sync_client)  # to_thread carries the context along
     proxy = await start_proxy(ProxyConfig(listen="127.0.0.1:0", backend="demo"))
     try:
         frame = np.arange(6, dtype=np.float32).reshape(1, 6)
@@ -46,7 +54,7 @@ async def main() -> None:
                 assert result.ok, result.ack
     finally:
         await proxy.stop(grace=None)
-    ids = [s.get_span_context() for s in (grpc_span, triton_span)]
+    ids = [s.get_span_context() for s in (grpc_span, triton_span, sync_span)]
     trace.get_tracer_provider().force_flush()  # type: ignore[attr-defined]
     print(
         "CLIENT",

@@ -157,12 +157,14 @@ def test_grpc_clients_send_the_trace_context_when_an_sdk_is_set_up() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1].split()
     assert last[0] == "CLIENT"
-    (grpc_trace, grpc_span), (triton_trace, triton_span) = (p.split(":") for p in last[1:])
-    spans = {s["name"]: s for s in console_spans(result.stdout)}
-    stream = spans["grpc /truss_stream.FrameStream/Generate"]
-    assert stream["context"]["trace_id"] == "0x" + grpc_trace
-    assert stream["parent_id"] == "0x" + grpc_span
-    assert stream["attributes"]["truss_stream.outcome"] == "complete"
+    clients = [p.split(":") for p in last[1:]]
+    (grpc_trace, grpc_span), (triton_trace, triton_span), (sync_trace, sync_span) = clients
+    spans = console_spans(result.stdout)
+    streams = [s for s in spans if s["name"] == "grpc /truss_stream.FrameStream/Generate"]
+    parents = {(s["context"]["trace_id"], s["parent_id"]) for s in streams}
+    assert parents == {("0x" + grpc_trace, "0x" + grpc_span), ("0x" + sync_trace, "0x" + sync_span)}
+    assert all(s["attributes"]["truss_stream.outcome"] == "complete" for s in streams)
+    spans = {s["name"]: s for s in spans}
     call = spans["multimodal.MultimodalService/SendUnary"]
     assert call["context"]["trace_id"] == "0x" + triton_trace
     assert call["parent_id"] == "0x" + triton_span
