@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgpack
 
@@ -71,6 +71,21 @@ _END: Final = 5
 _ERROR: Final = 6
 _FLUSH_SECONDS: Final = 1.0
 _LEVELS: Final = {PRODUCER_ERROR: logging.WARNING, TIMEOUT: logging.WARNING}
+
+
+async def _with_context(
+    frames: AsyncIterator[bytes | memoryview], ctx: Any
+) -> AsyncGenerator[bytes | memoryview, None]:
+    """``frames``, with ``ctx`` (the stream's span) current while each one is produced."""
+    while True:
+        token = _tracing.attach(ctx)
+        try:
+            frame = await frames.__anext__()
+        except StopAsyncIteration:
+            return
+        finally:
+            _tracing.detach(token)
+        yield frame
 
 
 def resolve_stream_metrics(metrics: StreamMetrics | bool | None) -> StreamMetrics | None:
@@ -211,41 +226,28 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         return self._gen.__anext__()
 
     async def _run(self) -> AsyncGenerator[bytes | memoryview, None]:
-        # The per-frame path: locals only; the state _finish needs is stored on the way out.
+        # The per-frame path: locals, one branch for everything rare (first frame,
+        # ERROR frame, the once-a-second flush); _finish gets its state on the way out.
         frames = self._frames
+        ctx = self._ctx
+        source = frames if ctx is None else _with_context(frames, ctx)
         counts, sizes = self._counts, self._bytes
         monotonic = time.monotonic
         stall_s = self._stall_s
-        ctx = self._ctx
-        flush_at = self._start + _FLUSH_SECONDS
+        check_at = 0.0  # the first frame takes the rare branch
         kind = 0
         now = 0.0
         holding = False
         exhausted = False
         failure: BaseException | None = None
         try:
-            while True:
-                # The span is current while the producer runs: its own spans nest under it.
-                token = _tracing.attach(ctx) if ctx is not None else None
-                try:
-                    frame = await frames.__anext__()
-                except StopAsyncIteration:
-                    exhausted = True
-                    return
-                finally:
-                    if token is not None:
-                        _tracing.detach(token)
+            async for frame in source:
                 kind = frame[0] & 0x0F
                 counts[kind] += 1
                 sizes[kind] += len(frame)
                 now = monotonic()
-                if self._first_at is None:
-                    self._first_at = now
-                if kind == _ERROR:
-                    self._error_frame = bytes(frame)
-                if now >= flush_at:
-                    self._flush(now)
-                    flush_at = now + _FLUSH_SECONDS
+                if now >= check_at or kind == _ERROR:
+                    check_at = self._rare(frame, kind, now)
                 holding = True
                 yield frame
                 holding = False
@@ -254,6 +256,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
                 if gap >= stall_s:
                     self._stalls += 1
                     self._stall_time += gap
+            exhausted = True
         except BaseException as exc:  # GeneratorExit when closed early, CancelledError...
             if not isinstance(exc, GeneratorExit):
                 failure = exc
@@ -262,11 +265,23 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
             self._last_kind = kind
             self._yielded_at = now if holding else 0.0
             try:
+                if source is not frames:
+                    await cast("AsyncGenerator[Any, None]", source).aclose()
                 aclose = getattr(frames, "aclose", None)
                 if aclose is not None and not exhausted:
                     await aclose()
             finally:
                 self._finish(failure, exhausted=exhausted)
+
+    def _rare(self, frame: bytes | memoryview, kind: int, now: float) -> float:
+        """First frame, ERROR frame, flush; returns when to come back here."""
+        if self._first_at is None:
+            self._first_at = now
+        if kind == _ERROR:
+            self._error_frame = bytes(frame)
+        if now - self._flushed_at >= _FLUSH_SECONDS:
+            self._flush(now)
+        return self._flushed_at + _FLUSH_SECONDS
 
     async def aclose(self) -> None:
         """Close the wrapped iterator and record the stream's end (idempotent)."""
