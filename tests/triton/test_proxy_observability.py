@@ -39,10 +39,11 @@ from triton_helpers import (
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from transports.observability import ProxyMetrics
+from transports.observability._grpc import _AioUnaryUnary
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import PythonBackend, TritonBackend
-from transports.triton._observe import TritonCallInterceptor
+from transports.triton._observe import ObservedBackend
 from transports.triton._packets import InferRequest
 from transports.triton.proxy import SERVICE_NAME
 
@@ -193,8 +194,8 @@ async def test_model_labels_are_capped_to_models_that_answered() -> None:
     assert value(s, "truss_stream_proxy_packets_total", model="other", status="OK") == 3
 
 
-async def test_traceparent_is_sent_on_to_triton_with_a_client_span() -> None:
-    """The Triton-side channel carries the caller's trace: a real gRPC server records it."""
+async def test_backend_calls_are_counted_and_carry_the_trace_to_the_upstream() -> None:
+    """A real gRPC server in Triton's place records the metadata the proxy's channel sends."""
     seen: list[dict[str, str]] = []
 
     class Recorder(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
@@ -208,14 +209,15 @@ async def test_traceparent_is_sent_on_to_triton_with_a_client_span() -> None:
     await server.start()
     registry = CollectorRegistry()
     metrics = ProxyMetrics.for_registry(registry)
-    backend = TritonBackend(f"127.0.0.1:{port}", interceptors=[TritonCallInterceptor(metrics)])
+    # What the proxy builds when tracing is set up (the test process has no global SDK).
+    triton = TritonBackend(f"127.0.0.1:{port}", interceptors=[_AioUnaryUnary()])
+    backend = ObservedBackend(triton, metrics)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     request = InferRequest("c1", "m", "1", "INPUT", "FP32", (1, 12), X.tobytes(), ("OUT",), 5.0)
     try:
         with provider.get_tracer("t").start_as_current_span("caller") as span:
-            backend._models.clear()
-            await backend._infer_one(request, ("OUT",))
+            assert await backend.infer(request) == {}
     finally:
         await backend.close()
         await server.stop(None)
@@ -223,9 +225,9 @@ async def test_traceparent_is_sent_on_to_triton_with_a_client_span() -> None:
     trace_id = format(span.get_span_context().trace_id, "032x")
     assert metadata["traceparent"].split("-")[1] == trace_id
     s = parse(generate_latest(registry).decode())
-    assert value(
-        s, "truss_stream_proxy_triton_calls_total", method="ModelInfer", model="m", code="OK"
-    )
+    labels = {"backend": "triton", "method": "ModelInfer", "model": "m"}
+    assert value(s, "truss_stream_proxy_backend_calls_total", **labels, code="OK") == 1
+    assert value(s, "truss_stream_proxy_backend_duration_seconds_count", **labels) == 1
 
 
 # Against a real Triton -------------------------------------------------------------------
@@ -296,9 +298,11 @@ def test_client_proxy_triton_trace_and_triton_metrics(triton: TritonProcess) -> 
         assert span["parent_id"] == server["context"]["span_id"]
         assert span["attributes"]["truss_stream.model"] == "add_one_fp32"
         assert span["status"]["status_code"] == "UNSET"
-    labels = {"method": "ModelInfer", "model": "add_one_fp32"}
-    assert value(s, "truss_stream_proxy_triton_calls_total", **labels, code="OK") == 2
-    assert value(s, "truss_stream_proxy_triton_duration_seconds_count", **labels) == 2
+    labels = {"backend": "triton", "method": "ModelInfer", "model": "add_one_fp32"}
+    assert value(s, "truss_stream_proxy_backend_calls_total", **labels, code="OK") == 2
+    assert value(s, "truss_stream_proxy_backend_duration_seconds_count", **labels) == 2
+    probes = {"backend": "triton", "method": "ServerReady", "model": "other", "code": "OK"}
+    assert value(s, "truss_stream_proxy_backend_calls_total", **probes) >= 1
     assert value(s, "truss_stream_proxy_packets_total", model="add_one_fp32", status="OK") == 2
     assert value(s, "truss_stream_proxy_upstream_up") == 1
 

@@ -262,19 +262,20 @@ class ProxyMetrics(_Group):
                 registry=None,
             )
         )
-        self.triton_calls = self._add(
+        self.backend_calls = self._add(
             Counter(
-                "truss_stream_proxy_triton_calls",
-                "Calls to Triton, by method, model and gRPC status code.",
-                ("method", "model", "code"),
+                "truss_stream_proxy_backend_calls",
+                "Calls to the backend (Triton, or an embedded one), by method, model and "
+                "gRPC status code.",
+                ("backend", "method", "model", "code"),
                 registry=None,
             )
         )
-        self.triton_duration = self._add(
+        self.backend_duration = self._add(
             Histogram(
-                "truss_stream_proxy_triton_duration_seconds",
-                "Duration of calls to Triton, by method and model.",
-                ("method", "model"),
+                "truss_stream_proxy_backend_duration_seconds",
+                "Duration of calls to the backend (Triton's latency as the proxy sees it).",
+                ("backend", "method", "model"),
                 buckets=_PACKET_BUCKETS,
                 registry=None,
             )

@@ -125,7 +125,7 @@ class TritonBackend(Backend):
             packet. Fewer, larger requests cost the proxy and Triton less per frame;
             a Triton error then fails every packet of that request. Off by default.
         interceptors: ``grpc.aio`` client interceptors for the channel to Triton
-            (the proxy's metrics and traces, see ``_observe.TritonCallInterceptor``).
+            (the proxy passes the trace-context one when tracing is set up).
     """
 
     name = "triton"

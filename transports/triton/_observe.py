@@ -6,9 +6,11 @@
 - :class:`CallInterceptor` (server side, first in the chain): a SERVER span per call
   whose parent is the caller's ``traceparent`` metadata, current while the call
   runs (so Triton calls nest under it), and calls by method and status code.
-- :class:`TritonCallInterceptor` (on the channel to Triton): a CLIENT span per
-  Triton call, its ``traceparent`` sent on to Triton, and Triton calls and
-  latency by method and model.
+- :class:`ObservedBackend` (around the backend): backend calls and latency by
+  method and model, and a CLIENT span per call when tracing is set up; with
+  tracing, the channel to Triton also carries an interceptor that sends the span's
+  ``traceparent`` along (none otherwise: a grpc.aio interceptor costs tens of
+  microseconds per call).
 - :class:`ObservedAuthInterceptor`: auth decisions by outcome.
 - :class:`ProxyObservability` bundles them, the health probe and ``--metrics-listen``.
 
@@ -22,41 +24,42 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, cast
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import grpc
 import grpc.aio
 
 from transports.observability import _tracing
+from transports.observability._grpc import aio_trace_interceptors
 from transports.triton import multimodal_pb2 as pb
+from transports.triton._backends import Backend
 from transports.triton._health import TritonHealthProbe
+from transports.triton._packets import BackendError, InferRequest, OutputTensor
 from transports.triton.auth import DominoAuthInterceptor
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
     from transports.observability import ProxyMetrics
-    from transports.triton._backends import Backend
 
 __all__ = [
     "CallInterceptor",
     "ObservedAuthInterceptor",
     "ProxyObservability",
-    "TritonCallInterceptor",
+    "ObservedBackend",
     "observe_packets",
     "resolve_proxy_metrics",
 ]
 
 _P = ParamSpec("_P")
+_T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 if TYPE_CHECKING:
     _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    _UnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
 else:  # generic in the stubs only
     _ServerInterceptor = grpc.aio.ServerInterceptor
-    _UnaryClientInterceptor = grpc.aio.UnaryUnaryClientInterceptor
 
 
 def resolve_proxy_metrics(metrics: ProxyMetrics | bool | None) -> ProxyMetrics | None:
@@ -233,68 +236,84 @@ class _Call:
             _tracing.end_span(self._span, {"rpc.grpc.status_code": code.value[0]}, error)
 
 
-class TritonCallInterceptor(_UnaryClientInterceptor):
-    """A CLIENT span per call to Triton, with ``traceparent`` sent along; Triton metrics."""
+class ObservedBackend(Backend):
+    """A backend whose calls are timed and counted, and traced (a CLIENT span each).
 
-    def __init__(self, metrics: ProxyMetrics | None) -> None:
+    Delegates everything to ``inner``; its span is current during the call, so the
+    Triton channel's trace interceptor sends its ``traceparent`` on to Triton.
+    """
+
+    def __init__(self, inner: Backend, metrics: ProxyMetrics | None) -> None:
+        self.inner = inner
+        self.name = inner.name
         self._metrics = metrics
+        self._traced = _tracing.tracing_configured()
 
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        """Time the call and trace it."""
-        method = client_call_details.method
-        if isinstance(method, bytes):
-            method = method.decode()
-        name = method.rpartition("/")[2]
-        model = getattr(request, "model_name", "") or getattr(request, "name", "")
-        span = _tracing.start_span(
-            f"triton {name}",
-            server=False,
-            attributes={
-                "rpc.system": "grpc",
-                "rpc.service": "inference.GRPCInferenceService",
-                "rpc.method": name,
-                "truss_stream.model": model,
-            },
-        )
-        details = client_call_details
-        # Our span's context, or (no SDK here) whatever context is current: either way
-        # Triton gets the caller's trace.
-        trace = _tracing.trace_metadata(span)
-        if trace:
-            metadata = [*(client_call_details.metadata or ()), *trace]
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,  # type: ignore[arg-type]
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+        span = None
+        token = None
+        if self._traced:
+            span = _tracing.start_span(
+                f"{self.name} {method}",
+                server=False,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.method": method,
+                    "truss_stream.backend": self.name,
+                    "truss_stream.model": model,
+                },
             )
+            if span is not None:
+                token = _tracing.attach(_tracing.span_context(span))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            call = await continuation(details, request)
-            await call
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
+            return await call
+        except BackendError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
             raise
         except BaseException:
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
+            if token is not None:
+                _tracing.detach(token)
             metrics = self._metrics
             if metrics is not None:
                 label = metrics.models.label(model, admit=code is grpc.StatusCode.OK)
-                metrics.triton_calls.labels(name, label, code.name).inc()
-                metrics.triton_duration.labels(name, label).observe(time.perf_counter() - started)
+                metrics.backend_calls.labels(self.name, method, label, code.name).inc()
+                metrics.backend_duration.labels(self.name, method, label).observe(
+                    time.perf_counter() - started
+                )
             if span is not None:
                 error = None if code is grpc.StatusCode.OK else code.name
                 _tracing.end_span(span, {"rpc.grpc.status_code": code.value[0]}, error)
-        return call
+
+    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
+        """The inner backend's ``infer``, observed as ``ModelInfer``."""
+        return await self._call("ModelInfer", request.model, self.inner.infer(request))
+
+    async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
+        """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
+        return await self._call("ModelMetadata", model, self.inner.model_metadata(model, version))
+
+    async def server_ready(self) -> tuple[bool, str]:
+        """The inner backend's ``server_ready`` (the health probe's calls), observed."""
+        return await self._call("ServerReady", "", self.inner.server_ready())
+
+    async def model_ready(self, model: str, version: str) -> tuple[bool, str]:
+        """The inner backend's ``model_ready``, observed as ``ModelReady``."""
+        return await self._call("ModelReady", model, self.inner.model_ready(model, version))
+
+    async def close(self) -> None:
+        """Close the inner backend."""
+        await self.inner.close()
 
 
 class ObservedAuthInterceptor(DominoAuthInterceptor):
@@ -362,8 +381,12 @@ class ProxyObservability:
         return [*mine, *(i for i in after if i)]
 
     def triton_interceptors(self) -> list[Any]:
-        """Interceptors for the channel to Triton."""
-        return [TritonCallInterceptor(self.metrics)] if self._active else []
+        """Interceptors for the channel to Triton: the trace context, when tracing is on."""
+        return aio_trace_interceptors()
+
+    def backend(self, backend: Backend) -> Backend:
+        """``backend``, observed (unchanged when there is nothing to record)."""
+        return ObservedBackend(backend, self.metrics) if self._active else backend
 
     def auth(self, auth_url: str, **kwargs: Any) -> DominoAuthInterceptor:
         """The auth interceptor, counting its decisions."""

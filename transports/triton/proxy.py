@@ -387,6 +387,7 @@ async def start_proxy(
             coalesce=config.coalesce,
             interceptors=observability.triton_interceptors(),
         )
+    backend = observability.backend(backend)
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
         auth = observability.auth(config.auth_url, cache_ttl=config.auth_cache_ttl)
