@@ -280,20 +280,27 @@ class ProxyMetrics(_Group):
                 registry=None,
             )
         )
-        self.in_flight_packets = self._add(
-            Gauge(
-                "truss_stream_proxy_in_flight_packets",
-                "Packets received and not yet answered.",
-                registry=None,
-            )
+        # Updated per packet as plain ints (no lock), read when scraped.
+        self.packets_in_flight = 0
+        self.bytes_in_flight = 0
+        in_flight_packets = Gauge(
+            "truss_stream_proxy_in_flight_packets",
+            "Packets received and not yet answered.",
+            registry=None,
         )
-        self.in_flight_bytes = self._add(
-            Gauge(
-                "truss_stream_proxy_in_flight_bytes",
-                "Tensor bytes of the packets in flight.",
-                registry=None,
-            )
+        in_flight_packets.set_function(lambda: self.packets_in_flight)
+        self._add(in_flight_packets)
+        in_flight_bytes = Gauge(
+            "truss_stream_proxy_in_flight_bytes",
+            "Tensor bytes of the packets in flight.",
+            registry=None,
         )
+        in_flight_bytes.set_function(lambda: self.bytes_in_flight)
+        self._add(in_flight_bytes)
+        # (model label, Ack status) -> (packets counter, latency histogram) children;
+        # bounded by the model cap times the statuses.
+        self._packet_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._backend_children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         self.calls = self._add(
             Counter(
                 "truss_stream_proxy_calls",
@@ -333,6 +340,35 @@ class ProxyMetrics(_Group):
                 registry=None,
             )
         )
+
+    def packet_answered(self, model: str, status: int, status_name: str, seconds: float) -> None:
+        """Count one Ack and its latency (the per-packet path: cached children)."""
+        label = self.models.label(model, admit=status == 0)
+        children = self._packet_children.get((label, status))
+        if children is None:
+            children = (
+                self.packets.labels(label, status_name),
+                self.packet_duration.labels(label),
+            )
+            self._packet_children[(label, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def backend_call(
+        self, backend: str, method: str, model: str, code: str, seconds: float
+    ) -> None:
+        """Count one backend call and its duration."""
+        label = self.models.label(model, admit=code == "OK")
+        key = (backend, method, label, code)
+        children = self._backend_children.get(key)
+        if children is None:
+            children = (
+                self.backend_calls.labels(backend, method, label, code),
+                self.backend_duration.labels(backend, method, label),
+            )
+            self._backend_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class ClientMetrics(_Group):

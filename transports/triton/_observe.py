@@ -79,6 +79,9 @@ def resolve_proxy_metrics(metrics: ProxyMetrics | bool | None) -> ProxyMetrics |
     return metrics
 
 
+_STATUS_NAMES: dict[int, str] = {v: k for k, v in pb.AckStatus.items()}
+
+
 def _status_name(status: int) -> str:
     try:
         return pb.AckStatus.Name(status)
@@ -98,16 +101,16 @@ def observe_packets(handle: Callable[_P, Awaitable[pb.Ack]]) -> Callable[_P, Awa
         received = args[2] if len(args) > 2 else kwargs.get("received")
         start = received if isinstance(received, float) else time.perf_counter()
         size = len(packet.tensor.data)
-        metrics.in_flight_packets.inc()
-        metrics.in_flight_bytes.inc(size)
+        metrics.packets_in_flight += 1
+        metrics.bytes_in_flight += size
         try:
             ack = await handle(*args, **kwargs)
         finally:
-            metrics.in_flight_packets.dec()
-            metrics.in_flight_bytes.dec(size)
-        model = metrics.models.label(packet.control.model, admit=ack.status == pb.OK)
-        metrics.packets.labels(model, _status_name(ack.status)).inc()
-        metrics.packet_duration.labels(model).observe(time.perf_counter() - start)
+            metrics.packets_in_flight -= 1
+            metrics.bytes_in_flight -= size
+        status = ack.status
+        name = _STATUS_NAMES.get(status) or _status_name(status)
+        metrics.packet_answered(packet.control.model, status, name, time.perf_counter() - start)
         return ack
 
     return observed
@@ -286,10 +289,8 @@ class ObservedBackend(Backend):
                 _tracing.detach(token)
             metrics = self._metrics
             if metrics is not None:
-                label = metrics.models.label(model, admit=code is grpc.StatusCode.OK)
-                metrics.backend_calls.labels(self.name, method, label, code.name).inc()
-                metrics.backend_duration.labels(self.name, method, label).observe(
-                    time.perf_counter() - started
+                metrics.backend_call(
+                    self.name, method, model, code.name, time.perf_counter() - started
                 )
             if span is not None:
                 error = None if code is grpc.StatusCode.OK else code.name
@@ -297,7 +298,27 @@ class ObservedBackend(Backend):
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """The inner backend's ``infer``, observed as ``ModelInfer``."""
-        return await self._call("ModelInfer", request.model, self.inner.infer(request))
+        metrics = self._metrics
+        if self._traced or metrics is None:
+            return await self._call("ModelInfer", request.model, self.inner.infer(request))
+        # The per-packet path without tracing: no span, cached children.
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self.inner.infer(request)
+        except BackendError as exc:
+            code = exc.code.name
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            metrics.backend_call(
+                self.name, "ModelInfer", request.model, code, time.perf_counter() - started
+            )
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
