@@ -222,7 +222,7 @@ async def measure_sse() -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _proxy(triton_url: str, *, metrics: bool) -> Iterator[str]:
+def _proxy(triton_url: str, *, metrics: bool) -> Iterator[tuple[str, int]]:
     from benchmarks.bench_triton import _read_line, _stop
 
     args = ["--listen", "127.0.0.1:0", "--triton-url", triton_url, "--max-in-flight", "256"]
@@ -238,30 +238,36 @@ def _proxy(triton_url: str, *, metrics: bool) -> Iterator[str]:
     try:
         line = _read_line(proc, "LISTENING", 60)
         assert ("metrics=" in line) == metrics, line
-        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}"
+        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid
     finally:
         _stop(proc)
 
 
 def measure_proxy() -> dict[str, float]:
+    """Frames/s on and off, and each proxy process's CPU microseconds per frame."""
     from benchmarks.bench_triton import _frames, running_triton, streamer_through_proxy
 
     frames = _frames(PROXY_FRAMES)
-    on: list[float] = []
-    off: list[float] = []
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     with (
         running_triton() as (triton_url, _),
         _proxy(triton_url, metrics=True) as proxy_on,
         _proxy(triton_url, metrics=False) as proxy_off,
     ):
-        for target in (proxy_on, proxy_off):  # warm-up
+        proxies = {"on": proxy_on, "off": proxy_off}
+        for target, _pid in proxies.values():  # warm-up
             asyncio.run(streamer_through_proxy(target, frames[:300], 32))
         for i in range(PROXY_ROUNDS):
-            order = (proxy_on, proxy_off) if i % 2 == 0 else (proxy_off, proxy_on)
-            for target in order:
-                rate = asyncio.run(streamer_through_proxy(target, frames, 32))
-                (on if target == proxy_on else off).append(rate)
-    return _paired(on, off)
+            for key in ("on", "off") if i % 2 == 0 else ("off", "on"):
+                target, pid = proxies[key]
+                before = _cpu_seconds(pid)
+                rates[key].append(asyncio.run(streamer_through_proxy(target, frames, 32)))
+                cpu[key].append((_cpu_seconds(pid) - before) / PROXY_FRAMES * 1e6)
+    result = _paired(rates["on"], rates["off"])
+    result["cpu_on_us"] = statistics.median(cpu["on"])
+    result["cpu_off_us"] = statistics.median(cpu["off"])
+    return result
 
 
 def run(which: tuple[str, ...] = ("sse", "proxy")) -> list[dict[str, Any]]:
@@ -288,8 +294,8 @@ def run(which: tuple[str, ...] = ("sse", "proxy")) -> list[dict[str, Any]]:
         proxy = measure_proxy()
         bench = f"Triton proxy, pipelined, {PROXY_FRAMES} frames, 32 in flight, metrics on vs off"
         rows += [
-            {"benchmark": bench, "variant": "metrics off (no prometheus_client)", "value": round(proxy["off"], 1), "unit": "frames/s"},  # noqa: E501
-            {"benchmark": bench, "variant": "metrics on (--metrics-listen)", "value": round(proxy["on"], 1), "unit": "frames/s", "ratio": round(proxy["ratio"], 3), "goal": ">= 0.95x"},  # noqa: E501
+            {"benchmark": bench, "variant": "metrics off (no prometheus_client)", "value": round(proxy["off"], 1), "unit": "frames/s", "note": f"proxy CPU {proxy['cpu_off_us']:.0f} us/frame"},  # noqa: E501
+            {"benchmark": bench, "variant": "metrics on (--metrics-listen)", "value": round(proxy["on"], 1), "unit": "frames/s", "ratio": round(proxy["ratio"], 3), "goal": ">= 0.95x", "note": f"proxy CPU {proxy['cpu_on_us']:.0f} us/frame"},  # noqa: E501
         ]  # fmt: skip
     return rows
 
