@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pydantic
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from truss_stream import stream_types, stream_writer
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 
 class Header(pydantic.BaseModel):
@@ -42,6 +43,8 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 def parse(text: str) -> Samples:
     """Every sample of a Prometheus text exposition, parsed by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     samples: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -56,6 +59,8 @@ def scrape_url(url: str) -> Samples:
 
 
 def scrape_registry(registry: CollectorRegistry) -> Samples:
+    from prometheus_client import generate_latest
+
     return parse(generate_latest(registry).decode())
 
 

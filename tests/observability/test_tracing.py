@@ -168,3 +168,53 @@ def test_grpc_clients_send_the_trace_context_when_an_sdk_is_set_up() -> None:
     call = spans["multimodal.MultimodalService/SendUnary"]
     assert call["context"]["trace_id"] == "0x" + triton_trace
     assert call["parent_id"] == "0x" + triton_span
+
+
+_NO_PROMETHEUS = """
+import runpy, sys
+from live_server import live_server
+import httpx
+from obs_helpers import TYPES, produce
+from starlette.applications import Starlette
+from starlette.routing import Route
+from transports import sse
+import transports.observability as obs
+
+async def endpoint(request):
+    return sse.sse_response(produce(3))
+
+with live_server(Starlette(routes=[Route("/s", endpoint)])) as server, httpx.Client() as client:
+    with sse.connect(client, "GET", server.url + "/s", TYPES) as reader:
+        reader.read_header()
+        print("items", len(list(reader.read_items())))
+try:
+    obs.StreamMetrics
+except ImportError as exc:
+    print("import error:", exc)
+sys.argv = ["proxy", "--backend", "demo", "--listen", "127.0.0.1:0"]
+sys.argv += ["--metrics-listen", "127.0.0.1:0"]
+try:
+    runpy.run_module("transports.triton.proxy", run_name="__main__")
+except SystemExit as exit:
+    print("proxy exit", exit.code)
+"""
+
+
+def test_without_prometheus_client_streams_work_and_the_proxy_says_what_is_missing() -> None:
+    code = textwrap.dedent(_NO_OTEL.format(blocked="prometheus_client")) + textwrap.dedent(
+        _NO_PROMETHEUS
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(PYTHONPATH=os.pathsep.join([str(REPO), str(HERE), str(REPO / "tests")])),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "items 3"
+    assert lines[1].startswith("import error: transports.observability.StreamMetrics needs")
+    assert "install truss-stream[metrics]" in lines[1]
+    assert lines[-1] == "proxy exit 2"
+    assert "--metrics-listen needs prometheus_client" in result.stderr
