@@ -10,7 +10,9 @@ Routes:
   ``/sse/detections?codec=json`` with ``EventSource``;
 - ``GET /sse/detections?frames=8&delay_ms=50&codec=json|msgpack``: server-sent events
   (``&fail_at=3`` makes the detector fail at frame 3, to show an ERROR event);
-- ``GET /http/detections?...``: the same stream as binary chunked HTTP.
+- ``GET /http/detections?...``: the same stream as binary chunked HTTP;
+- ``GET /metrics/``: Prometheus metrics (with the ``metrics`` extra), see
+  docs/observability.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from examples.shared_types import DETECTIONS, DETECTIONS_JSON, detect
 from transports.http import stream_response
@@ -66,10 +68,19 @@ async def page(request: Request) -> Response:
     return FileResponse(PAGE, media_type="text/html")
 
 
+def _metrics_routes() -> list[BaseRoute]:
+    try:
+        from prometheus_client import make_asgi_app
+    except ImportError:  # without the `metrics` extra: no metrics, nothing else changes
+        return []
+    return [Mount("/metrics", app=make_asgi_app())]
+
+
 app = Starlette(
     routes=[
         Route("/", page),
         Route("/sse/detections", sse_detections),
         Route("/http/detections", http_detections),
+        *_metrics_routes(),
     ]
 )

@@ -386,3 +386,19 @@ def test_grafana_dashboard_queries_only_metrics_that_exist() -> None:
     assert {f for f in families if not any(u.startswith(f) for u in used)} == {
         "truss_stream_proxy_upstream_probes"
     }
+
+
+def test_the_example_server_serves_its_metrics() -> None:
+    from examples.shared_types import DETECTIONS
+    from examples.sse_server import app
+
+    with live_server(app) as server, httpx.Client() as client:
+        with sse.connect(client, "GET", f"{server.url}/sse/detections?frames=3", DETECTIONS) as r:
+            r.read_header()
+            assert len(list(r.read_items())) == 3
+        labels = {"transport": "sse", "route": "/sse/detections", "outcome": "complete"}
+        assert wait_for(
+            lambda: value(
+                scrape_url(f"{server.url}/metrics/"), "truss_stream_streams_ended_total", **labels
+            )
+        )
