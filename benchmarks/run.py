@@ -5,7 +5,8 @@ Each module ``benchmarks.bench_*`` exposes ``run() -> list[dict]`` with rows lik
 ``"ratio_vs"``, ``"goal"`` and notes. A module that fails to import or run is
 reported in the table; the others still run.
 
-Run: ``python -m benchmarks.run [core http grpc triton redis]`` (``make bench``).
+Run: ``python -m benchmarks.run [core http grpc triton compression redis observability]``
+(``make bench``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from benchmarks.machine import machine_lines
 
-MODULES = ("core", "http", "grpc", "triton", "compression", "redis")
+MODULES = ("core", "http", "grpc", "triton", "compression", "redis", "observability")
 RESULTS = Path(__file__).parent / "results" / "RESULTS.md"
 _NOTE_KEYS = ("throughput", "note", "notes", "error")
 

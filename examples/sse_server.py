@@ -13,6 +13,8 @@ Routes:
   (``&fail_at=3`` makes the detector fail at frame 3, to show an ERROR event);
 - ``GET /http/detections?...``: the same stream as binary chunked HTTP;
 - ``GET /http/heatmaps?frames=8&delay_ms=0``: 2-D float32 tensors (examples/heatmaps.py).
+- ``GET /metrics/``: Prometheus metrics (with the ``metrics`` extra), see
+  docs/observability.md.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from examples.heatmaps import heatmaps
@@ -83,6 +85,14 @@ async def page(request: Request) -> Response:
     return FileResponse(PAGE, media_type="text/html")
 
 
+def _metrics_routes() -> list[BaseRoute]:
+    try:
+        from prometheus_client import make_asgi_app
+    except ImportError:  # without the `metrics` extra: no metrics, nothing else changes
+        return []
+    return [Mount("/metrics", app=make_asgi_app())]
+
+
 app = Starlette(
     routes=[
         Route("/", page),
@@ -91,5 +101,6 @@ app = Starlette(
         Route("/http/heatmaps", http_heatmaps),
         # The JS package's build (make js); check_dir=False: the server starts without it.
         Mount("/js/truss-stream", StaticFiles(directory=JS_DIST, check_dir=False)),
+        *_metrics_routes(),
     ]
 )

@@ -36,14 +36,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Callable,
     Iterable,
     Mapping,
 )
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -55,7 +54,11 @@ from truss_stream import Codec, ServerGoingAwayError, error_frame, frame_info
 
 from ._compression import Compression, StreamCompressor, negotiate
 from .base import describe_failure, guard_frames, new_stream_id, report_failure
+from .observability import observe_asgi
 from .shutdown import GracefulShutdown
+
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
 
 __all__ = ["FrameEncoder", "FrameStreamResponse", "Frames"]
 
@@ -90,6 +93,7 @@ class FrameStreamResponse(Response):
         shutdown: GracefulShutdown | None = None,
         compression: Compression | None = None,
         compression_level: int | None = None,
+        metrics: StreamMetrics | bool | None = None,
     ) -> None:
         self.status_code = 200
         self.media_type = media_type
@@ -106,6 +110,7 @@ class FrameStreamResponse(Response):
         negotiate(compression, "gzip")  # a bad value fails here, in the route
         self._compression = compression
         self._compression_level = compression_level
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         drain = self._shutdown
@@ -138,14 +143,17 @@ class FrameStreamResponse(Response):
             StreamCompressor(coding, self._compression_level) if coding is not None else None
         )
         run = _ResponseRun(self, send, compressor)
-        guarded = cast(
-            "AsyncGenerator[bytes | memoryview, None]",
+        guarded = observe_asgi(
             guard_frames(
                 self._frames,
                 default_codec=self._default_codec,
                 expose_errors=self._expose_errors,
                 stream_id=stream_id,
             ),
+            scope,
+            media_type=self.media_type,
+            metrics=self._metrics,
+            timed_out=lambda: run.timed_out,
         )
         complete = False
         try:

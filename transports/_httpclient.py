@@ -41,6 +41,7 @@ from httpx._decoders import SUPPORTED_DECODERS
 from truss_stream import TAG_SIZE, StreamTimeoutError, StreamTruncatedError
 
 from .base import TransportError, TransportTimeoutError
+from .observability import inject_headers
 
 __all__ = [
     "ClientTransport",
@@ -260,9 +261,14 @@ def request_timeout(
 
 
 def with_accept(kwargs: Mapping[str, Any], media_type: str) -> dict[str, Any]:
-    """Copy httpx keyword arguments, adding ``Accept: media_type`` unless set."""
+    """Copy httpx keyword arguments, adding ``Accept: media_type`` unless set.
+
+    The current OpenTelemetry trace context (``traceparent``...) is added too, when
+    there is one (docs/observability.md).
+    """
     headers = httpx.Headers(kwargs.get("headers"))
     headers.setdefault("Accept", media_type)
+    inject_headers(headers)
     return {**kwargs, "headers": headers}
 
 

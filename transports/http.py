@@ -17,7 +17,7 @@ require_extra(__name__)
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 
@@ -39,6 +39,9 @@ from ._httpclient import (
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 from .shutdown import GracefulShutdown
+
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
 
 __all__ = [
     "MEDIA_TYPE",
@@ -71,6 +74,7 @@ def stream_response(
     shutdown: GracefulShutdown | None = None,
     compression: Compression | None = None,
     compression_level: int | None = None,
+    metrics: StreamMetrics | bool | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as one binary chunked HTTP response.
 
@@ -90,6 +94,9 @@ def stream_response(
         expose_errors, shutdown, compression, compression_level: as for
             :func:`transports.sse.sse_response` (redaction, graceful shutdown,
             per-batch streaming compression).
+        metrics: where to record metrics (docs/observability.md): None, the default
+            registry's when prometheus_client is installed; False, nowhere; or a
+            :class:`transports.observability.StreamMetrics`.
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
@@ -107,6 +114,7 @@ def stream_response(
         shutdown=shutdown,
         compression=compression,
         compression_level=compression_level,
+        metrics=metrics,
     )
 
 

@@ -33,7 +33,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import httpx
@@ -91,6 +91,9 @@ from .base import (
 )
 from .shutdown import GracefulShutdown
 
+if TYPE_CHECKING:
+    from .observability import StreamMetrics
+
 __all__ = [
     "MEDIA_TYPE",
     "AsyncSSETransport",
@@ -126,6 +129,7 @@ def sse_response(
     shutdown: GracefulShutdown | None = None,
     compression: Compression | None = None,
     compression_level: int | None = None,
+    metrics: StreamMetrics | bool | None = None,
 ) -> FrameStreamResponse:
     """Serve a producer's frames as server-sent events.
 
@@ -159,6 +163,9 @@ def sse_response(
         stream_id: the stream's identity (``Truss-Stream-Id``), the same on every
             response that serves this stream, so a resuming client can check it
             got the same stream (docs/transports.md, "Resume integrity").
+        metrics: where to record metrics (docs/observability.md): None, the default
+            registry's when prometheus_client is installed; False, nowhere; or a
+            :class:`transports.observability.StreamMetrics`.
 
     Returns:
         A Starlette response (usable from Starlette and FastAPI routes).
@@ -182,6 +189,7 @@ def sse_response(
         shutdown=shutdown,
         compression=compression,
         compression_level=compression_level,
+        metrics=metrics,
     )
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from transports.observability._grpc import aio_trace_interceptors, trace_channel
+
 __all__ = ["ClientTLS", "GrpcOptions", "ServerTLS", "acreate_channel", "create_channel"]
 
 _MiB = 1024 * 1024
@@ -148,12 +150,15 @@ def create_channel(
         tls: verify the server with TLS; ``None`` opens a plaintext channel.
 
     Returns:
-        The channel; the caller closes it.
+        The channel; the caller closes it. When an OpenTelemetry SDK is set up, the
+        channel sends the current trace context (``traceparent``) with each call.
     """
     opts = (options or GrpcOptions()).channel_options()
     if tls is None:
-        return grpc.insecure_channel(target, options=opts)
-    return grpc.secure_channel(target, tls.credentials(), options=[*opts, *tls.channel_options()])
+        return trace_channel(grpc.insecure_channel(target, options=opts))
+    return trace_channel(
+        grpc.secure_channel(target, tls.credentials(), options=[*opts, *tls.channel_options()])
+    )
 
 
 def acreate_channel(
@@ -164,8 +169,12 @@ def acreate_channel(
     Call it with an event loop running; close the channel with ``await channel.close()``.
     """
     opts = (options or GrpcOptions()).channel_options()
+    interceptors = aio_trace_interceptors() or None  # the trace context, when tracing is on
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=opts)
+        return grpc.aio.insecure_channel(target, options=opts, interceptors=interceptors)
     return grpc.aio.secure_channel(
-        target, tls.credentials(), options=[*opts, *tls.channel_options()]
+        target,
+        tls.credentials(),
+        options=[*opts, *tls.channel_options()],
+        interceptors=interceptors,
     )

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Callable,
@@ -28,7 +27,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
 import grpc
@@ -36,6 +35,7 @@ import grpc.aio
 from google.protobuf.descriptor_pool import DescriptorPool
 
 from transports.base import describe_failure, guard_frames, new_stream_id, report_failure
+from transports.observability import observe_grpc
 from transports.shutdown import GracefulShutdown
 from truss_stream import ServerGoingAwayError, error_frame, frame_info
 
@@ -60,6 +60,9 @@ __all__ = [
     "serve",
     "start_server",
 ]
+
+if TYPE_CHECKING:
+    from transports.observability import StreamMetrics
 
 FrameLike = bytes | bytearray | memoryview
 #: ``producer(request_body, context)`` returns the writer's frames for one call.
@@ -101,6 +104,8 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         shutdown: the :class:`transports.shutdown.GracefulShutdown` that ends this
             service's streams; by default the service has its own, which
             :meth:`RunningServer.stop` begins. Pass one to share it with HTTP routes.
+        metrics: where to record stream metrics (docs/observability.md): None, the
+            default registry's when prometheus_client is installed; False, nowhere.
     """
 
     def __init__(
@@ -110,7 +115,9 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         service_name: str = DEFAULT_SERVICE_NAME,
         expose_errors: bool = True,
         shutdown: GracefulShutdown | None = None,
+        metrics: StreamMetrics | bool | None = None,
     ) -> None:
+        self._metrics = metrics
         self._service_name = check_service_name(service_name)
         self._expose_errors = expose_errors
         self.shutdown = shutdown if shutdown is not None else GracefulShutdown(grace=1.0)
@@ -150,7 +157,7 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if producer is None:
             return None
         return grpc.unary_stream_rpc_method_handler(
-            self._behavior(producer),
+            self._behavior(producer, handler_call_details.method, self._metrics),
             request_deserializer=self._request_type.FromString,
             response_serializer=None
             if _raw_wire_requested(handler_call_details)
@@ -158,7 +165,7 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         )
 
     def _behavior(
-        self, producer: Producer
+        self, producer: Producer, route: str, metrics: StreamMetrics | bool | None
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]:
         drain, expose = self.shutdown, self._expose_errors
 
@@ -166,7 +173,7 @@ class FrameStreamService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if drain.shutting_down:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             with drain.track():
-                await _serve_call(producer, request, context, drain, expose)
+                await _serve_call(producer, request, context, drain, expose, route, metrics)
 
         return handle
 
@@ -177,19 +184,23 @@ async def _serve_call(
     context: grpc.aio.ServicerContext[Any, Any],
     drain: GracefulShutdown,
     expose: bool,
+    route: str,
+    metrics: StreamMetrics | bool | None,
 ) -> None:
     # A coroutine writing with context.write, not an async generator: when the
     # client cancels, the CancelledError lands here and the finally below closes
     # the producer at once, not whenever the generator is collected.
     stream_id = new_stream_id()
     try:
-        frames = cast(
-            AsyncGenerator[bytes | memoryview, None],
+        frames = observe_grpc(
             guard_frames(
                 producer(bytes(request.body), context),
                 expose_errors=expose,
                 stream_id=stream_id,
             ),
+            context,
+            route=route,
+            metrics=metrics,
         )
     except Exception as exc:
         await _abort_before_first_frame(context, exc, stream_id, expose)

@@ -128,6 +128,8 @@ class TritonBackend(Backend):
             rows along the batch dimension, and the outputs are split back per
             packet. Fewer, larger requests cost the proxy and Triton less per frame;
             a Triton error then fails every packet of that request. Off by default.
+        interceptors: ``grpc.aio`` client interceptors for the channel to Triton
+            (the proxy passes the trace-context one when tracing is set up).
     """
 
     name = "triton"
@@ -139,6 +141,7 @@ class TritonBackend(Backend):
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
         coalesce: int = 0,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         options: Sequence[tuple[str, Any]] = [
             ("grpc.lb_policy_name", "round_robin"),
@@ -153,9 +156,13 @@ class TritonBackend(Backend):
             ("grpc.keepalive_timeout_ms", 10_000),
         ]
         if credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=options)
+            self._channel = grpc.aio.insecure_channel(
+                target, options=options, interceptors=interceptors or None
+            )
         else:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+            self._channel = grpc.aio.secure_channel(
+                target, credentials, options=options, interceptors=interceptors or None
+            )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.target = target
         self.coalesce = coalesce
@@ -513,7 +520,12 @@ class PythonBackend(Backend):
 
 
 def load_backend(
-    spec: str, *, triton_url: str | None, max_message_bytes: int, coalesce: int = 0
+    spec: str,
+    *,
+    triton_url: str | None,
+    max_message_bytes: int,
+    coalesce: int = 0,
+    interceptors: Sequence[Any] = (),
 ) -> Backend:
     """Build the backend a ``--backend`` value names.
 
@@ -524,6 +536,7 @@ def load_backend(
         triton_url: the Triton target, needed by ``"triton"``.
         max_message_bytes: largest message to and from Triton.
         coalesce: see :class:`TritonBackend`.
+        interceptors: see :class:`TritonBackend`.
 
     Raises:
         ValueError: the spec is malformed or ``triton`` has no URL.
@@ -532,7 +545,12 @@ def load_backend(
     if spec == "triton":
         if not triton_url:
             raise ValueError("--backend triton needs --triton-url (or TRITON_URL)")
-        return TritonBackend(triton_url, max_message_bytes=max_message_bytes, coalesce=coalesce)
+        return TritonBackend(
+            triton_url,
+            max_message_bytes=max_message_bytes,
+            coalesce=coalesce,
+            interceptors=interceptors,
+        )
     if spec == "demo":
         from transports.triton import _demo
 

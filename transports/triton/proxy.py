@@ -20,11 +20,16 @@ Command line (flags win over the environment)::
         [--auth-url URL] [--backend triton|demo|python:module:callable]
         [--max-in-flight N] [--default-timeout S] [--max-message-mb N]
         [--tls-cert PEM --tls-key PEM] [--coalesce N]
+        [--metrics-listen HOST:PORT] [--log-format text|json]
+        [--triton-probe-secs S] [--no-health-follows-triton]
 
     TRITON_URL   default of --triton-url
     DOMINO_HOST  default of --auth-url, as $DOMINO_HOST/v4/auth/principal
 
-See ``docs/triton-proxy.md`` for the protocol, scale-out and where the time goes.
+Tracing is configured by OpenTelemetry's standard OTEL_* variables
+(``OTEL_TRACES_EXPORTER``...). See ``docs/triton-proxy.md`` for the protocol,
+scale-out and where the time goes, ``docs/observability.md`` for metrics, traces,
+logs and health probes.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
@@ -50,9 +55,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from transports.observability import configure_tracing, use_json_logs
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import Backend, PythonBackend, TritonBackend, load_backend
+from transports.triton._observe import ProxyObservability, observe_packets, resolve_proxy_metrics
 from transports.triton._packets import (
     BackendError,
     PacketError,
@@ -63,6 +70,9 @@ from transports.triton._packets import (
     status_name,
 )
 from transports.triton.auth import DominoAuthInterceptor, principal_url
+
+if TYPE_CHECKING:
+    from transports.observability import ProxyMetrics
 
 __all__ = [
     "Backend",
@@ -271,6 +281,8 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         max_message_bytes: the server's send limit: an Ack that would exceed it is
             replaced by a small error Ack instead of ending the call.
         max_inflight_bytes: the proxy-wide :class:`InflightBudget` (0: off).
+        metrics: Prometheus metrics (docs/observability.md): None, the default
+            registry's when prometheus_client is installed; False, none.
     """
 
     def __init__(
@@ -281,6 +293,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         default_timeout: float = 30.0,
         max_message_bytes: int = 64 * 1024 * 1024,
         max_inflight_bytes: int = 256 * 1024 * 1024,
+        metrics: ProxyMetrics | bool | None = None,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
@@ -290,6 +303,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         self.max_message_bytes = max_message_bytes
         self.budget = InflightBudget(max_inflight_bytes)
         self.stats = ProxyStats()
+        self.metrics = resolve_proxy_metrics(metrics)
 
     def _count(self, ack: pb.Ack) -> pb.Ack:
         if ack.status == pb.OK:
@@ -298,6 +312,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             self.stats.failed += 1
         return ack
 
+    @observe_packets
     async def handle(self, packet: pb.DataPacket, received: float | None = None) -> pb.Ack:
         """Answer one packet. Never raises, except when cancelled.
 
@@ -501,6 +516,9 @@ class ProxyConfig:
         auth_timeout: total deadline in seconds of one principal lookup.
         coalesce: if > 1, send packets that arrive together as one Triton request of
             up to this many batch rows (see ``TritonBackend``); 0 is off.
+        metrics_listen: ``HOST:PORT`` to serve Prometheus ``/metrics`` on; None: not served.
+        triton_probe_interval: seconds between probes of the backend's readiness; 0: none.
+        health_follows_triton: health reports NOT_SERVING while the probe fails.
     """
 
     listen: str = "[::]:50051"
@@ -516,6 +534,9 @@ class ProxyConfig:
     auth_cache_ttl: float = 30.0
     coalesce: int = 0
     auth_timeout: float = 5.0
+    metrics_listen: str | None = None
+    triton_probe_interval: float = 5.0
+    health_follows_triton: bool = True
 
 
 @dataclass
@@ -528,6 +549,7 @@ class ProxyServer:
         proxy: the servicer (``proxy.stats`` has its counters).
         health: the health servicer.
         auth: the auth interceptor, None when running unauthenticated.
+        observability: the metrics endpoint and the health probe.
     """
 
     server: grpc.aio.Server
@@ -535,6 +557,7 @@ class ProxyServer:
     proxy: MultimodalProxy
     health: Any  # grpc_health's asyncio HealthServicer (untyped)
     auth: DominoAuthInterceptor | None = None
+    observability: ProxyObservability | None = None
     _closed: bool = field(default=False, repr=False)
 
     async def stop(self, grace: float | None = 2.0) -> None:
@@ -542,6 +565,8 @@ class ProxyServer:
         if self._closed:
             return
         self._closed = True
+        if self.observability is not None:
+            await self.observability.stop()
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         await self.proxy.backend.close()
@@ -567,12 +592,18 @@ def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) -> ProxyServer:
+async def start_proxy(
+    config: ProxyConfig,
+    *,
+    backend: Backend | None = None,
+    metrics: ProxyMetrics | bool | None = None,
+) -> ProxyServer:
     """Build, bind and start a proxy in the running event loop.
 
     Args:
         config: the settings.
         backend: use this backend instead of building one from ``config``.
+        metrics: see :class:`MultimodalProxy`.
 
     Returns:
         The running server; call ``await server.stop()`` to end it.
@@ -583,16 +614,19 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
     """
     if (config.tls_cert is None) != (config.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
+    observability = ProxyObservability(metrics=metrics, metrics_listen=config.metrics_listen)
     if backend is None:
         backend = load_backend(
             config.backend,
             triton_url=config.triton_url,
             max_message_bytes=config.max_message_bytes,
             coalesce=config.coalesce,
+            interceptors=observability.triton_interceptors(),
         )
+    backend = observability.backend(backend)
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
-        auth = DominoAuthInterceptor(
+        auth = observability.auth(
             config.auth_url, cache_ttl=config.auth_cache_ttl, timeout=config.auth_timeout
         )
     else:
@@ -601,7 +635,7 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
             "the proxy accepts every caller !!!"
         )
     server = grpc.aio.server(
-        interceptors=[auth] if auth is not None else None,
+        interceptors=observability.server_interceptors(auth, prefixes=(f"/{SERVICE_NAME}/",)),
         options=_server_options(config.max_message_bytes),
     )
     proxy = MultimodalProxy(
@@ -610,6 +644,7 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
         default_timeout=config.default_timeout,
         max_message_bytes=config.max_message_bytes,
         max_inflight_bytes=config.max_inflight_bytes,
+        metrics=observability.metrics or False,
     )
     pbg.add_MultimodalServiceServicer_to_server(proxy, server)
     health_servicer = AsyncHealthServicer()
@@ -630,7 +665,21 @@ async def start_proxy(config: ProxyConfig, *, backend: Backend | None = None) ->
     serving = health_pb2.HealthCheckResponse.SERVING
     await health_servicer.set("", serving)
     await health_servicer.set(SERVICE_NAME, serving)
-    return ProxyServer(server=server, port=port, proxy=proxy, health=health_servicer, auth=auth)
+    await observability.start(
+        backend,
+        health_servicer,
+        services=("", SERVICE_NAME),
+        follow=config.health_follows_triton,
+        probe_interval=config.triton_probe_interval,
+    )
+    return ProxyServer(
+        server=server,
+        port=port,
+        proxy=proxy,
+        health=health_servicer,
+        auth=auth,
+        observability=observability,
+    )
 
 
 def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
@@ -692,10 +741,37 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         "(models with max_batch_size > 0; default 0: off)",
     )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=env.get("LOG_FORMAT", "text"),
+        help="text (default) or json: one JSON object per line with every record's fields",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
+        "--triton-probe-secs",
+        type=float,
+        default=5.0,
+        help="seconds between probes of Triton's ServerReady (default 5; 0: no probe)",
+    )
+    parser.add_argument(
+        "--no-health-follows-triton",
+        dest="health_follows_triton",
+        action="store_false",
+        help="keep gRPC health SERVING while Triton is unreachable",
+    )
+    args = parser.parse_args(argv)
+    if args.log_format == "json":
+        use_json_logs(args.log_level.upper())
+    else:
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     backend = args.backend or "triton"
     if backend == "triton" and not args.triton_url:
         parser.error("set --triton-url (or TRITON_URL), or use --backend demo")
@@ -715,6 +791,9 @@ def _parse_args(argv: Sequence[str] | None) -> ProxyConfig:
         auth_cache_ttl=args.auth_cache_secs,
         coalesce=args.coalesce,
         auth_timeout=args.auth_timeout_secs,
+        metrics_listen=args.metrics_listen,
+        triton_probe_interval=args.triton_probe_secs,
+        health_follows_triton=args.health_follows_triton,
     )
 
 
@@ -723,7 +802,11 @@ async def _serve(config: ProxyConfig) -> None:
     host = config.listen.rsplit(":", 1)[0]
     where = config.triton_url if config.backend == "triton" else config.backend
     # One machine-readable line on stdout: scripts and tests wait for it.
-    print(f"LISTENING {host}:{running.port} backend={where}", flush=True)
+    metrics = ""
+    if running.observability is not None and running.observability.metrics_port is not None:
+        metrics_host = (config.metrics_listen or "").rsplit(":", 1)[0]
+        metrics = f" metrics={metrics_host}:{running.observability.metrics_port}"
+    print(f"LISTENING {host}:{running.port} backend={where}{metrics}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -744,6 +827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit status.
     """
     config = _parse_args(argv)
+    configure_tracing()  # from OTEL_* (OTEL_TRACES_EXPORTER...), when the SDK is installed
     try:
         asyncio.run(_serve(config))
     except (ValueError, RuntimeError, ImportError, AttributeError) as exc:

@@ -1,0 +1,91 @@
+"""Client counters: a reader wrapped with observe_reader, over real uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from live_server import LiveServer, live_server
+from obs_helpers import TYPES, Header, Item, produce, scrape_registry, value
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from transports import http, sse
+from transports.observability import ClientMetrics, observe_reader
+from truss_stream import RemoteStreamError, StreamTruncatedError, stream_writer
+
+
+@pytest.fixture
+def server() -> Iterator[LiveServer]:
+    async def items(request: Request) -> Any:
+        fail = request.query_params.get("fail")
+        frames = produce(4, fail_after=int(fail) if fail else None)
+        if request.query_params.get("http"):
+            return http.stream_response(frames)
+        return sse.sse_response(frames)
+
+    async def endless(request: Request) -> Any:
+        async def frames() -> AsyncIterator[bytes]:
+            writer = stream_writer(TYPES)
+            yield writer.yield_header(Header(name="h"))
+            i = 0
+            while True:
+                yield writer.yield_item(Item(index=i))
+                i += 1
+                await anyio.sleep(0.01)
+
+        return http.stream_response(frames())
+
+    app = Starlette(routes=[Route("/items", items), Route("/endless", endless)])
+    with live_server(app) as running:
+        yield running
+
+
+def test_counts_streams_frames_and_remote_errors(server: LiveServer) -> None:
+    registry = CollectorRegistry()
+    metrics = ClientMetrics.for_registry(registry)
+    with httpx.Client() as client:
+        with sse.connect(client, "GET", f"{server.url}/items", TYPES) as reader:
+            observed = observe_reader(reader, transport="sse", metrics=metrics)
+            assert observed.read_header().name == "h"
+            assert [i.index for i in observed.read_items()] == [0, 1, 2, 3]
+            assert observed.ended
+        with sse.connect(client, "GET", f"{server.url}/items?fail=1", TYPES) as reader:
+            observed = observe_reader(reader, transport="sse", metrics=metrics)
+            observed.read_header()
+            with pytest.raises(RemoteStreamError):
+                list(observed.read_items())
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_client_streams_total", transport="sse") == 2
+    assert value(s, "truss_stream_client_frames_total", transport="sse", kind="header") == 2
+    assert value(s, "truss_stream_client_frames_total", transport="sse", kind="item") == 5
+    assert value(s, "truss_stream_client_remote_errors_total", transport="sse") == 1
+    assert value(s, "truss_stream_client_truncations_total", transport="sse") == 0
+
+
+@pytest.mark.anyio
+async def test_counts_a_truncated_async_stream(server: LiveServer) -> None:
+    registry = CollectorRegistry()
+    metrics = ClientMetrics.for_registry(registry)
+    async with (
+        httpx.AsyncClient() as client,
+        http.aconnect(client, "GET", f"{server.url}/endless", TYPES) as reader,
+    ):
+        observed = observe_reader(reader, transport="http", metrics=metrics)
+        await observed.read_header()
+
+        async def read_until_cut() -> None:
+            async for item in observed.read_items():
+                if item.index == 2:
+                    await anyio.to_thread.run_sync(server.kill)
+
+        with pytest.raises(StreamTruncatedError):
+            await read_until_cut()
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_client_truncations_total", transport="http") == 1
+    assert value(s, "truss_stream_client_frames_total", transport="http", kind="item") >= 3

@@ -1,0 +1,451 @@
+"""The proxy's metrics, traces and metrics endpoint, wired in through a few seams.
+
+- :func:`observe_packets` decorates ``MultimodalProxy.handle`` (every packet passes
+  through it): in-flight packets and bytes, packets by model and Ack status, the
+  receive-to-Ack latency.
+- :class:`CallInterceptor` (server side, first in the chain): a SERVER span per call
+  whose parent is the caller's ``traceparent`` metadata, current while the call
+  runs (so Triton calls nest under it), and calls by method and status code.
+- :class:`ObservedBackend` (around the backend): backend calls and latency by
+  method and model, and a CLIENT span per call when tracing is set up; with
+  tracing, the channel to Triton also carries an interceptor that sends the span's
+  ``traceparent`` along (none otherwise: a grpc.aio interceptor costs tens of
+  microseconds per call).
+- :class:`ObservedAuthInterceptor`: auth decisions by outcome.
+- :class:`ProxyObservability` bundles them, the health probe and ``--metrics-listen``.
+
+Model labels are bounded by ``ProxyMetrics.models``: a model name becomes a label
+once a packet or a Triton call for it succeeded (Triton knows it), up to a cap;
+anything else is ``"other"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+import grpc
+import grpc.aio
+
+from transports.observability import _tracing
+from transports.observability._grpc import aio_trace_interceptors
+from transports.triton import multimodal_pb2 as pb
+from transports.triton._backends import Backend
+from transports.triton._health import TritonHealthProbe
+from transports.triton._packets import BackendError, InferRequest, OutputTensor
+from transports.triton.auth import DominoAuthInterceptor
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from transports.observability import ProxyMetrics
+
+__all__ = [
+    "CallInterceptor",
+    "ObservedAuthInterceptor",
+    "ProxyObservability",
+    "ObservedBackend",
+    "observe_packets",
+    "resolve_proxy_metrics",
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:  # generic in the stubs only
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+def resolve_proxy_metrics(metrics: ProxyMetrics | bool | None) -> ProxyMetrics | None:
+    """None: the default registry's group when prometheus_client is installed; False: none."""
+    if metrics is False:
+        return None
+    if metrics is None or metrics is True:
+        try:
+            from transports.observability._metrics import ProxyMetrics
+        except ImportError:
+            if metrics is True:
+                raise ImportError(
+                    "proxy metrics need prometheus_client: install truss-stream[metrics]"
+                ) from None
+            return None
+        return ProxyMetrics.for_registry()
+    return metrics
+
+
+_STATUS_NAMES: dict[int, str] = {v: k for k, v in pb.AckStatus.items()}
+
+
+def _status_name(status: int) -> str:
+    try:
+        return pb.AckStatus.Name(status)
+    except ValueError:
+        return str(status)
+
+
+def observe_packets(handle: Callable[_P, Awaitable[pb.Ack]]) -> Callable[_P, Awaitable[pb.Ack]]:
+    """Decorate ``handle(self, packet, received=None)``; reads ``self.metrics`` (or None)."""
+
+    @functools.wraps(handle)
+    async def observed(*args: _P.args, **kwargs: _P.kwargs) -> pb.Ack:
+        metrics: ProxyMetrics | None = getattr(args[0], "metrics", None)
+        if metrics is None:
+            return await handle(*args, **kwargs)
+        packet = cast(pb.DataPacket, args[1])
+        received = args[2] if len(args) > 2 else kwargs.get("received")
+        start = received if isinstance(received, float) else time.perf_counter()
+        size = len(packet.tensor.data)
+        metrics.packets_in_flight += 1
+        metrics.bytes_in_flight += size
+        try:
+            ack = await handle(*args, **kwargs)
+        finally:
+            metrics.packets_in_flight -= 1
+            metrics.bytes_in_flight -= size
+        status = ack.status
+        name = _STATUS_NAMES.get(status) or _status_name(status)
+        metrics.packet_answered(packet.control.model, status, name, time.perf_counter() - start)
+        return ack
+
+    return observed
+
+
+def _code_of(exc: BaseException, context: _Context) -> grpc.StatusCode:
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+    if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN
+
+
+class CallInterceptor(_ServerInterceptor):
+    """A SERVER span and call counters for every call under ``prefixes``.
+
+    Put it first in the server's interceptors so it also sees calls that auth denies.
+    """
+
+    def __init__(self, metrics: ProxyMetrics | None, *, prefixes: Sequence[str]) -> None:
+        self._metrics = metrics
+        self._prefixes = tuple(prefixes)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """Wrap unary-unary and stream-stream handlers of the proxy's service."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(self._prefixes):
+            return handler
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.request_streaming and handler.response_streaming:
+            stream_behavior: Any = handler.stream_stream
+
+            async def stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
+                call = _Call(self._metrics, method, metadata)
+                try:
+                    result = stream_behavior(requests, context)
+                    if inspect.isawaitable(result):  # a handler writing with context.write
+                        await result
+                    else:
+                        async for response in result:
+                            call.pause()
+                            yield response
+                            call.resume()
+                except BaseException as exc:
+                    call.fail(exc, context)
+                    raise
+                finally:
+                    call.end(context)
+
+            return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+        if not handler.request_streaming and not handler.response_streaming:
+            unary_behavior: Any = handler.unary_unary
+
+            async def unary(request: Any, context: _Context) -> Any:
+                call = _Call(self._metrics, method, metadata)
+                try:
+                    return await unary_behavior(request, context)
+                except BaseException as exc:
+                    call.fail(exc, context)
+                    raise
+                finally:
+                    call.end(context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        return handler
+
+
+class _Call:
+    """One call's span (current while the call's code runs) and counters."""
+
+    __slots__ = ("_code", "_method", "_metrics", "_span", "_token")
+
+    def __init__(
+        self, metrics: ProxyMetrics | None, method: str, metadata: Sequence[tuple[str, Any]]
+    ) -> None:
+        self._metrics = metrics
+        self._method = method
+        self._code: grpc.StatusCode | None = None
+        service, _, name = method.lstrip("/").partition("/")
+        self._span = _tracing.start_span(
+            method.lstrip("/"),
+            carrier=metadata,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+        self._token: object | None = None
+        self.resume()
+        if metrics is not None:
+            metrics.calls_active.labels(method).inc()
+
+    def resume(self) -> None:
+        if self._span is not None and self._token is None:
+            self._token = _tracing.attach(_tracing.span_context(self._span))
+
+    def pause(self) -> None:
+        # Detach before yielding: the generator may be resumed, or closed, elsewhere.
+        if self._token is not None:
+            _tracing.detach(self._token)
+            self._token = None
+
+    def fail(self, exc: BaseException, context: _Context) -> None:
+        self._code = _code_of(exc, context)
+
+    def end(self, context: _Context) -> None:
+        self.pause()
+        code = self._code
+        if code is None:
+            set_code = context.code()
+            code = set_code if isinstance(set_code, grpc.StatusCode) else grpc.StatusCode.OK
+        if self._metrics is not None:
+            self._metrics.calls_active.labels(self._method).dec()
+            self._metrics.calls.labels(self._method, code.name).inc()
+        if self._span is not None:
+            error = None if code is grpc.StatusCode.OK else code.name
+            _tracing.end_span(self._span, {"rpc.grpc.status_code": code.value[0]}, error)
+
+
+class ObservedBackend(Backend):
+    """A backend whose calls are timed and counted, and traced (a CLIENT span each).
+
+    Delegates everything to ``inner``; its span is current during the call, so the
+    Triton channel's trace interceptor sends its ``traceparent`` on to Triton.
+    """
+
+    def __init__(self, inner: Backend, metrics: ProxyMetrics | None) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._metrics = metrics
+        self._traced = _tracing.tracing_configured()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+        span = None
+        token = None
+        if self._traced:
+            span = _tracing.start_span(
+                f"{self.name} {method}",
+                server=False,
+                attributes={
+                    "rpc.system": "grpc",
+                    "rpc.method": method,
+                    "truss_stream.backend": self.name,
+                    "truss_stream.model": model,
+                },
+            )
+            if span is not None:
+                token = _tracing.attach(_tracing.span_context(span))
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await call
+        except BackendError as exc:
+            code = exc.code
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            if token is not None:
+                _tracing.detach(token)
+            metrics = self._metrics
+            if metrics is not None:
+                metrics.backend_call(
+                    self.name, method, model, code.name, time.perf_counter() - started
+                )
+            if span is not None:
+                error = None if code is grpc.StatusCode.OK else code.name
+                _tracing.end_span(span, {"rpc.grpc.status_code": code.value[0]}, error)
+
+    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
+        """The inner backend's ``infer``, observed as ``ModelInfer``."""
+        metrics = self._metrics
+        if self._traced or metrics is None:
+            return await self._call("ModelInfer", request.model, self.inner.infer(request))
+        # The per-packet path without tracing: no span, cached children.
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await self.inner.infer(request)
+        except BackendError as exc:
+            code = exc.code.name
+            raise
+        except Exception:
+            code = "UNKNOWN"
+            raise
+        except BaseException:
+            code = "CANCELLED"
+            raise
+        finally:
+            metrics.backend_call(
+                self.name, "ModelInfer", request.model, code, time.perf_counter() - started
+            )
+
+    async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
+        """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
+        return await self._call("ModelMetadata", model, self.inner.model_metadata(model, version))
+
+    async def server_ready(self) -> tuple[bool, str]:
+        """The inner backend's ``server_ready`` (the health probe's calls), observed."""
+        return await self._call("ServerReady", "", self.inner.server_ready())
+
+    async def model_ready(self, model: str, version: str) -> tuple[bool, str]:
+        """The inner backend's ``model_ready``, observed as ``ModelReady``."""
+        return await self._call("ModelReady", model, self.inner.model_ready(model, version))
+
+    async def close(self) -> None:
+        """Close the inner backend."""
+        await self.inner.close()
+
+
+class ObservedAuthInterceptor(DominoAuthInterceptor):
+    """:class:`DominoAuthInterceptor` that counts its decisions (allowed, denied, unavailable)."""
+
+    def __init__(self, *args: Any, metrics: ProxyMetrics | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics = metrics
+
+    async def check(self, headers: dict[str, str]) -> tuple[grpc.StatusCode | None, str]:
+        """Decide as the base class does; count the outcome."""
+        code, details = await super().check(headers)
+        if self._metrics is not None:
+            if code is None:
+                outcome = "allowed"
+            elif code is grpc.StatusCode.UNAVAILABLE:
+                outcome = "unavailable"
+            else:
+                outcome = "denied"
+            self._metrics.auth.labels(outcome).inc()
+        return code, details
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--metrics-listen must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ProxyObservability:
+    """Everything the proxy adds for operators, started and stopped with it.
+
+    Args:
+        metrics: see :func:`resolve_proxy_metrics`.
+        metrics_listen: ``HOST:PORT`` to serve ``/metrics`` on (port 0: a free one).
+    """
+
+    def __init__(
+        self, *, metrics: ProxyMetrics | bool | None = None, metrics_listen: str | None = None
+    ) -> None:
+        self.metrics = resolve_proxy_metrics(metrics)
+        if metrics_listen is not None and self.metrics is None:
+            raise ValueError(
+                "--metrics-listen needs prometheus_client: install truss-stream[metrics]"
+            )
+        self._listen = metrics_listen
+        self._http: WSGIServer | None = None
+        self.probe: TritonHealthProbe | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on, once started."""
+        return None if self._http is None else int(self._http.server_port)
+
+    @property
+    def _active(self) -> bool:
+        # Without metrics and without a tracing SDK the interceptors would record
+        # nothing: leave them out, so such a proxy costs what it did before.
+        return self.metrics is not None or _tracing.tracing_configured()
+
+    def server_interceptors(self, *after: Any, prefixes: Sequence[str]) -> list[Any]:
+        """The server's interceptors: the call interceptor first, then ``after`` (auth)."""
+        mine = [CallInterceptor(self.metrics, prefixes=prefixes)] if self._active else []
+        return [*mine, *(i for i in after if i)]
+
+    def triton_interceptors(self) -> list[Any]:
+        """Interceptors for the channel to Triton: the trace context, when tracing is on."""
+        return aio_trace_interceptors()
+
+    def backend(self, backend: Backend) -> Backend:
+        """``backend``, observed (unchanged when there is nothing to record)."""
+        return ObservedBackend(backend, self.metrics) if self._active else backend
+
+    def auth(self, auth_url: str, **kwargs: Any) -> DominoAuthInterceptor:
+        """The auth interceptor, counting its decisions."""
+        return ObservedAuthInterceptor(auth_url, metrics=self.metrics, **kwargs)
+
+    async def start(
+        self,
+        backend: Backend,
+        health: Any,
+        *,
+        services: Sequence[str],
+        follow: bool = True,
+        probe_interval: float = 5.0,
+    ) -> None:
+        """Start the metrics endpoint and the health probe (``probe_interval`` 0: no probe)."""
+        if self._listen is not None and self.metrics is not None:
+            from prometheus_client import REGISTRY, start_http_server
+
+            host, port = _split_listen(self._listen)
+            # The registry the proxy's metrics live in, with whatever else it holds.
+            registry = self.metrics.registry or REGISTRY
+            self._http, _ = start_http_server(port, host, registry=registry)
+        if probe_interval > 0:
+            self.probe = TritonHealthProbe(
+                backend,
+                health,
+                services=services,
+                interval=probe_interval,
+                follow=follow,
+                metrics=self.metrics,
+            )
+            await self.probe.start()
+
+    async def stop(self) -> None:
+        """Stop the probe and the metrics endpoint."""
+        if self.probe is not None:
+            await self.probe.stop()
+        http, self._http = self._http, None
+        if http is not None:
+            http.shutdown()
+            http.server_close()
