@@ -271,7 +271,10 @@ async def test_triton_stopped_mid_stream_then_back(spare_triton: TritonProcess) 
     assert set(seen["up"]) == {pb.OK}
     # (an OK sent before Triton went away may still arrive just after)
     assert seen["down"].count(pb.UNAVAILABLE) >= 3
-    assert set(seen["down"]) <= {pb.OK, pb.UNAVAILABLE}
+    # Packets in flight as Triton went away (at most max_in_flight=4) may end INTERNAL
+    # (timed out, or cut off mid-call); every packet sent while it was down is UNAVAILABLE.
+    assert set(seen["down"]) <= {pb.OK, pb.UNAVAILABLE, pb.INTERNAL}, errors
+    assert seen["down"].count(pb.INTERNAL) <= 4, errors
     assert seen["back"][-3:] == [pb.OK] * 3
     assert errors
     for body in errors:
