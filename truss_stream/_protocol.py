@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import collections
 import enum
+import struct
 from typing import Any, Final
 
-from ._codec import MsgpackLimits, decode_error, decode_model
+import msgpack
+import pydantic
+
+from ._codec import MsgpackLimits, decode_error, decode_model, item_decoding, item_failure
 from ._errors import (
     FrameTooLargeError,
     MalformedFrameError,
@@ -39,7 +43,7 @@ from ._frames import (
 )
 from ._schema import StreamTypes
 
-__all__ = ["DONE", "NEED_DATA", "FrameDecoder", "ReaderCore", "Sentinel"]
+__all__ = ["DONE", "NEED_DATA", "NOT_TAKEN", "FrameDecoder", "ReaderCore", "Sentinel"]
 
 
 class Sentinel(enum.Enum):
@@ -47,16 +51,20 @@ class Sentinel(enum.Enum):
 
     NEED_DATA = "NEED_DATA"
     DONE = "DONE"
+    NOT_TAKEN = "NOT_TAKEN"
 
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 DONE: Final = Sentinel.DONE
+#: :meth:`ReaderCore.take_item` did not take the chunk (nothing was consumed).
+NOT_TAKEN: Final = Sentinel.NOT_TAKEN
 _unpack_tag = TAG_STRUCT.unpack_from
 _ITEM: Final = FrameKind.ITEM
 _DEFAULT_LIMITS: Final = MsgpackLimits()
 _END_KIND: Final = FrameKind.END
 _new_frame = tuple.__new__  # builds a Frame without NamedTuple's Python-level __new__
 _END: Final = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
+_unpackb = msgpack.unpackb
 #: Frames up to this size get their assembly buffer as soon as their tag arrives;
 #: bigger ones once half their payload is buffered (peak about 1.5x the frame).
 EAGER_ASSEMBLY_BYTES: Final = 16 * 1024 * 1024
@@ -287,13 +295,18 @@ class ReaderCore:
         "_copy",
         "_decoder",
         "_ended",
+        "_ext_hook",
         "_footer_read",
         "_header_read",
+        "_item_byte",
         "_items_started",
         "_limits",
         "_peeked",
         "_require_end",
+        "_small_max",
+        "_take_byte",
         "_types",
+        "_validate",
     )
 
     def __init__(
@@ -315,15 +328,30 @@ class ReaderCore:
         self._items_started = False
         self._footer_read = False
         self._ended = False
+        # The per-item fast path (take_item): the tag byte of an ITEM frame in the
+        # stream type's codec without the array hint, and the prepared decoding of
+        # small payloads (bound in start_items, when the item model is surely complete).
+        self._item_byte = int(FrameKind.ITEM) | int(types.codec)
+        self._small_max = -1
+        self._ext_hook: Any = None
+        self._validate: Any = None
+        # The tag byte take_item accepts: the item byte while the core is "armed",
+        # -1 (no byte) otherwise. Armed only by next_item when it returns NEED_DATA
+        # with nothing buffered or peeked during read_items; every way in for bytes
+        # (receive_data, receive_eof, next_item_after) disarms it first. One compare
+        # in take_item thus stands for all of the order and buffer state.
+        self._take_byte = -1
 
     # Input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next chunk of bytes."""
+        self._take_byte = -1
         self._decoder.feed(data)
 
     def receive_eof(self) -> None:
         """Tell the core the source is exhausted."""
+        self._take_byte = -1
         self._decoder.feed_eof()
 
     @property
@@ -401,9 +429,65 @@ class ReaderCore:
         if self._footer_read:
             raise StreamOrderError("the items cannot be read after the footer")
         self._items_started = True
+        if self._validate is None:
+            decoding = item_decoding(
+                self._types.item_type, self._types.codec, self._limits, self._copy
+            )
+            self._small_max = min(decoding.max_bytes, self._decoder._max)
+            self._ext_hook = decoding.ext_hook
+            self._validate = decoding.validate
+
+    def take_item(self, data: bytes | bytearray | memoryview) -> Any:
+        """The item, if ``data`` is exactly one small ITEM frame between frames; else NOT_TAKEN.
+
+        The per-item fast path for transports that hand on the writer's frames one
+        per chunk: no buffering, no Frame, no Python call of ours between the chunk
+        and msgpack/pydantic. It takes a chunk only right after :meth:`next_item`
+        returned NEED_DATA (or after a taken item), with nothing buffered or
+        peeked, and only immutable ``bytes`` holding one whole ITEM frame of the
+        stream type's codec, without the array hint, of at most 4 KiB (and within
+        ``max_frame_bytes`` and the msgpack limits). Anything else gives
+        :data:`NOT_TAKEN` and consumes nothing: feed ``data`` with
+        :meth:`next_item_after` instead, which handles every case.
+        """
+        if type(data) is bytes:
+            try:
+                byte, length = _unpack_tag(data)
+            except struct.error:  # shorter than a tag
+                return NOT_TAKEN
+            size = len(data)
+            # _take_byte stands for all the state (see __init__); _small_max for the
+            # limits. A payload this small is copied out of its chunk: cheaper than
+            # a memoryview, and what validate_json needs.
+            if byte == self._take_byte and size - TAG_SIZE == length <= self._small_max:
+                decoder = self._decoder
+                decoder.frames += 1
+                decoder._offset += size
+                payload = data[TAG_SIZE:]
+                # Locals: calling a callable held in a slot is an unspecialized lookup.
+                validate = self._validate
+                ext_hook = self._ext_hook
+                if ext_hook is None:  # JSON
+                    try:
+                        return validate(payload)
+                    except pydantic.ValidationError as exc:
+                        if (failure := item_failure(Codec.JSON, exc)) is exc:
+                            raise
+                        raise failure from exc
+                try:
+                    # The options of _codec._unpack_options, minus the limits (see
+                    # _codec.ItemDecoding; raw=False is msgpack's default).
+                    obj = _unpackb(payload, ext_hook=ext_hook, strict_map_key=False)
+                except Exception as exc:
+                    if (failure := item_failure(Codec.MSGPACK, exc)) is exc:
+                        raise
+                    raise failure from exc
+                return validate(obj)
+        return NOT_TAKEN
 
     def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
         """Feed ``data``, then return what :meth:`next_item` returns."""
+        self._take_byte = -1
         if self._peeked is None and not self._ended:
             frame = self._decoder.feed_frame(data)
             if frame is not None:
@@ -418,10 +502,14 @@ class ReaderCore:
         """The next item, NEED_DATA, or DONE at the footer or END."""
         frame = self._peeked
         if frame is None and not self._ended:
-            frame = self._decoder.next_frame()
+            decoder = self._decoder
+            frame = decoder.next_frame()
             if frame is None:
-                if not self._decoder.eof:
-                    # The common case between two items: a frame per chunk.
+                if not decoder._eof:
+                    # The common case between two items: a frame per chunk. With
+                    # nothing buffered, arm take_item for the next chunk.
+                    if decoder._tag is None and not decoder._chunks and self._items_started:
+                        self._take_byte = self._item_byte
                     return NEED_DATA
             elif frame[0] is _ITEM:
                 # Hot path: an item frame straight from the decoder, never peeked.
