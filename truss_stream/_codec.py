@@ -135,10 +135,10 @@ class MsgpackEncoder:
         try:
             packed: bytes = self._packer.pack(data)
         except StreamError:
-            self._packer.reset()
+            self.reset()
             raise
         except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()
+            self.reset()
             raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
         if not arrays:
             return _TAG_PACK(tag_byte, len(packed)) + packed
