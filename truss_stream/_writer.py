@@ -44,6 +44,7 @@ class _State(enum.IntEnum):
 _ITEMS: Final = _State.ITEMS
 _FOOTER: Final = _State.FOOTER
 _TAG_PACK = TAG_STRUCT.pack
+_CACHED_TAGS: Final = 4096  # item tags kept for payloads below this size (<= 4096 entries)
 _NO_ARRAYS: Final = ()  # JSON frames never hold array placeholders
 
 
@@ -63,6 +64,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         "_footer_tag",
         "_header_tag",
         "_item_tag",
+        "_item_tags",
         "_pack",
         "_serialize",
         "_state",
@@ -88,6 +90,8 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         self._serialize: Any = None
         self._pack: Any = None
         self._arrays: Sequence[Any] = _NO_ARRAYS
+        # Item tags by payload size (a dict lookup costs a third of struct.pack).
+        self._item_tags: dict[int, bytes] = {}
 
     @property
     def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
@@ -152,9 +156,19 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
                 raise
             if self._arrays:
                 return self._encoder.splice(self._item_tag, payload)  # type: ignore[union-attr]
-            frame: bytes = _TAG_PACK(self._item_tag, len(payload)) + payload
+            size = len(payload)
+            tag = self._item_tags.get(size)
+            if tag is None:
+                tag = self._item_tag_for(size)
+            frame: bytes = tag + payload
             return frame
         return self._first_item(item)
+
+    def _item_tag_for(self, size: int) -> bytes:
+        tag = _TAG_PACK(self._item_tag, size)
+        if size < _CACHED_TAGS:
+            self._item_tags[size] = tag
+        return tag
 
     def _retry_item(self, item: ItemT) -> bytes:
         if self._encoder is not None:
