@@ -215,3 +215,16 @@ def test_writer_fast_path_keeps_the_order_and_the_model_checks() -> None:
     writer.yield_end()
     with pytest.raises(ts.StreamOrderError):
         writer.yield_item(Item(index=3))
+
+
+def test_take_item_raises_for_a_frame_it_took_and_goes_on() -> None:
+    types = ts.stream_types(Small)
+    good = _frames("msgpack", 2)
+    bad = pack_tag(ts.FrameKind.ITEM, ts.Codec.MSGPACK, 2) + b"\xc1\x00"
+    core = ts.ReaderCore(types)
+    core.start_items()
+    assert core.next_item() is NEED_DATA
+    with pytest.raises(ts.MalformedFrameError, match="invalid msgpack payload"):
+        core.take_item(bad)
+    assert core.take_item(good[1]).index == 1  # the bad frame was consumed, nothing else
+    assert core._decoder.frames == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import enum
 import struct
+from collections.abc import Generator
 from typing import Any, Final
 
 import msgpack
@@ -296,6 +297,7 @@ class ReaderCore:
         "_decoder",
         "_ended",
         "_ext_hook",
+        "_failed",
         "_footer_read",
         "_header_read",
         "_item_byte",
@@ -305,6 +307,7 @@ class ReaderCore:
         "_require_end",
         "_small_max",
         "_take_byte",
+        "_taker",
         "_types",
         "_validate",
     )
@@ -335,23 +338,28 @@ class ReaderCore:
         self._small_max = -1
         self._ext_hook: Any = None
         self._validate: Any = None
-        # The tag byte take_item accepts: the item byte while the core is "armed",
-        # -1 (no byte) otherwise. Armed only by next_item when it returns NEED_DATA
-        # with nothing buffered or peeked during read_items; every way in for bytes
-        # (receive_data, receive_eof, next_item_after) disarms it first. One compare
-        # in take_item thus stands for all of the order and buffer state.
-        self._take_byte = -1
+        # The tag byte take_item accepts, in a one-element list shared with its
+        # generator: the item byte while the core is "armed", -1 (no byte) otherwise.
+        # Armed only by next_item when it returns NEED_DATA with nothing buffered or
+        # peeked during read_items; every way in for bytes (receive_data,
+        # receive_eof, next_item_after) disarms it first. One compare in take_item
+        # thus stands for all of the order and buffer state.
+        self._take_byte = [-1]
+        # An error take_item's generator met on a frame it took, for the caller to
+        # raise (the generator itself must live on); and the generator's send.
+        self._failed: list[BaseException] = []
+        self._taker: Any = None
 
     # Input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next chunk of bytes."""
-        self._take_byte = -1
+        self._take_byte[0] = -1
         self._decoder.feed(data)
 
     def receive_eof(self) -> None:
         """Tell the core the source is exhausted."""
-        self._take_byte = -1
+        self._take_byte[0] = -1
         self._decoder.feed_eof()
 
     @property
@@ -436,6 +444,23 @@ class ReaderCore:
             self._small_max = min(decoding.max_bytes, self._decoder._max)
             self._ext_hook = decoding.ext_hook
             self._validate = decoding.validate
+            taker = self._take_items()
+            next(taker)
+            self._taker = taker.send
+
+    @property
+    def item_taker(self) -> Any:
+        """:meth:`take_item` without its error check, for the readers' loops.
+
+        A callable ``take(data)`` giving what :meth:`take_item` gives, except that a
+        frame it took and failed to decode gives :data:`NOT_TAKEN` too: the error
+        is then raised by the :meth:`next_item_after` call that follows (which is
+        what the drivers call on NOT_TAKEN). It is the ``send`` of a generator that
+        keeps everything it needs in local variables, which saves the per-item
+        cost of a function call and of reading attributes. None before
+        :meth:`start_items`.
+        """
+        return self._taker
 
     def take_item(self, data: bytes | bytearray | memoryview) -> Any:
         """The item, if ``data`` is exactly one small ITEM frame between frames; else NOT_TAKEN.
@@ -449,45 +474,76 @@ class ReaderCore:
         ``max_frame_bytes`` and the msgpack limits). Anything else gives
         :data:`NOT_TAKEN` and consumes nothing: feed ``data`` with
         :meth:`next_item_after` instead, which handles every case.
+
+        Raises:
+            MalformedFrameError, pydantic.ValidationError: as :meth:`next_item`.
         """
-        if type(data) is bytes:
+        if self._taker is None:
+            return NOT_TAKEN
+        item = self._taker(data)
+        if item is NOT_TAKEN and self._failed:
+            raise self._failed.pop()
+        return item
+
+    def _take_items(self) -> Generator[Any, Any, None]:
+        """The generator behind :attr:`item_taker`: send a chunk, get the item or NOT_TAKEN."""
+        decoder = self._decoder
+        armed = self._take_byte  # read on every chunk: the state may change in between
+        failed = self._failed
+        small_max = self._small_max
+        validate = self._validate
+        ext_hook = self._ext_hook  # None for JSON
+        unpack_tag = _unpack_tag
+        unpackb = _unpackb
+        not_taken = NOT_TAKEN
+        del self  # the core holds this generator: no reference back, no cycle
+        item: Any = not_taken
+        while True:
+            data = yield item
+            item = not_taken
+            if type(data) is not bytes:
+                continue
             try:
-                byte, length = _unpack_tag(data)
+                byte, length = unpack_tag(data)
             except struct.error:  # shorter than a tag
-                return NOT_TAKEN
+                continue
             size = len(data)
-            # _take_byte stands for all the state (see __init__); _small_max for the
-            # limits. A payload this small is copied out of its chunk: cheaper than
-            # a memoryview, and what validate_json needs.
-            if byte == self._take_byte and size - TAG_SIZE == length <= self._small_max:
-                decoder = self._decoder
-                decoder.frames += 1
-                decoder._offset += size
-                payload = data[TAG_SIZE:]
-                # Locals: calling a callable held in a slot is an unspecialized lookup.
-                validate = self._validate
-                ext_hook = self._ext_hook
-                if ext_hook is None:  # JSON
+            # A payload this small is copied out of its chunk: cheaper than a view,
+            # and what validate_json needs.
+            if byte != armed[0] or size - TAG_SIZE != length or length > small_max:
+                continue
+            decoder.frames += 1
+            decoder._offset += size
+            try:
+                if ext_hook is None:
                     try:
-                        return validate(payload)
+                        item = validate(data[TAG_SIZE:])
                     except pydantic.ValidationError as exc:
                         if (failure := item_failure(Codec.JSON, exc)) is exc:
                             raise
                         raise failure from exc
-                try:
-                    # The options of _codec._unpack_options, minus the limits (see
-                    # _codec.ItemDecoding; raw=False is msgpack's default).
-                    obj = _unpackb(payload, ext_hook=ext_hook, strict_map_key=False)
-                except Exception as exc:
-                    if (failure := item_failure(Codec.MSGPACK, exc)) is exc:
-                        raise
-                    raise failure from exc
-                return validate(obj)
-        return NOT_TAKEN
+                else:
+                    try:
+                        # The options of _codec._unpack_options, minus the limits (see
+                        # _codec.ItemDecoding; raw=False is msgpack's default).
+                        obj = unpackb(data[TAG_SIZE:], ext_hook=ext_hook, strict_map_key=False)
+                    except Exception as exc:
+                        if (failure := item_failure(Codec.MSGPACK, exc)) is exc:
+                            raise
+                        raise failure from exc
+                    item = validate(obj)
+            except BaseException as exc:  # the frame is consumed; the caller raises it
+                failed.append(exc)
+                item = not_taken
 
     def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
-        """Feed ``data``, then return what :meth:`next_item` returns."""
-        self._take_byte = -1
+        """Feed ``data``, then return what :meth:`next_item` returns.
+
+        Raises first the error :attr:`item_taker` met on the frame it took, if any.
+        """
+        if self._failed:
+            raise self._failed.pop()
+        self._take_byte[0] = -1
         if self._peeked is None and not self._ended:
             frame = self._decoder.feed_frame(data)
             if frame is not None:
@@ -509,7 +565,7 @@ class ReaderCore:
                     # The common case between two items: a frame per chunk. With
                     # nothing buffered, arm take_item for the next chunk.
                     if decoder._tag is None and not decoder._chunks and self._items_started:
-                        self._take_byte = self._item_byte
+                        self._take_byte[0] = self._item_byte
                     return NEED_DATA
             elif frame[0] is _ITEM:
                 # Hot path: an item frame straight from the decoder, never peeked.

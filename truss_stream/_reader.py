@@ -161,7 +161,7 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         core.start_items()
         next_item = core.next_item
         next_item_after = core.next_item_after
-        take_item = core.take_item
+        take_item = core.item_taker
         chunks = self._chunks()
         # Locals: a global lookup per item is measurable here.
         need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
@@ -255,7 +255,7 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         core.start_items()
         next_item = core.next_item
         next_item_after = core.next_item_after
-        take_item = core.take_item
+        take_item = core.item_taker
         chunks = self._chunks()
         need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
         item = next_item()
