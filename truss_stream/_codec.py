@@ -396,37 +396,6 @@ def _decode_msgpack(
     return _unpack(memoryview(compact), limits, stub_hook)
 
 
-_COPY_CONTEXT: Final = {COPY_ARRAYS_CONTEXT: True}
-
-
-def decode_model(
-    model_type: type[pydantic.BaseModel],
-    codec: Codec,
-    array_hint: bool,
-    payload: memoryview,
-    limits: MsgpackLimits,
-    copy_arrays: bool,
-) -> Any:
-    """Validate one frame's payload as ``model_type``.
-
-    Raises:
-        MalformedFrameError: the payload does not parse in its codec.
-        pydantic.ValidationError: it parses but does not fit the model.
-    """
-    validator = model_type.__pydantic_validator__
-    if codec is _JSON:
-        try:
-            return validator.validate_json(
-                payload.tobytes(), context=_COPY_CONTEXT if copy_arrays else None
-            )
-        except pydantic.ValidationError as exc:
-            if any(err["type"] == "json_invalid" for err in exc.errors()):
-                raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc
-            raise
-    data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
-    return validator.validate_python(data)
-
-
 def _unbounded_bytes(limits: MsgpackLimits) -> int:
     """Payloads up to this size cannot break ``limits``: msgpack may skip checking them.
 
@@ -513,6 +482,37 @@ def item_failure(codec: Codec, exc: Exception) -> Exception:
     if isinstance(exc, StreamError):
         return exc
     return _msgpack_failure(exc)
+
+
+_COPY_CONTEXT: Final = {COPY_ARRAYS_CONTEXT: True}
+
+
+def decode_model(
+    model_type: type[pydantic.BaseModel],
+    codec: Codec,
+    array_hint: bool,
+    payload: memoryview,
+    limits: MsgpackLimits,
+    copy_arrays: bool,
+) -> Any:
+    """Validate one frame's payload as ``model_type``.
+
+    Raises:
+        MalformedFrameError: the payload does not parse in its codec.
+        pydantic.ValidationError: it parses but does not fit the model.
+    """
+    validator = model_type.__pydantic_validator__
+    if codec is _JSON:
+        try:
+            return validator.validate_json(
+                payload.tobytes(), context=_COPY_CONTEXT if copy_arrays else None
+            )
+        except pydantic.ValidationError as exc:
+            if any(err["type"] == "json_invalid" for err in exc.errors()):
+                raise MalformedFrameError(f"invalid JSON payload: {exc}") from exc
+            raise
+    data = _decode_msgpack(payload, array_hint, limits, copy_arrays)
+    return validator.validate_python(data)
 
 
 def decode_error(codec: Codec, payload: memoryview, limits: MsgpackLimits) -> tuple[str, str]:
