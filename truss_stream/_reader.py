@@ -232,7 +232,12 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
 
     def _chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         """The source, within the time limits if there are any."""
-        if self._timer.deadline is None and self._timer.idle is None:
+        # (An iterator that lacks __aiter__ works with __anext__ alone, as before.)
+        if (
+            self._timer.deadline is None
+            and self._timer.idle is None
+            and hasattr(self._source, "__aiter__")
+        ):
             return self._source
         return self._timed_chunks()
 
