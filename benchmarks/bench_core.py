@@ -1,18 +1,25 @@
 """Core benchmarks: the writer -> reader round trip against msgpack-numpy and truss_chains.
 
-Side by side, in one process and one run, best of N after a warm-up:
+Side by side, in one process and one run: the variants of each benchmark take turns
+(interleaved rounds, each a warm-up call and timed calls), and the table gives the
+median over the rounds with the spread (min-max); ratios are computed per round and
+reported the same way.
 
 1. tensor: one item holding a 16 MiB float32 array, writer -> reader (sync reader,
-   the frame fed as one chunk) vs ``msgpack_numpy`` packb/unpackb vs
-   ``truss_chains.streaming`` (JSON + base64, its async reader).
+   the frame fed as one chunk) vs one memcpy of the same bytes (``tobytes``) vs
+   ``msgpack_numpy`` packb/unpackb vs ``truss_chains.streaming`` (JSON + base64,
+   its async reader).
 2. small items: 20k items (int, float, list of 8 strings) through the writer and the
-   ASYNC reader (an async generator yielding each frame), our msgpack and JSON codecs
-   vs truss_chains with the same source.
+   sync and the async reader (a generator / async generator yielding each frame, as
+   transports do), both codecs, vs the floor (what pydantic and the codec cost with
+   no framing: msgpack ``to_python`` + ``Packer.pack`` + ``unpackb`` +
+   ``validate_python``; JSON ``to_json`` + ``validate_json``) and truss_chains.
 3. memory: a 1 GiB stream of 4 MiB float32 items, generated lazily and fed in 64 KiB
    chunks, read in a subprocess; peak RSS above the baseline shows how much is held.
 
 Run: ``python -m benchmarks.bench_core`` (writes benchmarks/results/core.md), or
-through ``python -m benchmarks.run``. Environment: ``BENCH_CORE_REPEATS`` (default 7),
+through ``python -m benchmarks.run``. Environment: ``BENCH_CORE_REPEATS`` (default 7,
+at least 5), ``BENCH_CORE_SHARED`` (a note that the machine was shared, for the results),
 ``BENCH_CORE_SMALL_ITEMS`` (20000), ``BENCH_CORE_STREAM_MIB`` (1024).
 """
 
@@ -23,6 +30,7 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +44,8 @@ import pydantic
 
 import truss_stream as ts
 
-REPEATS = int(os.environ.get("BENCH_CORE_REPEATS", "7"))
+REPEATS = max(5, int(os.environ.get("BENCH_CORE_REPEATS", "7")))
+SHARED = os.environ.get("BENCH_CORE_SHARED", "")
 SMALL_ITEMS = int(os.environ.get("BENCH_CORE_SMALL_ITEMS", "20000"))
 STREAM_MIB = int(os.environ.get("BENCH_CORE_STREAM_MIB", "1024"))
 TENSOR_BYTES = 16 * 1024 * 1024
@@ -45,36 +54,53 @@ STREAM_CHUNK = 64 * 1024
 RESULTS = Path(__file__).parent / "results" / "core.md"
 
 
-def best_of(
+def interleaved(
     fns: dict[str, Callable[[], Any]], rounds: int = REPEATS, block: int = 1
-) -> dict[str, float]:
-    """Best CPU time of each function, in seconds.
+) -> dict[str, list[float]]:
+    """CPU seconds of each function in each round (the best of ``block`` timed calls).
 
     CPU time (``time.process_time``), not wall time: everything timed here runs on
     one thread, and on a shared machine wall time mostly measures the neighbours.
     The variants take turns, ``rounds`` times; each turn is one untimed warm-up call
     and ``block`` timed calls. Turns spread a burst of load from elsewhere over all
     variants alike; blocks keep one variant's allocations (a 16 MiB free right before)
-    from skewing the next variant's first call. The best wall times go to ``LAST_WALL``.
+    from skewing the next variant's first call. Wall times go to ``LAST_WALL``.
     """
-    best = dict.fromkeys(fns, float("inf"))
-    wall = dict.fromkeys(fns, float("inf"))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
             fn()
+            best, best_wall = float("inf"), float("inf")
             for _ in range(block):
                 gc.collect()
                 start_wall = time.perf_counter()
                 start = time.process_time()
                 fn()
-                best[name] = min(best[name], time.process_time() - start)
-                wall[name] = min(wall[name], time.perf_counter() - start_wall)
+                best = min(best, time.process_time() - start)
+                best_wall = min(best_wall, time.perf_counter() - start_wall)
+            times[name].append(best)
+            wall[name].append(best_wall)
     LAST_WALL.clear()
-    LAST_WALL.update(wall)
-    return best
+    LAST_WALL.update({name: statistics.median(v) for name, v in wall.items()})
+    return times
 
 
 LAST_WALL: dict[str, float] = {}
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: list[float], scale: float = 1.0, fmt: str = "{:.2f}") -> str:
+    """The min-max range of ``values`` (times ``scale``), as text."""
+    return f"{fmt.format(min(values) * scale)}-{fmt.format(max(values) * scale)}"
+
+
+def ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Per-round ratios: both lists were measured in the same rounds."""
+    return [a / b for a, b in zip(numerators, denominators, strict=True)]
 
 
 # 1. One 16 MiB tensor -----------------------------------------------------------------
@@ -100,6 +126,15 @@ def tensor_ours(array: np.ndarray[Any, Any]) -> Callable[[], None]:
         assert item.tensor.shape == array.shape
 
     return round_trip
+
+
+def tensor_memcpy(array: np.ndarray[Any, Any]) -> Callable[[], None]:
+    """One copy of the array's bytes into a new ``bytes``: what the writer must do."""
+
+    def copy() -> None:
+        assert len(array.tobytes()) == array.nbytes
+
+    return copy
 
 
 def tensor_msgpack_numpy(array: np.ndarray[Any, Any]) -> Callable[[], None]:
@@ -143,34 +178,48 @@ def tensor_truss(array: np.ndarray[Any, Any]) -> Callable[[], None]:
 def bench_tensor() -> list[dict[str, Any]]:
     array = _tensor(TENSOR_BYTES)
     mib = TENSOR_BYTES / 2**20
-    times = best_of(
+    times = interleaved(
         {
             "ours": tensor_ours(array),
+            "memcpy": tensor_memcpy(array),
             "msgpack-numpy": tensor_msgpack_numpy(array),
             "truss": tensor_truss(array),
         },
-        rounds=max(2, REPEATS // 2),
+        rounds=max(3, REPEATS // 2),
         block=3,
     )
-    t_ours, t_mn, t_truss = times["ours"], times["msgpack-numpy"], times["truss"]
+    ours = times["ours"]
+    t_ours = median(ours)
     wall = {k: f"wall {v * 1e3:.1f} ms" for k, v in LAST_WALL.items()}
     name = "16 MiB float32 item, writer -> reader"
+
+    def row(variant: str, key: str, **extra: Any) -> dict[str, Any]:
+        t = median(times[key])
+        notes = [f"{mib / t / 1024:.2f} GiB/s", f"spread {spread(times[key], 1e3)} ms"]
+        if key != "ours":
+            per_round = ratios(times[key], ours)
+            extra["ratio"] = median(per_round)
+            notes.append(f"ratio spread {spread(per_round)}")
+        notes.append(wall[key])
+        return {"benchmark": name, "variant": variant, "value": t * 1e3, "unit": "ms CPU",
+                "note": "; ".join(notes), **extra}  # fmt: skip
+
     return [
         {"benchmark": name, "variant": "truss_stream msgpack (sync, 1 chunk)",
          "value": t_ours * 1e3, "unit": "ms CPU",
-         "throughput": f"{mib / t_ours / 1024:.2f} GiB/s", "note": wall["ours"]},
-        {"benchmark": name, "variant": "msgpack-numpy packb/unpackb",
-         "value": t_mn * 1e3, "unit": "ms CPU", "throughput": f"{mib / t_mn / 1024:.2f} GiB/s",
-         "ratio": t_mn / t_ours, "ratio_vs": "msgpack-numpy", "goal": ">= 3x",
-         "note": wall["msgpack-numpy"]},
-        {"benchmark": name, "variant": "truss_chains JSON+base64 (async)",
-         "value": t_truss * 1e3, "unit": "ms CPU", "throughput": f"{mib / t_truss:.0f} MiB/s",
-         "ratio": t_truss / t_ours, "ratio_vs": "truss_chains", "goal": ">= 40x",
-         "note": wall["truss"]},
+         "note": f"{mib / t_ours / 1024:.2f} GiB/s; spread {spread(ours, 1e3)} ms; "
+         f"{wall['ours']}"},
+        row("memcpy of the same bytes (ndarray.tobytes)", "memcpy",
+            ratio_vs="memcpy (its time / ours)",
+            goal=">= 0.9x"),
+        row("msgpack-numpy packb/unpackb", "msgpack-numpy", ratio_vs="msgpack-numpy",
+            goal=">= 3x"),
+        row("truss_chains JSON+base64 (async)", "truss", ratio_vs="truss_chains",
+            goal=">= 40x"),
     ]  # fmt: skip
 
 
-# 2. 20k small items, async reader ---------------------------------------------------------
+# 2. 20k small items, sync and async readers ------------------------------------------------
 
 
 class SmallItem(pydantic.BaseModel):
@@ -186,7 +235,27 @@ def small_items(n: int) -> list[SmallItem]:
     ]
 
 
-def small_ours(items: list[SmallItem], codec: str) -> Callable[[], None]:
+def small_sync(items: list[SmallItem], codec: str) -> Callable[[], None]:
+    """Writer -> sync reader; the frames come from a generator, one per chunk."""
+    types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
+
+    def source() -> Iterator[bytes]:
+        writer = ts.stream_writer(types)
+        for item in items:
+            yield writer.yield_item(item)
+        yield writer.yield_end()
+
+    def run() -> None:
+        count = 0
+        for _ in ts.stream_reader(types, source()).read_items():
+            count += 1
+        assert count == len(items)
+
+    return run
+
+
+def small_async(items: list[SmallItem], codec: str) -> Callable[[], None]:
+    """Writer -> async reader; the frames come from an async generator, one per chunk."""
     types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
     loop = asyncio.new_event_loop()
 
@@ -236,7 +305,10 @@ def small_truss(items: list[SmallItem]) -> Callable[[], None]:
 
 
 def small_floor(items: list[SmallItem], codec: str) -> Callable[[], None]:
-    """pydantic's and msgpack's own work per item, without frames, writer or reader."""
+    """pydantic's and msgpack's own work per item, with no frames, writer or reader.
+
+    Everything bound to locals first, so the floor is as low as plain Python gets.
+    """
     import msgpack
 
     serializer = SmallItem.__pydantic_serializer__
@@ -244,54 +316,75 @@ def small_floor(items: list[SmallItem], codec: str) -> Callable[[], None]:
 
     def run() -> None:
         if codec == "json":
+            to_json, validate_json = serializer.to_json, validator.validate_json
             for item in items:
-                validator.validate_json(serializer.to_json(item))
+                validate_json(to_json(item))
         else:
+            to_python, validate_python = serializer.to_python, validator.validate_python
+            pack, unpackb = msgpack.Packer().pack, msgpack.unpackb
             for item in items:
-                validator.validate_python(
-                    msgpack.unpackb(msgpack.packb(serializer.to_python(item)))
-                )
+                validate_python(unpackb(pack(to_python(item))))
 
     return run
 
 
 def bench_small() -> list[dict[str, Any]]:
     items = small_items(SMALL_ITEMS)
-    times = best_of(
+    times = interleaved(
         {
-            "msgpack": small_ours(items, "msgpack"),
-            "json": small_ours(items, "json"),
-            "truss": small_truss(items),
             "floor-msgpack": small_floor(items, "msgpack"),
+            "msgpack-sync": small_sync(items, "msgpack"),
+            "msgpack-async": small_async(items, "msgpack"),
             "floor-json": small_floor(items, "json"),
+            "json-sync": small_sync(items, "json"),
+            "json-async": small_async(items, "json"),
+            "truss": small_truss(items),
         }
     )
-    t_msgpack, t_json, t_truss = times["msgpack"], times["json"], times["truss"]
-    wall = {k: f"wall {SMALL_ITEMS / v:,.0f} items/s" for k, v in LAST_WALL.items()}
-    name = f"{SMALL_ITEMS // 1000}k small items (int, float, 8 strings), writer + async reader"
+    name = f"{SMALL_ITEMS // 1000}k small items (int, float, 8 strings), writer + reader"
 
-    def row(variant: str, t: float, **extra: Any) -> dict[str, Any]:
+    def row(variant: str, key: str, **extra: Any) -> dict[str, Any]:
+        t = median(times[key])
+        notes = [
+            f"spread {spread(times[key], 1e6 / SMALL_ITEMS)} µs/item",
+            f"wall {SMALL_ITEMS / LAST_WALL[key]:,.0f} items/s",
+        ]
+        if "vs" in extra:
+            # Throughput ratio: their time / ours, per round.
+            per_round = ratios(times[extra.pop("vs")], times[key])
+            extra["ratio"] = median(per_round)
+            notes.insert(0, f"ratio spread {spread(per_round)}")
         return {
             "benchmark": name,
             "variant": variant,
             "value": SMALL_ITEMS / t,
             "unit": "items/s (CPU)",
             "us_per_item": t / SMALL_ITEMS * 1e6,
+            "note": "; ".join(notes),
             **extra,
         }
 
     return [
-        row("truss_stream msgpack", t_msgpack, ratio=t_truss / t_msgpack,
-            ratio_vs="truss_chains", goal=">= 1.3x", note=wall["msgpack"]),
-        row("truss_stream json", t_json, ratio=t_truss / t_json,
-            ratio_vs="truss_chains", goal=">= 3x", note=wall["json"]),
-        row("truss_chains (json)", t_truss, note=wall["truss"]),
-        row("floor: pydantic to_python + msgpack packb/unpackb + validate_python",
-            times["floor-msgpack"], ratio=t_truss / times["floor-msgpack"],
-            ratio_vs="truss_chains (best any msgpack reader could reach)"),
-        row("floor: pydantic to_json + validate_json", times["floor-json"],
-            ratio=t_truss / times["floor-json"],
-            ratio_vs="truss_chains (best any JSON reader could reach)"),
+        row("floor msgpack: to_python + Packer.pack + unpackb + validate_python",
+            "floor-msgpack"),
+        row("truss_stream msgpack, sync reader", "msgpack-sync", vs="floor-msgpack",
+            ratio_vs="floor", goal=">= 0.8x"),
+        row("truss_stream msgpack, async reader", "msgpack-async", vs="floor-msgpack",
+            ratio_vs="floor", goal=">= 0.8x"),
+        row("truss_stream msgpack: sync reader vs async reader", "msgpack-sync",
+            vs="msgpack-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row("floor json: to_json + validate_json", "floor-json"),
+        row("truss_stream json, sync reader", "json-sync", vs="floor-json",
+            ratio_vs="floor", goal=">= 0.8x"),
+        row("truss_stream json, async reader", "json-async", vs="floor-json",
+            ratio_vs="floor", goal=">= 0.8x"),
+        row("truss_stream json: sync reader vs async reader", "json-sync",
+            vs="json-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row("truss_chains (json, async reader)", "truss"),
+        row("truss_stream msgpack, async reader vs truss_chains", "msgpack-async",
+            vs="truss", ratio_vs="truss_chains", goal=">= 1.3x"),
+        row("truss_stream json, async reader vs truss_chains", "json-async",
+            vs="truss", ratio_vs="truss_chains", goal=">= 3x"),
     ]  # fmt: skip
 
 
@@ -379,6 +472,7 @@ def bench_memory() -> list[dict[str, Any]]:
 
 
 def run() -> list[dict[str, Any]]:
+    LOAD.append(os.getloadavg()[0])
     rows: list[dict[str, Any]] = []
     for part in (bench_tensor, bench_small, bench_memory):
         try:
@@ -388,8 +482,27 @@ def run() -> list[dict[str, Any]]:
                 {"benchmark": part.__name__, "variant": "error", "value": float("nan"),
                  "unit": "", "error": f"{type(exc).__name__}: {exc}"}
             )  # fmt: skip
+    LOAD.append(os.getloadavg()[0])
     write_results(rows)
     return rows
+
+
+LOAD: list[float] = []  # 1-minute load average before and after the run
+
+
+#: The results file's hand-written part (profile summary, goals not met) starts at this
+#: heading; a new run keeps it and rewrites only what comes before.
+ANALYSIS_HEADING = "## Analysis"
+
+
+def _analysis() -> list[str]:
+    if not RESULTS.exists():
+        return []
+    lines = RESULTS.read_text().splitlines()
+    for at, line in enumerate(lines):
+        if line.startswith(ANALYSIS_HEADING):
+            return lines[at:]
+    return []
 
 
 def write_results(rows: list[dict[str, Any]]) -> None:
@@ -400,17 +513,22 @@ def write_results(rows: list[dict[str, Any]]) -> None:
     text = [
         "# Core benchmarks",
         "",
-        "Written by `python -m benchmarks.bench_core` (also run by `make bench`). Best of several "
-        "runs, in CPU time (wall time in the notes: this machine is shared, so wall time "
-        "partly measures the neighbours). The variants of each benchmark take turns "
-        f"({REPEATS} turns for small items, {max(2, REPEATS // 2)} turns of a warm-up and "
-        "3 timed calls for the tensor), so ratios compare times measured side by side "
-        "in the same run.",
+        "Written by `python -m benchmarks.bench_core` (also run by `make bench`). CPU time "
+        "(wall time in the notes: on a shared machine wall time partly measures the "
+        "neighbours). The variants of each benchmark take turns: "
+        f"{REPEATS} interleaved rounds for small items (a warm-up and one timed pass of "
+        f"{SMALL_ITEMS:,} items each), {max(3, REPEATS // 2)} for the tensor (a warm-up and "
+        "the best of 3 timed calls each). Values are medians over the rounds, with the "
+        "spread (min-max); ratios are computed per round (times measured side by side) "
+        "and given the same way.",
         "",
         *machine_lines(),
+        f"- load average (1 min) before / after: {' / '.join(f'{v:.1f}' for v in LOAD)} "
+        f"on {len(os.sched_getaffinity(0))} CPUs" + (f"; {SHARED}" if SHARED else ""),
         "",
         *format_table(rows),
         "",
+        *_analysis(),
     ]
     RESULTS.write_text("\n".join(text))
 

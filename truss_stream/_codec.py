@@ -11,10 +11,11 @@ else, and turns each array into a read-only view of the received frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import struct
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 import numpy as np
@@ -39,6 +40,8 @@ __all__ = [
     "encode_error",
     "encode_json",
     "encode_msgpack",
+    "item_decoding",
+    "item_failure",
 ]
 
 # Placeholders the writer packs in place of arrays; never on the wire.
@@ -93,7 +96,12 @@ def _default_hook(arrays: list[np.ndarray[Any, Any]], token: bytes) -> Any:
 
 
 class MsgpackEncoder:
-    """Packs models into msgpack frames; one per writer (it holds a reusable packer)."""
+    """Packs models into msgpack frames; one per writer (it holds a reusable packer).
+
+    The writer's per-item path uses :attr:`pack`, :attr:`arrays` and
+    :meth:`splice` inline, exactly as :meth:`encode` does, and :meth:`encode` for
+    anything that fails there (see ``StreamWriter.yield_item``).
+    """
 
     def __init__(self) -> None:
         self._arrays: list[np.ndarray[Any, Any]] = []
@@ -105,6 +113,22 @@ class MsgpackEncoder:
         self._placeholder_prefix = (
             b"\xc7" + _U8.pack(len(self._token) + 4) + _U8.pack(_PLACEHOLDER_CODE) + self._token
         )
+        #: The packer's ``pack``: placeholders for arrays, which land in :attr:`arrays`.
+        self.pack = self._packer.pack
+        #: The arrays the last ``pack`` call met (empty when it met none).
+        self.arrays = self._arrays
+
+    def reset(self) -> None:
+        """Forget a failed ``pack`` call: the packer's partial value and its arrays."""
+        self._packer.reset()
+        self._arrays.clear()
+
+    def splice(self, tag_byte: int, packed: bytes) -> bytes:
+        """The frame of ``packed`` with :attr:`arrays` put in place; clears them."""
+        try:
+            return self._splice(tag_byte, packed, self._arrays)
+        finally:
+            self._arrays.clear()
 
     def encode(self, tag_byte: int, data: Any) -> bytes:
         """Pack ``data`` as a whole frame whose tag byte (kind | codec) is ``tag_byte``."""
@@ -113,10 +137,10 @@ class MsgpackEncoder:
         try:
             packed: bytes = self._packer.pack(data)
         except StreamError:
-            self._packer.reset()
+            self.reset()
             raise
         except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()
+            self.reset()
             raise UnsupportedValueError(f"cannot encode {_kind_name(tag_byte)}: {exc}") from exc
         if not arrays:
             return _TAG_PACK(tag_byte, len(packed)) + packed
@@ -244,28 +268,36 @@ _unpackb = msgpack.unpackb
 _JSON: Final = Codec.JSON
 
 
+def _unpack_options(limits: MsgpackLimits, ext_hook: Any) -> dict[str, Any]:
+    """The keyword arguments of msgpack.unpackb for every payload (one list for all)."""
+    return {
+        "ext_hook": ext_hook,
+        "raw": False,
+        # ext -1, msgpack's own timestamp type, is a timezone-aware UTC datetime
+        # (docs/wire-format.md 4.3); no other ext code outside ours is accepted.
+        "timestamp": 3,
+        "strict_map_key": False,
+        "max_array_len": limits.max_array_len,
+        "max_map_len": limits.max_map_len,
+        "max_str_len": limits.max_str_len,
+        "max_bin_len": limits.max_bin_len,
+        "max_ext_len": limits.max_ext_len,
+    }
+
+
 def _unpack(payload: memoryview, limits: MsgpackLimits, ext_hook: Any) -> Any:
     try:
-        return _unpackb(
-            payload,
-            ext_hook=ext_hook,
-            raw=False,
-            # ext -1, msgpack's own timestamp type, is a timezone-aware UTC datetime
-            # (docs/wire-format.md 4.3); no other ext code outside ours is accepted.
-            timestamp=3,
-            strict_map_key=False,
-            max_array_len=limits.max_array_len,
-            max_map_len=limits.max_map_len,
-            max_str_len=limits.max_str_len,
-            max_bin_len=limits.max_bin_len,
-            max_ext_len=limits.max_ext_len,
-        )
+        return _unpackb(payload, **_unpack_options(limits, ext_hook))
     except StreamError:
         raise
     except Exception as exc:
-        # msgpack reports bad data as ValueError, TypeError, StackError, ExtraData,
-        # FormatError, UnicodeDecodeError...: one error for all of them.
-        raise MalformedFrameError(f"invalid msgpack payload: {exc}") from exc
+        raise _msgpack_failure(exc) from exc
+
+
+def _msgpack_failure(exc: Exception) -> MalformedFrameError:
+    # msgpack reports bad data as ValueError, TypeError, StackError, ExtraData,
+    # FormatError, UnicodeDecodeError...: one error for all of them.
+    return MalformedFrameError(f"invalid msgpack payload: {exc}")
 
 
 def _walk(payload: memoryview) -> list[tuple[int, int, int]] | None:
@@ -393,6 +425,94 @@ def _decode_msgpack(
         return ext_hook(code, data)
 
     return _unpack(memoryview(compact), limits, stub_hook)
+
+
+def _unbounded_bytes(limits: MsgpackLimits) -> int:
+    """Payloads up to this size cannot break ``limits``: msgpack may skip checking them.
+
+    A msgpack string, binary or ext value of n bytes needs n bytes of payload, an
+    array of n elements at least n, a map of n entries at least 2n; and ``unpackb``
+    without limit arguments bounds each by the payload's own size (maps by half).
+    So below the smallest limit, passing the limits changes nothing but the cost.
+    """
+    return min(
+        limits.max_str_len,
+        limits.max_bin_len,
+        limits.max_ext_len,
+        limits.max_array_len,
+        2 * limits.max_map_len,
+    )
+
+
+#: Item payloads up to this size take the reader's per-item path (:class:`ItemDecoding`).
+SMALL_PAYLOAD_BYTES: Final = 4096
+
+
+class ItemDecoding(NamedTuple):
+    """One stream type's small item payloads, decoded with everything bound in advance.
+
+    The reader's per-item path (``ReaderCore.take_item``) calls these pieces inline,
+    with no Python function of ours in between (each would cost a few percent of a
+    small item): for JSON ``validate(payload)``; for msgpack ``validate(unpackb(
+    payload, ext_hook=ext_hook, timestamp=3, strict_map_key=False))``, spelled out there because
+    a ``**options`` call costs a tenth of unpackb. Either way it gives what
+    :func:`decode_model` gives for a frame without the array hint. On failure,
+    :func:`item_failure` says what to raise.
+    """
+
+    #: Payloads up to this many bytes (and no more) may be decoded this way.
+    max_bytes: int
+    #: None for JSON (``validate`` parses the payload), else unpackb's ext_hook.
+    ext_hook: Any
+    validate: Any
+
+
+def item_decoding(
+    model_type: type[pydantic.BaseModel],
+    codec: Codec,
+    limits: MsgpackLimits,
+    copy_arrays: bool,
+) -> ItemDecoding:
+    """Prepare the per-item decoding of ``model_type`` payloads in ``codec``."""
+    validator = model_type.__pydantic_validator__
+    if codec is _JSON:
+        validate: Any = validator.validate_json
+        if copy_arrays:
+            validate = functools.partial(validate, context=_COPY_CONTEXT)
+        return ItemDecoding(SMALL_PAYLOAD_BYTES, None, validate)
+    ext_hook = _ext_hook_copy if copy_arrays else _ext_hook_view
+    # Below every limit the limits need not be passed; the other options are spelled
+    # out in take_item. Should _unpack_options change, say so at once, not silently.
+    options = {
+        name: value
+        for name, value in _unpack_options(limits, ext_hook).items()
+        if not name.startswith("max_")
+    }
+    if options != {"ext_hook": ext_hook, "raw": False, "timestamp": 3, "strict_map_key": False}:
+        raise RuntimeError(  # pragma: no cover - a guard for whoever edits _unpack_options
+            "ReaderCore.take_item's unpackb arguments are out of step with _unpack_options"
+        )
+    return ItemDecoding(
+        min(SMALL_PAYLOAD_BYTES, _unbounded_bytes(limits)), ext_hook, validator.validate_python
+    )
+
+
+def item_failure(codec: Codec, exc: Exception) -> Exception:
+    """What to raise when :class:`ItemDecoding` failed with ``exc`` (maybe ``exc``).
+
+    JSON: a ValidationError for malformed JSON is a MalformedFrameError, any other
+    error stays. msgpack (called only for unpackb's errors): stream errors (from the
+    ext hook) stay, anything else is a MalformedFrameError.
+    """
+    if codec is _JSON:
+        if isinstance(exc, pydantic.ValidationError) and any(
+            err["type"] == "json_invalid" for err in exc.errors()
+        ):
+            return MalformedFrameError(f"invalid JSON payload: {exc}")
+        return exc
+    if isinstance(exc, StreamError):
+        return exc
+    return _msgpack_failure(exc)
 
 
 _COPY_CONTEXT: Final = {COPY_ARRAYS_CONTEXT: True}

@@ -10,15 +10,23 @@ Copies of payload bytes: a frame that arrives inside one chunk is handed on as a
 view of that chunk (no copy); a frame spread over several chunks is assembled
 once into a buffer of its declared size, allocated when its tag arrives (for
 frames above 16 MiB, once half the payload is there, so a lying tag costs nothing).
+The one exception is the small-item fast path (:meth:`ReaderCore.take_item`): a
+chunk that is exactly one ITEM frame of at most 4 KiB without the array hint has its
+payload copied out (cheaper than a view at that size) and decoded at once.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import struct
+from collections.abc import Generator
 from typing import Any, Final
 
-from ._codec import MsgpackLimits, decode_error, decode_model
+import msgpack
+import pydantic
+
+from ._codec import MsgpackLimits, decode_error, decode_model, item_decoding, item_failure
 from ._errors import (
     FrameTooLargeError,
     MalformedFrameError,
@@ -38,7 +46,7 @@ from ._frames import (
 )
 from ._schema import StreamTypes
 
-__all__ = ["DONE", "NEED_DATA", "FrameDecoder", "ReaderCore", "Sentinel"]
+__all__ = ["DONE", "NEED_DATA", "NOT_TAKEN", "FrameDecoder", "ReaderCore", "Sentinel"]
 
 
 class Sentinel(enum.Enum):
@@ -46,16 +54,20 @@ class Sentinel(enum.Enum):
 
     NEED_DATA = "NEED_DATA"
     DONE = "DONE"
+    NOT_TAKEN = "NOT_TAKEN"
 
 
 NEED_DATA: Final = Sentinel.NEED_DATA
 DONE: Final = Sentinel.DONE
+#: :meth:`ReaderCore.take_item` did not take the chunk (nothing was consumed).
+NOT_TAKEN: Final = Sentinel.NOT_TAKEN
 _unpack_tag = TAG_STRUCT.unpack_from
 _ITEM: Final = FrameKind.ITEM
 _DEFAULT_LIMITS: Final = MsgpackLimits()
 _END_KIND: Final = FrameKind.END
 _new_frame = tuple.__new__  # builds a Frame without NamedTuple's Python-level __new__
 _END: Final = Frame(FrameKind.END, Codec.JSON, False, memoryview(b""))
+_unpackb = msgpack.unpackb
 #: Frames up to this size get their assembly buffer as soon as their tag arrives;
 #: bigger ones once half their payload is buffered (peak about 1.5x the frame).
 EAGER_ASSEMBLY_BYTES: Final = 16 * 1024 * 1024
@@ -286,13 +298,20 @@ class ReaderCore:
         "_copy",
         "_decoder",
         "_ended",
+        "_ext_hook",
+        "_failed",
         "_footer_read",
         "_header_read",
+        "_item_byte",
         "_items_started",
         "_limits",
         "_peeked",
         "_require_end",
+        "_small_max",
+        "_take_byte",
+        "_taker",
         "_types",
+        "_validate",
     )
 
     def __init__(
@@ -314,15 +333,35 @@ class ReaderCore:
         self._items_started = False
         self._footer_read = False
         self._ended = False
+        # The per-item fast path (take_item): the tag byte of an ITEM frame in the
+        # stream type's codec without the array hint, and the prepared decoding of
+        # small payloads (bound in start_items, when the item model is surely complete).
+        self._item_byte = int(FrameKind.ITEM) | int(types.codec)
+        self._small_max = -1
+        self._ext_hook: Any = None
+        self._validate: Any = None
+        # The tag byte take_item accepts, in a one-element list shared with its
+        # generator: the item byte while the core is "armed", -1 (no byte) otherwise.
+        # Armed only by next_item when it returns NEED_DATA with nothing buffered or
+        # peeked during read_items; every way in for bytes (receive_data,
+        # receive_eof, next_item_after) disarms it first. One compare in take_item
+        # thus stands for all of the order and buffer state.
+        self._take_byte = [-1]
+        # An error take_item's generator met on a frame it took, for the caller to
+        # raise (the generator itself must live on); and the generator's send.
+        self._failed: list[BaseException] = []
+        self._taker: Any = None
 
     # Input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next chunk of bytes."""
+        self._take_byte[0] = -1
         self._decoder.feed(data)
 
     def receive_eof(self) -> None:
         """Tell the core the source is exhausted."""
+        self._take_byte[0] = -1
         self._decoder.feed_eof()
 
     @property
@@ -399,9 +438,115 @@ class ReaderCore:
         if self._footer_read:
             raise StreamOrderError("the items cannot be read after the footer")
         self._items_started = True
+        if self._validate is None:
+            decoding = item_decoding(
+                self._types.item_type, self._types.codec, self._limits, self._copy
+            )
+            self._small_max = min(decoding.max_bytes, self._decoder._max)
+            self._ext_hook = decoding.ext_hook
+            self._validate = decoding.validate
+            taker = self._take_items()
+            next(taker)
+            self._taker = taker.send
+
+    @property
+    def item_taker(self) -> Any:
+        """:meth:`take_item` without its error check, for the readers' loops.
+
+        A callable ``take(data)`` giving what :meth:`take_item` gives, except that a
+        frame it took and failed to decode gives :data:`NOT_TAKEN` too: the error
+        is then raised by the :meth:`next_item_after` call that follows (which is
+        what the drivers call on NOT_TAKEN). It is the ``send`` of a generator that
+        keeps everything it needs in local variables, which saves the per-item
+        cost of a function call and of reading attributes. None before
+        :meth:`start_items`.
+        """
+        return self._taker
+
+    def take_item(self, data: bytes | bytearray | memoryview) -> Any:
+        """The item, if ``data`` is exactly one small ITEM frame between frames; else NOT_TAKEN.
+
+        The per-item fast path for transports that hand on the writer's frames one
+        per chunk: no buffering, no Frame, no Python call of ours between the chunk
+        and msgpack/pydantic. It takes a chunk only right after :meth:`next_item`
+        returned NEED_DATA (or after a taken item), with nothing buffered or
+        peeked, and only immutable ``bytes`` holding one whole ITEM frame of the
+        stream type's codec, without the array hint, of at most 4 KiB (and within
+        ``max_frame_bytes`` and the msgpack limits). Anything else gives
+        :data:`NOT_TAKEN` and consumes nothing: feed ``data`` with
+        :meth:`next_item_after` instead, which handles every case.
+
+        Raises:
+            MalformedFrameError, pydantic.ValidationError: as :meth:`next_item`.
+        """
+        if self._taker is None:
+            return NOT_TAKEN
+        item = self._taker(data)
+        if item is NOT_TAKEN and self._failed:
+            raise self._failed.pop()
+        return item
+
+    def _take_items(self) -> Generator[Any, Any, None]:
+        """The generator behind :attr:`item_taker`: send a chunk, get the item or NOT_TAKEN."""
+        decoder = self._decoder
+        armed = self._take_byte  # read on every chunk: the state may change in between
+        failed = self._failed
+        small_max = self._small_max
+        validate = self._validate
+        ext_hook = self._ext_hook  # None for JSON
+        unpack_tag = _unpack_tag
+        unpackb = _unpackb
+        not_taken = NOT_TAKEN
+        del self  # the core holds this generator: no reference back, no cycle
+        item: Any = not_taken
+        while True:
+            data = yield item
+            item = not_taken
+            if type(data) is not bytes:
+                continue
+            try:
+                byte, length = unpack_tag(data)
+            except struct.error:  # shorter than a tag
+                continue
+            size = len(data)
+            # A payload this small is copied out of its chunk: cheaper than a view,
+            # and what validate_json needs.
+            if byte != armed[0] or size - TAG_SIZE != length or length > small_max:
+                continue
+            decoder.frames += 1
+            decoder._offset += size
+            try:
+                if ext_hook is None:
+                    try:
+                        item = validate(data[TAG_SIZE:])
+                    except pydantic.ValidationError as exc:
+                        if (failure := item_failure(Codec.JSON, exc)) is exc:
+                            raise
+                        raise failure from exc
+                else:
+                    try:
+                        # The options of _codec._unpack_options, minus the limits (see
+                        # _codec.ItemDecoding; raw=False is msgpack's default).
+                        obj = unpackb(
+                            data[TAG_SIZE:], ext_hook=ext_hook, timestamp=3, strict_map_key=False
+                        )
+                    except Exception as exc:
+                        if (failure := item_failure(Codec.MSGPACK, exc)) is exc:
+                            raise
+                        raise failure from exc
+                    item = validate(obj)
+            except BaseException as exc:  # the frame is consumed; the caller raises it
+                failed.append(exc)
+                item = not_taken
 
     def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
-        """Feed ``data``, then return what :meth:`next_item` returns."""
+        """Feed ``data``, then return what :meth:`next_item` returns.
+
+        Raises first the error :attr:`item_taker` met on the frame it took, if any.
+        """
+        if self._failed:
+            raise self._failed.pop()
+        self._take_byte[0] = -1
         if self._peeked is None and not self._ended:
             frame = self._decoder.feed_frame(data)
             if frame is not None:
@@ -416,10 +561,14 @@ class ReaderCore:
         """The next item, NEED_DATA, or DONE at the footer or END."""
         frame = self._peeked
         if frame is None and not self._ended:
-            frame = self._decoder.next_frame()
+            decoder = self._decoder
+            frame = decoder.next_frame()
             if frame is None:
-                if not self._decoder.eof:
-                    # The common case between two items: a frame per chunk.
+                if not decoder._eof:
+                    # The common case between two items: a frame per chunk. With
+                    # nothing buffered, arm take_item for the next chunk.
+                    if decoder._tag is None and not decoder._chunks and self._items_started:
+                        self._take_byte[0] = self._item_byte
                     return NEED_DATA
             elif frame[0] is _ITEM:
                 # Hot path: an item frame straight from the decoder, never peeked.

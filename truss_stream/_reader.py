@@ -17,7 +17,7 @@ import pydantic
 from ._codec import MsgpackLimits
 from ._errors import StreamTimeoutError
 from ._frames import DEFAULT_MAX_FRAME_BYTES
-from ._protocol import DONE, NEED_DATA, ReaderCore
+from ._protocol import DONE, NEED_DATA, NOT_TAKEN, ReaderCore
 from ._schema import FooterTT, HeaderTT, ItemT, StreamTypes
 
 __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
@@ -123,6 +123,22 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         else:
             self._core.receive_data(cast("bytes", chunk))
 
+    def _chunks(self) -> Iterator[bytes | bytearray | memoryview]:
+        """The source, checking the total deadline before each chunk if there is one."""
+        if self._timer.deadline is None:
+            return self._source
+        return self._timed_chunks()
+
+    def _timed_chunks(self) -> Iterator[bytes | bytearray | memoryview]:
+        budget = self._timer.budget
+        source = self._source
+        while True:
+            budget()
+            chunk = next(source, _EXHAUSTED)
+            if chunk is _EXHAUSTED:
+                return
+            yield cast("bytes", chunk)
+
     def _run(self, step: Callable[[], Any]) -> Any:
         while (result := step()) is NEED_DATA:
             self._pull()
@@ -149,23 +165,28 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         core.start_items()
         next_item = core.next_item
         next_item_after = core.next_item_after
-        timer = self._timer
-        source = self._source
+        take_item = core.item_taker
+        chunks = self._chunks()
+        # Locals: a global lookup per item is measurable here.
+        need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
         item = next_item()
         while True:
-            if item is NEED_DATA:
-                if timer.deadline is not None:
-                    timer.budget()
-                chunk = next(source, _EXHAUSTED)
-                if chunk is _EXHAUSTED:
-                    core.receive_eof()
-                    item = next_item()
-                else:
-                    item = next_item_after(cast("bytes", chunk))
-            elif item is DONE:
-                return
-            else:
+            # What the core holds already (several frames in one chunk, the header's).
+            while item is not need_data:
+                if item is done:
+                    return
                 yield item
+                item = next_item()
+            # Nothing buffered: pull chunks. A chunk that is one whole item frame (the
+            # common case) is decoded at once and leaves the core empty again.
+            for chunk in chunks:
+                item = take_item(chunk)
+                if item is not_taken:
+                    item = next_item_after(chunk)
+                    break
+                yield item
+            else:
+                core.receive_eof()
                 item = next_item()
 
     def read_footer(self: StreamReader[Any, Any, _WithFooter]) -> FooterCo:
@@ -194,19 +215,39 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         super().__init__(types, core, timer)
         self._source = source.__aiter__()
 
-    async def _pull(self) -> None:
+    async def _next_chunk(self) -> Any:
+        """The next chunk, or _EXHAUSTED, within the time limits."""
         budget = self._timer.budget()
         try:
             if budget is None:
-                chunk = await self._source.__anext__()
-            else:
-                chunk = await asyncio.wait_for(self._source.__anext__(), budget)
+                return await self._source.__anext__()
+            return await asyncio.wait_for(self._source.__anext__(), budget)
         except asyncio.TimeoutError:
             raise self._timer.expired() from None
         except StopAsyncIteration:
+            return _EXHAUSTED
+
+    async def _pull(self) -> None:
+        chunk = await self._next_chunk()
+        if chunk is _EXHAUSTED:
             self._core.receive_eof()
         else:
             self._core.receive_data(chunk)
+
+    def _chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        """The source, within the time limits if there are any."""
+        # (An iterator that lacks __aiter__ works with __anext__ alone, as before.)
+        if (
+            self._timer.deadline is None
+            and self._timer.idle is None
+            and hasattr(self._source, "__aiter__")
+        ):
+            return self._source
+        return self._timed_chunks()
+
+    async def _timed_chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        while (chunk := await self._next_chunk()) is not _EXHAUSTED:
+            yield chunk
 
     async def _run(self, step: Callable[[], Any]) -> Any:
         while (result := step()) is NEED_DATA:
@@ -222,29 +263,26 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         core = self._core
         core.start_items()
         next_item = core.next_item
-        timer = self._timer
-        # Without time limits, pull inline: a coroutine per chunk (_pull) costs
-        # about as much as the rest of the driver's per-item work.
-        anext = self._source.__anext__ if timer.deadline is None and timer.idle is None else None
         next_item_after = core.next_item_after
+        take_item = core.item_taker
+        chunks = self._chunks()
+        need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
         item = next_item()
         while True:
-            if item is NEED_DATA:
-                if anext is None:
-                    await self._pull()
-                    item = next_item()
-                    continue
-                try:
-                    chunk = await anext()
-                except StopAsyncIteration:
-                    core.receive_eof()
-                    item = next_item()
-                else:
-                    item = next_item_after(chunk)
-            elif item is DONE:
-                return
-            else:
+            # The same loop as StreamReader.read_items, with `async for`.
+            while item is not need_data:
+                if item is done:
+                    return
                 yield item
+                item = next_item()
+            async for chunk in chunks:
+                item = take_item(chunk)
+                if item is not_taken:
+                    item = next_item_after(chunk)
+                    break
+                yield item
+            else:
+                core.receive_eof()
                 item = next_item()
 
     async def read_footer(self: AsyncStreamReader[Any, Any, _WithFooter]) -> FooterCo:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from typing import Any, Final, Generic
 
 import pydantic
 
 from ._codec import MsgpackEncoder, encode_error, encode_json, encode_msgpack
 from ._errors import StreamError, StreamOrderError
-from ._frames import TAG_SIZE, Codec, FrameKind, pack_tag, parse_tag
+from ._frames import TAG_SIZE, TAG_STRUCT, Codec, FrameKind, pack_tag, parse_tag
 from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
 
 __all__ = [
@@ -42,6 +43,9 @@ class _State(enum.IntEnum):
 # Module constants for the per-item path: an enum attribute lookup costs ~85 ns on 3.11.
 _ITEMS: Final = _State.ITEMS
 _FOOTER: Final = _State.FOOTER
+_TAG_PACK = TAG_STRUCT.pack
+_CACHED_TAGS: Final = 4096  # item tags kept for payloads below this size (<= 4096 entries)
+_NO_ARRAYS: Final = ()  # JSON frames never hold array placeholders
 
 
 class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
@@ -53,11 +57,16 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
     """
 
     __slots__ = (
+        "_arrays",
         "_codec",
         "_encoder",
+        "_fast_item_type",
         "_footer_tag",
         "_header_tag",
         "_item_tag",
+        "_item_tags",
+        "_pack",
+        "_serialize",
         "_state",
         "_types",
     )
@@ -72,6 +81,17 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         self._header_tag = int(FrameKind.HEADER) | codec
         self._item_tag = int(FrameKind.ITEM) | codec
         self._footer_tag = int(FrameKind.FOOTER) | codec
+        # The per-item fast path (yield_item): _fast_item_type is the item model once
+        # an item was written and until the footer/END/ERROR, None otherwise; while
+        # it holds, an instance of exactly that model needs no order or isinstance
+        # check, and the codec's calls are bound (at the first item, when the model
+        # is surely complete).
+        self._fast_item_type: Any = None
+        self._serialize: Any = None
+        self._pack: Any = None
+        self._arrays: Sequence[Any] = _NO_ARRAYS
+        # Item tags by payload size (a dict lookup costs a third of struct.pack).
+        self._item_tags: dict[int, bytes] = {}
 
     @property
     def types(self) -> StreamTypes[ItemT, HeaderTT, FooterTT]:
@@ -118,10 +138,59 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             WrongModelError: ``item`` is not the stream type's item model.
             UnsupportedValueError: a value cannot be encoded.
         """
+        # What _encode does for an item, inlined: a Python call of ours costs a few
+        # percent of a small item. type(), not __class__: pydantic models have a
+        # __getattr__, which makes every attribute lookup on them slow.
+        if type(item) is self._fast_item_type:
+            serialize = self._serialize  # locals: a callable held in a slot is slow to call
+            pack = self._pack
+            try:
+                payload = serialize(item) if pack is None else pack(serialize(item))
+            except Exception:
+                # The codec's own path raises its own error (or, should it succeed,
+                # writes the frame): one place for every encoding error.
+                return self._retry_item(item)
+            except BaseException:  # KeyboardInterrupt...: no retry, but no stale state
+                if self._encoder is not None:
+                    self._encoder.reset()
+                raise
+            if self._arrays:
+                return self._encoder.splice(self._item_tag, payload)  # type: ignore[union-attr]
+            size = len(payload)
+            tag = self._item_tags.get(size)
+            if tag is None:
+                tag = self._item_tag_for(size)
+            frame: bytes = tag + payload
+            return frame
+        return self._first_item(item)
+
+    def _item_tag_for(self, size: int) -> bytes:
+        tag = _TAG_PACK(self._item_tag, size)
+        if size < _CACHED_TAGS:
+            self._item_tags[size] = tag
+        return tag
+
+    def _retry_item(self, item: ItemT) -> bytes:
+        if self._encoder is not None:
+            self._encoder.reset()
+        return self._encode(self._item_tag, item, self._types.item_type)
+
+    def _first_item(self, item: ItemT) -> bytes:
+        """yield_item's checked path: the first item, a subclass instance, or misuse."""
         if self._state >= _FOOTER:
             raise StreamOrderError("cannot write an item after the footer, END or ERROR")
         frame = self._encode(self._item_tag, item, self._types.item_type)
         self._state = _ITEMS
+        item_type = self._types.item_type
+        if type(item) is item_type:
+            serializer = item_type.__pydantic_serializer__
+            if self._encoder is None:
+                self._serialize = serializer.to_json
+            else:
+                self._serialize = serializer.to_python
+                self._pack = self._encoder.pack
+                self._arrays = self._encoder.arrays
+            self._fast_item_type = item_type
         return frame
 
     def yield_footer(self: StreamWriter[ItemT, HeaderTT, FooterT], footer: FooterT) -> bytes:
@@ -137,6 +206,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             raise StreamOrderError("cannot write a footer after the footer, END or ERROR")
         frame = self._encode(self._footer_tag, footer, self._types.footer_type)
         self._state = _State.FOOTER
+        self._fast_item_type = None
         return frame
 
     def yield_end(self) -> bytes:
@@ -148,6 +218,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         if self._state is _State.CLOSED:
             raise StreamOrderError("the stream is already closed")
         self._state = _State.CLOSED
+        self._fast_item_type = None
         return end_frame(self._codec)
 
     def yield_error(self, exc: BaseException) -> bytes:
@@ -162,6 +233,7 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
         if self._state is _State.CLOSED:
             raise StreamOrderError("the stream is already closed")
         self._state = _State.CLOSED
+        self._fast_item_type = None
         return encode_error(self._codec, exc)
 
 

@@ -1,0 +1,230 @@
+"""The per-item fast paths keep every guarantee of the checked paths.
+
+``ReaderCore.take_item`` decodes a chunk that is one whole small ITEM frame with one
+compare standing for the order and buffer state; ``StreamWriter.yield_item`` encodes
+an instance of exactly the item model inline. These tests pin that both behave
+exactly like the general paths: order, limits, errors, offsets, nothing lost.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+import pydantic
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import truss_stream as ts
+from tests.core_helpers import Footer, Header, Item, ReaderFactory, full_types
+from truss_stream._codec import MsgpackLimits
+from truss_stream._frames import pack_tag
+from truss_stream._protocol import NEED_DATA, NOT_TAKEN
+
+
+class Small(pydantic.BaseModel):
+    index: int
+    words: list[str] = []
+
+
+def _frames(codec: str, n: int) -> list[bytes]:
+    types = ts.stream_types(Small, codec=codec)  # type: ignore[call-overload]
+    writer = ts.stream_writer(types)
+    frames = [writer.yield_item(Small(index=i, words=[f"w{i}"] * (i % 3))) for i in range(n)]
+    return [*frames, writer.yield_end()]
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_take_item_takes_only_between_frames_after_start_items(codec: str) -> None:
+    types = ts.stream_types(Small, codec=codec)  # type: ignore[call-overload]
+    frames = _frames(codec, 3)
+    core = ts.ReaderCore(types)
+    assert core.take_item(frames[0]) is NOT_TAKEN  # read_items not started
+    core.start_items()
+    assert core.take_item(frames[0]) is NOT_TAKEN  # not armed: next_item not asked yet
+    assert core.next_item() is NEED_DATA
+    assert core.take_item(frames[0]).index == 0
+    assert core.take_item(frames[1]).index == 1
+    # Half a frame, a bytearray, two frames in one chunk: not taken, nothing consumed.
+    assert core.take_item(frames[2][:3]) is NOT_TAKEN
+    assert core.take_item(bytearray(frames[2])) is NOT_TAKEN
+    assert core.take_item(frames[2] + frames[3]) is NOT_TAKEN
+    assert core.take_item(b"") is NOT_TAKEN
+    assert core.next_item_after(frames[2] + frames[3]).index == 2
+    assert core.next_item() is ts._protocol.DONE
+    # Nothing after END is read, not even by the fast path.
+    assert core.take_item(frames[0]) is NOT_TAKEN
+    assert core._decoder.offset == sum(len(f) for f in frames)
+    assert core._decoder.frames == 4
+
+
+def test_take_item_is_disarmed_by_any_other_input() -> None:
+    types = ts.stream_types(Small)
+    frames = _frames("msgpack", 2)
+    core = ts.ReaderCore(types)
+    core.start_items()
+    assert core.next_item() is NEED_DATA
+    core.receive_data(frames[0][:2])  # a partial frame is buffered now
+    assert core.take_item(frames[1]) is NOT_TAKEN
+    assert core.next_item_after(frames[0][2:]).index == 0
+
+
+def test_a_misordered_call_between_taken_items_loses_nothing(read: ReaderFactory) -> None:
+    writer = ts.stream_writer(full_types())
+    chunks = [writer.yield_header(Header(request_id="r"))]
+    chunks += [writer.yield_item(Item(index=i)) for i in range(4)]
+    chunks += [writer.yield_footer(Footer(count=4)), writer.yield_end()]
+    reader = read(full_types(), chunks)
+    assert reader.read_header().request_id == "r"
+    got = []
+    for item in reader.read_items():
+        got.append(item.index)
+        if item.index == 1:
+            # Pulls the next chunk into the core's buffer, then refuses.
+            with pytest.raises(ts.StreamOrderError):
+                reader.read_footer()
+    assert got == [0, 1, 2, 3]
+    assert reader.read_footer().count == 4
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+@settings(max_examples=60, deadline=None)
+@given(shapes=st.lists(st.sampled_from(["whole", "bytearray", "split", "joined"]), max_size=12))
+def test_any_mix_of_whole_and_other_chunks_reads_every_item(codec: str, shapes: list[str]) -> None:
+    frames = _frames(codec, 2 * len(shapes) + 1)
+    chunks: list[Any] = []
+    at = 0
+    for shape in shapes:
+        frame = frames[at]
+        if shape == "whole":
+            chunks.append(frame)
+        elif shape == "bytearray":
+            chunks.append(bytearray(frame))
+        elif shape == "split":
+            chunks += [frame[:4], frame[4:]]
+        else:
+            chunks.append(frame + frames[at + 1])
+            at += 1
+        at += 1
+    chunks += frames[at:]
+    types = ts.stream_types(Small, codec=codec)  # type: ignore[call-overload]
+    for kind in ("sync", "async"):
+        factory = ReaderFactory(kind)
+        try:
+            got = [item.index for item in factory(types, chunks).read_items()]
+        finally:
+            factory.close()
+        assert got == list(range(len(frames) - 1))
+
+
+def test_msgpack_limits_hold_for_frames_small_enough_for_the_fast_path(
+    read: ReaderFactory,
+) -> None:
+    class Loose(pydantic.BaseModel):
+        x: Any
+
+    types = ts.stream_types(Loose)
+    limits = MsgpackLimits(max_str_len=100)
+    end = pack_tag(ts.FrameKind.END, ts.Codec.MSGPACK, 0)
+
+    def frame(value: Any) -> bytes:
+        payload: bytes = msgpack.packb({"x": value})
+        return pack_tag(ts.FrameKind.ITEM, ts.Codec.MSGPACK, len(payload)) + payload
+
+    ok = read(types, [frame("y" * 100), end], msgpack_limits=limits)
+    assert [item.x for item in ok.read_items()] == ["y" * 100]
+    over = read(types, [frame("y" * 101), end], msgpack_limits=limits)
+    with pytest.raises(ts.MalformedFrameError, match="max_str_len"):
+        list(over.read_items())
+
+
+def test_fast_path_errors_are_the_checked_paths_errors(read: ReaderFactory) -> None:
+    class Loose(pydantic.BaseModel):
+        x: Any
+
+    types = ts.stream_types(Loose)
+    good = ts.stream_writer(types).yield_item(Loose(x=1))
+    bad = pack_tag(ts.FrameKind.ITEM, ts.Codec.MSGPACK, 2) + b"\xc1\x00"  # 0xc1: never used
+    reader = read(types, [good, bad])
+    items = reader.read_items()
+    assert next(items).x == 1
+    with pytest.raises(ts.MalformedFrameError, match="invalid msgpack payload"):
+        next(items)
+    json_types = ts.stream_types(Small, codec="json")
+    good = ts.stream_writer(json_types).yield_item(Small(index=1))
+    bad = pack_tag(ts.FrameKind.ITEM, ts.Codec.JSON, 3) + b"{x]"
+    wrong = pack_tag(ts.FrameKind.ITEM, ts.Codec.JSON, 2) + b"{}"
+    items = read(json_types, [good, bad]).read_items()
+    assert next(items).index == 1
+    with pytest.raises(ts.MalformedFrameError, match="invalid JSON payload"):
+        next(items)
+    items = read(json_types, [good, wrong]).read_items()
+    assert next(items).index == 1
+    with pytest.raises(pydantic.ValidationError):
+        next(items)
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_writer_fast_path_fails_like_the_first_item_and_recovers(codec: str) -> None:
+    class Loose(pydantic.BaseModel):
+        x: Any
+
+    types = ts.stream_types(Loose, codec=codec)  # type: ignore[call-overload]
+    unencodable = Loose(x=object())
+    with pytest.raises(ts.UnsupportedValueError) as first:
+        ts.stream_writer(types).yield_item(unencodable)
+    writer = ts.stream_writer(types)
+    frames = [writer.yield_item(Loose(x=1))]
+    with pytest.raises(ts.UnsupportedValueError) as later:
+        writer.yield_item(unencodable)
+    assert str(later.value) == str(first.value)
+    frames += [writer.yield_item(Loose(x=[2, 3])), writer.yield_end()]
+    assert [item.x for item in ts.stream_reader(types, frames).read_items()] == [1, [2, 3]]
+
+
+def test_writer_fast_path_failure_inside_an_array_item_leaves_no_stale_array() -> None:
+    class WithArray(pydantic.BaseModel):
+        a: ts.NDArray
+        x: Any = None
+
+    types = ts.stream_types(WithArray)
+    writer = ts.stream_writer(types)
+    frames = [writer.yield_item(WithArray(a=np.arange(3)))]
+    with pytest.raises(ts.UnsupportedValueError):
+        writer.yield_item(WithArray(a=np.arange(4), x=object()))
+    frames += [writer.yield_item(WithArray(a=np.arange(5))), writer.yield_end()]
+    sizes = [item.a.size for item in ts.stream_reader(types, frames).read_items()]
+    assert sizes == [3, 5]
+
+
+def test_writer_fast_path_keeps_the_order_and_the_model_checks() -> None:
+    class Sub(Item):
+        extra: int = 7
+
+    writer = ts.stream_writer(full_types())
+    writer.yield_item(Item(index=0))
+    with pytest.raises(ts.WrongModelError):
+        writer.yield_item(Header(request_id="r"))
+    sub = ts.frame_info(writer.yield_item(Sub(index=1)))  # a subclass: the checked path
+    assert sub == (ts.FrameKind.ITEM, ts.Codec.MSGPACK)
+    writer.yield_footer(Footer(count=2))
+    with pytest.raises(ts.StreamOrderError):
+        writer.yield_item(Item(index=2))
+    writer.yield_end()
+    with pytest.raises(ts.StreamOrderError):
+        writer.yield_item(Item(index=3))
+
+
+def test_take_item_raises_for_a_frame_it_took_and_goes_on() -> None:
+    types = ts.stream_types(Small)
+    good = _frames("msgpack", 2)
+    bad = pack_tag(ts.FrameKind.ITEM, ts.Codec.MSGPACK, 2) + b"\xc1\x00"
+    core = ts.ReaderCore(types)
+    core.start_items()
+    assert core.next_item() is NEED_DATA
+    with pytest.raises(ts.MalformedFrameError, match="invalid msgpack payload"):
+        core.take_item(bad)
+    assert core.take_item(good[1]).index == 1  # the bad frame was consumed, nothing else
+    assert core._decoder.frames == 2
