@@ -24,7 +24,8 @@ from truss_stream import RemoteStreamError, StreamTruncatedError, stream_writer
 def server() -> Iterator[LiveServer]:
     async def items(request: Request) -> Any:
         fail = request.query_params.get("fail")
-        frames = produce(4, fail_after=int(fail) if fail else None)
+        n = int(request.query_params.get("n", "4"))
+        frames = produce(n, fail_after=int(fail) if fail else None)
         if request.query_params.get("http"):
             return http.stream_response(frames)
         return sse.sse_response(frames)
@@ -89,3 +90,45 @@ async def test_counts_a_truncated_async_stream(server: LiveServer) -> None:
     s = scrape_registry(registry)
     assert value(s, "truss_stream_client_truncations_total", transport="http") == 1
     assert value(s, "truss_stream_client_frames_total", transport="http", kind="item") >= 3
+
+
+def test_counts_items_in_batches_and_on_early_close(server: LiveServer) -> None:
+    # 2,500 items: more than one batch of counts (1,024) and a partial one at the end.
+    registry = CollectorRegistry()
+    metrics = ClientMetrics.for_registry(registry)
+    with httpx.Client() as client:
+        with sse.connect(client, "GET", f"{server.url}/items?n=2500", TYPES) as reader:
+            observed = observe_reader(reader, transport="sse", metrics=metrics)
+            observed.read_header()
+            assert sum(1 for _ in observed.read_items()) == 2500
+        with sse.connect(client, "GET", f"{server.url}/items?n=2500", TYPES) as reader:
+            observed = observe_reader(reader, transport="sse", metrics=metrics)
+            observed.read_header()
+            items = observed.read_items()
+            for item in items:
+                if item.index == 1499:
+                    break
+            items.close()  # type: ignore[attr-defined]
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_client_frames_total", transport="sse", kind="item") == 4000
+    assert value(s, "truss_stream_client_frames_total", transport="sse", kind="header") == 2
+
+
+@pytest.mark.anyio
+async def test_async_counts_items_and_one_remote_error(server: LiveServer) -> None:
+    registry = CollectorRegistry()
+    metrics = ClientMetrics.for_registry(registry)
+    async with httpx.AsyncClient() as client:
+        async with http.aconnect(client, "GET", f"{server.url}/items?http=1&n=2500", TYPES) as r:
+            observed = observe_reader(r, transport="http", metrics=metrics)
+            await observed.read_header()
+            assert len([i async for i in observed.read_items()]) == 2500
+        url = f"{server.url}/items?http=1&n=2500&fail=1100"
+        async with http.aconnect(client, "GET", url, TYPES) as r:
+            observed = observe_reader(r, transport="http", metrics=metrics)
+            await observed.read_header()
+            with pytest.raises(RemoteStreamError):
+                _ = [i async for i in observed.read_items()]
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_client_frames_total", transport="http", kind="item") == 3600
+    assert value(s, "truss_stream_client_remote_errors_total", transport="http") == 1

@@ -8,7 +8,8 @@ type (``isinstance(wrapped, StreamReader)`` is false: it is a proxy).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from truss_stream import AsyncStreamReader, RemoteStreamError, StreamReader, StreamTruncatedError
@@ -19,10 +20,33 @@ if TYPE_CHECKING:
 __all__ = ["observe_reader"]
 
 R = TypeVar("R", bound="StreamReader[Any, Any, Any] | AsyncStreamReader[Any, Any, Any]")
+_T = TypeVar("_T")
 _BATCH: Final = 1024
 
 
+class _Tally:
+    """Frames of one kind read, added to the counter in batches (a frame costs an addition)."""
+
+    def __init__(self, observed: _Observed, kind: str) -> None:
+        self._observed = observed
+        self._kind = kind
+        self._pending = 0
+
+    def seen(self, value: _T) -> _T:
+        """Count one frame read (``value``, handed back)."""
+        self._pending += 1
+        if self._pending >= _BATCH:
+            self.flush()
+        return value
+
+    def flush(self) -> None:
+        self._observed._count(self._kind, self._pending)
+        self._pending = 0
+
+
 class _Observed:
+    """What both drivers share: the counters, and :meth:`_counting` around each read."""
+
     def __init__(self, reader: Any, metrics: ClientMetrics, transport: str) -> None:
         self._reader = reader
         self._transport = transport
@@ -48,75 +72,54 @@ class _Observed:
             return
         self._failed = True
 
+    @contextlib.contextmanager
+    def _counting(self, kind: str) -> Iterator[Callable[[_T], _T]]:
+        """Count the ``kind`` frames passed to the yielded ``seen``, and what the block raises.
 
-class _SyncObserved(_Observed):
-    def read_header(self) -> Any:
+        A truncation or remote error is counted once per stream; the frames seen are
+        counted whether the block ends, fails or is closed early.
+        """
+        tally = _Tally(self, kind)
         try:
-            header = self._reader.read_header()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        self._count("header")
-        return header
-
-    def read_items(self) -> Iterator[Any]:
-        pending = 0
-        try:
-            for item in self._reader.read_items():
-                pending += 1
-                if pending >= _BATCH:
-                    self._count("item", pending)
-                    pending = 0
-                yield item
+            yield tally.seen
         except Exception as exc:
             self._fail(exc)
             raise
         finally:
-            self._count("item", pending)
+            tally.flush()
+
+
+# The two drivers only call the reader (and await it); the counting is _counting's.
+
+
+class _SyncObserved(_Observed):
+    def read_header(self) -> Any:
+        with self._counting("header") as seen:
+            return seen(self._reader.read_header())
+
+    def read_items(self) -> Iterator[Any]:
+        with self._counting("item") as seen:
+            for item in self._reader.read_items():
+                yield seen(item)
 
     def read_footer(self) -> Any:
-        try:
-            footer = self._reader.read_footer()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        self._count("footer")
-        return footer
+        with self._counting("footer") as seen:
+            return seen(self._reader.read_footer())
 
 
 class _AsyncObserved(_Observed):
     async def read_header(self) -> Any:
-        try:
-            header = await self._reader.read_header()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        self._count("header")
-        return header
+        with self._counting("header") as seen:
+            return seen(await self._reader.read_header())
 
     async def read_items(self) -> AsyncIterator[Any]:
-        pending = 0
-        try:
+        with self._counting("item") as seen:
             async for item in self._reader.read_items():
-                pending += 1
-                if pending >= _BATCH:
-                    self._count("item", pending)
-                    pending = 0
-                yield item
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        finally:
-            self._count("item", pending)
+                yield seen(item)
 
     async def read_footer(self) -> Any:
-        try:
-            footer = await self._reader.read_footer()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-        self._count("footer")
-        return footer
+        with self._counting("footer") as seen:
+            return seen(await self._reader.read_footer())
 
 
 def observe_reader(reader: R, *, transport: str, metrics: ClientMetrics | None = None) -> R:
