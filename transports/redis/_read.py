@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import anyio
 import redis
@@ -44,6 +44,7 @@ __all__ = [
 #: redis-py's errors that mean "Redis is not reachable right now" (BusyLoadingError,
 #: Redis replaying its AOF after a restart, is a ConnectionError).
 OUTAGE_ERRORS: Final = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_Client = TypeVar("_Client", redis.Redis, redis.asyncio.Redis)
 
 
 def _call(client: Any, key: str, step: XRange | XRead | Exists) -> Any:
@@ -77,79 +78,112 @@ def _check_client(client: Any) -> None:
         raise ValueError("transports.redis needs a client with decode_responses=False (frames)")
 
 
+class _Run:
+    """:func:`read_steps` as the drivers use it: iterate the steps, report each outcome.
+
+    What both drivers share lives here once: the client check, the command a step
+    stands for, decoding its reply, and sending the reply (or throwing the connection
+    error) back in for the next step. The drivers only sleep, run (or await) the
+    command, and hand entries on.
+    """
+
+    def __init__(self, client: Any, key: str, after: str, options: ReadOptions) -> None:
+        _check_client(client)
+        self._client, self._key = client, key
+        self._steps = read_steps(key, after, options)
+        self._reply: Any = None
+        self._error: Exception | None = None
+
+    def __iter__(self) -> Iterator[Step]:
+        return self
+
+    def __next__(self) -> Step:
+        reply, error = self._reply, self._error
+        self._reply, self._error = None, None
+        if error is not None:
+            return self._steps.throw(error)
+        return self._steps.send(reply)  # the first send(None) starts the generator
+
+    def call(self, step: XRange | XRead | Exists) -> Any:
+        """Start the command of ``step`` (a reply, or an awaitable for an asyncio client)."""
+        return _call(self._client, self._key, step)
+
+    def replied(self, step: XRange | XRead | Exists, reply: Any) -> None:
+        self._reply = _reply(step, reply)
+
+    def failed(self, exc: Exception) -> None:
+        self._error = exc
+
+    def close(self) -> None:
+        self._steps.close()
+
+
 def iter_entries(
     client: redis.Redis, key: str, after: str, options: ReadOptions
 ) -> Iterator[Entry]:
     """Run :func:`read_steps` on a sync client: the stream's entries, in order."""
-    _check_client(client)
-    steps = read_steps(key, after, options)
-    with contextlib.closing(steps):
-        step: Step = next(steps)
-        while True:
-            try:
-                if isinstance(step, Deliver):
-                    yield from step.entries
-                    step = steps.send(None)
-                elif isinstance(step, Sleep):
-                    time.sleep(step.seconds)
-                    step = steps.send(None)
-                else:
-                    try:
-                        reply = _reply(step, _call(client, key, step))
-                    except OUTAGE_ERRORS as exc:
-                        step = steps.throw(exc)
-                    else:
-                        step = steps.send(reply)
-            except StopIteration:
-                return
+    run = _Run(client, key, after, options)
+    with contextlib.closing(run):
+        for step in run:
+            if isinstance(step, Deliver):
+                yield from step.entries
+            elif isinstance(step, Sleep):
+                time.sleep(step.seconds)
+            else:
+                try:
+                    run.replied(step, run.call(step))
+                except OUTAGE_ERRORS as exc:
+                    run.failed(exc)
 
 
 async def aiter_entries(
     client: redis.asyncio.Redis, key: str, after: str, options: ReadOptions
 ) -> AsyncIterator[Entry]:
     """Run :func:`read_steps` on an asyncio client; see :func:`iter_entries`."""
-    _check_client(client)
-    steps = read_steps(key, after, options)
-    with contextlib.closing(steps):
-        step: Step = next(steps)
-        while True:
-            try:
-                if isinstance(step, Deliver):
-                    for entry in step.entries:
-                        yield entry
-                    step = steps.send(None)
-                elif isinstance(step, Sleep):
-                    await anyio.sleep(step.seconds)
-                    step = steps.send(None)
-                else:
-                    try:
-                        reply = _reply(step, await _call(client, key, step))
-                    except OUTAGE_ERRORS as exc:
-                        step = steps.throw(exc)
-                    else:
-                        step = steps.send(reply)
-            except StopIteration:
-                return
+    run = _Run(client, key, after, options)
+    with contextlib.closing(run):
+        for step in run:
+            if isinstance(step, Deliver):
+                for entry in step.entries:
+                    yield entry
+            elif isinstance(step, Sleep):
+                await anyio.sleep(step.seconds)
+            else:
+                try:
+                    run.replied(step, await run.call(step))
+                except OUTAGE_ERRORS as exc:
+                    run.failed(exc)
 
 
-class RedisTransport(BaseTransport):
-    """Sync client transport reading the stream at ``key`` from Redis.
-
-    Attributes:
-        last_id: the entry id of the last frame handed on (a later
-            ``connect(..., after=last_id)`` resumes exactly there).
-    """
+class _Following(Generic[_Client]):
+    """What both transports keep: the stream to read, and the last entry id handed on."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: _Client,
         key: str,
         *,
         after: str = "0",
         options: ReadOptions | None = None,
     ) -> None:
-        self._client, self._key, self._options = client, key, options or ReadOptions()
+        self._client: _Client = client
+        self._key, self._options = key, options or ReadOptions()
         self.last_id = after
+
+    def _hand_on(self, entry: Entry) -> bytes:
+        self.last_id = entry.id.decode()
+        return entry.frame
+
+
+class RedisTransport(_Following[redis.Redis], BaseTransport):
+    """Sync client transport reading the stream at ``key`` from Redis.
+
+    ``RedisTransport(client, key, *, after="0", options=None)``.
+
+    Attributes:
+        last_id: the entry id of the last frame handed on (a later
+            ``connect(..., after=last_id)`` resumes exactly there).
+    """
 
     @contextlib.contextmanager
     def open_stream(self) -> Iterator[Iterator[bytes]]:
@@ -162,23 +196,11 @@ class RedisTransport(BaseTransport):
 
     def _frames(self, entries: Iterator[Entry]) -> Iterator[bytes]:
         for entry in entries:
-            self.last_id = entry.id.decode()
-            yield entry.frame
+            yield self._hand_on(entry)
 
 
-class AsyncRedisTransport(AsyncBaseTransport):
+class AsyncRedisTransport(_Following[redis.asyncio.Redis], AsyncBaseTransport):
     """Async client transport reading the stream at ``key``; see :class:`RedisTransport`."""
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        key: str,
-        *,
-        after: str = "0",
-        options: ReadOptions | None = None,
-    ) -> None:
-        self._client, self._key, self._options = client, key, options or ReadOptions()
-        self.last_id = after
 
     @contextlib.asynccontextmanager
     async def open_stream(self) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -191,8 +213,7 @@ class AsyncRedisTransport(AsyncBaseTransport):
 
     async def _frames(self, entries: AsyncIterator[Entry]) -> AsyncIterator[bytes]:
         async for entry in entries:
-            self.last_id = entry.id.decode()
-            yield entry.frame
+            yield self._hand_on(entry)
 
 
 @contextlib.asynccontextmanager
