@@ -28,10 +28,7 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
@@ -41,6 +38,7 @@ import httpx
 import numpy as np
 import pydantic
 
+from benchmarks._servers import cpu_seconds, free_port, run_uvicorn, subprocess_server
 from truss_stream import NDArray, stream_types, stream_writer
 
 SMALL_ITEMS = int(os.environ.get("BENCH_HTTP_SMALL_ITEMS", "20000"))
@@ -74,6 +72,33 @@ TICKS = stream_types(Tick, codec="json")
 WORDS = [f"word{i}" for i in range(8)]
 
 
+def bench_tensor() -> np.ndarray[Any, np.dtype[np.float32]]:
+    """The 4 MiB float32 tensor every tensor item carries."""
+    return np.random.default_rng(0).random(TENSOR_BYTES // 4, dtype=np.float32)
+
+
+async def small_frames(codec: str, n: int) -> AsyncIterator[bytes | memoryview]:
+    """``n`` small items (the producer of the small-item benchmarks)."""
+    writer = stream_writer(SMALL[codec])
+    for i in range(n):
+        yield writer.yield_item(Small(index=i, score=i * 0.5, words=WORDS))
+
+
+async def tensor_frames(tensor: Any, n: int) -> AsyncIterator[bytes | memoryview]:
+    """``n`` items each holding ``tensor``."""
+    writer = stream_writer(TENSORS)
+    for i in range(n):
+        yield writer.yield_item(Tensor(index=i, tensor=tensor))
+
+
+async def tick_frames(n: int) -> AsyncIterator[bytes | memoryview]:
+    """``n`` items, one every ``TICK_SECONDS``, each stamped when it is made."""
+    writer = stream_writer(TICKS)
+    for i in range(n):
+        yield writer.yield_item(Tick(index=i, sent_ns=time.monotonic_ns()))
+        await asyncio.sleep(TICK_SECONDS)
+
+
 # Servers (run in a subprocess: ``--serve ours|baseline``) ---------------------------------
 
 
@@ -86,23 +111,13 @@ def ours_app() -> Any:
     from transports.http import stream_response
     from transports.sse import sse_response
 
-    tensor = np.random.default_rng(0).random(TENSOR_BYTES // 4, dtype=np.float32)
+    tensor = bench_tensor()
+    small = small_frames
 
-    async def small(codec: str, n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(SMALL[codec])
-        for i in range(n):
-            yield writer.yield_item(Small(index=i, score=i * 0.5, words=WORDS))
+    def tensors(n: int) -> AsyncIterator[bytes | memoryview]:
+        return tensor_frames(tensor, n)
 
-    async def tensors(n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(TENSORS)
-        for i in range(n):
-            yield writer.yield_item(Tensor(index=i, tensor=tensor))
-
-    async def ticks(n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(TICKS)
-        for i in range(n):
-            yield writer.yield_item(Tick(index=i, sent_ns=time.monotonic_ns()))
-            await asyncio.sleep(TICK_SECONDS)
+    ticks = tick_frames
 
     async def sse_small(request: Request) -> Response:
         q = request.query_params
@@ -156,43 +171,17 @@ def baseline_app() -> Any:
 
 
 def serve(which: str, port: int) -> None:
-    import uvicorn
-
-    app = ours_app() if which == "ours" else baseline_app()
-    uvicorn.run(
-        app, host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    run_uvicorn(ours_app() if which == "ours" else baseline_app(), port)
 
 
 @contextlib.contextmanager
 def server(which: str) -> Iterator[tuple[str, int]]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "benchmarks.bench_http", "--serve", which, "--port", str(port)]
-    root = Path(__file__).resolve().parent.parent
-    process = subprocess.Popen(cmd, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"benchmark server {which} did not start")
-            time.sleep(0.05)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    port = free_port()
+    args = ["--serve", which, "--port", str(port)]
+    with subprocess_server(
+        "benchmarks.bench_http", args, port, name=f"benchmark server {which}"
+    ) as process:
+        yield f"http://127.0.0.1:{port}", process.pid
 
 
 # Clients -----------------------------------------------------------------------------------
@@ -271,13 +260,6 @@ async def latency(client: httpx.AsyncClient, transport: str) -> dict[str, float]
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    import psutil  # type: ignore[import-untyped]
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
-
-
 async def _interleaved(
     variants: Mapping[str, tuple[Any, int, float]], repeats: int = REPEATS
 ) -> dict[str, dict[str, float]]:
@@ -291,10 +273,10 @@ async def _interleaved(
     anchor = next(iter(variants))
     for _ in range(repeats):
         for key, (factory, pid, units) in variants.items():
-            client0, server0 = time.process_time(), _cpu_seconds(pid)
+            client0, server0 = time.process_time(), cpu_seconds(pid)
             value = await factory()
             client_cpu = (time.process_time() - client0) / units
-            server_cpu = (_cpu_seconds(pid) - server0) / units
+            server_cpu = (cpu_seconds(pid) - server0) / units
             run = {"value": value, "client_cpu": client_cpu, "server_cpu": server_cpu}
             run["ratio"] = value / runs[anchor][-1]["value"] if key != anchor else 1.0
             runs[key].append(run)

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import httpx
 import pydantic
 
+from benchmarks._servers import cpu_seconds, free_port, run_uvicorn, subprocess_server
 from truss_stream import stream_types, stream_writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,47 +93,15 @@ def app() -> Any:
 
 
 def serve(port: int) -> None:
-    import uvicorn
-
-    uvicorn.run(
-        app(), host="127.0.0.1", port=port, http="httptools", loop="uvloop", log_level="warning"
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    import psutil  # type: ignore[import-untyped]
-
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    run_uvicorn(app(), port)
 
 
 @contextlib.contextmanager
 def sse_server() -> Iterator[tuple[str, int]]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "benchmarks.bench_observability", "--serve", str(port)]
-    process = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("benchmark server did not start")
-            time.sleep(0.05)
+    port = free_port()
+    args = ["--serve", str(port)]
+    with subprocess_server("benchmarks.bench_observability", args, port) as process:
         yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def read_sse(client: httpx.AsyncClient, route: str) -> float:
@@ -209,9 +177,9 @@ async def measure_sse() -> dict[str, float]:
                 # Alternate which goes first, so neither always follows the other.
                 order = ("/on", "/off") if i % 2 == 0 else ("/off", "/on")
                 for route in order:
-                    before = _cpu_seconds(pid)
+                    before = cpu_seconds(pid)
                     (on if route == "/on" else off).append(await read_sse(client, route))
-                    cpu[route].append((_cpu_seconds(pid) - before) / SSE_ITEMS * 1e6)
+                    cpu[route].append((cpu_seconds(pid) - before) / SSE_ITEMS * 1e6)
             scrape = (await client.get("/metrics/")).text
     assert 'truss_stream_streams_ended_total{outcome="complete",route="/on"' in scrape
     assert 'route="/off"' not in scrape
@@ -261,9 +229,9 @@ def measure_proxy() -> dict[str, float]:
         for i in range(PROXY_ROUNDS):
             for key in ("on", "off") if i % 2 == 0 else ("off", "on"):
                 target, pid = proxies[key]
-                before = _cpu_seconds(pid)
+                before = cpu_seconds(pid)
                 rates[key].append(asyncio.run(streamer_through_proxy(target, frames, 32)))
-                cpu[key].append((_cpu_seconds(pid) - before) / PROXY_FRAMES * 1e6)
+                cpu[key].append((cpu_seconds(pid) - before) / PROXY_FRAMES * 1e6)
     result = _paired(rates["on"], rates["off"])
     result["cpu_on_us"] = statistics.median(cpu["on"])
     result["cpu_off_us"] = statistics.median(cpu["off"])

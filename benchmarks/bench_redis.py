@@ -35,7 +35,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -44,21 +43,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
+from benchmarks._servers import free_port, run_uvicorn, stop, subprocess_server
 from benchmarks.bench_http import (
     SMALL,
     TENSORS,
-    TICK_SECONDS,
     TICKS,
-    WORDS,
-    Small,
-    Tensor,
-    Tick,
-    _free_port,
     _interleaved,
+    bench_tensor,
+    small_frames,
+    tensor_frames,
+    tick_frames,
 )
-from truss_stream import stream_writer
 
 SMALL_ITEMS = int(os.environ.get("BENCH_REDIS_SMALL_ITEMS", "20000"))
 TENSOR_ITEMS = int(os.environ.get("BENCH_REDIS_TENSOR_ITEMS", "50"))
@@ -87,24 +83,14 @@ def app(redis_port: int) -> Any:
     from transports import sse
 
     client = redis.asyncio.Redis(port=redis_port, max_connections=400)
-    tensor = np.random.default_rng(0).random(TENSOR_BYTES // 4, dtype=np.float32)
+    tensor = bench_tensor()
     tasks: set[asyncio.Task[int]] = set()
+    small = small_frames
 
-    async def small(codec: str, n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(SMALL[codec])
-        for i in range(n):
-            yield writer.yield_item(Small(index=i, score=i * 0.5, words=WORDS))
+    def tensors(n: int) -> AsyncIterator[bytes | memoryview]:
+        return tensor_frames(tensor, n)
 
-    async def tensors(n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(TENSORS)
-        for i in range(n):
-            yield writer.yield_item(Tensor(index=i, tensor=tensor))
-
-    async def ticks(n: int) -> AsyncIterator[bytes | memoryview]:
-        writer = stream_writer(TICKS)
-        for i in range(n):
-            yield writer.yield_item(Tick(index=i, sent_ns=time.monotonic_ns()))
-            await asyncio.sleep(TICK_SECONDS)
+    ticks = tick_frames
 
     def producer(request: Request) -> AsyncIterator[bytes | memoryview]:
         q = request.query_params
@@ -147,16 +133,14 @@ def app(redis_port: int) -> Any:
 
 
 def serve(port: int, redis_port: int) -> None:
-    import uvicorn
+    run_uvicorn(app(redis_port), port)
 
-    uvicorn.run(
-        app(redis_port),
-        host="127.0.0.1",
-        port=port,
-        http="httptools",
-        loop="uvloop",
-        log_level="warning",
-    )
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/direct/small?n=1", timeout=1)
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -165,35 +149,21 @@ def services() -> Iterator[tuple[str, int, int]]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make redis)")
-    root = Path(__file__).resolve().parent.parent
-    redis_port, port = _free_port(), _free_port()
+    redis_port, port = free_port(), free_port()
     with tempfile.TemporaryDirectory(prefix="bench-redis-") as tmp:
         redis_proc = subprocess.Popen(
             [binary, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", tmp,
              "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        cmd = [sys.executable, "-m", "benchmarks.bench_redis", "--serve", "--port", str(port),
-               "--redis-port", str(redis_port)]  # fmt: skip
-        server = subprocess.Popen(cmd, cwd=root)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    httpx.get(f"http://127.0.0.1:{port}/direct/small?n=1", timeout=1)
-                    break
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("benchmark server did not start")
-                time.sleep(0.05)
-            yield f"http://127.0.0.1:{port}", server.pid, redis_port
+            args = ["--serve", "--port", str(port), "--redis-port", str(redis_port)]
+            with subprocess_server(
+                "benchmarks.bench_redis", args, port, ready=lambda: _answers(port)
+            ) as server:
+                yield f"http://127.0.0.1:{port}", server.pid, redis_port
         finally:
-            for proc in (server, redis_proc):
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(redis_proc)
 
 
 # Clients -------------------------------------------------------------------------------------
