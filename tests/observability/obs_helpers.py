@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import pydantic
 
@@ -36,6 +37,17 @@ async def produce(n: int, *, fail_after: int | None = None) -> AsyncIterator[byt
             raise RuntimeError("model exploded")
         yield writer.yield_item(Item(index=i, text="x" * 10))
     yield writer.yield_end()
+
+
+async def produce_forever(*, delay: float, text: str = "") -> AsyncIterator[bytes]:
+    """A header, then items (each holding ``text``) every ``delay`` seconds until stopped."""
+    writer = stream_writer(TYPES)
+    yield writer.yield_header(Header(name="h"))
+    i = 0
+    while True:
+        yield writer.yield_item(Item(index=i, text=text))
+        i += 1
+        await anyio.sleep(delay)
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

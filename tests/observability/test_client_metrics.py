@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from live_server import LiveServer, live_server
-from obs_helpers import TYPES, Header, Item, produce, scrape_registry, value
+from obs_helpers import TYPES, produce, produce_forever, scrape_registry, value
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from transports import http, sse
 from transports.observability import ClientMetrics, observe_reader
-from truss_stream import RemoteStreamError, StreamTruncatedError, stream_writer
+from truss_stream import RemoteStreamError, StreamTruncatedError
 
 
 @pytest.fixture
@@ -31,16 +31,7 @@ def server() -> Iterator[LiveServer]:
         return sse.sse_response(frames)
 
     async def endless(request: Request) -> Any:
-        async def frames() -> AsyncIterator[bytes]:
-            writer = stream_writer(TYPES)
-            yield writer.yield_header(Header(name="h"))
-            i = 0
-            while True:
-                yield writer.yield_item(Item(index=i))
-                i += 1
-                await anyio.sleep(0.01)
-
-        return http.stream_response(frames())
+        return http.stream_response(produce_forever(delay=0.01))
 
     app = Starlette(routes=[Route("/items", items), Route("/endless", endless)])
     with live_server(app) as running:

@@ -18,7 +18,16 @@ import httpx
 import msgpack
 import pytest
 from live_server import live_server
-from obs_helpers import TYPES, Header, Item, produce, scrape_registry, scrape_url, value, wait_for
+from obs_helpers import (
+    TYPES,
+    Header,
+    produce,
+    produce_forever,
+    scrape_registry,
+    scrape_url,
+    value,
+    wait_for,
+)
 from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -63,17 +72,9 @@ def served() -> Iterator[Served]:
         return sse.sse_response(frames(), metrics=metrics)
 
     async def endless(request: Request) -> Any:
-        async def frames() -> AsyncIterator[bytes]:
-            writer = stream_writer(TYPES)
-            yield writer.yield_header(Header(name="h"))
-            i = 0
-            while True:
-                yield writer.yield_item(Item(index=i, text="y" * 60_000))
-                i += 1
-                await anyio.sleep(0)
-
         timeout = float(request.query_params.get("send_timeout", "30"))
-        return sse.sse_response(frames(), metrics=metrics, send_timeout=timeout)
+        frames = produce_forever(delay=0, text="y" * 60_000)
+        return sse.sse_response(frames, metrics=metrics, send_timeout=timeout)
 
     async def going_away(request: Request) -> Any:
         async def frames() -> AsyncIterator[bytes]:
@@ -298,14 +299,8 @@ async def test_grpc_client_cancel_is_client_gone() -> None:
     registry = CollectorRegistry()
     metrics = StreamMetrics.for_registry(registry)
 
-    async def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
-        writer = stream_writer(TYPES)
-        yield writer.yield_header(Header(name="h"))
-        i = 0
-        while True:
-            yield writer.yield_item(Item(index=i))
-            i += 1
-            await anyio.sleep(0.001)
+    def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
+        return produce_forever(delay=0.001)
 
     service = tgrpc.FrameStreamService({"Forever": producer}, metrics=metrics)
     route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
