@@ -1,18 +1,21 @@
-"""What the HTTP benchmarks share: free ports, a server subprocess started and stopped, CPU.
+"""What the HTTP benchmarks share: server subprocesses, CPU readings, the results table.
 
 Used by ``bench_http``, ``bench_redis`` and ``bench_observability``: each starts its
 servers with :func:`subprocess_server` (the same benchmark module with ``--serve``),
-serves with :func:`run_uvicorn`, and reads a process's CPU with :func:`cpu_seconds`.
+serves with :func:`run_uvicorn`, reads a process's CPU with :func:`cpu_seconds`, and
+writes its results with :func:`results_table`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +89,41 @@ def subprocess_server(
         yield process
     finally:
         stop(process)
+
+
+# Results -------------------------------------------------------------------------------------
+
+
+def machine_summary() -> str:
+    """``"N cores (`nproc` M), arch, Python x.y.z, OS"`` for a results file's first line."""
+    return (
+        f"{os.cpu_count()} cores (`nproc` {len(os.sched_getaffinity(0))}), "
+        f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, ``"1.0, 0.9, 0.8"``."""
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def results_table(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ratio_header: str = "ratio",
+    value_format: str = ",.2f",
+    ratio_format: str = ".2f",
+    notes_key: str = "notes",
+) -> list[str]:
+    """The Markdown table of benchmark rows (benchmark, variant, value, unit, ratio...)."""
+    lines = [
+        f"| benchmark | variant | value | unit | {ratio_header} | goal | notes |",
+        "|---|---|---:|---|---:|---|---|",
+    ]
+    for r in rows:
+        ratio = f"{r['ratio']:{ratio_format}}x" if "ratio" in r else ""
+        lines.append(
+            f"| {r['benchmark']} | {r['variant']} | {r['value']:{value_format}} | {r['unit']} | "
+            f"{ratio} | {r.get('goal', '')} | {r.get(notes_key, '')} |"
+        )
+    return lines

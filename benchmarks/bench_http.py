@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -38,7 +37,15 @@ import httpx
 import numpy as np
 import pydantic
 
-from benchmarks._servers import cpu_seconds, free_port, run_uvicorn, subprocess_server
+from benchmarks._servers import (
+    cpu_seconds,
+    free_port,
+    load_average,
+    machine_summary,
+    results_table,
+    run_uvicorn,
+    subprocess_server,
+)
 from truss_stream import NDArray, stream_types, stream_writer
 
 SMALL_ITEMS = int(os.environ.get("BENCH_HTTP_SMALL_ITEMS", "20000"))
@@ -370,27 +377,19 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# SSE and chunked HTTP benchmarks",
         "",
-        f"Machine: {os.cpu_count()} cores (`nproc` {len(os.sched_getaffinity(0))}), "
-        f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}; "
+        f"Machine: {machine_summary()}; "
         "uvicorn[standard] (httptools, uvloop) server in its own process, async httpx "
         f"client, loopback. Median of {REPEATS} runs, variants taking turns; a ratio is the "
         "median of the ratios of runs made side by side. "
         "Produced by `python -m benchmarks.bench_http`.",
         "",
         "Load average when the table was written (other jobs share the 2 cores): "
-        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + load_average()
         + ". Ratios come from one run, variants taking turns, so load hits them alike; "
         "absolute figures move with the load.",
         "",
-        "| benchmark | variant | value | unit | ratio vs anchor | goal | notes |",
-        "|---|---|---:|---|---:|---|---|",
+        *results_table(rows, ratio_header="ratio vs anchor", value_format=",.1f"),
     ]
-    for r in rows:
-        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['variant']} | {r['value']:,.1f} | {r['unit']} | "
-            f"{ratio} | {r.get('goal', '')} | {r.get('notes', '')} |"
-        )
     lines += [
         "",
         "Notes:",

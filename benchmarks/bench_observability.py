@@ -36,7 +36,14 @@ from typing import Any
 import httpx
 import pydantic
 
-from benchmarks._servers import cpu_seconds, free_port, run_uvicorn, subprocess_server
+from benchmarks._servers import (
+    cpu_seconds,
+    free_port,
+    load_average,
+    results_table,
+    run_uvicorn,
+    subprocess_server,
+)
 from truss_stream import stream_types, stream_writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,7 +278,7 @@ def run(which: tuple[str, ...] = ("sse", "proxy")) -> list[dict[str, Any]]:
 def write_results(rows: list[dict[str, Any]]) -> None:
     from benchmarks.machine import machine_lines
 
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    load = load_average()
     lines = [
         "# Metrics on vs off",
         "",
@@ -282,15 +289,14 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "each pair alternates); values are medians, the ratio is the median of each round's",
         "on/off ratio. Produced by `python -m benchmarks.bench_observability`.",
         "",
-        "| benchmark | variant | value | unit | ratio on/off | goal | notes |",
-        "|---|---|---:|---|---:|---|---|",
+        *results_table(
+            rows,
+            ratio_header="ratio on/off",
+            value_format=",",
+            ratio_format=".3f",
+            notes_key="note",
+        ),
     ]
-    for r in rows:
-        ratio = f"{r['ratio']:.3f}x" if "ratio" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['variant']} | {r['value']:,} | {r['unit']} | {ratio} "
-            f"| {r.get('goal', '')} | {r.get('note', '')} |"
-        )
     RESULTS.write_text("\n".join(lines) + "\n")
 
 

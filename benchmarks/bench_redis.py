@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -44,7 +43,15 @@ from typing import Any
 
 import httpx
 
-from benchmarks._servers import free_port, run_uvicorn, stop, subprocess_server
+from benchmarks._servers import (
+    free_port,
+    load_average,
+    machine_summary,
+    results_table,
+    run_uvicorn,
+    stop,
+    subprocess_server,
+)
 from benchmarks.bench_http import (
     SMALL,
     TENSORS,
@@ -375,26 +382,18 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Through Redis vs direct SSE",
         "",
-        f"Machine: {os.cpu_count()} cores (`nproc` {len(os.sched_getaffinity(0))}), "
-        f"{platform.machine()}, Python {platform.python_version()}, {platform.system()}; "
+        f"Machine: {machine_summary()}; "
         "redis-server 7.0 (no persistence), one uvicorn[standard] server process serving "
         "both paths (and running the publisher), async httpx clients, loopback. Median of "
         f"{REPEATS} rounds, variants taking turns; a ratio is the median of the ratios of "
         "rounds made side by side. Produced by `python -m benchmarks.bench_redis`.",
         "",
         "Load average when the table was written (other jobs share the 2 cores): "
-        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + load_average()
         + ".",
         "",
-        "| benchmark | variant | value | unit | ratio | goal | notes |",
-        "|---|---|---:|---|---:|---|---|",
+        *results_table(rows),
     ]
-    for r in rows:
-        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-        lines.append(
-            f"| {r['benchmark']} | {r['variant']} | {r['value']:,.2f} | {r['unit']} | "
-            f"{ratio} | {r.get('goal', '')} | {r.get('notes', '')} |"
-        )
     return "\n".join(lines) + "\n"
 
 
