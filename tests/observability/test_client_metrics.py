@@ -38,9 +38,19 @@ def server() -> Iterator[LiveServer]:
         yield running
 
 
-def test_counts_streams_frames_and_remote_errors(server: LiveServer) -> None:
-    registry = CollectorRegistry()
-    metrics = ClientMetrics.for_registry(registry)
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> ClientMetrics:
+    return ClientMetrics.for_registry(registry)
+
+
+def test_counts_streams_frames_and_remote_errors(
+    server: LiveServer, registry: CollectorRegistry, metrics: ClientMetrics
+) -> None:
     with httpx.Client() as client:
         with sse.connect(client, "GET", f"{server.url}/items", TYPES) as reader:
             observed = observe_reader(reader, transport="sse", metrics=metrics)
@@ -61,9 +71,9 @@ def test_counts_streams_frames_and_remote_errors(server: LiveServer) -> None:
 
 
 @pytest.mark.anyio
-async def test_counts_a_truncated_async_stream(server: LiveServer) -> None:
-    registry = CollectorRegistry()
-    metrics = ClientMetrics.for_registry(registry)
+async def test_counts_a_truncated_async_stream(
+    server: LiveServer, registry: CollectorRegistry, metrics: ClientMetrics
+) -> None:
     async with (
         httpx.AsyncClient() as client,
         http.aconnect(client, "GET", f"{server.url}/endless", TYPES) as reader,
@@ -83,10 +93,10 @@ async def test_counts_a_truncated_async_stream(server: LiveServer) -> None:
     assert value(s, "truss_stream_client_frames_total", transport="http", kind="item") >= 3
 
 
-def test_counts_items_in_batches_and_on_early_close(server: LiveServer) -> None:
+def test_counts_items_in_batches_and_on_early_close(
+    server: LiveServer, registry: CollectorRegistry, metrics: ClientMetrics
+) -> None:
     # 2,500 items: more than one batch of counts (1,024) and a partial one at the end.
-    registry = CollectorRegistry()
-    metrics = ClientMetrics.for_registry(registry)
     with httpx.Client() as client:
         with sse.connect(client, "GET", f"{server.url}/items?n=2500", TYPES) as reader:
             observed = observe_reader(reader, transport="sse", metrics=metrics)
@@ -106,9 +116,9 @@ def test_counts_items_in_batches_and_on_early_close(server: LiveServer) -> None:
 
 
 @pytest.mark.anyio
-async def test_async_counts_items_and_one_remote_error(server: LiveServer) -> None:
-    registry = CollectorRegistry()
-    metrics = ClientMetrics.for_registry(registry)
+async def test_async_counts_items_and_one_remote_error(
+    server: LiveServer, registry: CollectorRegistry, metrics: ClientMetrics
+) -> None:
     async with httpx.AsyncClient() as client:
         async with http.aconnect(client, "GET", f"{server.url}/items?http=1&n=2500", TYPES) as r:
             observed = observe_reader(r, transport="http", metrics=metrics)
