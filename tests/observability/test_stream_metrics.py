@@ -50,6 +50,13 @@ class Served:
     def scrape(self) -> Any:
         return scrape_url(f"{self.url}/metrics/")
 
+    def scrape_when_ended(self, outcome: str, **labels: str) -> Any:
+        """The first scrape with a stream of ``labels`` ended as ``outcome`` (ends are async)."""
+        ended = "truss_stream_streams_ended_total"
+        return wait_for(
+            lambda: (s := self.scrape()) and value(s, ended, **labels, outcome=outcome) and s
+        )
+
 
 @pytest.fixture
 def served() -> Iterator[Served]:
@@ -138,13 +145,7 @@ async def test_http_transport_has_its_own_label(served: Served) -> None:
         await reader.read_header()
         assert len([i async for i in reader.read_items()]) == 3
     labels = {"transport": "http", "route": "/items/{n}"}
-    s = wait_for(
-        lambda: (
-            (s := served.scrape())
-            and value(s, "truss_stream_streams_ended_total", **labels, outcome="complete")
-            and s
-        )
-    )
+    s = served.scrape_when_ended("complete", **labels)
     assert value(s, "truss_stream_frames_sent_total", **labels, kind="item") == 3
 
 
@@ -159,13 +160,7 @@ async def test_producer_failure_mid_stream_is_a_producer_error_with_a_warning(
         await reader.read_header()
         with pytest.raises(RemoteStreamError):
             _ = [i async for i in reader.read_items()]
-    s = wait_for(
-        lambda: (
-            (s := served.scrape())
-            and value(s, "truss_stream_streams_ended_total", **SSE, outcome="producer_error")
-            and s
-        )
-    )
+    s = served.scrape_when_ended("producer_error", **SSE)
     assert value(s, "truss_stream_frames_sent_total", **SSE, kind="error") == 1
     records = [r for r in caplog.records if r.name == ACCESS_LOGGER]
     assert len(records) == 1
@@ -188,13 +183,7 @@ async def test_failure_before_the_first_frame_and_rejections(served: Served) -> 
         assert (await client.get(f"{served.url}/items/5?fail=0")).status_code == 200
         assert (await client.get(f"{served.url}/missing")).status_code == 404
     missing = {"transport": "sse", "route": "/missing"}
-    s = wait_for(
-        lambda: (
-            (s := served.scrape())
-            and value(s, "truss_stream_streams_ended_total", **missing, outcome="rejected")
-            and s
-        )
-    )
+    s = served.scrape_when_ended("rejected", **missing)
     assert value(s, "truss_stream_streams_ended_total", **missing, outcome="producer_error") == 0
     # fail=0 fails after the header: an ERROR frame inside a 200.
     assert value(s, "truss_stream_streams_ended_total", **SSE, outcome="producer_error") == 1
@@ -210,13 +199,7 @@ async def test_client_that_leaves_is_client_gone_and_not_active(served: Served) 
         async for item in reader.read_items():
             if item.index == 3:
                 break
-    s = wait_for(
-        lambda: (
-            (s := served.scrape())
-            and value(s, "truss_stream_streams_ended_total", **endless, outcome="client_gone")
-            and s
-        )
-    )
+    s = served.scrape_when_ended("client_gone", **endless)
     assert value(s, "truss_stream_streams_active", **endless) == 0
 
 
@@ -242,13 +225,7 @@ async def test_going_away_error_frame_is_a_shutdown(served: Served) -> None:
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{served.url}/going-away")).status_code == 200
     labels = {"transport": "sse", "route": "/going-away"}
-    s = wait_for(
-        lambda: (
-            (s := served.scrape())
-            and value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown")
-            and s
-        )
-    )
+    s = served.scrape_when_ended("shutdown", **labels)
     assert value(s, "truss_stream_streams_ended_total", **labels, outcome="producer_error") == 0
 
 
