@@ -23,8 +23,8 @@ per ``yield``, and its end as a separate empty response flagged
   then raises ``RuntimeError("stream_fail after COUNT responses")``.
 - ``stream_slow`` (decoupled): COUNT int32 [1] -> as ``stream_count``, sleeping
   ``--slow-delay`` seconds (default 0.01) before each response; two instances.
-  Every response is counted in ``--slow-record`` (a file holding the number of
-  responses the generator has produced since start; PyTriton runs the generator in
+  Every response is counted in ``--slow-record``.<instance> (files holding the number
+  of responses each instance has produced since start; PyTriton runs the generator in
   its own process and is not told of cancellation, so this shows how far it ran).
 - ``count_unary`` (not decoupled): COUNT int32 [1] -> INDEX int32 [1] = COUNT - 1,
   TOKEN uint8 [-1] (one response, as an ordinary model).
@@ -36,6 +36,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -100,21 +101,23 @@ def stream_fail(requests: Requests) -> Responses:
 class SlowStreamer:
     """``stream_slow``: a delay before each response, and a record of how far it ran."""
 
-    def __init__(self, delay: float, record: str | None) -> None:
+    def __init__(self, delay: float, record: str | None, instance: int) -> None:
         self._delay = delay
-        self._record = record
-        self._produced = 0  # per instance process; each instance writes its own file
+        # PyTriton runs the instances as threads of one process: one file each.
+        self._record = f"{record}.{instance}" if record else None
+        self._lock = threading.Lock()
+        self._produced = 0
 
     def __call__(self, requests: Requests) -> Responses:
         for i in range(_count(requests)):
             time.sleep(self._delay)
-            self._produced += 1
-            if self._record:
-                path = f"{self._record}.{os.getpid()}"
-                tmp = f"{path}.tmp"
-                with open(tmp, "w") as f:
-                    f.write(f"{self._produced}\n")
-                os.replace(tmp, path)
+            with self._lock:
+                self._produced += 1
+                if self._record:
+                    tmp = f"{self._record}.tmp"
+                    with open(tmp, "w") as f:
+                        f.write(f"{self._produced}\n")
+                    os.replace(tmp, self._record)
             yield [_token(i)]
 
 
@@ -161,7 +164,7 @@ def main() -> int:
         ("stream_fail", stream_fail, count_in),
         (
             "stream_slow",
-            [SlowStreamer(args.slow_delay, args.slow_record) for _ in range(2)],
+            [SlowStreamer(args.slow_delay, args.slow_record, i) for i in range(2)],
             count_in,
         ),
     ]

@@ -208,6 +208,7 @@ def test_requests_on_one_stream_interleave_in_order_told_apart_by_id(
     stream.send("stream_slow", 20, "a")
     stream.send("stream_slow", 20, "b")
     responses = stream.until_final(finals=2)
+    assert [r.error for r in responses if r.error] == []
     by_id: dict[str, list[Response]] = {"a": [], "b": []}
     for response in responses:
         by_id[response.id].append(response)
@@ -253,12 +254,24 @@ def _wait_for(predicate: Any, timeout: float) -> bool:
     return bool(predicate())
 
 
+def _settled(count: Any) -> int:
+    """``count()`` once it stopped changing (an earlier test's generator may still run)."""
+    last = count()
+    for _ in range(200):
+        time.sleep(0.2)
+        now = count()
+        if now == last:
+            return int(now)
+        last = now
+    raise TimeoutError("stream_slow never settled")
+
+
 def test_cancel_does_not_reach_a_pytriton_generator(
     streaming: StreamingServer, stream_to: Any
 ) -> None:
     """stop_stream(cancel_requests=True): the PyTriton generator runs to its end."""
     total = 150  # 10 ms each: 1.5 s
-    before = streaming.slow_responses()
+    before = _settled(streaming.slow_responses)
     stream = stream_to(streaming)
     stream.send("stream_slow", total, "cancel-me")
     seen = [stream.next() for _ in range(5)]
