@@ -153,7 +153,9 @@ class FrameStreamResponse(Response):
             scope,
             media_type=self.media_type,
             metrics=self._metrics,
+            stream_id=stream_id,
             timed_out=lambda: run.timed_out,
+            going_away=lambda: run.going_away,
         )
         complete = False
         try:

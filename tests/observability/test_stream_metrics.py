@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from transports import grpc as tgrpc
 from transports import http, sse
 from transports.observability import ACCESS_LOGGER, JsonFormatter, StreamMetrics
-from truss_stream import RemoteStreamError, stream_writer
+from truss_stream import RemoteStreamError, ServerGoingAwayError, stream_writer
 
 pytestmark = pytest.mark.anyio
 
@@ -323,6 +323,92 @@ async def test_grpc_client_cancel_is_client_gone() -> None:
                 outcome="client_gone",
             ):
                 await anyio.sleep(0.02)
+
+
+async def test_grpc_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
+    # RunningServer.stop(grace=0) cuts the open stream with the going-away ERROR
+    # frame: its outcome is "shutdown", not "client_gone".
+    registry = CollectorRegistry()
+    metrics = StreamMetrics.for_registry(registry)
+    reading = anyio.Event()
+
+    async def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
+        writer = stream_writer(TYPES)
+        yield writer.yield_header(Header(name="h"))
+        i = 0
+        while True:
+            yield writer.yield_item(Item(index=i))
+            i += 1
+            await anyio.sleep(0.01)
+
+    service = tgrpc.FrameStreamService({"Forever": producer}, metrics=metrics)
+    route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
+    running = await tgrpc.start_server(service)
+    try:
+        async with tgrpc.aconnect(running.target, "Forever", TYPES) as reader:
+            await reader.read_header()
+
+            async def stop_when_reading() -> None:
+                await reading.wait()
+                await running.stop(0)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_reading)
+                with pytest.raises(ServerGoingAwayError):  # noqa: PT012 - reads until cut
+                    async for item in reader.read_items():
+                        if item.index == 2:
+                            reading.set()
+    finally:
+        await running.kill()
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_streams_ended_total", **route, outcome="shutdown") == 1
+    assert value(s, "truss_stream_streams_ended_total", **route, outcome="client_gone") == 0
+
+
+@pytest.mark.parametrize("transport", ["sse", "grpc"])
+async def test_access_record_stream_id_is_the_one_the_failure_was_logged_under(
+    served: Served, caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
+    # An operator who finds "stream <id>: producer failed" in the server log finds
+    # the same id in the stream's access record (and span).
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    caplog.set_level(logging.INFO, logger="truss_stream.server")
+    if transport == "sse":
+        async with (
+            httpx.AsyncClient() as client,
+            sse.aconnect(client, "GET", f"{served.url}/items/5?fail=2", TYPES) as reader,
+        ):
+            await reader.read_header()
+            with pytest.raises(RemoteStreamError):
+                _ = [i async for i in reader.read_items()]
+    else:
+
+        def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
+            return produce(5, fail_after=2)
+
+        service = tgrpc.FrameStreamService({"Fails": producer}, metrics=False)
+        async with (
+            tgrpc.serve(service) as running,
+            tgrpc.aconnect(running.target, "Fails", TYPES) as reader,
+        ):
+            await reader.read_header()
+            with pytest.raises(RemoteStreamError):
+                _ = [i async for i in reader.read_items()]
+
+    def records() -> Any:
+        access = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+        failed = [r for r in caplog.records if r.name == "truss_stream.server"]
+        return (access, failed) if access and failed else None
+
+    with anyio.move_on_after(10):
+        while (found := records()) is None:
+            await anyio.sleep(0.02)
+    assert found, [(r.name, r.getMessage()) for r in caplog.records]
+    access, failed = found
+    assert len(access) == 1
+    assert len(failed) == 1
+    stream_id = access[0].__dict__["stream_id"]
+    assert failed[0].getMessage().startswith(f"stream {stream_id}: producer failed")
 
 
 def test_metrics_false_records_nothing() -> None:
