@@ -294,20 +294,22 @@ async def test_grpc_streams_are_counted_by_method() -> None:
     assert value(s, "truss_stream_streams_active", **route) == 0
 
 
+async def forever(body: bytes, context: Any) -> AsyncIterator[bytes]:
+    """A gRPC producer that never ends."""
+    writer = stream_writer(TYPES)
+    yield writer.yield_header(Header(name="h"))
+    i = 0
+    while True:
+        yield writer.yield_item(Item(index=i))
+        i += 1
+        await anyio.sleep(0.001)
+
+
 async def test_grpc_client_cancel_is_client_gone() -> None:
     registry = CollectorRegistry()
     metrics = StreamMetrics.for_registry(registry)
 
-    async def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
-        writer = stream_writer(TYPES)
-        yield writer.yield_header(Header(name="h"))
-        i = 0
-        while True:
-            yield writer.yield_item(Item(index=i))
-            i += 1
-            await anyio.sleep(0.001)
-
-    service = tgrpc.FrameStreamService({"Forever": producer}, metrics=metrics)
+    service = tgrpc.FrameStreamService({"Forever": forever}, metrics=metrics)
     route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
     async with tgrpc.serve(service) as running:
         async with tgrpc.aconnect(running.target, "Forever", TYPES) as reader:
@@ -332,16 +334,7 @@ async def test_grpc_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
     metrics = StreamMetrics.for_registry(registry)
     reading = anyio.Event()
 
-    async def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
-        writer = stream_writer(TYPES)
-        yield writer.yield_header(Header(name="h"))
-        i = 0
-        while True:
-            yield writer.yield_item(Item(index=i))
-            i += 1
-            await anyio.sleep(0.01)
-
-    service = tgrpc.FrameStreamService({"Forever": producer}, metrics=metrics)
+    service = tgrpc.FrameStreamService({"Forever": forever}, metrics=metrics)
     route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
     running = await tgrpc.start_server(service)
     try:
