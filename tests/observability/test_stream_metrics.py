@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from transports import grpc as tgrpc
 from transports import http, sse
 from transports.observability import ACCESS_LOGGER, JsonFormatter, StreamMetrics
+from transports.shutdown import GracefulShutdown
 from truss_stream import RemoteStreamError, ServerGoingAwayError, stream_writer
 
 pytestmark = pytest.mark.anyio
@@ -356,6 +357,42 @@ async def test_grpc_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
     s = scrape_registry(registry)
     assert value(s, "truss_stream_streams_ended_total", **route, outcome="shutdown") == 1
     assert value(s, "truss_stream_streams_ended_total", **route, outcome="client_gone") == 0
+
+
+def test_sse_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
+    # A GracefulShutdown whose grace is over ends the open SSE stream with the
+    # going-away ERROR frame: "shutdown", not "client_gone".
+    registry = CollectorRegistry()
+    metrics = StreamMetrics.for_registry(registry)
+    drain = GracefulShutdown(grace=0)
+
+    async def endless(request: Request) -> Any:
+        return sse.sse_response(forever(b"", None), metrics=metrics, shutdown=drain)
+
+    labels = {"transport": "sse", "route": "/endless"}
+    with (
+        live_server(Starlette(routes=[Route("/endless", endless)])) as server,
+        httpx.Client(timeout=10) as client,
+        sse.connect(client, "GET", f"{server.url}/endless", TYPES) as reader,
+    ):
+        reader.read_header()
+        items = reader.read_items()
+        next(items)
+        loop = server._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(drain.begin)
+        with pytest.raises(ServerGoingAwayError):
+            for _ in items:
+                pass
+    s = wait_for(
+        lambda: (
+            (s := scrape_registry(registry))
+            and value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown")
+            and s
+        )
+    )
+    assert value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown") == 1
+    assert value(s, "truss_stream_streams_ended_total", **labels, outcome="client_gone") == 0
 
 
 @pytest.mark.parametrize("transport", ["sse", "grpc"])
