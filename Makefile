@@ -13,8 +13,11 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# Debian's python3 makes no venv without python3-venv (ensurepip): install it then.
+VENV_PKG := (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv) >/dev/null
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(VENV_PKG) && $(PYTHON) -m venv --clear $(VENV); }
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
@@ -22,7 +25,8 @@ $(STAMP): pyproject.toml
 triton-venv: $(TRITON_STAMP)
 
 $(TRITON_STAMP): tests/triton/requirements.txt
-	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV) || \
+	  { $(VENV_PKG) && $(PYTHON) -m venv --clear $(TRITON_VENV); }
 	$(TRITON_VENV)/bin/python -m pip install -q -r tests/triton/requirements.txt
 	touch $(TRITON_STAMP)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
@@ -348,6 +349,61 @@ def test_sync_client_cancel_closes_producer(target: str, endless: Endless) -> No
             if item.index == 2:
                 break
     assert endless.closed.wait(5)
+
+
+class Flood:
+    """A producer that yields as fast as gRPC takes frames: the server blocks in its write.
+
+    ``sync`` picks a sync generator (run in worker threads) or an async one that never
+    awaits between frames, so a client's cancel lands while the server writes.
+    """
+
+    def __init__(self, *, sync: bool) -> None:
+        self.closed = threading.Event()
+        self.sync = sync
+
+    def __call__(self, body: bytes, context: Any) -> Any:
+        return self._sync() if self.sync else self._async()
+
+    def _frames(self) -> Iterator[bytes | memoryview]:
+        writer = stream_writer(TYPES)
+        yield writer.yield_header(Header(count=-1))
+        i = 0
+        while True:
+            yield writer.yield_item(Item(index=i, tensor=np.zeros(16 * 1024, np.float32)))
+            i += 1
+
+    def _sync(self) -> Iterator[bytes | memoryview]:
+        try:
+            yield from self._frames()
+        finally:
+            self.closed.set()
+
+    async def _async(self) -> AsyncIterator[bytes | memoryview]:
+        try:
+            for frame in self._frames():
+                yield frame
+        finally:
+            self.closed.set()
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_client_gone_while_the_server_writes_closes_the_producer(sync: bool) -> None:
+    # The client stops reading, so the server's write waits for flow control, and then
+    # cancels: the producer must be closed by the call itself, not whenever the garbage
+    # collector finds the suspended generator (gc is off here to tell the two apart).
+    flood = Flood(sync=sync)
+    with serve_in_thread(FrameStreamService({"Flood": flood})) as running:
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            with connect(running.target, "Flood", TYPES) as reader:
+                reader.read_header()
+                time.sleep(0.3)  # the server fills the flow-control window and waits
+            assert flood.closed.wait(10), "the producer was not closed after the client left"
+        finally:
+            if gc_was_on:
+                gc.enable()
 
 
 def test_server_stopped_mid_stream_is_never_a_complete_stream() -> None:

@@ -123,22 +123,26 @@ class FrameStreamResponse(Response):
         with drain.track():
             await self._serve(scope, receive, send)
 
-    def _start_headers(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str | None]:
+    def _coding(self, scope: Scope) -> str | None:
         accept = ""
         for key, value in scope.get("headers", ()):
             if key == b"accept-encoding":
                 accept = value.decode("latin-1")
-        coding = negotiate(self._compression, accept)
+        return negotiate(self._compression, accept)
+
+    def _start_headers(self, coding: str | None) -> list[tuple[bytes, bytes]]:
+        # Read when the response starts, after the first frame: a producer may set
+        # headers while it makes that frame (transports.redis sets where it starts).
         headers = list(self.raw_headers)
         if self._compression is not None:
             headers.append((b"vary", b"accept-encoding"))
         if coding is not None:
             headers.append((b"content-encoding", coding.encode()))
-        return headers, coding
+        return headers
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         stream_id = new_stream_id()
-        headers, coding = self._start_headers(scope)
+        coding = self._coding(scope)
         compressor = (
             StreamCompressor(coding, self._compression_level) if coding is not None else None
         )
@@ -153,7 +157,9 @@ class FrameStreamResponse(Response):
             scope,
             media_type=self.media_type,
             metrics=self._metrics,
+            stream_id=stream_id,
             timed_out=lambda: run.timed_out,
+            going_away=lambda: run.going_away,
         )
         complete = False
         try:
@@ -168,6 +174,7 @@ class FrameStreamResponse(Response):
                     tg.cancel_scope.cancel()
                     return
                 run.codec = frame_info(first)[1]
+                headers = self._start_headers(coding)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 run.started = True
                 tg.start_soon(run.flush_when_idle)

@@ -37,7 +37,8 @@ from starlette.routing import Mount, Route
 from transports import grpc as tgrpc
 from transports import http, sse
 from transports.observability import ACCESS_LOGGER, JsonFormatter, StreamMetrics
-from truss_stream import RemoteStreamError, stream_writer
+from transports.shutdown import GracefulShutdown
+from truss_stream import RemoteStreamError, ServerGoingAwayError, stream_writer
 
 pytestmark = pytest.mark.anyio
 
@@ -272,14 +273,16 @@ async def test_grpc_streams_are_counted_by_method() -> None:
     assert value(s, "truss_stream_streams_active", **route) == 0
 
 
+def forever(body: bytes, context: Any) -> AsyncIterator[bytes]:
+    """A gRPC producer that never ends."""
+    return produce_forever(delay=0.001)
+
+
 async def test_grpc_client_cancel_is_client_gone() -> None:
     registry = CollectorRegistry()
     metrics = StreamMetrics.for_registry(registry)
 
-    def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
-        return produce_forever(delay=0.001)
-
-    service = tgrpc.FrameStreamService({"Forever": producer}, metrics=metrics)
+    service = tgrpc.FrameStreamService({"Forever": forever}, metrics=metrics)
     route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
     async with tgrpc.serve(service) as running:
         async with tgrpc.aconnect(running.target, "Forever", TYPES) as reader:
@@ -295,6 +298,119 @@ async def test_grpc_client_cancel_is_client_gone() -> None:
                 outcome="client_gone",
             ):
                 await anyio.sleep(0.02)
+
+
+async def test_grpc_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
+    # RunningServer.stop(grace=0) cuts the open stream with the going-away ERROR
+    # frame: its outcome is "shutdown", not "client_gone".
+    registry = CollectorRegistry()
+    metrics = StreamMetrics.for_registry(registry)
+    reading = anyio.Event()
+
+    service = tgrpc.FrameStreamService({"Forever": forever}, metrics=metrics)
+    route = {"transport": "grpc", "route": "/truss_stream.FrameStream/Forever"}
+    running = await tgrpc.start_server(service)
+    try:
+        async with tgrpc.aconnect(running.target, "Forever", TYPES) as reader:
+            await reader.read_header()
+
+            async def stop_when_reading() -> None:
+                await reading.wait()
+                await running.stop(0)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_when_reading)
+                with pytest.raises(ServerGoingAwayError):  # noqa: PT012 - reads until cut
+                    async for item in reader.read_items():
+                        if item.index == 2:
+                            reading.set()
+    finally:
+        await running.kill()
+    s = scrape_registry(registry)
+    assert value(s, "truss_stream_streams_ended_total", **route, outcome="shutdown") == 1
+    assert value(s, "truss_stream_streams_ended_total", **route, outcome="client_gone") == 0
+
+
+def test_sse_stream_ended_by_the_shutdown_is_a_shutdown() -> None:
+    # A GracefulShutdown whose grace is over ends the open SSE stream with the
+    # going-away ERROR frame: "shutdown", not "client_gone".
+    registry = CollectorRegistry()
+    metrics = StreamMetrics.for_registry(registry)
+    drain = GracefulShutdown(grace=0)
+
+    async def endless(request: Request) -> Any:
+        return sse.sse_response(forever(b"", None), metrics=metrics, shutdown=drain)
+
+    labels = {"transport": "sse", "route": "/endless"}
+    with (
+        live_server(Starlette(routes=[Route("/endless", endless)])) as server,
+        httpx.Client(timeout=10) as client,
+        sse.connect(client, "GET", f"{server.url}/endless", TYPES) as reader,
+    ):
+        reader.read_header()
+        items = reader.read_items()
+        next(items)
+        loop = server._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(drain.begin)
+        with pytest.raises(ServerGoingAwayError):
+            for _ in items:
+                pass
+    s = wait_for(
+        lambda: (
+            (s := scrape_registry(registry))
+            and value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown")
+            and s
+        )
+    )
+    assert value(s, "truss_stream_streams_ended_total", **labels, outcome="shutdown") == 1
+    assert value(s, "truss_stream_streams_ended_total", **labels, outcome="client_gone") == 0
+
+
+@pytest.mark.parametrize("transport", ["sse", "grpc"])
+async def test_access_record_stream_id_is_the_one_the_failure_was_logged_under(
+    served: Served, caplog: pytest.LogCaptureFixture, transport: str
+) -> None:
+    # An operator who finds "stream <id>: producer failed" in the server log finds
+    # the same id in the stream's access record (and span).
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    caplog.set_level(logging.INFO, logger="truss_stream.server")
+    if transport == "sse":
+        async with (
+            httpx.AsyncClient() as client,
+            sse.aconnect(client, "GET", f"{served.url}/items/5?fail=2", TYPES) as reader,
+        ):
+            await reader.read_header()
+            with pytest.raises(RemoteStreamError):
+                _ = [i async for i in reader.read_items()]
+    else:
+
+        def producer(body: bytes, context: Any) -> AsyncIterator[bytes]:
+            return produce(5, fail_after=2)
+
+        service = tgrpc.FrameStreamService({"Fails": producer}, metrics=False)
+        async with (
+            tgrpc.serve(service) as running,
+            tgrpc.aconnect(running.target, "Fails", TYPES) as reader,
+        ):
+            await reader.read_header()
+            with pytest.raises(RemoteStreamError):
+                _ = [i async for i in reader.read_items()]
+
+    def records() -> Any:
+        access = [r for r in caplog.records if r.name == ACCESS_LOGGER]
+        failed = [r for r in caplog.records if r.name == "truss_stream.server"]
+        return (access, failed) if access and failed else None
+
+    with anyio.move_on_after(10):
+        while (found := records()) is None:
+            await anyio.sleep(0.02)
+    assert found, [(r.name, r.getMessage()) for r in caplog.records]
+    access, failed = found
+    assert len(access) == 1
+    assert len(failed) == 1
+    stream_id = access[0].__dict__["stream_id"]
+    assert failed[0].getMessage().startswith(f"stream {stream_id}: producer failed")
 
 
 def test_metrics_false_records_nothing() -> None:

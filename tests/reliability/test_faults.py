@@ -325,8 +325,11 @@ def test_triton_clients_stream_timeout_is_a_total_limit() -> None:
         stop.set()
         proxy.stop()
     assert sync_info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.9 < sync_took < 4, sync_took
-    assert 0.9 < async_took < 4, async_took
+    # Frames keep coming every 20 ms for 200 s, so only a total limit ends these calls;
+    # the upper bound is loose (a loaded 2-core machine: the first call also waits for
+    # the proxy to come up), a stream that ran to its end would take 200 s.
+    assert 0.9 < sync_took < 30, sync_took
+    assert 0.9 < async_took < 30, async_took
 
 
 def test_proxy_connection_cut_at_random_points_never_gives_a_short_result() -> None:

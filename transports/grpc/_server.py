@@ -191,6 +191,9 @@ async def _serve_call(
     # client cancels, the CancelledError lands here and the finally below closes
     # the producer at once, not whenever the generator is collected.
     stream_id = new_stream_id()
+    # Cancelled once the shutdown's grace is over (entered below, created here so the
+    # observer can tell a stream ended by the shutdown from one the client left).
+    scope = anyio.CancelScope()
     try:
         frames = observe_grpc(
             guard_frames(
@@ -201,37 +204,44 @@ async def _serve_call(
             context,
             route=route,
             metrics=metrics,
+            stream_id=stream_id,
+            going_away=lambda: scope.cancel_called,
         )
     except Exception as exc:
         await _abort_before_first_frame(context, exc, stream_id, expose)
     codec = None
-    # A cancel scope, not a task group: a task group would wrap the AbortError
-    # grpc needs to see in an ExceptionGroup.
-    with anyio.CancelScope() as scope:
-        watcher = asyncio.ensure_future(_cancel_when_due(drain, scope))
-        try:
-            try:
-                first = await frames.__anext__()
-            except StopAsyncIteration:  # pragma: no cover - guard_frames always ends
-                return
-            except Exception as exc:
-                await _abort_before_first_frame(context, exc, stream_id, expose)
-            codec = frame_info(first)[1]
-            await context.write(_as_bytes(first))
-            async for frame in frames:
-                await context.write(_as_bytes(frame))
-        finally:
-            watcher.cancel()
-            if scope.cancel_called:
-                with anyio.CancelScope(shield=True):
-                    await frames.aclose()
     try:
+        # A cancel scope, not a task group: a task group would wrap the AbortError
+        # grpc needs to see in an ExceptionGroup.
+        with scope:
+            watcher = asyncio.ensure_future(_cancel_when_due(drain, scope))
+            try:
+                try:
+                    first = await frames.__anext__()
+                except StopAsyncIteration:  # pragma: no cover - guard_frames always ends
+                    return
+                except Exception as exc:
+                    await _abort_before_first_frame(context, exc, stream_id, expose)
+                codec = frame_info(first)[1]
+                await context.write(_as_bytes(first))
+                async for frame in frames:
+                    await context.write(_as_bytes(frame))
+            finally:
+                watcher.cancel()
         if scope.cancelled_caught:
             if codec is None:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            # The producer is closed before the last frame goes out.
+            with anyio.CancelScope(shield=True):
+                await frames.aclose()
             await context.write(error_frame(ServerGoingAwayError(), codec))
     finally:
-        await frames.aclose()
+        # Always, however the call ended: the client cancelled (CancelledError) or
+        # went away mid-write (grpc's ExecuteBatchError), the deadline passed...
+        # A suspended generator left to the garbage collector would keep the
+        # producer (and a sync producer's worker thread) open for an unbounded time.
+        with anyio.CancelScope(shield=True):
+            await frames.aclose()
 
 
 async def _cancel_when_due(drain: GracefulShutdown, scope: anyio.CancelScope) -> None:

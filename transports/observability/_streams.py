@@ -151,6 +151,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         "_flushed_at",
         "_frames",
         "_gen",
+        "_going_away",
         "_last_kind",
         "_metrics",
         "_peer",
@@ -177,6 +178,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         peer: str | None = None,
         stream_id: str | None = None,
         timed_out: Callable[[], bool] | None = None,
+        going_away: Callable[[], bool] | None = None,
     ) -> None:
         self._frames = frames
         self._metrics = metrics
@@ -185,6 +187,7 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
         self._peer = peer
         self._stream_id = stream_id or secrets.token_hex(8)
         self._timed_out = timed_out
+        self._going_away = going_away
         self._start = self._flushed_at = time.monotonic()
         self._first_at: float | None = None
         self._yielded_at = 0.0
@@ -321,6 +324,8 @@ class ObservedStream(AsyncIterator["bytes | memoryview"]):
             return COMPLETE, None, None
         if isinstance(exc, Exception):
             return (REJECTED if _is_rejection(exc) else PRODUCER_ERROR), type(exc).__name__, None
+        if self._going_away is not None and self._going_away():
+            return SHUTDOWN, None, None
         if self._timed_out is not None and self._timed_out():
             return TIMEOUT, None, None
         return CLIENT_GONE, None, None
@@ -403,6 +408,7 @@ def observe_stream(
     peer: str | None = None,
     stream_id: str | None = None,
     timed_out: Callable[[], bool] | None = None,
+    going_away: Callable[[], bool] | None = None,
 ) -> ObservedStream:
     """Observe one stream's frames (see the module docstring).
 
@@ -416,6 +422,8 @@ def observe_stream(
         peer: the client's address, for the access record.
         stream_id: the stream's id; a random one by default.
         timed_out: tells, once the stream stopped early, whether a timeout did it.
+        going_away: tells, once the stream stopped early, whether the server's
+            shutdown ended it (the transport then sends the going-away ERROR frame).
     """
     return ObservedStream(
         frames,
@@ -426,6 +434,7 @@ def observe_stream(
         peer=peer,
         stream_id=stream_id,
         timed_out=timed_out,
+        going_away=going_away,
     )
 
 
@@ -450,7 +459,9 @@ def observe_asgi(
     *,
     media_type: str | None,
     metrics: StreamMetrics | bool | None = None,
+    stream_id: str | None = None,
     timed_out: Callable[[], bool] | None = None,
+    going_away: Callable[[], bool] | None = None,
 ) -> ObservedStream:
     """:func:`observe_stream` for an ASGI response: route, peer and headers from ``scope``."""
     client = scope.get("client")
@@ -461,7 +472,9 @@ def observe_asgi(
         metrics=metrics,
         carrier=scope.get("headers"),
         peer=f"{client[0]}:{client[1]}" if client else None,
+        stream_id=stream_id,
         timed_out=timed_out,
+        going_away=going_away,
     )
 
 
@@ -471,6 +484,8 @@ def observe_grpc(
     *,
     route: str,
     metrics: StreamMetrics | bool | None = None,
+    stream_id: str | None = None,
+    going_away: Callable[[], bool] | None = None,
 ) -> ObservedStream:
     """:func:`observe_stream` for a gRPC call: peer, metadata and deadline from ``context``.
 
@@ -478,7 +493,7 @@ def observe_grpc(
         frames: the guarded frames.
         context: the call's ``grpc.aio.ServicerContext``.
         route: the method path (``/service/Method``).
-        metrics: see :func:`observe_stream`.
+        metrics, stream_id, going_away: see :func:`observe_stream`.
     """
 
     def timed_out() -> bool:
@@ -492,5 +507,7 @@ def observe_grpc(
         metrics=metrics,
         carrier=context.invocation_metadata() or (),
         peer=context.peer(),
+        stream_id=stream_id,
         timed_out=timed_out,
+        going_away=going_away,
     )
