@@ -15,7 +15,7 @@ require_extra(__name__)
 
 from . import multimodal_pb2, multimodal_pb2_grpc
 from ._client_errors import TritonClientError
-from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
+from ._client_packets import FrameResult, ModelInfo, PacketSpec, ResponseResult, TensorInfo
 from .aio_client import AsyncTritonBytesStreamer
 from .client import TritonBytesStreamer
 from .typed import (
@@ -32,6 +32,7 @@ __all__ = [
     "FrameResult",
     "ModelInfo",
     "PacketSpec",
+    "ResponseResult",
     "TensorInfo",
     "TritonBytesStreamer",
     "TritonClientError",
