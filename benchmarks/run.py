@@ -6,7 +6,7 @@ Each module ``benchmarks.bench_*`` exposes ``run() -> list[dict]`` with rows lik
 reported in the table; the others still run.
 
 Run: ``python -m benchmarks.run [core http grpc triton compression redis observability]``
-(``make bench``).
+(``make bench``; ``triton_stream`` is a name too).
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from typing import Any
 
 from benchmarks.machine import machine_lines
 
-MODULES = ("core", "http", "grpc", "triton", "compression", "redis", "observability")
+MODULES = (
+    "core",
+    "http",
+    "grpc",
+    "triton",
+    "triton_stream",
+    "compression",
+    "redis",
+    "observability",
+)
 RESULTS = Path(__file__).parent / "results" / "RESULTS.md"
 _NOTE_KEYS = ("throughput", "note", "notes", "error")
 
