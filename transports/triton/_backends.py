@@ -269,7 +269,7 @@ class TritonBackend(Backend):
     async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
         """Send one request over Triton's ``ModelStreamInfer``; yield its responses.
 
-        The request asks for ``enable_empty_final_response``, so Triton flags the
+        The request asks for ``triton_enable_empty_final_response``, so Triton flags the
         request's last response ``triton_final_response`` (an empty one when the model
         has no more outputs). One stream call per request: closing this iterator
         cancels that call, which Triton turns into a cancellation of the request.
@@ -278,7 +278,7 @@ class TritonBackend(Backend):
         """
         info = await self._model_info(request)
         message = self._infer_message(request, self._wanted(request, info))
-        message.parameters["enable_empty_final_response"].bool_param = True
+        message.parameters["triton_enable_empty_final_response"].bool_param = True
         finished = asyncio.Event()
 
         async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
