@@ -482,3 +482,15 @@ def test_sync_generator_function_backend_through_the_cli(kind: str) -> None:
     finally:
         proxy.stop()
     check_frames(results, [4, 2])
+
+
+def test_proxy_options_come_from_transports_grpc() -> None:
+    from transports.grpc import GrpcOptions
+    from transports.triton.proxy import _server_options
+
+    names = dict(_server_options(1 << 20))
+    # The name grpcio knows (the seed's list had ..._min_recv_ping_interval_..., ignored).
+    assert names["grpc.http2.min_ping_interval_without_data_ms"] == 5_000
+    assert "grpc.http2.min_recv_ping_interval_without_data_ms" not in names
+    assert names["grpc.max_receive_message_length"] == 1 << 20
+    assert set(names) <= {n for n, _ in GrpcOptions().server_options()}

@@ -31,6 +31,7 @@ import grpc.aio
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from transports.grpc import GrpcOptions
 from transports.triton import _dtypes
 from transports.triton import multimodal_pb2 as pb
 from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
@@ -178,18 +179,19 @@ class TritonBackend(Backend):
         coalesce: int = 0,
         interceptors: Sequence[Any] = (),
     ) -> None:
-        options: Sequence[tuple[str, Any]] = [
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # Reconnect quickly after a Triton restart; the default backoff grows
-            # to two minutes, during which every packet would fail.
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
+        options = GrpcOptions(
+            max_message_bytes=max_message_bytes,
+            keepalive_time_ms=30_000,
+            keepalive_timeout_ms=10_000,
+            extra=(
+                ("grpc.lb_policy_name", "round_robin"),
+                # Reconnect quickly after a Triton restart; the default backoff grows
+                # to two minutes, during which every packet would fail.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ),
+        ).channel_options()
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(
                 target, options=options, interceptors=interceptors or None

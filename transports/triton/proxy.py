@@ -56,6 +56,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from transports.grpc import GrpcOptions
 from transports.observability import configure_tracing, use_json_logs
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
@@ -699,17 +700,15 @@ class ProxyServer:
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Accept the keepalive pings long-lived client streams send (every 10 s and
-        # up), instead of answering them with GOAWAY "too_many_pings".
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-    ]
+    # transports.grpc's one option list (its server side accepts the keepalive pings
+    # long-lived client streams send, every 10 s and up, instead of answering them
+    # with GOAWAY "too_many_pings"), not a hand-kept third copy.
+    return GrpcOptions(
+        max_message_bytes=max_message_bytes,
+        keepalive_time_ms=60_000,
+        keepalive_timeout_ms=20_000,
+        min_ping_interval_ms=5_000,
+    ).server_options()
 
 
 async def start_proxy(
