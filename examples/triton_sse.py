@@ -14,6 +14,12 @@ metadata), one item per frame (status, outputs as arrays, timings) and a footer
         async for item in r.read_items(): ...
 
 or with a browser's ``EventSource`` and ``codec=json``.
+
+``GET /triton/tokens?prompt=...&codec=json|msgpack`` streams a token model's responses
+as they arrive (``stream_tokens``: the demo backend's generator twin of the PyTriton
+decoupled model): a header (the model and the prompt), one item per token (``seq``,
+``index``, ``final``, ``outputs["TOKEN"]`` as UTF-8 bytes) and a footer (counts,
+time to first response). Read it with ``triton_response_types()``.
 """
 
 from __future__ import annotations
@@ -31,11 +37,32 @@ from starlette.routing import Route
 
 from transports.sse import sse_response
 from transports.triton import AsyncTritonBytesStreamer
-from transports.triton.typed import triton_frames, triton_stream_types
+from transports.triton.typed import (
+    triton_frames,
+    triton_response_types,
+    triton_responses,
+    triton_stream_types,
+)
 
 MODEL = "add_one_fp32"
 SHAPE = (1, 8)
 MAX_FRAMES = 10_000
+TOKEN_MODEL = "stream_tokens"
+PROMPT_BYTES = 1024
+"""Prompts are padded with spaces to this many bytes: one input shape for every request
+(the model splits on whitespace, so the padding adds no token)."""
+
+
+def prompt_frame(prompt: str) -> bytes:
+    """The prompt as the model's UINT8 [PROMPT_BYTES] input.
+
+    Raises:
+        ValueError: the prompt is longer than PROMPT_BYTES in UTF-8.
+    """
+    data = prompt.encode()
+    if len(data) > PROMPT_BYTES:
+        raise ValueError(f"the prompt is {len(data)} bytes, above {PROMPT_BYTES}")
+    return data.ljust(PROMPT_BYTES, b" ")
 
 
 def _frames(n: int) -> Iterator[bytes]:
@@ -47,6 +74,7 @@ def create_app(proxy_addr: str) -> Starlette:
     """The app, with one streamer (one channel) to the proxy for its lifetime."""
     # The channel opens on first use, inside the server's event loop.
     streamer = AsyncTritonBytesStreamer(proxy_addr, shape=SHAPE, max_in_flight=32)
+    tokens = AsyncTritonBytesStreamer(proxy_addr, shape=(PROMPT_BYTES,), max_in_flight=4)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -54,6 +82,7 @@ def create_app(proxy_addr: str) -> Starlette:
             yield
         finally:
             await streamer.close()
+            await tokens.close()
 
     async def add_one(request: Request) -> Response:
         try:
@@ -69,7 +98,25 @@ def create_app(proxy_addr: str) -> Starlette:
         producer = triton_frames(streamer, MODEL, "1", _frames(frames), types=types)
         return sse_response(producer)
 
-    return Starlette(routes=[Route("/triton/add_one", add_one)], lifespan=lifespan)
+    async def token_stream(request: Request) -> Response:
+        prompt = request.query_params.get("prompt", "")
+        try:
+            frame = prompt_frame(prompt)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        codec = request.query_params.get("codec", "json")
+        if codec not in ("json", "msgpack"):
+            raise HTTPException(400, "codec must be json or msgpack")
+        types = triton_response_types(codec="json" if codec == "json" else "msgpack")
+        producer = triton_responses(
+            tokens, TOKEN_MODEL, "1", [frame], request={"prompt": prompt}, types=types
+        )
+        return sse_response(producer)
+
+    return Starlette(
+        routes=[Route("/triton/add_one", add_one), Route("/triton/tokens", token_stream)],
+        lifespan=lifespan,
+    )
 
 
 app = create_app(os.environ.get("TRITON_PROXY", "127.0.0.1:50051"))

@@ -494,3 +494,38 @@ def test_proxy_options_come_from_transports_grpc() -> None:
     assert "grpc.http2.min_recv_ping_interval_without_data_ms" not in names
     assert names["grpc.max_receive_message_length"] == 1 << 20
     assert set(names) <= {n for n, _ in GrpcOptions().server_options()}
+
+
+@pytest.mark.anyio
+async def test_token_stream_re_served_as_typed_sse(
+    anyio_backend: str, demo_proxy: ProxyProcess
+) -> None:
+    import httpx
+    from live_server import live_server
+
+    from examples.triton_sse import create_app
+    from transports import sse
+    from transports.triton.typed import triton_response_types
+
+    types = triton_response_types(codec="json")
+    prompt = "streaming tokens arrive one by one"
+    with live_server(create_app(demo_proxy.target)) as server:
+        async with (
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
+            sse.aconnect(
+                client, "GET", "/triton/tokens", types, params={"prompt": prompt, "codec": "json"}
+            ) as reader,
+        ):
+            header = await reader.read_header()
+            items = [item async for item in reader.read_items()]
+            footer = await reader.read_footer()
+    assert header.model.model == "stream_tokens"
+    assert header.request == {"prompt": prompt}
+    words = prompt.split()
+    assert [(i.seq, i.index, i.final) for i in items] == [
+        (0, k, k == len(words)) for k in range(len(words) + 1)
+    ]
+    assert [bytes(i.outputs["TOKEN"]).decode() for i in items[:-1]] == words
+    assert items[-1].outputs == {}
+    assert (footer.frames, footer.responses, footer.failed) == (1, len(words) + 1, 0)
+    assert footer.first_response_ms is not None
