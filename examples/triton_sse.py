@@ -19,7 +19,9 @@ or with a browser's ``EventSource`` and ``codec=json``.
 as they arrive (``stream_tokens``: the demo backend's generator twin of the PyTriton
 decoupled model): a header (the model and the prompt), one item per token (``seq``,
 ``index``, ``final``, ``outputs["TOKEN"]`` as UTF-8 bytes) and a footer (counts,
-time to first response). Read it with ``triton_response_types()``.
+time to first response). Read it with ``triton_response_types()``, or open
+``/tokens?prompt=...`` in a browser: ``examples/browser/tokens.html`` reads it with the JS
+package's SSE-over-fetch reader (``make js`` builds it) and renders each token as it arrives.
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from transports.sse import sse_response
 from transports.triton import AsyncTritonBytesStreamer
@@ -44,6 +48,10 @@ from transports.triton.typed import (
     triton_stream_types,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
+TOKENS_PAGE = ROOT / "examples" / "browser" / "tokens.html"
+"""``GET /tokens?prompt=...``: a page rendering the token stream as it arrives."""
+JS_DIST = ROOT / "js" / "dist"
 MODEL = "add_one_fp32"
 SHAPE = (1, 8)
 MAX_FRAMES = 10_000
@@ -113,8 +121,16 @@ def create_app(proxy_addr: str) -> Starlette:
         )
         return sse_response(producer)
 
+    async def tokens_page(request: Request) -> Response:
+        return FileResponse(TOKENS_PAGE, media_type="text/html")
+
     return Starlette(
-        routes=[Route("/triton/add_one", add_one), Route("/triton/tokens", token_stream)],
+        routes=[
+            Route("/triton/add_one", add_one),
+            Route("/triton/tokens", token_stream),
+            Route("/tokens", tokens_page),
+            Mount("/js/truss-stream", StaticFiles(directory=JS_DIST, check_dir=False)),
+        ],
         lifespan=lifespan,
     )
 
