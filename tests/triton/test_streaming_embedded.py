@@ -529,3 +529,19 @@ async def test_token_stream_re_served_as_typed_sse(
     assert items[-1].outputs == {}
     assert (footer.frames, footer.responses, footer.failed) == (1, len(words) + 1, 0)
     assert footer.first_response_ms is not None
+
+
+def test_importing_the_proxy_does_not_import_the_clients() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, transports.triton.proxy; "
+        "print(sorted(m for m in sys.modules if m.startswith('transports.triton')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    for client_module in ("client", "aio_client", "_client_packets", "_client_core", "typed"):
+        assert f"'transports.triton.{client_module}'" not in out, out
+    assert "'transports.triton.proxy'" in out
