@@ -8,6 +8,7 @@ client test runs over both clients through the ``kind`` fixture.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -391,19 +392,18 @@ def test_stream_bytes_without_metadata_fails_at_the_second_response(
     assert info.value.code() is grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_breaking_out_of_the_loop_cancels_upstream(kind: str) -> None:
-    tracker = _Tracker(delay=0.01)
+@contextlib.contextmanager
+def proxy_in_thread(model: Any) -> Iterator[str]:
+    """An in-process proxy over ``PythonBackend(model)`` on its own event loop thread."""
     ready: list[str] = []
     stop = threading.Event()
-    done = threading.Event()
 
     def serve() -> None:
         async def main() -> None:
-            async with running_proxy(backend_object=PythonBackend(tracker)) as server:
+            async with running_proxy(backend_object=PythonBackend(model)) as server:
                 ready.append(f"127.0.0.1:{server.port}")
                 while not stop.is_set():
                     await asyncio.sleep(0.02)
-            done.set()
 
         asyncio.run(main())
 
@@ -414,48 +414,36 @@ def test_breaking_out_of_the_loop_cancels_upstream(kind: str) -> None:
             if ready:
                 break
             threading.Event().wait(0.01)
-        results = collect(kind, ready[0], "m", [count_frame(100_000)], limit=5)
-        assert len(results) == 5
-        assert tracker.closed.wait(5.0)
-        produced = tracker.produced
-        threading.Event().wait(0.3)
-        assert tracker.produced == produced
+        yield ready[0]
     finally:
         stop.set()
         thread.join(10)
 
 
+def test_breaking_out_of_the_loop_cancels_upstream(kind: str) -> None:
+    tracker = _Tracker(delay=0.01)
+    with proxy_in_thread(tracker) as addr:
+        results = collect(kind, addr, "m", [count_frame(100_000)], limit=5)
+        assert len(results) == 5
+        assert tracker.closed.wait(5.0)
+        produced = tracker.produced
+        threading.Event().wait(0.3)
+        assert tracker.produced == produced
+
+
 def test_idle_and_frame_timeouts(kind: str) -> None:
     tracker = _Tracker(delay=0.5)
-    ready: list[str] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        async def main() -> None:
-            async with running_proxy(backend_object=PythonBackend(tracker)) as server:
-                ready.append(f"127.0.0.1:{server.port}")
-                while not stop.is_set():
-                    await asyncio.sleep(0.02)
-
-        asyncio.run(main())
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        for _ in range(500):
-            if ready:
-                break
-            threading.Event().wait(0.01)
+    with proxy_in_thread(tracker) as addr:
         # idle: 0.5 s between responses, limit 0.2 s
         with pytest.raises(TritonClientError) as idle:
-            collect(kind, ready[0], "m", [count_frame(10)], ack_timeout_sec=0.2)
+            collect(kind, addr, "m", [count_frame(10)], ack_timeout_sec=0.2)
         assert idle.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert "ack_timeout_sec" in (idle.value.details() or "")
         # per frame: responses come every 0.5 s (not idle for 2 s) but the frame runs long
         with pytest.raises(TritonClientError) as frame:
             collect(
                 kind,
-                ready[0],
+                addr,
                 "m",
                 [count_frame(10)],
                 ack_timeout_sec=2.0,
@@ -465,11 +453,8 @@ def test_idle_and_frame_timeouts(kind: str) -> None:
         assert "frame_timeout_sec" in (frame.value.details() or "")
         # total: the whole call's deadline
         with pytest.raises(TritonClientError) as total:
-            collect(kind, ready[0], "m", [count_frame(10)], stream_timeout_sec=1.0)
+            collect(kind, addr, "m", [count_frame(10)], stream_timeout_sec=1.0)
         assert total.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def test_sync_generator_function_backend_through_the_cli(kind: str) -> None:

@@ -586,6 +586,13 @@ class PythonBackend(Backend):
         meta = self._metadata.get(request.model)
         return meta is not None and meta.decoupled
 
+    def _failure(self, exc: Exception, request: InferRequest) -> BackendError:
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError):
+            return BackendError(f"{self.name} inference timed out after {request.timeout:g}s")
+        return BackendError(f"{self.name} inference failed: {type(exc).__name__}: {exc}")
+
     def _outputs(self, result: Any) -> dict[str, OutputTensor]:
         if not isinstance(result, Mapping):
             raise BackendError(f"{self.name} model returned {type(result).__name__}, not a mapping")
@@ -656,16 +663,8 @@ class PythonBackend(Backend):
                             close()
             else:
                 self._outputs(result)  # raises: not a mapping
-        except asyncio.TimeoutError as exc:
-            raise BackendError(
-                f"{self.name} inference timed out after {request.timeout:g}s"
-            ) from exc
-        except BackendError:
-            raise
         except Exception as exc:
-            raise BackendError(
-                f"{self.name} inference failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure(exc, request) from exc
         yield ModelResponse({}, final=True)
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
@@ -683,16 +682,8 @@ class PythonBackend(Backend):
                 result = await asyncio.wait_for(
                     asyncio.to_thread(sync_fn, request.model, inputs), request.timeout
                 )
-        except asyncio.TimeoutError as exc:
-            raise BackendError(
-                f"{self.name} inference timed out after {request.timeout:g}s"
-            ) from exc
-        except BackendError:
-            raise
         except Exception as exc:
-            raise BackendError(
-                f"{self.name} inference failed: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise self._failure(exc, request) from exc
         return self._outputs(result)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:

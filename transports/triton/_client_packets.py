@@ -289,8 +289,26 @@ def spec_from_metadata(
 # Acks ---------------------------------------------------------------------------------
 
 
+class _AckResult:
+    """``ok`` and ``error`` of a result that holds its Ack's ``status`` and JSON ``ack``."""
+
+    status: str
+    ack: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the proxy answered ``OK``."""
+        return self.status == "OK"
+
+    @property
+    def error(self) -> str | None:
+        """The proxy's error message for a failure."""
+        err = self.ack.get("error")
+        return None if err is None else str(err)
+
+
 @dataclasses.dataclass(frozen=True)
-class FrameResult:
+class FrameResult(_AckResult):
     """The outcome of one frame.
 
     Attributes:
@@ -312,24 +330,13 @@ class FrameResult:
     outputs: dict[str, Any] | None
     timings: dict[str, float]
 
-    @property
-    def ok(self) -> bool:
-        """Whether the proxy answered ``OK``."""
-        return self.status == "OK"
-
-    @property
-    def error(self) -> str | None:
-        """The proxy's error message for a failed frame."""
-        err = self.ack.get("error")
-        return None if err is None else str(err)
-
     def as_tuple(self) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
         """``(seq, ack_dict, outputs)``, what the seed's ``stream_bytes`` yields."""
         return self.seq, self.ack, self.outputs
 
 
 @dataclasses.dataclass(frozen=True)
-class ResponseResult:
+class ResponseResult(_AckResult):
     """One model response to one frame, from ``stream_responses``.
 
     Attributes:
@@ -353,17 +360,6 @@ class ResponseResult:
     ack: dict[str, Any]
     correlation_id: str
     timings: dict[str, float]
-
-    @property
-    def ok(self) -> bool:
-        """Whether the proxy answered ``OK``."""
-        return self.status == "OK"
-
-    @property
-    def error(self) -> str | None:
-        """The proxy's error message for a failed response."""
-        err = self.ack.get("error")
-        return None if err is None else str(err)
 
 
 def _status_name(status: int) -> str:

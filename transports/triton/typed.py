@@ -150,6 +150,21 @@ def header_from_spec(model: str, version: str, spec: PacketSpec) -> TritonHeader
     )
 
 
+async def model_header(
+    streamer: AsyncTritonBytesStreamer, model: str, model_version: str
+) -> TritonHeader:
+    """The model's header from the proxy's metadata, or from the packet spec without it."""
+    try:
+        info = await streamer.model_metadata(model, model_version)
+    except TritonClientError as exc:
+        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return header_from_spec(
+            model, model_version, await streamer.packet_spec(model, model_version)
+        )
+    return header_from(info, model_version)
+
+
 def item_from(result: FrameResult) -> TritonItem:
     """The item for one frame's result (outputs that are not arrays are left out)."""
     outputs = {k: v for k, v in (result.outputs or {}).items() if isinstance(v, np.ndarray)}
@@ -190,15 +205,7 @@ async def triton_frames(
     if not streamer.parse_outputs_numpy:
         raise ValueError("triton_frames needs a streamer with parse_outputs_numpy=True")
     writer = stream_writer(types or triton_stream_types())
-    try:
-        info = await streamer.model_metadata(model, model_version)
-        header = header_from(info, model_version)
-    except TritonClientError as exc:
-        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-            raise
-        header = header_from_spec(
-            model, model_version, await streamer.packet_spec(model, model_version)
-        )
+    header = await model_header(streamer, model, model_version)
     yield writer.yield_header(header)
     started = time.perf_counter()
     latencies: list[float] = []
@@ -319,16 +326,8 @@ async def triton_responses(
     if not streamer.parse_outputs_numpy:
         raise ValueError("triton_responses needs a streamer with parse_outputs_numpy=True")
     writer = stream_writer(types or triton_response_types())
-    try:
-        info = await streamer.model_metadata(model, model_version)
-        model_header = header_from(info, model_version)
-    except TritonClientError as exc:
-        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-            raise
-        model_header = header_from_spec(
-            model, model_version, await streamer.packet_spec(model, model_version)
-        )
-    yield writer.yield_header(TritonResponseHeader(model=model_header, request=request or {}))
+    header = await model_header(streamer, model, model_version)
+    yield writer.yield_header(TritonResponseHeader(model=header, request=request or {}))
     started = time.perf_counter()
     latencies: list[float] = []
     first_ms: float | None = None
