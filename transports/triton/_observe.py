@@ -25,7 +25,15 @@ import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import grpc
@@ -301,7 +309,9 @@ class ObservedBackend(Backend):
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+    @contextlib.contextmanager
+    def _observed(self, method: str, model: str, *, attach: bool = True) -> Iterator[None]:
+        """Time, count and trace what runs inside; ``attach`` makes its span current."""
         span = None
         token = None
         if self._traced:
@@ -315,12 +325,12 @@ class ObservedBackend(Backend):
                     "truss_stream.model": model,
                 },
             )
-            if span is not None:
+            if span is not None and attach:
                 token = _tracing.attach(_tracing.span_context(span))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await call
+            yield
         except BackendError as exc:
             code = exc.code
             raise
@@ -341,6 +351,10 @@ class ObservedBackend(Backend):
             if span is not None:
                 error = None if code is grpc.StatusCode.OK else code.name
                 _tracing.end_span(span, {"rpc.grpc.status_code": code.value[0]}, error)
+
+    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+        with self._observed(method, model):
+            return await call
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """The inner backend's ``infer``, observed as ``ModelInfer``."""
@@ -371,55 +385,15 @@ class ObservedBackend(Backend):
         return await self.inner.decoupled(request)
 
     async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
-        """The inner backend's ``stream_infer``, observed as ``ModelStreamInfer``."""
-        span = None
-        token = None
-        if self._traced:
-            span = _tracing.start_span(
-                f"{self.name} ModelStreamInfer",
-                server=False,
-                attributes={
-                    "rpc.system": "grpc",
-                    "rpc.method": "ModelStreamInfer",
-                    "truss_stream.backend": self.name,
-                    "truss_stream.model": request.model,
-                },
-            )
-            if span is not None:
-                token = _tracing.attach(_tracing.span_context(span))
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        """The inner backend's ``stream_infer``, observed as ``ModelStreamInfer``.
+
+        Its span is not made current (a context set in a generator would leak into
+        whoever iterates it), so Triton's stream call carries no ``traceparent``.
+        """
+        with self._observed("ModelStreamInfer", request.model, attach=False):
             async with contextlib.aclosing(self.inner.stream_infer(request)) as responses:
-                if token is not None:  # the call is open: its context went with it
-                    _tracing.detach(token)
-                    token = None
                 async for response in responses:
                     yield response
-        except BackendError as exc:
-            code = exc.code
-            raise
-        except Exception:
-            code = grpc.StatusCode.UNKNOWN
-            raise
-        except BaseException:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            if token is not None:
-                _tracing.detach(token)
-            metrics = self._metrics
-            if metrics is not None:
-                metrics.backend_call(
-                    self.name,
-                    "ModelStreamInfer",
-                    request.model,
-                    code.name,
-                    time.perf_counter() - started,
-                )
-            if span is not None:
-                error = None if code is grpc.StatusCode.OK else code.name
-                _tracing.end_span(span, {"rpc.grpc.status_code": code.value[0]}, error)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
