@@ -351,7 +351,8 @@ def main() -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     for r in run():
         value = "" if r["value"] is None else r["value"]
-        print(f"{r['variant']:<78} {value:>10} {r['unit']} {r.get('note', '')}")
+        ratio = f"{r['ratio']}x {r['ratio_vs']}" if "ratio" in r else ""
+        print(f"{r['variant']:<78} {value:>10} {r['unit']} {ratio}{r.get('note', '')}")
 
 
 if __name__ == "__main__":

@@ -313,3 +313,43 @@ def test_python_backend_model_without_cancel_runs_to_the_end(
     assert responses[-1].outputs == {}
     record = python_backend.wait_record("watch-full")
     assert record == {"request_id": "watch-full", "count": 6, "sent": 6, "cancelled": False}
+
+
+def _raw_stream(url: str, parameter: str, count: int, wait_s: float) -> list[Any]:
+    """ModelStreamInfer over plain grpc: one stream_count request with ``parameter`` set
+    true; every response that arrives within ``wait_s`` seconds."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="stream_count", id="raw")
+    request.inputs.add(name="COUNT", datatype="INT32", shape=[1])  # data: raw contents
+    request.raw_input_contents.append(np.array([count], dtype=np.int32).tobytes())
+    request.parameters[parameter].bool_param = True
+    got: list[Any] = []
+    with grpc.insecure_channel(url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        call = stub.ModelStreamInfer(iter([request]), timeout=wait_s)
+        with contextlib.suppress(grpc.RpcError):  # DEADLINE_EXCEEDED ends the wait
+            for response in call:
+                got.append(response)
+                params = response.infer_response.parameters
+                if params["triton_final_response"].bool_param:
+                    call.cancel()
+                    break
+    return got
+
+
+def test_the_empty_final_parameter_is_named_triton_enable_empty_final_response(
+    streaming: StreamingServer,
+) -> None:
+    """On the wire the request parameter is ``triton_enable_empty_final_response``
+    (tritonclient sets it for ``enable_empty_final_response=True``); a request carrying
+    ``enable_empty_final_response`` gets its responses but never an end marker."""
+    right = _raw_stream(streaming.url, "triton_enable_empty_final_response", 2, 10.0)
+    finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in right]
+    assert finals == [False, False, True]
+    assert [len(r.infer_response.outputs) for r in right] == [2, 2, 0]
+
+    wrong = _raw_stream(streaming.url, "enable_empty_final_response", 2, 3.0)
+    finals = [r.infer_response.parameters["triton_final_response"].bool_param for r in wrong]
+    assert finals == [False, False]
