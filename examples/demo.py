@@ -28,6 +28,7 @@ from examples.grpc_client import consume_sync as grpc_consume_sync
 from examples.grpc_client import wait_serving
 from examples.triton_client import run_async as triton_run_async
 from examples.triton_client import run_sync as triton_run_sync
+from examples.triton_client import run_tokens as triton_run_tokens
 from examples.triton_client import run_typed as triton_run_typed
 
 
@@ -127,6 +128,9 @@ def triton_segment(port: int) -> None:
         frames += asyncio.run(triton_run_async(addr, 4))
         frames += asyncio.run(triton_run_typed(addr, 4))
         print(f"streamed {frames} frames through the proxy, one Chat call per run")
+        print("-- a streaming (decoupled) model: one Ack per token, the last one final")
+        responses = triton_run_tokens(addr)
+        print(f"got {responses} responses from streaming models (stream_responses)")
 
 
 def main() -> None:

@@ -111,3 +111,29 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_tokens(addr: str, prompt: str = "tokens stream from a decoupled model, one by one") -> int:
+    """A streaming (decoupled) model: every response as it arrives, sync, then async."""
+    from examples.triton_sse import PROMPT_BYTES, prompt_frame
+
+    tokens = 0
+    with TritonBytesStreamer(addr, shape=(PROMPT_BYTES,)) as streamer:
+        text = []
+        for r in streamer.stream_responses("stream_tokens", "1", [prompt_frame(prompt)]):
+            if r.outputs is not None:
+                text.append(bytes(r.outputs["TOKEN"]).decode())
+                print(f"token {r.index}: {text[-1]!r}", flush=True)
+            if r.final:
+                print(f"final (response {r.index}, status {r.status}): {' '.join(text)}")
+            tokens += 1
+
+    async def counts() -> int:
+        async with AsyncTritonBytesStreamer(addr, shape=(1,), max_in_flight=4) as client:
+            frames = [np.array([n], np.int32).tobytes() for n in (3, 0, 2)]
+            got = [r async for r in client.stream_responses("stream_count", "1", frames)]
+        finals = sum(r.final for r in got)
+        print(f"async stream_count: {len(got)} responses, {finals} finals for 3 frames")
+        return len(got)
+
+    return tokens + asyncio.run(counts())

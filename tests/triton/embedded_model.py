@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -28,3 +28,13 @@ async def held_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     await asyncio.sleep(float(seconds or 1.0))
     (array,) = inputs.values()
     return {"OUTPUT": array}
+
+
+def count_tokens(model: str, inputs: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    """A streaming model (a plain generator): COUNT responses, as the demo's stream_count."""
+    (array,) = inputs.values()
+    for i in range(int(array.reshape(-1)[0])):
+        yield {
+            "INDEX": np.array([i], dtype=np.int32),
+            "TOKEN": np.frombuffer(f"tok{i} ".encode(), dtype=np.uint8).copy(),
+        }

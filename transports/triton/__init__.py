@@ -13,25 +13,59 @@ from transports._extras import require_extra
 
 require_extra(__name__)
 
+from typing import TYPE_CHECKING, Any
+
 from . import multimodal_pb2, multimodal_pb2_grpc
-from ._client_errors import TritonClientError
-from ._client_packets import FrameResult, ModelInfo, PacketSpec, TensorInfo
-from .aio_client import AsyncTritonBytesStreamer
-from .client import TritonBytesStreamer
-from .typed import (
-    TritonFooter,
-    TritonHeader,
-    TritonItem,
-    TritonTensorSpec,
-    triton_frames,
-    triton_stream_types,
-)
+
+# The clients and the typed view load on first use, so importing the proxy (a submodule)
+# never imports them.
+_LAZY = {
+    "TritonClientError": "._client_errors",
+    "FrameResult": "._client_packets",
+    "ModelInfo": "._client_packets",
+    "PacketSpec": "._client_packets",
+    "ResponseResult": "._client_packets",
+    "TensorInfo": "._client_packets",
+    "AsyncTritonBytesStreamer": ".aio_client",
+    "TritonBytesStreamer": ".client",
+    "TritonFooter": ".typed",
+    "TritonHeader": ".typed",
+    "TritonItem": ".typed",
+    "TritonTensorSpec": ".typed",
+    "triton_frames": ".typed",
+    "triton_stream_types": ".typed",
+}
+
+if TYPE_CHECKING:
+    from ._client_errors import TritonClientError
+    from ._client_packets import FrameResult, ModelInfo, PacketSpec, ResponseResult, TensorInfo
+    from .aio_client import AsyncTritonBytesStreamer
+    from .client import TritonBytesStreamer
+    from .typed import (
+        TritonFooter,
+        TritonHeader,
+        TritonItem,
+        TritonTensorSpec,
+        triton_frames,
+        triton_stream_types,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)
+
 
 __all__ = [
     "AsyncTritonBytesStreamer",
     "FrameResult",
     "ModelInfo",
     "PacketSpec",
+    "ResponseResult",
     "TensorInfo",
     "TritonBytesStreamer",
     "TritonClientError",

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import importlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -22,9 +31,10 @@ import grpc.aio
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from transports.grpc import GrpcOptions
 from transports.triton import _dtypes
 from transports.triton import multimodal_pb2 as pb
-from transports.triton._packets import BackendError, InferRequest, OutputTensor
+from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
 
 __all__ = [
     "Backend",
@@ -36,10 +46,15 @@ __all__ = [
 
 ModelFunction = Callable[
     [str, Mapping[str, np.ndarray]],
-    Mapping[str, Any] | Awaitable[Mapping[str, Any]],
+    Mapping[str, Any]
+    | Awaitable[Mapping[str, Any]]
+    | Iterator[Mapping[str, Any]]
+    | AsyncIterator[Mapping[str, Any]],
 ]
 """An embedded model: ``fn(model_name, {input_name: array}) -> {output_name: array}``,
-plain or ``async``. Plain functions run in a worker thread."""
+plain or ``async``; plain functions run in a worker thread. A generator or async
+generator (one ``yield`` of ``{output_name: array}`` per response) is a streaming
+(decoupled) model: each yield becomes one Ack, and its end an empty final Ack."""
 
 _OUTPUT_NAMES_TTL = 60.0
 _OUTPUT_NAMES_MAX = 1024
@@ -49,6 +64,7 @@ _OUTPUT_NAMES_MAX = 1024
 class _ModelInfo:
     outputs: frozenset[str]
     max_batch_size: int  # 0 when unknown or not batching
+    decoupled: bool = False
 
 
 @dataclass
@@ -80,6 +96,26 @@ class Backend(abc.ABC):
         Raises:
             BackendError: the call failed or timed out.
         """
+
+    async def decoupled(self, request: InferRequest) -> bool:
+        """Whether ``request``'s model streams (any number of responses per request).
+
+        True sends the request through :meth:`stream_infer`, False through
+        :meth:`infer`. The default: False (every model answers once).
+        """
+        return False
+
+    async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
+        """Run one inference of a streaming model: its responses, in order.
+
+        The last one has ``final`` set. Closing the iterator early (the client went
+        away) must cancel the model's work. The default: one final response from
+        :meth:`infer`.
+
+        Raises:
+            BackendError: the call failed, before or between responses.
+        """
+        yield ModelResponse(await self.infer(request), final=True)
 
     @abc.abstractmethod
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
@@ -143,18 +179,19 @@ class TritonBackend(Backend):
         coalesce: int = 0,
         interceptors: Sequence[Any] = (),
     ) -> None:
-        options: Sequence[tuple[str, Any]] = [
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            # Reconnect quickly after a Triton restart; the default backoff grows
-            # to two minutes, during which every packet would fail.
-            ("grpc.initial_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 250),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
+        options = GrpcOptions(
+            max_message_bytes=max_message_bytes,
+            keepalive_time_ms=30_000,
+            keepalive_timeout_ms=10_000,
+            extra=(
+                ("grpc.lb_policy_name", "round_robin"),
+                # Reconnect quickly after a Triton restart; the default backoff grows
+                # to two minutes, during which every packet would fail.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ),
+        ).channel_options()
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(
                 target, options=options, interceptors=interceptors or None
@@ -174,17 +211,42 @@ class TritonBackend(Backend):
         meta = await self._stub.ModelMetadata(
             service_pb2.ModelMetadataRequest(name=model, version=version), timeout=timeout
         )
-        max_batch_size = 0
-        if self.coalesce > 1:
-            config = await self._stub.ModelConfig(
-                service_pb2.ModelConfigRequest(name=model, version=version), timeout=timeout
-            )
-            max_batch_size = int(config.config.max_batch_size)
-        info = _ModelInfo(frozenset(o.name for o in meta.outputs), max_batch_size)
+        config = await self._stub.ModelConfig(
+            service_pb2.ModelConfigRequest(name=model, version=version), timeout=timeout
+        )
+        info = _ModelInfo(
+            frozenset(o.name for o in meta.outputs),
+            int(config.config.max_batch_size),
+            bool(config.config.model_transaction_policy.decoupled),
+        )
         if len(self._models) >= _OUTPUT_NAMES_MAX:
             self._models.clear()
         self._models[(model, version)] = (time.monotonic() + _OUTPUT_NAMES_TTL, info)
         return info
+
+    async def _model_info(self, request: InferRequest) -> _ModelInfo | None:
+        cached = self._models.get((request.model, request.model_version))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            return await self._fetch_model_info(
+                request.model, request.model_version, min(request.timeout, 5.0)
+            )
+        except grpc.aio.AioRpcError:
+            return None  # the inference call reports what is wrong
+
+    async def decoupled(self, request: InferRequest) -> bool:
+        """The model config's ``model_transaction_policy.decoupled`` (cached as the outputs)."""
+        cached = self._models.get((request.model, request.model_version))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1].decoupled  # the common case, without a coroutine
+        info = await self._model_info(request)
+        return info is not None and info.decoupled
+
+    def _wanted(self, request: InferRequest, info: _ModelInfo | None) -> tuple[str, ...]:
+        # Ask only for outputs the model has: Triton fails the whole request on an
+        # unknown name, while the seed's protocol marks it {"error": "missing"}.
+        return tuple(n for n in request.outputs if info is None or n in info.outputs)
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """Send one ModelInfer to Triton; see :meth:`Backend.infer`."""
@@ -193,15 +255,8 @@ class TritonBackend(Backend):
         if cached is not None and cached[0] > time.monotonic():
             info = cached[1]  # the common case, without a coroutine
         else:
-            try:
-                info = await self._fetch_model_info(
-                    request.model, request.model_version, min(request.timeout, 5.0)
-                )
-            except grpc.aio.AioRpcError:
-                info = None  # ModelInfer below reports what is wrong
-        # Ask only for outputs the model has: Triton fails the whole request on an
-        # unknown name, while the seed's protocol marks it {"error": "missing"}.
-        wanted = tuple(n for n in request.outputs if info is None or n in info.outputs)
+            info = await self._model_info(request)
+        wanted = self._wanted(request, info)
         if (
             info is not None
             and self.coalesce > 1
@@ -213,10 +268,51 @@ class TritonBackend(Backend):
             return await self._coalesced(request, wanted, limit)
         return await self._infer_one(request, wanted)
 
-    async def _infer_one(
+    async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
+        """Send one request over Triton's ``ModelStreamInfer``; yield its responses.
+
+        The request asks for ``triton_enable_empty_final_response``, so Triton flags the
+        request's last response ``triton_final_response`` (an empty one when the model
+        has no more outputs). One stream call per request: closing this iterator
+        cancels that call, which Triton turns into a cancellation of the request.
+        The stream is read only as fast as the caller pulls, so gRPC's flow control
+        holds Triton back for a slow reader.
+        """
+        info = await self._model_info(request)
+        message = self._infer_message(request, self._wanted(request, info))
+        message.parameters["triton_enable_empty_final_response"].bool_param = True
+        finished = asyncio.Event()
+
+        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
+            yield message
+            await finished.wait()  # keep the stream open until the final response
+
+        call = self._stub.ModelStreamInfer(requests(), timeout=request.timeout)
+        try:
+            async for response in call:
+                if response.error_message:
+                    raise BackendError(f"triton inference failed: {response.error_message}")
+                infer = response.infer_response
+                final_param = infer.parameters.get("triton_final_response")
+                final = bool(final_param.bool_param) if final_param is not None else False
+                outputs = {
+                    out.name: OutputTensor(out.name, out.datatype, tuple(out.shape), raw)
+                    for out, raw in zip(infer.outputs, infer.raw_output_contents, strict=True)
+                }
+                yield ModelResponse(outputs, final=final)
+                if final:
+                    return
+            raise BackendError("triton ended the stream before the request's final response")
+        except grpc.aio.AioRpcError as exc:
+            raise _triton_error(exc, "inference", request.timeout) from exc
+        finally:
+            finished.set()
+            call.cancel()
+
+    def _infer_message(
         self, request: InferRequest, wanted: Sequence[str]
-    ) -> Mapping[str, OutputTensor]:
-        message = service_pb2.ModelInferRequest(
+    ) -> service_pb2.ModelInferRequest:
+        return service_pb2.ModelInferRequest(
             model_name=request.model,
             model_version=request.model_version,
             id=request.cid,
@@ -230,6 +326,11 @@ class TritonBackend(Backend):
             ],
             raw_input_contents=[request.data],
         )
+
+    async def _infer_one(
+        self, request: InferRequest, wanted: Sequence[str]
+    ) -> Mapping[str, OutputTensor]:
+        message = self._infer_message(request, wanted)
         try:
             response = await self._stub.ModelInfer(message, timeout=request.timeout)
         except grpc.aio.AioRpcError as exc:
@@ -394,6 +495,7 @@ class TritonBackend(Backend):
             outputs=tensors(meta.outputs),
             ready=ready,
             max_batch_size=config.config.max_batch_size,
+            decoupled=config.config.model_transaction_policy.decoupled,
         )
 
     async def server_ready(self) -> tuple[bool, str]:
@@ -459,11 +561,15 @@ class PythonBackend(Backend):
         self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 - the method, not callability
         )
+        # Streaming models: generator functions, or objects with a generator __call__.
+        call = getattr(fn, "__call__", None)  # noqa: B004 - the method, not callability
+        self._streams = any(
+            inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in (fn, call)
+        )
         self._metadata = dict(metadata or {})
         self.name = name
 
-    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
-        """Call the function with NumPy views of the input; see :meth:`Backend.infer`."""
+    def _inputs(self, request: InferRequest) -> dict[str, np.ndarray]:
         np_name = _dtypes.NUMPY_NAME.get(request.datatype)
         if np_name is None:
             raise BackendError(
@@ -471,7 +577,99 @@ class PythonBackend(Backend):
                 status=pb.UNSUPPORTED,
             )
         array = np.frombuffer(request.data, dtype=np_name).reshape(request.shape)
-        inputs = {request.input_name: array}
+        return {request.input_name: array}
+
+    async def decoupled(self, request: InferRequest) -> bool:
+        """A generator function streams; else the model's metadata says (``decoupled``)."""
+        if self._streams:
+            return True
+        meta = self._metadata.get(request.model)
+        return meta is not None and meta.decoupled
+
+    def _failure(self, exc: Exception, request: InferRequest) -> BackendError:
+        if isinstance(exc, BackendError):
+            return exc
+        if isinstance(exc, asyncio.TimeoutError):
+            return BackendError(f"{self.name} inference timed out after {request.timeout:g}s")
+        return BackendError(f"{self.name} inference failed: {type(exc).__name__}: {exc}")
+
+    def _outputs(self, result: Any) -> dict[str, OutputTensor]:
+        if not isinstance(result, Mapping):
+            raise BackendError(f"{self.name} model returned {type(result).__name__}, not a mapping")
+        return {str(k): _to_output(str(k), v) for k, v in result.items()}
+
+    async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
+        """Iterate the model's generator: one response per ``yield``, then an empty final one.
+
+        A plain (non-generator) result is one final response. ``request.timeout``
+        bounds the whole stream. Closing this iterator closes the generator (its
+        ``finally`` blocks run): that is how an embedded model sees cancellation.
+        """
+        inputs = self._inputs(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.timeout
+
+        def left() -> float:
+            return max(deadline - loop.time(), 0.0)
+
+        try:
+            if (
+                self._is_async
+                or inspect.isasyncgenfunction(
+                    getattr(self._fn, "__call__", self._fn)  # noqa: B004
+                )
+                or inspect.isasyncgenfunction(self._fn)
+            ):
+                result: Any = self._fn(request.model, inputs)
+                if inspect.isawaitable(result):
+                    result = await asyncio.wait_for(result, left())
+            else:
+                result = await asyncio.wait_for(
+                    asyncio.to_thread(self._fn, request.model, inputs), left()
+                )
+            if isinstance(result, Mapping):
+                yield ModelResponse(self._outputs(result), final=True)
+                return
+            if hasattr(result, "__anext__"):
+                agen = cast(AsyncIterator[Mapping[str, Any]], result)
+                try:
+                    while True:
+                        try:
+                            item = await asyncio.wait_for(agen.__anext__(), left())
+                        except StopAsyncIteration:
+                            break
+                        yield ModelResponse(self._outputs(item))
+                finally:
+                    aclose = getattr(agen, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+            elif hasattr(result, "__next__"):
+                gen = cast(Iterator[Mapping[str, Any]], result)
+                done: Any = object()
+
+                def step() -> Any:
+                    return next(gen, done)
+
+                try:
+                    while True:
+                        item = await asyncio.wait_for(asyncio.to_thread(step), left())
+                        if item is done:
+                            break
+                        yield ModelResponse(self._outputs(item))
+                finally:
+                    close = getattr(gen, "close", None)
+                    if close is not None:
+                        with contextlib.suppress(ValueError):  # still running in its thread
+                            close()
+            else:
+                self._outputs(result)  # raises: not a mapping
+        except Exception as exc:
+            raise self._failure(exc, request) from exc
+        yield ModelResponse({}, final=True)
+
+    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
+        """Call the function with NumPy views of the input; see :meth:`Backend.infer`."""
+        inputs = self._inputs(request)
         try:
             if self._is_async:
                 pending = self._fn(request.model, inputs)
@@ -484,19 +682,9 @@ class PythonBackend(Backend):
                 result = await asyncio.wait_for(
                     asyncio.to_thread(sync_fn, request.model, inputs), request.timeout
                 )
-        except asyncio.TimeoutError as exc:
-            raise BackendError(
-                f"{self.name} inference timed out after {request.timeout:g}s"
-            ) from exc
-        except BackendError:
-            raise
         except Exception as exc:
-            raise BackendError(
-                f"{self.name} inference failed: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(result, Mapping):
-            raise BackendError(f"{self.name} model returned {type(result).__name__}, not a mapping")
-        return {str(k): _to_output(str(k), v) for k, v in result.items()}
+            raise self._failure(exc, request) from exc
+        return self._outputs(result)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The metadata given at construction; NOT_FOUND otherwise."""

@@ -113,6 +113,7 @@ class StreamerSettings:
         connect_timeout_sec: float = 10.0,
         stream_timeout_sec: float | None = None,
         ack_timeout_sec: float | None = None,
+        frame_timeout_sec: float | None = None,
         max_in_flight: int = 32,
         frames_per_packet: int = 1,
         binary_outputs: bool | None = None,
@@ -148,6 +149,7 @@ class StreamerSettings:
         self.ack_timeout_sec = (
             self.request_timeout_sec + 30.0 if ack_timeout_sec is None else float(ack_timeout_sec)
         )
+        self.frame_timeout_sec = frame_timeout_sec
         self.max_in_flight = int(max_in_flight)
         self.frames_per_packet = int(frames_per_packet)
         # Raw bytes are cheaper than base64 for both ends; a caller that wants the
@@ -208,6 +210,28 @@ class StreamerSettings:
             binary_outputs=self.binary_outputs,
         )
 
+    def watch(self, pipe: AckPipeline, clock: Any) -> AckWatch:
+        """The stuck-call watch of one Chat call (idle and per-frame limits)."""
+        return AckWatch(pipe, self.ack_timeout_sec, clock, self.frame_timeout_sec)
+
+    def check_streaming(self, spec: PacketSpec, streaming: bool) -> None:
+        """Refuse what a streaming call cannot do, and one-result calls to a streaming model.
+
+        Raises:
+            ValueError: ``stream_responses`` with ``frames_per_packet > 1``.
+            TritonClientError: (FAILED_PRECONDITION) ``stream_bytes`` / ``stream_results``
+                to a model the metadata says is decoupled.
+        """
+        if streaming and self.frames_per_packet > 1:
+            raise ValueError("stream_responses sends one frame per packet (frames_per_packet=1)")
+        if not streaming and spec.decoupled:
+            raise TritonClientError(
+                "Chat",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the model is decoupled (streaming: any number of responses per frame); "
+                "stream_bytes/stream_results take one result per frame, use stream_responses",
+            )
+
     def pipeline(self, spec: PacketSpec, model: str, model_version: str) -> AckPipeline:
         """A fresh :class:`AckPipeline` for one Chat call."""
         return AckPipeline(
@@ -250,22 +274,35 @@ class AckWatch:
     between results (a slow consumer) never counts.
     """
 
-    def __init__(self, pipe: AckPipeline, limit_s: float, clock: Any) -> None:
+    def __init__(
+        self,
+        pipe: AckPipeline,
+        limit_s: float,
+        clock: Any,
+        frame_limit_s: float | None = None,
+    ) -> None:
         self._pipe = pipe
         self.limit_s = limit_s
+        self.frame_limit_s = float("inf") if frame_limit_s is None else float(frame_limit_s)
         self._clock = clock
         self._since: float | None = None
         self.tripped = False
+        self._frame_tripped = False
+
+    @staticmethod
+    def _finite(limit: float) -> bool:
+        return limit != float("inf") and limit > 0
 
     @property
     def enabled(self) -> bool:
         """Whether there is a finite limit to watch."""
-        return self.limit_s != float("inf") and self.limit_s > 0
+        return self._finite(self.limit_s) or self._finite(self.frame_limit_s)
 
     @property
     def interval_s(self) -> float:
         """How often the watchdog should look."""
-        return min(1.0, max(self.limit_s / 4, 0.05))
+        limits = [x for x in (self.limit_s, self.frame_limit_s) if self._finite(x)]
+        return min(1.0, max(min(limits, default=4.0) / 4, 0.05))
 
     def waiting(self) -> None:
         """The driver starts waiting for the next Ack."""
@@ -278,12 +315,22 @@ class AckWatch:
     def check(self) -> bool:
         """Whether the call is stuck; latches :attr:`tripped`."""
         since = self._since
-        if since is not None and self._pipe.unreleased and self._clock() - since > self.limit_s:
-            self.tripped = True
+        if since is not None and self._pipe.unreleased:
+            if self._clock() - since > self.limit_s:
+                self.tripped = True
+            elif self._pipe.oldest_age() > self.frame_limit_s:
+                self.tripped = self._frame_tripped = True
         return self.tripped
 
     def error(self) -> TritonClientError:
         """The error to raise for a stuck call."""
+        if self._frame_tripped:
+            return TritonClientError(
+                "Chat",
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"a frame got no final response within {self.frame_limit_s:g}s of being sent "
+                f"({self._pipe.unreleased} frames in flight; frame_timeout_sec)",
+            )
         return TritonClientError(
             "Chat",
             grpc.StatusCode.DEADLINE_EXCEEDED,

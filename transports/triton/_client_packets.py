@@ -35,6 +35,7 @@ from ._client_errors import TritonClientError
 __all__ = [
     "AckPipeline",
     "FrameResult",
+    "ResponseResult",
     "ModelInfo",
     "PacketSpec",
     "TensorInfo",
@@ -118,6 +119,8 @@ class ModelInfo:
     outputs: tuple[TensorInfo, ...]
     ready: bool
     max_batch_size: int
+    decoupled: bool = False
+    """A streaming model: any number of responses per request (use ``stream_responses``)."""
 
     @classmethod
     def from_proto(cls, msg: pb.ModelMetadataResponse) -> ModelInfo:
@@ -136,6 +139,7 @@ class ModelInfo:
             outputs=tensors(msg.outputs),
             ready=msg.ready,
             max_batch_size=int(msg.max_batch_size),
+            decoupled=bool(msg.decoupled),
         )
 
 
@@ -155,6 +159,7 @@ class PacketSpec:
             (``Control.timeout_secs``).
         binary_outputs: ask for outputs as raw bytes (``Ack.outputs``) instead of
             base64 in the JSON.
+        decoupled: the model streams (known from its metadata; False when unknown).
     """
 
     input_name: str
@@ -163,6 +168,7 @@ class PacketSpec:
     outputs: tuple[str, ...]
     timeout_secs: float
     binary_outputs: bool
+    decoupled: bool = False
 
     @property
     def frame_nbytes(self) -> int | None:
@@ -275,6 +281,7 @@ def spec_from_metadata(
         outputs=tuple(outputs),
         timeout_secs=timeout_secs,
         binary_outputs=binary_outputs,
+        decoupled=info.decoupled,
     )
     return spec.resolve(info)
 
@@ -282,8 +289,26 @@ def spec_from_metadata(
 # Acks ---------------------------------------------------------------------------------
 
 
+class _AckResult:
+    """``ok`` and ``error`` of a result that holds its Ack's ``status`` and JSON ``ack``."""
+
+    status: str
+    ack: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the proxy answered ``OK``."""
+        return self.status == "OK"
+
+    @property
+    def error(self) -> str | None:
+        """The proxy's error message for a failure."""
+        err = self.ack.get("error")
+        return None if err is None else str(err)
+
+
 @dataclasses.dataclass(frozen=True)
-class FrameResult:
+class FrameResult(_AckResult):
     """The outcome of one frame.
 
     Attributes:
@@ -305,20 +330,36 @@ class FrameResult:
     outputs: dict[str, Any] | None
     timings: dict[str, float]
 
-    @property
-    def ok(self) -> bool:
-        """Whether the proxy answered ``OK``."""
-        return self.status == "OK"
-
-    @property
-    def error(self) -> str | None:
-        """The proxy's error message for a failed frame."""
-        err = self.ack.get("error")
-        return None if err is None else str(err)
-
     def as_tuple(self) -> tuple[int, dict[str, Any], dict[str, Any] | None]:
         """``(seq, ack_dict, outputs)``, what the seed's ``stream_bytes`` yields."""
         return self.seq, self.ack, self.outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseResult(_AckResult):
+    """One model response to one frame, from ``stream_responses``.
+
+    Attributes:
+        seq: the frame's 0-based index in the stream.
+        index: the response's index within its frame, from 0.
+        final: the frame's last response (exactly one per frame). It may carry outputs,
+            or none when the model ended the request with an empty final response.
+        status: the Ack status name, ``"OK"`` on success.
+        outputs: output name -> ``np.ndarray`` (or the JSON map when not parsing to
+            NumPy), or None when the response carries none.
+        ack: the Ack's JSON message, plus ``"status"``, ``"index"`` and ``"final"``.
+        correlation_id: ``<stream_id>:<seq>``, echoed by the proxy.
+        timings: as :class:`FrameResult`'s; ``client_ms`` is from sending the frame.
+    """
+
+    seq: int
+    index: int
+    final: bool
+    status: str
+    outputs: dict[str, Any] | None
+    ack: dict[str, Any]
+    correlation_id: str
+    timings: dict[str, float]
 
 
 def _status_name(status: int) -> str:
@@ -412,6 +453,10 @@ class AckPipeline:
         self._in_flight: dict[str, tuple[int, int, float]] = {}
         self._done: dict[int, FrameResult] = {}
         self._batched: dict[int, pb.Control] = {}
+        # stream_responses: correlation id -> responses received so far
+        self._responses: dict[str, int] = {}
+        # stream_results: frames whose Ack was not final (a streaming model answering)
+        self._partial: set[str] = set()
 
     @property
     def sent(self) -> int:
@@ -481,6 +526,16 @@ class AckPipeline:
             TritonClientError: (INTERNAL) the Ack names no packet in flight.
         """
         entry = self._in_flight.pop(ack.correlation_id, None)
+        if entry is None and ack.correlation_id in self._partial:
+            raise TritonClientError(
+                "Chat",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"frame {ack.correlation_id!r} got a second response: the model is decoupled "
+                "(streaming); stream_bytes/stream_results take one result per frame, use "
+                "stream_responses",
+            )
+        if entry is not None and not ack.final and ack.index == 0:
+            self._partial.add(ack.correlation_id)
         if entry is None:
             raise TritonClientError(
                 "Chat",
@@ -505,6 +560,49 @@ class AckPipeline:
             ready.append(self._done.pop(self._next_release))
             self._next_release += 1
         return ready
+
+    def on_response(self, ack: pb.Ack) -> tuple[ResponseResult, bool]:
+        """Take one Ack of ``stream_responses``: its result, and whether its frame is done.
+
+        Raises:
+            TritonClientError: (INTERNAL) the Ack names no frame in flight, or comes out
+                of its frame's order.
+        """
+        cid = ack.correlation_id
+        entry = self._in_flight.get(cid)
+        if entry is None:
+            raise TritonClientError(
+                "Chat",
+                grpc.StatusCode.INTERNAL,
+                f"the proxy sent a response for an unknown or finished frame {cid!r}",
+            )
+        first, _, sent_at = entry
+        index = self._responses.get(cid, 0)
+        if ack.index != index:
+            raise TritonClientError(
+                "Chat",
+                grpc.StatusCode.INTERNAL,
+                f"frame {cid!r}: response {ack.index} arrived where {index} was due",
+            )
+        status, msg, outputs, timings = parse_ack(ack, parse_numpy=self._parse_numpy)
+        timings["client_ms"] = (self._clock() - sent_at) * 1000.0
+        msg["index"], msg["final"] = index, ack.final
+        result = ResponseResult(first, index, ack.final, status, outputs, msg, cid, timings)
+        if ack.final:
+            del self._in_flight[cid]
+            self._responses.pop(cid, None)
+            self._next_release += 1
+        else:
+            self._responses[cid] = index + 1
+        return result, ack.final
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest frame in flight was sent (0 when none is)."""
+        if not self._in_flight:
+            return 0.0
+        # dicts keep insertion order: the first entry was sent first
+        _, _, sent_at = next(iter(self._in_flight.values()))
+        return float(self._clock() - sent_at)
 
     def finish(self) -> None:
         """Check that every frame sent got its Ack.

@@ -21,10 +21,19 @@ anything else is ``"other"``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import grpc
@@ -35,7 +44,7 @@ from transports.observability._grpc import aio_trace_interceptors
 from transports.triton import multimodal_pb2 as pb
 from transports.triton._backends import Backend
 from transports.triton._health import TritonHealthProbe
-from transports.triton._packets import BackendError, InferRequest, OutputTensor
+from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
 from transports.triton.auth import DominoAuthInterceptor
 
 if TYPE_CHECKING:
@@ -48,6 +57,7 @@ __all__ = [
     "ObservedAuthInterceptor",
     "ProxyObservability",
     "ObservedBackend",
+    "observe_packet_stream",
     "observe_packets",
     "resolve_proxy_metrics",
 ]
@@ -112,6 +122,50 @@ def observe_packets(handle: Callable[_P, Awaitable[pb.Ack]]) -> Callable[_P, Awa
         name = _STATUS_NAMES.get(status) or _status_name(status)
         metrics.packet_answered(packet.control.model, status, name, time.perf_counter() - start)
         return ack
+
+    return observed
+
+
+def observe_packet_stream(
+    respond: Callable[_P, AsyncGenerator[pb.Ack, None]],
+) -> Callable[_P, AsyncGenerator[pb.Ack, None]]:
+    """Decorate ``respond(self, packet, received=None)`` (its Acks; the last one final).
+
+    As :func:`observe_packets`, counted once per packet, with its final Ack's status.
+    """
+
+    @functools.wraps(respond)
+    async def observed(*args: _P.args, **kwargs: _P.kwargs) -> AsyncGenerator[pb.Ack, None]:
+        metrics: ProxyMetrics | None = getattr(args[0], "metrics", None)
+        if metrics is None:
+            async with contextlib.aclosing(respond(*args, **kwargs)) as acks:
+                async for ack in acks:
+                    yield ack
+            return
+        packet = cast(pb.DataPacket, args[1])
+        received = args[2] if len(args) > 2 else kwargs.get("received")
+        start = received if isinstance(received, float) else time.perf_counter()
+        size = len(packet.tensor.data)
+        metrics.packets_in_flight += 1
+        metrics.bytes_in_flight += size
+        counted = False
+        try:
+            async with contextlib.aclosing(respond(*args, **kwargs)) as acks:
+                async for ack in acks:
+                    if ack.final:
+                        counted = True
+                        metrics.packets_in_flight -= 1
+                        metrics.bytes_in_flight -= size
+                        status = ack.status
+                        name = _STATUS_NAMES.get(status) or _status_name(status)
+                        metrics.packet_answered(
+                            packet.control.model, status, name, time.perf_counter() - start
+                        )
+                    yield ack
+        finally:
+            if not counted:
+                metrics.packets_in_flight -= 1
+                metrics.bytes_in_flight -= size
 
     return observed
 
@@ -255,7 +309,9 @@ class ObservedBackend(Backend):
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+    @contextlib.contextmanager
+    def _observed(self, method: str, model: str, *, attach: bool = True) -> Iterator[None]:
+        """Time, count and trace what runs inside; ``attach`` makes its span current."""
         span = None
         token = None
         if self._traced:
@@ -269,12 +325,12 @@ class ObservedBackend(Backend):
                     "truss_stream.model": model,
                 },
             )
-            if span is not None:
+            if span is not None and attach:
                 token = _tracing.attach(_tracing.span_context(span))
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            return await call
+            yield
         except BackendError as exc:
             code = exc.code
             raise
@@ -295,6 +351,10 @@ class ObservedBackend(Backend):
             if span is not None:
                 error = None if code is grpc.StatusCode.OK else code.name
                 _tracing.end_span(span, {"rpc.grpc.status_code": code.value[0]}, error)
+
+    async def _call(self, method: str, model: str, call: Awaitable[_T]) -> _T:
+        with self._observed(method, model):
+            return await call
 
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """The inner backend's ``infer``, observed as ``ModelInfer``."""
@@ -319,6 +379,21 @@ class ObservedBackend(Backend):
             metrics.backend_call(
                 self.name, "ModelInfer", request.model, code, time.perf_counter() - started
             )
+
+    async def decoupled(self, request: InferRequest) -> bool:
+        """The inner backend's answer (not observed: a cache lookup)."""
+        return await self.inner.decoupled(request)
+
+    async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
+        """The inner backend's ``stream_infer``, observed as ``ModelStreamInfer``.
+
+        Its span is not made current (a context set in a generator would leak into
+        whoever iterates it), so Triton's stream call carries no ``traceparent``.
+        """
+        with self._observed("ModelStreamInfer", request.model, attach=False):
+            async with contextlib.aclosing(self.inner.stream_infer(request)) as responses:
+                async for response in responses:
+                    yield response
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""

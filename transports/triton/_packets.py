@@ -45,6 +45,7 @@ __all__ = [
     "MAX_TIMEOUT_SECS",
     "BackendError",
     "InferRequest",
+    "ModelResponse",
     "OutputTensor",
     "PacketError",
     "check_correlation_id",
@@ -113,6 +114,20 @@ class OutputTensor:
     datatype: str
     shape: tuple[int, ...]
     data: bytes
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    """One response of a streaming (decoupled) model to one request.
+
+    Attributes:
+        outputs: the response's output tensors by name (empty for an empty final
+            response, as Triton sends with ``enable_empty_final_response``).
+        final: the request's last response.
+    """
+
+    outputs: Mapping[str, OutputTensor]
+    final: bool = False
 
 
 class PacketError(ValueError):

@@ -11,8 +11,9 @@ results in frame order. The bookkeeping is the sans-IO ``_client_packets`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +25,6 @@ from transports.grpc import acreate_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
-    AckWatch,
     ReadyStep,
     StreamerSettings,
     readiness_steps,
@@ -40,6 +40,7 @@ from ._client_packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
+    ResponseResult,
     chunked,
 )
 
@@ -197,8 +198,35 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         self, model: str, model_version: str, frame_bytes_iter: Frames
     ) -> AsyncIterator[FrameResult]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
+        async with contextlib.aclosing(
+            self._chat(model, model_version, frame_bytes_iter, streaming=False)
+        ) as results:
+            async for result in results:
+                assert isinstance(result, FrameResult)
+                yield result
+
+    async def stream_responses(
+        self, model: str, model_version: str, frame_bytes_iter: Frames
+    ) -> AsyncIterator[ResponseResult]:
+        """Every model response to each frame; see ``TritonBytesStreamer.stream_responses``.
+
+        ``frame_bytes_iter`` may be a sync or an async iterable. Leaving the loop early
+        (``break``, an exception, cancelling the task) cancels the call, and the proxy
+        cancels its upstream requests.
+        """
+        async with contextlib.aclosing(
+            self._chat(model, model_version, frame_bytes_iter, streaming=True)
+        ) as results:
+            async for result in results:
+                assert isinstance(result, ResponseResult)
+                yield result
+
+    async def _chat(
+        self, model: str, model_version: str, frame_bytes_iter: Frames, *, streaming: bool
+    ) -> AsyncGenerator[FrameResult | ResponseResult, None]:
         stub = await self._connected_stub()
         spec = await self.packet_spec(model, model_version)
+        self.check_streaming(spec, streaming)
         pipe = self.pipeline(spec, model, model_version)
         window = asyncio.Semaphore(self.max_in_flight)
         failure: list[Exception] = []
@@ -227,7 +255,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
 
         call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
         loop = asyncio.get_running_loop()
-        watch = AckWatch(pipe, self.ack_timeout_sec, loop.time)
+        watch = self.watch(pipe, loop.time)
 
         async def watchdog() -> None:
             while True:
@@ -251,6 +279,12 @@ class AsyncTritonBytesStreamer(StreamerSettings):
                         watch.got()
                     if not isinstance(ack, pb.Ack):  # grpc.aio.EOF
                         break
+                    if streaming:
+                        response, done = pipe.on_response(ack)
+                        if done:
+                            window.release()
+                        yield response
+                        continue
                     for result in pipe.on_ack(ack):
                         window.release()
                         yield result

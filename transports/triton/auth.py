@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -127,12 +128,32 @@ def _log_decision(tag: str, method: str, verdict: Verdict) -> None:
         _log.info("auth %s: %s denied (%s)", tag, method, _outcome(verdict))
 
 
+_DENY_DRAIN_S = 0.5
+_DENY_DRAIN_MESSAGES = 64
+
+
+async def _drain(requests: Any) -> None:
+    drained = 0
+    async for _ in requests:
+        drained += 1
+        if drained >= _DENY_DRAIN_MESSAGES:
+            return
+
+
 def _denying_handler(
     handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, details: str
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind as ``handler`` that fails the call with ``code``."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if handler.request_streaming:
+            # Ending a call while the client still writes its requests races in the
+            # client's grpc.aio: its failed write ("Failed execute_batch
+            # SendMessageOperation") can replace our status with INTERNAL. Read (and
+            # drop) what the client sends until it half-closes, bounded in messages and
+            # time, so a well-behaved client has stopped writing when the status goes.
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(_drain(request), _DENY_DRAIN_S)
         await context.abort(code, details)
 
     kwargs = {

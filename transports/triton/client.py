@@ -24,7 +24,6 @@ from transports.grpc import create_channel
 from . import multimodal_pb2 as pb
 from . import multimodal_pb2_grpc as pbg
 from ._client_core import (
-    AckWatch,
     ReadyStep,
     StreamerSettings,
     readiness_steps,
@@ -40,6 +39,7 @@ from ._client_packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
+    ResponseResult,
     chunked,
 )
 
@@ -270,8 +270,40 @@ class TritonBytesStreamer(StreamerSettings):
         self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes]
     ) -> Iterator[FrameResult]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
+        for result in self._chat(model, model_version, frame_bytes_iter, streaming=False):
+            assert isinstance(result, FrameResult)
+            yield result
+
+    def stream_responses(
+        self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes]
+    ) -> Iterator[ResponseResult]:
+        """Send frames over one ``Chat`` call; yield every model response to each.
+
+        For streaming (decoupled) models, one :class:`ResponseResult` per response:
+        ``seq`` (frame), ``index`` (response within the frame), ``final`` (exactly one
+        per frame, its last), ``status``, ``outputs`` and ``ack``. Each frame's
+        responses come in index order; frames in flight together interleave. Other
+        models give one final result per frame. Up to ``max_in_flight`` frames are in
+        flight (sent, final response not yet received).
+
+        Raises:
+            ValueError: ``frames_per_packet > 1``.
+            TritonClientError: the call failed as a whole, or ran over
+                ``ack_timeout_sec`` (idle between responses), ``frame_timeout_sec``
+                (per frame) or ``stream_timeout_sec`` (the whole call).
+            Exception: whatever ``frame_bytes_iter`` raised, after the results of the
+                frames before it.
+        """
+        for result in self._chat(model, model_version, frame_bytes_iter, streaming=True):
+            assert isinstance(result, ResponseResult)
+            yield result
+
+    def _chat(
+        self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes], *, streaming: bool
+    ) -> Iterator[FrameResult | ResponseResult]:
         stub = self._connected_stub()
         spec = self.packet_spec(model, model_version)
+        self.check_streaming(spec, streaming)
         pipe = self.pipeline(spec, model, model_version)
         lock = threading.Lock()
         window = threading.Semaphore(self.max_in_flight)
@@ -305,7 +337,7 @@ class TritonBytesStreamer(StreamerSettings):
                 failure.append(exc)
 
         call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
-        watch = AckWatch(pipe, self.ack_timeout_sec, time.monotonic)
+        watch = self.watch(pipe, time.monotonic)
         if watch.enabled:
 
             def watchdog() -> None:
@@ -326,6 +358,13 @@ class TritonBytesStreamer(StreamerSettings):
                         break
                     finally:
                         watch.got()
+                    if streaming:
+                        with lock:
+                            response, done = pipe.on_response(ack)
+                        if done:
+                            window.release()
+                        yield response
+                        continue
                     with lock:
                         ready = pipe.on_ack(ack)
                     for result in ready:

@@ -169,18 +169,22 @@ class Timing(_message.Message):
     def __init__(self, triton_infer_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class Ack(_message.Message):
-    __slots__ = ("correlation_id", "status", "message", "outputs", "timing")
+    __slots__ = ("correlation_id", "status", "message", "outputs", "timing", "index", "final")
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TIMING_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     correlation_id: str
     status: AckStatus
     message: str
     outputs: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     timing: Timing
-    def __init__(self, correlation_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ..., message: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[NamedTensor, _Mapping[str, _Any]]]] = ..., timing: _Optional[_Union[Timing, _Mapping[str, _Any]]] = ...) -> None: ...
+    index: int
+    final: bool
+    def __init__(self, correlation_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ..., message: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[NamedTensor, _Mapping[str, _Any]]]] = ..., timing: _Optional[_Union[Timing, _Mapping[str, _Any]]] = ..., index: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ModelMetadataRequest(_message.Message):
     __slots__ = ("model", "model_version")
@@ -203,7 +207,7 @@ class TensorMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DataType, str]] = ..., triton_dtype: _Optional[str] = ..., shape: _Optional[_Union[Shape, _Mapping[str, _Any]]] = ...) -> None: ...
 
 class ModelMetadataResponse(_message.Message):
-    __slots__ = ("model", "versions", "platform", "inputs", "outputs", "ready", "max_batch_size")
+    __slots__ = ("model", "versions", "platform", "inputs", "outputs", "ready", "max_batch_size", "decoupled")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +215,7 @@ class ModelMetadataResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DECOUPLED_FIELD_NUMBER: _ClassVar[int]
     model: str
     versions: _containers.RepeatedScalarFieldContainer[str]
     platform: str
@@ -218,7 +223,8 @@ class ModelMetadataResponse(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[TensorMetadata]
     ready: bool
     max_batch_size: int
-    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping[str, _Any]]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping[str, _Any]]]] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    decoupled: bool
+    def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ..., platform: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping[str, _Any]]]] = ..., outputs: _Optional[_Iterable[_Union[TensorMetadata, _Mapping[str, _Any]]]] = ..., ready: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., decoupled: _Optional[bool] = ...) -> None: ...
 
 class ReadyRequest(_message.Message):
     __slots__ = ("model", "model_version")

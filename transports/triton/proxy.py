@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,11 +56,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from transports.grpc import GrpcOptions
 from transports.observability import configure_tracing, use_json_logs
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import Backend, PythonBackend, TritonBackend, load_backend
-from transports.triton._observe import ProxyObservability, observe_packets, resolve_proxy_metrics
+from transports.triton._observe import (
+    ProxyObservability,
+    observe_packet_stream,
+    observe_packets,
+    resolve_proxy_metrics,
+)
 from transports.triton._packets import (
     BackendError,
     PacketError,
@@ -283,6 +290,8 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         max_inflight_bytes: the proxy-wide :class:`InflightBudget` (0: off).
         metrics: Prometheus metrics (docs/observability.md): None, the default
             registry's when prometheus_client is installed; False, none.
+        max_held_acks: Acks of one Chat call waiting for a slow reader, at most
+            (a streaming model's responses); past it the backend is not read on.
     """
 
     def __init__(
@@ -294,9 +303,13 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         max_message_bytes: int = 64 * 1024 * 1024,
         max_inflight_bytes: int = 256 * 1024 * 1024,
         metrics: ProxyMetrics | bool | None = None,
+        max_held_acks: int = 64,
     ) -> None:
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be >= 1")
+        if max_held_acks < 1:
+            raise ValueError("max_held_acks must be >= 1")
+        self.max_held_acks = max_held_acks
         self.backend = backend
         self.max_in_flight = max_in_flight
         self.default_timeout = default_timeout
@@ -312,64 +325,155 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             self.stats.failed += 1
         return ack
 
+    def _fit(self, ack: pb.Ack, packet: pb.DataPacket, received: float) -> pb.Ack:
+        size = ack.ByteSize()
+        if size <= self.max_message_bytes:
+            return ack
+        # Sending it would fail the whole call (every in-flight Ack with it).
+        self.stats.oversized_acks += 1
+        error = (
+            f"the Ack would be {size} bytes, above the proxy's {self.max_message_bytes}-byte "
+            "message limit (ask for binary_outputs, fewer outputs, or a larger "
+            "--max-message-mb on both ends)"
+        )
+        return error_ack(
+            packet,
+            pb.INTERNAL,
+            error,
+            backend=self.backend.name,
+            triton_infer_ms=ack.timing.triton_infer_ms,
+            total_ms=_ms(received),
+        )
+
     @observe_packets
     async def handle(self, packet: pb.DataPacket, received: float | None = None) -> pb.Ack:
-        """Answer one packet. Never raises, except when cancelled.
+        """Answer one packet with one Ack (``SendUnary``). Never raises, except when cancelled.
+
+        A packet for a streaming (decoupled) model is refused with UNSUPPORTED: one
+        Ack cannot carry its responses; send it over ``Chat``.
 
         Args:
             packet: the packet.
             received: ``time.perf_counter()`` when it arrived (for ``total_ms``).
         """
         received = time.perf_counter() if received is None else received
+        async with contextlib.aclosing(self._respond(packet, received, unary=True)) as acks:
+            async for ack in acks:
+                return ack
+        raise AssertionError("every packet gets an Ack")  # pragma: no cover
+
+    @observe_packet_stream
+    async def respond(
+        self, packet: pb.DataPacket, received: float | None = None
+    ) -> AsyncGenerator[pb.Ack, None]:
+        """Answer one packet on ``Chat``: one Ack per model response, the last one final.
+
+        Never raises, except when cancelled; closing the iterator early cancels the
+        backend's work on the packet.
+        """
+        received = time.perf_counter() if received is None else received
+        async with contextlib.aclosing(self._respond(packet, received, unary=False)) as acks:
+            async for ack in acks:
+                yield ack
+
+    async def _respond(
+        self, packet: pb.DataPacket, received: float, *, unary: bool
+    ) -> AsyncGenerator[pb.Ack, None]:
         self.stats.packets += 1
+        index = 0
+        final = False
         try:
-            ack = await self._infer(packet, received)
+            async with contextlib.aclosing(self._infer(packet, received, unary)) as acks:
+                async for ack in acks:
+                    ack = self._fit(ack, packet, received)
+                    final = ack.final
+                    ack.index = index
+                    index += 1
+                    yield self._count(ack) if final else ack
+                    if final:
+                        return
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug in the proxy: still one Ack, no exception text
+        except Exception as exc:  # a bug in the proxy: still a final Ack, no exception text
             _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id[:256])
             error = f"proxy error ({type(exc).__name__}); see the proxy's log"
             ack = error_ack(packet, pb.INTERNAL, error, backend="proxy", total_ms=_ms(received))
-        size = ack.ByteSize()
-        if size > self.max_message_bytes:
-            # Sending it would fail the whole call (every in-flight Ack with it).
-            self.stats.oversized_acks += 1
-            error = (
-                f"the Ack would be {size} bytes, above the proxy's {self.max_message_bytes}-byte "
-                "message limit (ask for binary_outputs, fewer outputs, or a larger "
-                "--max-message-mb on both ends)"
-            )
-            ack = error_ack(
-                packet,
-                pb.INTERNAL,
-                error,
-                backend=self.backend.name,
-                triton_infer_ms=ack.timing.triton_infer_ms,
-                total_ms=_ms(received),
-            )
-        return self._count(ack)
+            ack.index, ack.final = index, True
+            yield self._count(ack)
 
-    async def _infer(self, packet: pb.DataPacket, received: float) -> pb.Ack:
+    async def _infer(
+        self, packet: pb.DataPacket, received: float, unary: bool
+    ) -> AsyncGenerator[pb.Ack, None]:
         name = self.backend.name
         try:
             if packet.event in (pb.SEV_START, pb.SEV_END):
                 # The proxy keeps no per-stream state: start/end markers are no-ops.
                 cid = check_correlation_id(packet)
                 body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
-                return pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body))
+                yield pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body), final=True)
+                return
             request = parse_packet(packet, default_timeout=self.default_timeout)
         except PacketError as exc:
-            return error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
+            ack = error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
+            ack.final = True
+            yield ack
+            return
         started = time.perf_counter()
+        index = 0
         try:
-            outputs = await self.backend.infer(request)
+            if not await self.backend.decoupled(request):
+                outputs = await self.backend.infer(request)
+                ack = ok_ack(
+                    request,
+                    outputs,
+                    backend=name,
+                    triton_infer_ms=_ms(started),
+                    total_ms=_ms(received),
+                )
+                ack.final = True
+                yield ack
+                return
+            if unary:
+                ack = error_ack(
+                    packet,
+                    pb.UNSUPPORTED,
+                    f"model {request.model!r} is decoupled (streaming: any number of "
+                    "responses per request); SendUnary answers with one Ack, send it over "
+                    "Chat (TritonBytesStreamer.stream_responses)",
+                    backend=name,
+                    total_ms=_ms(received),
+                )
+                ack.final = True
+                yield ack
+                return
+            no_outputs = dataclasses.replace(request, outputs=())
+            async with contextlib.aclosing(self.backend.stream_infer(request)) as responses:
+                async for response in responses:
+                    empty = response.final and not response.outputs
+                    ack = ok_ack(
+                        no_outputs if empty else request,
+                        response.outputs,
+                        backend=name,
+                        triton_infer_ms=_ms(started),
+                        total_ms=_ms(received),
+                    )
+                    ack.final = response.final
+                    index += 1
+                    yield ack
+                    if response.final:
+                        return
+                    started = time.perf_counter()
+            # The backend ended without flagging a final response: end the packet here.
+            ack = ok_ack(no_outputs, {}, backend=name, triton_infer_ms=0.0, total_ms=_ms(received))
+            ack.final = True
+            yield ack
         except Exception as exc:
             if isinstance(exc, BackendError):
                 status, error = exc.status, str(exc)
             else:  # a bug or an unexpected backend failure: still one Ack
                 _log.exception("packet %r: unexpected backend failure", request.cid)
                 status, error = pb.INTERNAL, f"{type(exc).__name__}: {exc}"
-            return error_ack(
+            ack = error_ack(
                 packet,
                 status,
                 error,
@@ -377,25 +481,40 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                 triton_infer_ms=_ms(started),
                 total_ms=_ms(received),
             )
-        infer_ms = _ms(started)
-        return ok_ack(
-            request, outputs, backend=name, triton_infer_ms=infer_ms, total_ms=_ms(received)
-        )
+            if index:  # mid-stream: the error, then the packet's final Ack
+                yield ack
+                ack = error_ack(
+                    packet,
+                    status,
+                    f"the packet's responses ended by the error above (after {index})",
+                    backend=name,
+                    total_ms=_ms(received),
+                )
+            ack.final = True
+            yield ack
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
-    ) -> AsyncIterator[pb.Ack]:
-        """Many packets per call, up to ``max_in_flight`` at once; Acks in completion order."""
+    ) -> AsyncGenerator[pb.Ack, None]:
+        """Many packets per call, up to ``max_in_flight`` at once; Acks in completion order.
+
+        A packet to a streaming model gets one Ack per response, in order, the last one
+        ``final``; its in-flight slot and budget bytes are held until that final Ack is
+        sent. At most ``max_held_acks`` Acks wait for a slow reader: past that the
+        packets' backend streams are not read on, and gRPC flow control holds Triton.
+        """
         record = _CallRecord("Chat", context)
         slots = asyncio.Semaphore(self.max_in_flight)
         budget = self.budget
         held = [0]  # budget bytes this call holds
-        acks: asyncio.Queue[_Answered | BaseException | None] = asyncio.Queue()
+        acks: asyncio.Queue[_Answered | BaseException | None] = asyncio.Queue(self.max_held_acks)
         tasks: set[asyncio.Task[None]] = set()
 
         async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
-            ack = await self.handle(packet, received)
-            acks.put_nowait((_model_of(packet), ack, size))
+            model = _model_of(packet)
+            async with contextlib.aclosing(self.respond(packet, received)) as responses:
+                async for ack in responses:
+                    await acks.put((model, ack, size if ack.final else -1))
 
         async def read() -> None:
             try:
@@ -412,11 +531,11 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     task.add_done_callback(tasks.discard)
                 while tasks:
                     await asyncio.wait(set(tasks))
-                acks.put_nowait(None)
+                await acks.put(None)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # the request stream broke: end the call with it
-                acks.put_nowait(exc)
+                await acks.put(exc)
 
         reader = asyncio.create_task(read())
         try:
@@ -427,13 +546,15 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                 if isinstance(item, BaseException):
                     raise item
                 model, ack, size = item
-                record.packet(model, ack)
+                if size >= 0:
+                    record.packet(model, ack)
                 del item
                 yield ack
                 del ack
-                slots.release()
-                held[0] -= size
-                budget.release(size)
+                if size >= 0:  # the packet's final Ack
+                    slots.release()
+                    held[0] -= size
+                    budget.release(size)
         except asyncio.CancelledError:
             record.outcome = "cancelled"
             raise
@@ -579,17 +700,15 @@ class ProxyServer:
 
 
 def _server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Accept the keepalive pings long-lived client streams send (every 10 s and
-        # up), instead of answering them with GOAWAY "too_many_pings".
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-    ]
+    # transports.grpc's one option list (its server side accepts the keepalive pings
+    # long-lived client streams send, every 10 s and up, instead of answering them
+    # with GOAWAY "too_many_pings"), not a hand-kept third copy.
+    return GrpcOptions(
+        max_message_bytes=max_message_bytes,
+        keepalive_time_ms=60_000,
+        keepalive_timeout_ms=20_000,
+        min_ping_interval_ms=5_000,
+    ).server_options()
 
 
 async def start_proxy(

@@ -29,7 +29,13 @@ from truss_stream import FrameBytes, NDArray, StreamTypes, stream_types, stream_
 from truss_stream._schema import CodecName
 
 from ._client_errors import TritonClientError
-from ._client_packets import FrameResult, ModelInfo, PacketSpec, latency_percentiles
+from ._client_packets import (
+    FrameResult,
+    ModelInfo,
+    PacketSpec,
+    ResponseResult,
+    latency_percentiles,
+)
 from ._dtypes import triton_name
 from .aio_client import AsyncTritonBytesStreamer, Frames
 
@@ -37,8 +43,13 @@ __all__ = [
     "TritonFooter",
     "TritonHeader",
     "TritonItem",
+    "TritonResponseFooter",
+    "TritonResponseHeader",
+    "TritonResponseItem",
     "TritonTensorSpec",
     "triton_frames",
+    "triton_response_types",
+    "triton_responses",
     "triton_stream_types",
 ]
 
@@ -139,6 +150,21 @@ def header_from_spec(model: str, version: str, spec: PacketSpec) -> TritonHeader
     )
 
 
+async def model_header(
+    streamer: AsyncTritonBytesStreamer, model: str, model_version: str
+) -> TritonHeader:
+    """The model's header from the proxy's metadata, or from the packet spec without it."""
+    try:
+        info = await streamer.model_metadata(model, model_version)
+    except TritonClientError as exc:
+        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return header_from_spec(
+            model, model_version, await streamer.packet_spec(model, model_version)
+        )
+    return header_from(info, model_version)
+
+
 def item_from(result: FrameResult) -> TritonItem:
     """The item for one frame's result (outputs that are not arrays are left out)."""
     outputs = {k: v for k, v in (result.outputs or {}).items() if isinstance(v, np.ndarray)}
@@ -179,15 +205,7 @@ async def triton_frames(
     if not streamer.parse_outputs_numpy:
         raise ValueError("triton_frames needs a streamer with parse_outputs_numpy=True")
     writer = stream_writer(types or triton_stream_types())
-    try:
-        info = await streamer.model_metadata(model, model_version)
-        header = header_from(info, model_version)
-    except TritonClientError as exc:
-        if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
-            raise
-        header = header_from_spec(
-            model, model_version, await streamer.packet_spec(model, model_version)
-        )
+    header = await model_header(streamer, model, model_version)
     yield writer.yield_header(header)
     started = time.perf_counter()
     latencies: list[float] = []
@@ -211,6 +229,132 @@ async def triton_frames(
             latency_p99_ms=pct["p99"],
             elapsed_s=elapsed,
             frames_per_s=(ok + failed) / elapsed if elapsed > 0 else 0.0,
+        )
+    )
+    yield writer.yield_end()
+
+
+# Streaming (decoupled) models: one item per model response ------------------------------
+
+
+class TritonResponseHeader(pydantic.BaseModel):
+    """The model (as :class:`TritonHeader`) and the request the responses answer."""
+
+    model: TritonHeader
+    request: dict[str, Any] = pydantic.Field(default_factory=dict)
+    """What the caller says about the request (a prompt, a job id...), as given."""
+
+
+class TritonResponseItem(pydantic.BaseModel):
+    """One model response: ``seq`` (frame) and ``index`` (response within it, from 0).
+
+    ``final`` marks each frame's last response (it may carry no outputs); ``status``
+    is the Ack status name; ``timings`` in ms, ``client_ms`` from sending the frame.
+    """
+
+    seq: int
+    index: int
+    final: bool
+    status: str
+    outputs: dict[str, NDArray] = pydantic.Field(default_factory=dict)
+    timings: dict[str, float] = pydantic.Field(default_factory=dict)
+    error: str | None = None
+
+
+class TritonResponseFooter(pydantic.BaseModel):
+    """Totals: frames, responses, failures; latencies are ``client_ms`` of the responses."""
+
+    frames: int
+    responses: int
+    failed: int
+    first_response_ms: float | None
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p99_ms: float
+    elapsed_s: float
+    responses_per_s: float
+
+
+TritonResponseTypes = StreamTypes[TritonResponseItem, TritonResponseHeader, TritonResponseFooter]
+
+
+def triton_response_types(codec: CodecName = "msgpack") -> TritonResponseTypes:
+    """The stream type of :func:`triton_responses` (``codec="json"`` for browsers)."""
+    return stream_types(
+        TritonResponseItem,
+        header_type=TritonResponseHeader,
+        footer_type=TritonResponseFooter,
+        codec=codec,
+    )
+
+
+def response_item_from(result: ResponseResult) -> TritonResponseItem:
+    """The item for one model response (outputs that are not arrays are left out)."""
+    outputs = {k: v for k, v in (result.outputs or {}).items() if isinstance(v, np.ndarray)}
+    return TritonResponseItem(
+        seq=result.seq,
+        index=result.index,
+        final=result.final,
+        status=result.status,
+        outputs=outputs,
+        timings=result.timings,
+        error=result.error,
+    )
+
+
+async def triton_responses(
+    streamer: AsyncTritonBytesStreamer,
+    model: str,
+    model_version: str,
+    frames: Frames,
+    *,
+    request: dict[str, Any] | None = None,
+    types: TritonResponseTypes | None = None,
+) -> AsyncIterator[FrameBytes]:
+    """Stream ``frames`` to a streaming model and yield every response as writer frames.
+
+    Header (model metadata and ``request``), one item per model response as
+    ``stream_responses`` gives them, footer (counts, first-response time and
+    latencies), END: hand it to ``transports.sse.sse_response`` (or
+    ``transports.http.stream_response``) and a Triton token stream is an SSE endpoint.
+    Closing it early (the HTTP client went away) cancels the Triton requests.
+
+    Raises:
+        ValueError: the streamer does not parse outputs to NumPy.
+        TritonClientError: the stream failed as a whole.
+    """
+    if not streamer.parse_outputs_numpy:
+        raise ValueError("triton_responses needs a streamer with parse_outputs_numpy=True")
+    writer = stream_writer(types or triton_response_types())
+    header = await model_header(streamer, model, model_version)
+    yield writer.yield_header(TritonResponseHeader(model=header, request=request or {}))
+    started = time.perf_counter()
+    latencies: list[float] = []
+    first_ms: float | None = None
+    frames_done = responses = failed = 0
+    async for result in streamer.stream_responses(model, model_version, frames):
+        if first_ms is None:
+            first_ms = (time.perf_counter() - started) * 1000.0
+        responses += 1
+        if not result.ok:
+            failed += 1
+        if result.final:
+            frames_done += 1
+        latencies.append(result.timings.get("client_ms", 0.0))
+        yield writer.yield_item(response_item_from(result))
+    elapsed = time.perf_counter() - started
+    pct = latency_percentiles(latencies)
+    yield writer.yield_footer(
+        TritonResponseFooter(
+            frames=frames_done,
+            responses=responses,
+            failed=failed,
+            first_response_ms=first_ms,
+            latency_p50_ms=pct["p50"],
+            latency_p90_ms=pct["p90"],
+            latency_p99_ms=pct["p99"],
+            elapsed_s=elapsed,
+            responses_per_s=responses / elapsed if elapsed > 0 else 0.0,
         )
     )
     yield writer.yield_end()
