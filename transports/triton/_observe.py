@@ -43,6 +43,7 @@ from transports.observability import _tracing
 from transports.observability._grpc import aio_trace_interceptors
 from transports.triton import multimodal_pb2 as pb
 from transports.triton._backends import Backend
+from transports.triton._credentials import Verdict
 from transports.triton._health import TritonHealthProbe
 from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
 from transports.triton.auth import DominoAuthInterceptor
@@ -419,18 +420,17 @@ class ObservedAuthInterceptor(DominoAuthInterceptor):
         super().__init__(*args, **kwargs)
         self._metrics = metrics
 
-    async def check(self, headers: dict[str, str]) -> tuple[grpc.StatusCode | None, str]:
-        """Decide as the base class does; count the outcome."""
-        code, details = await super().check(headers)
-        if self._metrics is not None:
-            if code is None:
-                outcome = "allowed"
-            elif code is grpc.StatusCode.UNAVAILABLE:
-                outcome = "unavailable"
-            else:
-                outcome = "denied"
-            self._metrics.auth.labels(outcome).inc()
-        return code, details
+    def record(self, verdict: Verdict) -> None:
+        """Count one admission decision (the base class calls this for every call)."""
+        if self._metrics is None:
+            return
+        if verdict.code is None:
+            outcome = "allowed"
+        elif verdict.code is grpc.StatusCode.UNAVAILABLE:
+            outcome = "unavailable"
+        else:
+            outcome = "denied"
+        self._metrics.auth.labels(outcome).inc()
 
 
 def _split_listen(listen: str) -> tuple[str, int]:

@@ -324,9 +324,18 @@ class DominoAuthInterceptor(_ServerInterceptor):
         """
         parsed = parse_credentials(headers.items())
         if isinstance(parsed, Verdict):
+            self.record(parsed)
             return parsed.code, parsed.details
         verdict = (await self._decide(parsed, self._key(parsed))).verdict
+        self.record(verdict)
         return verdict.code, verdict.details
+
+    def record(self, verdict: Verdict) -> None:
+        """Called once per decision on a new call (allowed or not); a hook for metrics.
+
+        Every admission path (:meth:`check` and :meth:`intercept_service`) calls it,
+        so a subclass that counts decisions sees all of them. The default does nothing.
+        """
 
     # Open calls -----------------------------------------------------------------------
 
@@ -416,12 +425,14 @@ class DominoAuthInterceptor(_ServerInterceptor):
         parsed = parse_credentials(handler_call_details.invocation_metadata)
         if isinstance(parsed, Verdict):
             _log_decision("-", method, parsed)  # nothing usable to name it by
+            self.record(parsed)
             code = parsed.code or grpc.StatusCode.UNAUTHENTICATED
             return _denying_handler(handler, code, parsed.details)
         key = self._key(parsed)
         decision = await self._decide(parsed, key)
         verdict = decision.verdict
         _log_decision(key[:8], method, verdict)
+        self.record(verdict)
         if verdict.code is not None:
             return _denying_handler(handler, verdict.code, verdict.details)
         return self._watched(handler, parsed, key, method, decision.valid_until)
