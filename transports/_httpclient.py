@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import httpx
 from httpx._decoders import SUPPORTED_DECODERS
@@ -44,6 +44,7 @@ from .base import TransportError, TransportTimeoutError
 from .observability import inject_headers
 
 __all__ = [
+    "BODY_READ_BYTES",
     "ClientTransport",
     "FrameClock",
     "FrameCounter",
@@ -61,6 +62,14 @@ __all__ = [
 _MAX_BODY = 4096
 # How much of a body that is not text goes into an error message (as a repr).
 _MAX_BINARY_PREVIEW = 32
+
+#: How much one socket read of a binary stream's body asks for (httpcore's default
+#: is 64 KiB). A 4 MiB frame then arrives in a handful of chunks, not ~130, and
+#: every chunk costs httpcore, h11, httpx and the reader a pass of Python work.
+BODY_READ_BYTES: Final = 1024 * 1024
+# The attributes leading from an httpx response's stream to httpcore's HTTP/1.1
+# connection (httpx 0.28 / httpcore 1.0), which holds the read size.
+_TO_CONNECTION = ("_stream", "_httpcore_stream", "_stream", "_connection")
 
 # Errors that mean "the bytes stopped coming": the stream is truncated.
 _CUT = (httpx.RemoteProtocolError, httpx.ReadError, httpx.StreamClosed)
@@ -270,6 +279,33 @@ def with_accept(kwargs: Mapping[str, Any], media_type: str) -> dict[str, Any]:
     headers.setdefault("Accept", media_type)
     inject_headers(headers)
     return {**kwargs, "headers": headers}
+
+
+@contextlib.contextmanager
+def wide_reads(response: httpx.Response, size: int = BODY_READ_BYTES) -> Iterator[bool]:
+    """Read ``response``'s body in socket reads of up to ``size`` bytes while inside.
+
+    httpcore reads an HTTP/1.1 body 64 KiB at a time (``READ_NUM_BYTES``, a class
+    attribute of its connection), with no public option. This sets it on the one
+    connection serving ``response``, and puts the default back on exit (the
+    connection returns to the pool). Gives True when it could; when the httpx /
+    httpcore internals are not the expected ones (another transport, HTTP/2, a
+    new version), nothing changes and it gives False: reads stay 64 KiB, slower
+    but correct.
+    """
+    target: Any = response.stream
+    for name in _TO_CONNECTION:
+        target = getattr(target, name, None)
+    default = getattr(type(target), "READ_NUM_BYTES", None)
+    if not isinstance(default, int) or isinstance(default, bool):
+        yield False
+        return
+    target.READ_NUM_BYTES = max(size, default)
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(AttributeError):
+            del target.READ_NUM_BYTES
 
 
 def iter_body(response: httpx.Response) -> Iterator[bytes]:

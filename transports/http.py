@@ -36,6 +36,7 @@ from ._httpclient import (
     aopen_http_stream,
     iter_timed,
     open_http_stream,
+    wide_reads,
 )
 from .base import AsyncBaseTransport, BaseTransport, TransportError, aopen_reader, open_reader
 from .shutdown import GracefulShutdown
@@ -168,6 +169,7 @@ class HTTPTransport(_HTTPClient[httpx.Client], BaseTransport):
             response = stack.enter_context(
                 open_http_stream(self._client, method, url, media_type, **kwargs)
             )
+            stack.enter_context(wide_reads(response))
             yield iter_timed(response, clock, stack, FrameCounter())
 
 
@@ -179,7 +181,8 @@ class AsyncHTTPTransport(_HTTPClient[httpx.AsyncClient], AsyncBaseTransport):
         """Open the stream; see :meth:`transports.base.AsyncBaseTransport.open_stream`."""
         clock, (method, url, media_type, kwargs) = self._prepare()
         async with aopen_http_stream(self._client, method, url, media_type, **kwargs) as response:
-            yield aiter_timed(response, clock, FrameCounter())
+            with wide_reads(response):
+                yield aiter_timed(response, clock, FrameCounter())
 
 
 def _options(
