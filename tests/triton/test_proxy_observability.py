@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -39,7 +40,7 @@ from triton_helpers import (
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from transports.observability import ProxyMetrics
-from transports.observability._grpc import _AioUnaryUnary
+from transports.observability._grpc import _AioStreamStream, _AioUnaryUnary
 from transports.triton import multimodal_pb2 as pb
 from transports.triton import multimodal_pb2_grpc as pbg
 from transports.triton._backends import PythonBackend, TritonBackend
@@ -228,6 +229,66 @@ async def test_backend_calls_are_counted_and_carry_the_trace_to_the_upstream() -
     labels = {"backend": "triton", "method": "ModelInfer", "model": "m"}
     assert value(s, "truss_stream_proxy_backend_calls_total", **labels, code="OK") == 1
     assert value(s, "truss_stream_proxy_backend_duration_seconds_count", **labels) == 1
+
+
+async def stream_call_traceparent() -> tuple[str, str]:
+    """In a process with a global SDK: (traceparent Triton got, the CLIENT span's id)."""
+    from opentelemetry import trace
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    seen: list[dict[str, str]] = []
+
+    class Recorder(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+            seen.append(dict(context.invocation_metadata()))
+            async for request in request_iterator:
+                response = service_pb2.ModelStreamInferResponse()
+                response.infer_response.model_name = request.model_name
+                response.infer_response.parameters["triton_final_response"].bool_param = True
+                yield response
+                return
+
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Recorder(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    triton = TritonBackend(f"127.0.0.1:{port}", interceptors=[_AioUnaryUnary(), _AioStreamStream()])
+    backend = ObservedBackend(triton, None)
+    request = InferRequest("c1", "m", "1", "INPUT", "FP32", (1, 12), X.tobytes(), ("OUT",), 5.0)
+    try:
+        with trace.get_tracer("t").start_as_current_span("caller"):
+            responses = [r async for r in backend.stream_infer(request)]
+    finally:
+        await backend.close()
+        await server.stop(None)
+    assert len(responses) == 1
+    (call_span,) = [x for x in exporter.get_finished_spans() if "ModelStreamInfer" in x.name]
+    return seen[0]["traceparent"], format(call_span.context.span_id, "016x")
+
+
+def test_streaming_backend_calls_carry_their_span_to_the_upstream() -> None:
+    """ModelStreamInfer (decoupled models): Triton's parent span is the proxy's call span.
+
+    Run in a process of its own: a global tracer provider can be set only once.
+    """
+    code = (
+        "import asyncio, json, test_proxy_observability as t;"
+        "print(json.dumps(asyncio.run(t.stream_call_traceparent())))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    traceparent, span_id = json.loads(out.stdout.strip().splitlines()[-1])
+    assert traceparent.split("-")[2] == span_id
 
 
 # Against a real Triton -------------------------------------------------------------------

@@ -311,8 +311,11 @@ class ObservedBackend(Backend):
         return getattr(self.inner, name)
 
     @contextlib.contextmanager
-    def _observed(self, method: str, model: str, *, attach: bool = True) -> Iterator[None]:
-        """Time, count and trace what runs inside; ``attach`` makes its span current."""
+    def _observed(self, method: str, model: str, *, attach: bool = True) -> Iterator[Any]:
+        """Time, count and trace what runs inside; ``attach`` makes its span current.
+
+        Yields the span (None when not tracing).
+        """
         span = None
         token = None
         if self._traced:
@@ -331,7 +334,7 @@ class ObservedBackend(Backend):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            yield
+            yield span
         except BackendError as exc:
             code = exc.code
             raise
@@ -388,11 +391,22 @@ class ObservedBackend(Backend):
     async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
         """The inner backend's ``stream_infer``, observed as ``ModelStreamInfer``.
 
-        Its span is not made current (a context set in a generator would leak into
-        whoever iterates it), so Triton's stream call carries no ``traceparent``.
+        The span is current only while the first response is pulled, which is when the
+        inner backend opens Triton's stream call (so the channel's trace interceptor
+        sends its ``traceparent``); a context left attached across a ``yield`` would
+        leak into whoever iterates this generator.
         """
-        with self._observed("ModelStreamInfer", request.model, attach=False):
+        with self._observed("ModelStreamInfer", request.model, attach=False) as span:
             async with contextlib.aclosing(self.inner.stream_infer(request)) as responses:
+                token = None if span is None else _tracing.attach(_tracing.span_context(span))
+                try:
+                    first = await responses.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    if token is not None:
+                        _tracing.detach(token)
+                yield first
                 async for response in responses:
                     yield response
 
