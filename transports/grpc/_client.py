@@ -431,10 +431,27 @@ class AsyncGrpcTransport(AsyncBaseTransport):
                     acreate_channel(channel, options=opts.channel_options, tls=opts.tls)
                 )
             call = channel.unary_stream(core.path, None, None)(core.request, **core.call_kwargs())
-            stack.callback(call.cancel)
+            stack.push_async_callback(_settle, call)
             messages = call.__aiter__()
             first = await _anext(core, messages)
             yield _achunks(core, messages, first)
+
+
+async def _settle(call: Any) -> None:
+    """Cancel ``call`` and wait until grpc has finished with it.
+
+    A read cut short by a timeout leaves an operation pending in grpc's completion
+    queue; if the event loop closes before it completes, grpc later delivers it to
+    the closed loop ("Event loop is closed" raised in whatever loop runs next).
+    Waiting for the call's status (immediate once it is cancelled) settles it here.
+    """
+    call.cancel()
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(1.0),
+        contextlib.suppress(Exception),
+    ):
+        await call.code()
 
 
 async def _anext(core: _CallCore, messages: AsyncIterator[bytes]) -> bytes | None:
