@@ -25,6 +25,7 @@ blocking ``next()`` cannot be interrupted otherwise).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import threading
@@ -432,9 +433,8 @@ class AsyncGrpcTransport(AsyncBaseTransport):
                 )
             call = channel.unary_stream(core.path, None, None)(core.request, **core.call_kwargs())
             stack.push_async_callback(_settle, call)
-            messages = call.__aiter__()
-            first = await _anext(core, messages)
-            yield _achunks(core, messages, first)
+            first = await _anext(core, call)
+            yield _achunks(core, call, first)
 
 
 async def _settle(call: Any) -> None:
@@ -454,28 +454,42 @@ async def _settle(call: Any) -> None:
         await call.code()
 
 
-async def _anext(core: _CallCore, messages: AsyncIterator[bytes]) -> bytes | None:
+async def _anext(core: _CallCore, call: Any) -> bytes | None:
     budget = core.budget()
     try:
-        if budget is None:
-            return core.message(await messages.__anext__())
-        with anyio.fail_after(budget):
-            return core.message(await messages.__anext__())
-    except TimeoutError:
-        raise core.timeout_error() from None
-    except StopAsyncIteration:
-        return None
+        message = await call.read() if budget is None else await _read_within(core, call, budget)
     except grpc.RpcError as exc:
         raise core.failed(exc) from exc
+    if message is grpc.aio.EOF:  # type: ignore[attr-defined]  # (missing from grpc-stubs)
+        return None
+    return core.message(message)
 
 
-async def _achunks(
-    core: _CallCore, messages: AsyncIterator[bytes], first: bytes | None
-) -> AsyncIterator[bytes]:
+async def _read_within(core: _CallCore, call: Any, budget: float) -> Any:
+    """``call.read()`` within ``budget`` seconds, else :meth:`_CallCore.timeout_error`.
+
+    grpc's read itself is never cancelled: a read cancelled mid-flight leaves its
+    operation in grpc's completion queue, which later delivers it to the (by then
+    perhaps closed) event loop. The call is cancelled instead, and the read let finish.
+    """
+    read = asyncio.ensure_future(call.read())
+    try:
+        done, _ = await asyncio.wait({read}, timeout=budget)
+    finally:
+        if not read.done():
+            call.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await read
+    if not done:
+        raise core.timeout_error()
+    return read.result()
+
+
+async def _achunks(core: _CallCore, call: Any, first: bytes | None) -> AsyncIterator[bytes]:
     message = first
     while message is not None:
         yield message
-        message = await _anext(core, messages)
+        message = await _anext(core, call)
 
 
 def _split(
