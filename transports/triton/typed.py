@@ -165,9 +165,14 @@ async def model_header(
     return header_from(info, model_version)
 
 
+def _array_outputs(outputs: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """A result's outputs that are arrays (JSON maps, when not parsed to NumPy, are left out)."""
+    return {k: v for k, v in (outputs or {}).items() if isinstance(v, np.ndarray)}
+
+
 def item_from(result: FrameResult) -> TritonItem:
     """The item for one frame's result (outputs that are not arrays are left out)."""
-    outputs = {k: v for k, v in (result.outputs or {}).items() if isinstance(v, np.ndarray)}
+    outputs = _array_outputs(result.outputs)
     return TritonItem(
         seq=result.seq,
         correlation_id=result.correlation_id,
@@ -290,7 +295,7 @@ def triton_response_types(codec: CodecName = "msgpack") -> TritonResponseTypes:
 
 def response_item_from(result: ResponseResult) -> TritonResponseItem:
     """The item for one model response (outputs that are not arrays are left out)."""
-    outputs = {k: v for k, v in (result.outputs or {}).items() if isinstance(v, np.ndarray)}
+    outputs = _array_outputs(result.outputs)
     return TritonResponseItem(
         seq=result.seq,
         index=result.index,
