@@ -98,7 +98,7 @@ soak: venv triton-venv
 	  $(PY) -m pytest -q -m soak
 
 protos: venv
-	$(PY) -m transports.triton._protogen
+	$(PY) -m transports.triton.protocol._protogen
 
 clean:
 	rm -rf js/node_modules js/dist js/*.tgz

@@ -237,7 +237,7 @@ async def streamer_through_proxy(
 ) -> float:
     """Frames/s of one pipelined Chat call; collects the Acks' timings if asked."""
     from transports.triton import AsyncTritonBytesStreamer
-    from transports.triton import multimodal_pb2 as pb
+    from transports.triton.protocol import multimodal_pb2 as pb
 
     async with AsyncTritonBytesStreamer(
         proxy,
@@ -268,8 +268,8 @@ def seed_one_call_per_frame(proxy: str, frames: list[bytes]) -> float:
     """Frames/s of the seed's ``_drain_stream``: a fresh single-packet Chat per frame."""
     import grpc
 
-    from transports.triton import multimodal_pb2 as pb
-    from transports.triton import multimodal_pb2_grpc as pbg
+    from transports.triton.protocol import multimodal_pb2 as pb
+    from transports.triton.protocol import multimodal_pb2_grpc as pbg
 
     spec = pb.InputSpec(name="INPUT", shape=pb.Shape(dims=[1, WIDTH]), dtype=pb.DT_FP32)
     setattr(spec, "from", pb.SRC_TENSOR)
@@ -330,7 +330,7 @@ class CpuMeter:
 def sync_streamer_through_proxy(proxy: str, frames: list[bytes], in_flight: int) -> float:
     """Frames/s of the sync client, one pipelined Chat call."""
     from transports.triton import TritonBytesStreamer
-    from transports.triton import multimodal_pb2 as pb
+    from transports.triton.protocol import multimodal_pb2 as pb
 
     with TritonBytesStreamer(
         proxy, "INPUT", (1, WIDTH), pb.DT_FP32, ("OUTPUT",), max_in_flight=in_flight

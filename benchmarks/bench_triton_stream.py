@@ -208,7 +208,7 @@ def proxy_streaming_available() -> str | None:
 
 def _streamer(proxy: str, in_flight: int) -> Any:
     from transports.triton import AsyncTritonBytesStreamer
-    from transports.triton import multimodal_pb2 as pb
+    from transports.triton.protocol import multimodal_pb2 as pb
 
     return AsyncTritonBytesStreamer(
         proxy, "COUNT", (1,), pb.DT_INT32, ("INDEX", "TOKEN"), max_in_flight=in_flight

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from transports.triton import AsyncTritonBytesStreamer, TritonBytesStreamer
-from transports.triton import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.typed import triton_frames, triton_stream_types
 from truss_stream import stream_reader
 

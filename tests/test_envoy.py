@@ -21,8 +21,8 @@ from redis_helpers import free_port
 
 from examples.envoy_lb import Envoy, envoy_binary, render
 from transports.triton import TritonBytesStreamer
-from transports.triton import multimodal_pb2 as pb
-from transports.triton.proxy import SERVICE_NAME
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server import SERVICE_NAME
 
 pytestmark = [
     pytest.mark.envoy,

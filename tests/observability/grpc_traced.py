@@ -18,8 +18,8 @@ from opentelemetry import trace
 from transports import grpc as tgrpc
 from transports.observability import configure_tracing
 from transports.triton import AsyncTritonBytesStreamer
-from transports.triton import multimodal_pb2 as pb
-from transports.triton.proxy import ProxyConfig, start_proxy
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server import ProxyConfig, start_proxy
 
 
 async def main() -> None:

@@ -28,8 +28,8 @@ from reliability_helpers import ROOT
 from test_security import SECRET_KEY, SECRET_TOKEN, WRONG_KEY, Principal
 
 from transports.triton import AsyncTritonBytesStreamer, TritonBytesStreamer
-from transports.triton import multimodal_pb2 as pb
-from transports.triton._client_core import TritonClientError
+from transports.triton.client._core import TritonClientError
+from transports.triton.protocol import multimodal_pb2 as pb
 
 
 def free_port() -> int:
@@ -229,7 +229,7 @@ def test_credentials_never_reach_the_proxy_logs_or_client_errors(log_level: str)
 
 
 def test_proxy_refuses_an_oversized_packet_cleanly_and_keeps_serving() -> None:
-    from transports.triton import multimodal_pb2_grpc as pbg
+    from transports.triton.protocol import multimodal_pb2_grpc as pbg
 
     proxy = Proxy(free_port(), "--max-message-mb", "1")
     try:

@@ -31,7 +31,7 @@ import truss_stream as ts
 from transports import grpc as tgrpc
 from transports import sse
 from transports.grpc import ClientTLS, GrpcStatusError, ServerTLS, serve_in_thread
-from transports.triton.auth import DominoAuthInterceptor
+from transports.triton.server.auth import DominoAuthInterceptor
 
 # No pickle -----------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transports.triton._credentials import (
+from transports.triton.server._credentials import (
     API_KEY_HEADER,
     AUTHORIZATION_HEADER,
     MAX_CREDENTIAL_CHARS,

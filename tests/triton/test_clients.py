@@ -27,10 +27,10 @@ from transports.triton import (
     TritonBytesStreamer,
     TritonClientError,
 )
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._client_core import auth_metadata
-from transports.triton._client_packets import AckPipeline, PacketSpec, latency_percentiles
+from transports.triton.client._core import auth_metadata
+from transports.triton.client._packets import AckPipeline, PacketSpec, latency_percentiles
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
 from transports.triton.typed import triton_frames, triton_stream_types
 from truss_stream import StreamError, stream_reader
 

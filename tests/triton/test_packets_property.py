@@ -20,20 +20,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transports.triton import _dtypes
-from transports.triton import multimodal_pb2 as pb
-from transports.triton._backends import load_backend
-from transports.triton._packets import (
+from transports.triton.protocol import dtypes as _dtypes
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server import MultimodalProxy
+from transports.triton.server.backend import InferRequest
+from transports.triton.server.backends import load_backend
+from transports.triton.server.packets import (
     MAX_ERROR_CHARS,
     MAX_ID_BYTES,
     MAX_RANK,
     MAX_TIMEOUT_SECS,
-    InferRequest,
     PacketError,
     error_ack,
     parse_packet,
 )
-from transports.triton.proxy import MultimodalProxy
 
 DOCUMENTED = {pb.OK, pb.BAD_REQUEST, pb.INTERNAL, pb.UNSUPPORTED, pb.UNAVAILABLE}
 REFUSALS = {pb.BAD_REQUEST, pb.UNSUPPORTED}

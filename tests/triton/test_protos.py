@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transports.triton import _protogen
+from transports.triton.protocol import _protogen
 
 PACKAGE_DIR = Path(_protogen.__file__).resolve().parent
 
@@ -18,13 +18,13 @@ def test_committed_stubs_match_proto(tmp_path: Path) -> None:
 
 
 def test_grpc_module_imports_pb2_from_package() -> None:
-    from transports.triton import multimodal_pb2, multimodal_pb2_grpc
+    from transports.triton.protocol import multimodal_pb2, multimodal_pb2_grpc
 
     assert multimodal_pb2_grpc.multimodal__pb2 is multimodal_pb2
 
 
 def test_seed_names_exist() -> None:
-    from transports.triton import multimodal_pb2 as pb
+    from transports.triton.protocol import multimodal_pb2 as pb
 
     spec = pb.InputSpec(name="images", shape=pb.Shape(dims=[1, 3]), dtype=pb.DT_FP32)
     setattr(spec, "from", pb.SRC_TENSOR)  # `from` is a Python keyword

@@ -26,10 +26,10 @@ from principal_server import Answer, ScriptedPrincipal
 from triton_helpers import API_KEY, REPO, TOKEN, packet
 
 from transports.triton import AsyncTritonBytesStreamer, TritonBytesStreamer, TritonClientError
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton.auth import DominoAuthInterceptor
-from transports.triton.proxy import _parse_args
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server import parse_args as _parse_args
+from transports.triton.server.auth import DominoAuthInterceptor
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(90)]
 

@@ -28,9 +28,9 @@ from triton_helpers import (
     running_proxy,
 )
 
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._backends import PythonBackend
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server.backends import PythonBackend
 
 pytestmark = pytest.mark.anyio
 

@@ -34,10 +34,10 @@ from triton_helpers import (
     running_proxy,
 )
 
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._packets import MAX_ID_BYTES, MAX_RANK
-from transports.triton.proxy import InflightBudget
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server import InflightBudget
+from transports.triton.server.packets import MAX_ID_BYTES, MAX_RANK
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 

@@ -41,12 +41,12 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from transports.observability import ProxyMetrics
 from transports.observability._grpc import _AioStreamStream, _AioUnaryUnary
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._backends import PythonBackend, TritonBackend
-from transports.triton._observe import ObservedBackend
-from transports.triton._packets import InferRequest
-from transports.triton.proxy import SERVICE_NAME
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server import SERVICE_NAME
+from transports.triton.server.backend import InferRequest
+from transports.triton.server.backends import PythonBackend, TritonBackend
+from transports.triton.server.observe import ObservedBackend
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(400)]
 

@@ -25,10 +25,10 @@ from triton_helpers import (
     running_proxy,
 )
 
-from transports.triton import multimodal_pb2 as pb
-from transports.triton import multimodal_pb2_grpc as pbg
-from transports.triton._backends import TritonBackend
-from transports.triton._packets import BackendError, InferRequest
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server.backend import BackendError, InferRequest
+from transports.triton.server.backends import TritonBackend
 
 # Generous: the first test also pays for starting Triton (10-30 s, retried when flaky).
 pytestmark = [pytest.mark.triton, pytest.mark.anyio, pytest.mark.timeout(400)]

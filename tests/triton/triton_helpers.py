@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from transports.triton import multimodal_pb2 as pb
-from transports.triton.proxy import ProxyConfig, ProxyServer, start_proxy
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server import ProxyConfig, ProxyServer, start_proxy
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"

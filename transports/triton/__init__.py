@@ -15,19 +15,19 @@ require_extra(__name__)
 
 from typing import TYPE_CHECKING, Any
 
-from . import multimodal_pb2, multimodal_pb2_grpc
+from . import multimodal_pb2, multimodal_pb2_grpc  # the seed's paths: see .protocol
 
 # The clients and the typed view load on first use, so importing the proxy (a submodule)
 # never imports them.
 _LAZY = {
-    "TritonClientError": "._client_errors",
-    "FrameResult": "._client_packets",
-    "ModelInfo": "._client_packets",
-    "PacketSpec": "._client_packets",
-    "ResponseResult": "._client_packets",
-    "TensorInfo": "._client_packets",
-    "AsyncTritonBytesStreamer": ".aio_client",
-    "TritonBytesStreamer": ".client",
+    "TritonClientError": ".client.errors",
+    "FrameResult": ".client._packets",
+    "ModelInfo": ".client._packets",
+    "PacketSpec": ".client._packets",
+    "ResponseResult": ".client._packets",
+    "TensorInfo": ".client._packets",
+    "AsyncTritonBytesStreamer": ".client.aio",
+    "TritonBytesStreamer": ".client.sync",
     "TritonFooter": ".typed",
     "TritonHeader": ".typed",
     "TritonItem": ".typed",
@@ -37,10 +37,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from ._client_errors import TritonClientError
-    from ._client_packets import FrameResult, ModelInfo, PacketSpec, ResponseResult, TensorInfo
-    from .aio_client import AsyncTritonBytesStreamer
-    from .client import TritonBytesStreamer
+    from .client._packets import FrameResult, ModelInfo, PacketSpec, ResponseResult, TensorInfo
+    from .client.aio import AsyncTritonBytesStreamer
+    from .client.errors import TritonClientError
+    from .client.sync import TritonBytesStreamer
     from .typed import (
         TritonFooter,
         TritonHeader,

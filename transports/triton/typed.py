@@ -28,16 +28,16 @@ import pydantic
 from truss_stream import FrameBytes, NDArray, StreamTypes, stream_types, stream_writer
 from truss_stream._schema import CodecName
 
-from ._client_errors import TritonClientError
-from ._client_packets import (
+from .client._packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
     ResponseResult,
     latency_percentiles,
 )
-from ._dtypes import triton_name
-from .aio_client import AsyncTritonBytesStreamer, Frames
+from .client.aio import AsyncTritonBytesStreamer, Frames
+from .client.errors import TritonClientError
+from .protocol.dtypes import triton_name
 
 __all__ = [
     "TritonFooter",

@@ -1,14 +1,13 @@
 """Backends behind the proxy: Triton over gRPC, or an embedded Python callable.
 
-A backend takes a validated :class:`~transports.triton._packets.InferRequest` and
+A backend takes a validated :class:`~transports.triton.server.packets.InferRequest` and
 returns output tensors by name, or raises
-:class:`~transports.triton._packets.BackendError`. The proxy does everything else
+:class:`~transports.triton.server.packets.BackendError`. The proxy does everything else
 (validation, Acks, concurrency), so every backend answers the same way.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import importlib
@@ -32,9 +31,15 @@ import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from transports.grpc import GrpcOptions
-from transports.triton import _dtypes
-from transports.triton import multimodal_pb2 as pb
-from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
+from transports.triton.protocol import dtypes as _dtypes
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server.backend import (
+    Backend,
+    BackendError,
+    InferRequest,
+    ModelResponse,
+    OutputTensor,
+)
 
 __all__ = [
     "Backend",
@@ -77,60 +82,6 @@ class _Batch:
     )
     rows: int = 0
     sent: bool = False
-
-
-class Backend(abc.ABC):
-    """What the proxy forwards validated requests to."""
-
-    name: str = "backend"
-    """Shown as ``"backend"`` in every Ack's JSON."""
-
-    @abc.abstractmethod
-    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
-        """Run one inference.
-
-        Returns:
-            The output tensors the backend produced, by name. Requested names that are
-            absent become ``{"error": "missing"}`` in the Ack.
-
-        Raises:
-            BackendError: the call failed or timed out.
-        """
-
-    async def decoupled(self, request: InferRequest) -> bool:
-        """Whether ``request``'s model streams (any number of responses per request).
-
-        True sends the request through :meth:`stream_infer`, False through
-        :meth:`infer`. The default: False (every model answers once).
-        """
-        return False
-
-    async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
-        """Run one inference of a streaming model: its responses, in order.
-
-        The last one has ``final`` set. Closing the iterator early (the client went
-        away) must cancel the model's work. The default: one final response from
-        :meth:`infer`.
-
-        Raises:
-            BackendError: the call failed, before or between responses.
-        """
-        yield ModelResponse(await self.infer(request), final=True)
-
-    @abc.abstractmethod
-    async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
-        """A model's inputs and outputs. Raises :class:`BackendError` with a gRPC code."""
-
-    @abc.abstractmethod
-    async def server_ready(self) -> tuple[bool, str]:
-        """Whether the backend takes requests, and why not."""
-
-    @abc.abstractmethod
-    async def model_ready(self, model: str, version: str) -> tuple[bool, str]:
-        """Whether one model takes requests, and why not."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
-        """Release connections."""
 
 
 def _triton_error(exc: grpc.aio.AioRpcError, what: str, timeout: float | None) -> BackendError:
@@ -719,7 +670,7 @@ def load_backend(
 
     Args:
         spec: ``"triton"`` (forward to ``triton_url``), ``"demo"`` (built-in models,
-            see :mod:`transports.triton._demo`) or ``"python:module:callable"`` (a
+            see :mod:`transports.triton.server.demo`) or ``"python:module:callable"`` (a
             :data:`ModelFunction` imported from ``module``).
         triton_url: the Triton target, needed by ``"triton"``.
         max_message_bytes: largest message to and from Triton.
@@ -740,7 +691,7 @@ def load_backend(
             interceptors=interceptors,
         )
     if spec == "demo":
-        from transports.triton import _demo
+        from transports.triton.server import demo as _demo
 
         return PythonBackend(_demo.demo_model, name="demo", metadata=_demo.demo_metadata())
     kind, _, ref = spec.partition(":")

@@ -29,13 +29,11 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from transports.triton import _dtypes
-from transports.triton import multimodal_pb2 as pb
+from transports.triton.protocol import dtypes as _dtypes
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server.backend import InferRequest, OutputTensor
 
 __all__ = [
     "MAX_ERROR_CHARS",
@@ -43,10 +41,6 @@ __all__ = [
     "MAX_OUTPUTS",
     "MAX_RANK",
     "MAX_TIMEOUT_SECS",
-    "BackendError",
-    "InferRequest",
-    "ModelResponse",
-    "OutputTensor",
     "PacketError",
     "check_correlation_id",
     "error_ack",
@@ -77,59 +71,6 @@ immediate DEADLINE_EXCEEDED."""
 _SIZE_CAP = 2**63 - 1
 
 
-@dataclass(frozen=True)
-class InferRequest:
-    """One validated inference: a single input tensor and the output names wanted.
-
-    Attributes:
-        cid: the packet's correlation id.
-        model: model name.
-        model_version: model version.
-        input_name: the input tensor's name.
-        datatype: Triton's datatype name, e.g. "FP32".
-        shape: the input's shape, every dim >= 0.
-        data: the input's raw bytes (C order, little-endian), passed through untouched.
-        outputs: the output names the client asked for, in its order.
-        timeout: seconds the backend call may take.
-        binary_outputs: the client wants raw output bytes in ``Ack.outputs``.
-    """
-
-    cid: str
-    model: str
-    model_version: str
-    input_name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: bytes
-    outputs: tuple[str, ...]
-    timeout: float
-    binary_outputs: bool = False
-
-
-@dataclass(frozen=True)
-class OutputTensor:
-    """One output tensor from a backend: Triton datatype name, shape and raw bytes."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: bytes
-
-
-@dataclass(frozen=True)
-class ModelResponse:
-    """One response of a streaming (decoupled) model to one request.
-
-    Attributes:
-        outputs: the response's output tensors by name (empty for an empty final
-            response, as Triton sends with ``enable_empty_final_response``).
-        final: the request's last response.
-    """
-
-    outputs: Mapping[str, OutputTensor]
-    final: bool = False
-
-
 class PacketError(ValueError):
     """A packet the proxy refuses before calling any backend.
 
@@ -140,28 +81,6 @@ class PacketError(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-class BackendError(RuntimeError):
-    """A backend call failed (unreachable, timed out, model error).
-
-    Attributes:
-        status: the ``AckStatus`` to answer with: UNAVAILABLE when the backend could
-            not be reached (the packet may be retried), else INTERNAL unless the
-            backend knows better.
-        code: the gRPC status for RPCs that answer with one (model metadata, readiness).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int = pb.INTERNAL,
-        code: grpc.StatusCode = grpc.StatusCode.INTERNAL,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
 
 
 def _enum_name(enum: Any, value: int) -> str:

@@ -28,9 +28,9 @@ from typing import Any, cast
 import grpc
 import numpy as np
 
-from . import _dtypes
-from . import multimodal_pb2 as pb
-from ._client_errors import TritonClientError
+from ..protocol import dtypes as _dtypes
+from ..protocol import multimodal_pb2 as pb
+from .errors import TritonClientError
 
 __all__ = [
     "AckPipeline",

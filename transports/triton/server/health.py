@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2
 
 if TYPE_CHECKING:
     from transports.observability import ProxyMetrics
-    from transports.triton._backends import Backend
+    from transports.triton.server.backend import Backend
 
 __all__ = ["LIVENESS_SERVICE", "TritonHealthProbe"]
 

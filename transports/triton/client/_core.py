@@ -18,16 +18,8 @@ import grpc
 
 from transports.grpc import ClientTLS, GrpcOptions
 
-from . import multimodal_pb2 as pb
-from ._client_errors import (
-    HEALTH_CHECK_METHOD,
-    TRANSIENT,
-    TritonClientError,
-    connect_probe_error,
-    not_ready_error,
-    status_error,
-)
-from ._client_packets import (
+from ..protocol import multimodal_pb2 as pb
+from ._packets import (
     AckPipeline,
     FrameResult,
     ModelInfo,
@@ -35,6 +27,14 @@ from ._client_packets import (
     as_dtype,
     parse_ack,
     spec_from_metadata,
+)
+from .errors import (
+    HEALTH_CHECK_METHOD,
+    TRANSIENT,
+    TritonClientError,
+    connect_probe_error,
+    not_ready_error,
+    status_error,
 )
 
 __all__ = [

@@ -22,26 +22,26 @@ import grpc.aio
 
 from transports.grpc import acreate_channel
 
-from . import multimodal_pb2 as pb
-from . import multimodal_pb2_grpc as pbg
-from ._client_core import (
+from ..protocol import multimodal_pb2 as pb
+from ..protocol import multimodal_pb2_grpc as pbg
+from ._core import (
     ReadyStep,
     StreamerSettings,
     readiness_steps,
 )
-from ._client_errors import (
-    HEALTH_CHECK_METHOD,
-    HEALTH_CHECK_REQUEST,
-    TritonClientError,
-    closed_error,
-    status_error,
-)
-from ._client_packets import (
+from ._packets import (
     FrameResult,
     ModelInfo,
     PacketSpec,
     ResponseResult,
     chunked,
+)
+from .errors import (
+    HEALTH_CHECK_METHOD,
+    HEALTH_CHECK_REQUEST,
+    TritonClientError,
+    closed_error,
+    status_error,
 )
 
 __all__ = ["AsyncTritonBytesStreamer"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from transports.triton import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2 as pb
 
 __all__ = [
     "ITEMSIZE",

@@ -4,12 +4,12 @@ Runs grpcio-tools' bundled protoc (pinned to 1.81.x in the dev extra, whose genc
 fits the protobuf<7 runtime that tritonclient allows) and then makes two fixes:
 
 - protoc writes ``import multimodal_pb2`` into the gRPC module; it must be
-  ``from transports.triton import multimodal_pb2`` to import inside the package.
+  ``from transports.triton.protocol import multimodal_pb2`` to import inside the package.
 - protoc writes no typing for the gRPC module, so this writes
   ``multimodal_pb2_grpc.pyi``: a stub whose constructor, given a ``grpc.aio.Channel``,
   is typed as the async stub, and a servicer base that async servicers can subclass.
 
-``python -m transports.triton._protogen [OUT_DIR]`` writes into this package by default;
+``python -m transports.triton.protocol._protogen [OUT_DIR]`` writes into this package by default;
 the test suite writes into a temp dir and compares the files.
 """
 
@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pb2
 __all__ = ["GENERATED_FILES", "generate"]
 
 PROTO_NAME = "multimodal.proto"
-PACKAGE = "transports.triton"
+PACKAGE = "transports.triton.protocol"
 GENERATED_FILES = (
     "multimodal_pb2.py",
     "multimodal_pb2.pyi",
@@ -33,7 +33,7 @@ GENERATED_FILES = (
     "multimodal_pb2_grpc.pyi",
 )
 
-_HEADER = '''"""Typing for multimodal_pb2_grpc.py, written by transports.triton._protogen."""
+_HEADER = '''"""Typing for multimodal_pb2_grpc.py, written by ``make protos`` (_protogen)."""
 
 import abc
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -42,7 +42,7 @@ from typing import Generic, TypeVar, overload
 import grpc
 import grpc.aio
 
-from transports.triton import multimodal_pb2
+from transports.triton.protocol import multimodal_pb2
 
 _T = TypeVar("_T")
 
@@ -169,7 +169,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m transports.triton._protogen [OUT_DIR]``."""
+    """Command line: ``python -m transports.triton.protocol._protogen [OUT_DIR]``."""
     args = sys.argv[1:] if argv is None else argv
     out_dir = Path(args[0]) if args else _proto_dir()
     for path in generate(out_dir):

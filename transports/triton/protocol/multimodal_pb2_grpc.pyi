@@ -1,4 +1,4 @@
-"""Typing for multimodal_pb2_grpc.py, written by transports.triton._protogen."""
+"""Typing for multimodal_pb2_grpc.py, written by ``make protos`` (_protogen)."""
 
 import abc
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -7,7 +7,7 @@ from typing import Generic, TypeVar, overload
 import grpc
 import grpc.aio
 
-from transports.triton import multimodal_pb2
+from transports.triton.protocol import multimodal_pb2
 
 _T = TypeVar("_T")
 

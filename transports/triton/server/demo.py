@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from transports.triton import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2 as pb
 
 __all__ = ["TOKEN_DELAY_S", "demo_metadata", "demo_model", "stream_count", "stream_tokens"]
 

@@ -41,12 +41,17 @@ import grpc.aio
 
 from transports.observability import _tracing
 from transports.observability._grpc import aio_trace_interceptors
-from transports.triton import multimodal_pb2 as pb
-from transports.triton._backends import Backend
-from transports.triton._credentials import Verdict
-from transports.triton._health import TritonHealthProbe
-from transports.triton._packets import BackendError, InferRequest, ModelResponse, OutputTensor
-from transports.triton.auth import DominoAuthInterceptor
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.server._credentials import Verdict
+from transports.triton.server.auth import DominoAuthInterceptor
+from transports.triton.server.backend import (
+    Backend,
+    BackendError,
+    InferRequest,
+    ModelResponse,
+    OutputTensor,
+)
+from transports.triton.server.health import TritonHealthProbe
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
