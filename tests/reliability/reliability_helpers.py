@@ -282,12 +282,14 @@ class CutProxy:
                 while data := await up_r.read(65536):
                     if cut is not None and self.sent[index] + len(data) >= cut:
                         data = data[: cut - self.sent[index]]
-                        client_w.write(data)
+                        # Counted before the write: the client (another thread) may read
+                        # these bytes and the test read `sent` before this line runs.
                         self.sent[index] += len(data)
+                        client_w.write(data)
                         await client_w.drain()
                         return
-                    client_w.write(data)
                     self.sent[index] += len(data)
+                    client_w.write(data)
                     await client_w.drain()
 
         up = asyncio.ensure_future(pump_up())
