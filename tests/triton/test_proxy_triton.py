@@ -29,6 +29,7 @@ from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.protocol import multimodal_pb2_grpc as pbg
 from transports.triton.server.backend import BackendError, InferRequest
 from transports.triton.server.backends import TritonBackend
+from transports.triton.server.coalesce import CoalescingBackend
 
 # Generous: the first test also pays for starting Triton (10-30 s, retried when flaky).
 pytestmark = [pytest.mark.triton, pytest.mark.anyio, pytest.mark.timeout(400)]
@@ -370,7 +371,7 @@ async def _settled_counts(triton: TritonProcess, model: str, rows: int) -> tuple
 async def test_coalesce_sends_packets_arriving_together_as_one_request(
     triton: TritonProcess,
 ) -> None:
-    backend = TritonBackend(triton.url, coalesce=16)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=16)
     try:
         start = triton.counts("add_one_fp32")
         await backend.infer(_request("warm", X))  # learns max_batch_size
@@ -394,7 +395,7 @@ async def test_coalesce_sends_packets_arriving_together_as_one_request(
 
 
 async def test_coalesce_keeps_models_and_outputs_apart(triton: TritonProcess) -> None:
-    backend = TritonBackend(triton.url, coalesce=8)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=8)
     try:
         two = {"model": "two_outputs_fp32", "outputs": ("TIMES_TWO", "NOPE")}
         await backend.infer(_request("warm1", X))
@@ -419,7 +420,7 @@ async def test_coalesce_keeps_models_and_outputs_apart(triton: TritonProcess) ->
 
 
 async def test_coalesce_failure_reaches_every_packet(triton: TritonProcess) -> None:
-    backend = TritonBackend(triton.url, coalesce=8)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=8)
     try:
         await backend.infer(_request("warm", X))
         results = await asyncio.gather(

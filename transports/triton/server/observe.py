@@ -48,6 +48,7 @@ from transports.triton.server.backend import (
     Backend,
     BackendError,
     InferRequest,
+    ModelConfig,
     ModelResponse,
     OutputTensor,
 )
@@ -414,6 +415,10 @@ class ObservedBackend(Backend):
                 yield first
                 async for response in responses:
                     yield response
+
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        """The inner backend's answer (not observed: wrappers ask once per model)."""
+        return await self.inner.model_config(model, version)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
