@@ -549,8 +549,10 @@ def load_backend(
 
     Args:
         spec: ``"triton"`` (forward to ``triton_url``), ``"demo"`` (built-in models,
-            see :mod:`transports.triton.server.demo`) or ``"python:module:callable"`` (a
-            :data:`ModelFunction` imported from ``module``).
+            see :mod:`transports.triton.server.demo`) or ``"python:module:name"``: a
+            :data:`ModelFunction` imported from ``module`` (run by a
+            :class:`PythonBackend`), or a :class:`Backend` subclass (built with no
+            arguments).
         triton_url: the Triton target, needed by ``"triton"``.
         max_message_bytes: largest message to and from Triton.
         coalesce: if >= 2, the backend is wrapped in a
@@ -579,6 +581,9 @@ def load_backend(
     if kind != "python" or not module_name or not attr:
         raise ValueError(f"--backend must be triton, demo or python:module:callable, got {spec!r}")
     fn = getattr(importlib.import_module(module_name), attr)
+    if isinstance(fn, type) and issubclass(fn, Backend):
+        # A backend class of one's own (docs/triton-backends.md), built with no arguments.
+        return coalescing(fn(), coalesce)
     if not callable(fn):
         raise ValueError(f"{spec!r} is not callable")
     return coalescing(PythonBackend(fn, name="python"), coalesce)

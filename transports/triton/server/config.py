@@ -52,8 +52,9 @@ class ProxyConfig:
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
         auth_cache_ttl: seconds a positive auth answer is reused (and open calls re-checked).
         auth_timeout: total deadline in seconds of one principal lookup.
-        coalesce: if > 1, send packets that arrive together as one Triton request of
-            up to this many batch rows (see ``TritonBackend``); 0 is off.
+        coalesce: if > 1, send packets that arrive together as one backend request of
+            up to this many batch rows (the backend is wrapped in a
+            ``CoalescingBackend``); 0 is off.
         metrics_listen: ``HOST:PORT`` to serve Prometheus ``/metrics`` on; None: not served.
         triton_probe_interval: seconds between probes of the backend's readiness; 0: none.
         health_follows_triton: health reports NOT_SERVING while the probe fails.
@@ -133,7 +134,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
         "--coalesce",
         type=int,
         default=0,
-        help="send packets arriving together as one Triton request of up to N batch rows "
+        help="send packets arriving together as one backend request of up to N batch rows "
         "(models with max_batch_size > 0; default 0: off)",
     )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))

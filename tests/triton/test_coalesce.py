@@ -1,0 +1,456 @@
+"""The coalescer as a wrapper (``CoalescingBackend``) around any backend, without Triton.
+
+Over a backend of the test's own (which records what reaches it) and over the embedded
+``PythonBackend``, in process and through the proxy's command line. The same wrapper
+around a real Triton: ``test_proxy_triton.py`` (``test_coalesce_*``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any
+
+import grpc
+import grpc.aio
+import numpy as np
+import pytest
+from triton_helpers import ProxyProcess, ack_json, decode_output, packet, running_proxy
+
+from transports.triton.protocol import multimodal_pb2 as pb
+from transports.triton.protocol import multimodal_pb2_grpc as pbg
+from transports.triton.server import (
+    Backend,
+    BackendError,
+    BackendWrapper,
+    CoalescingBackend,
+    InferRequest,
+    ModelConfig,
+    ModelResponse,
+    OutputTensor,
+    PythonBackend,
+    load_backend,
+)
+from transports.triton.server.observe import ObservedBackend
+
+pytestmark = pytest.mark.anyio
+
+ROW = np.arange(4, dtype=np.float32).reshape(1, 4)
+
+
+def _request(cid: str, array: np.ndarray, **kwargs: Any) -> InferRequest:
+    fields: dict[str, Any] = {
+        "model": "double",
+        "model_version": "1",
+        "input_name": "X",
+        "datatype": "FP32",
+        "outputs": ("Y",),
+        "timeout": 10.0,
+    }
+    fields.update(kwargs)
+    return InferRequest(cid=cid, shape=tuple(array.shape), data=array.tobytes(), **fields)
+
+
+def _array(out: OutputTensor) -> np.ndarray:
+    return np.frombuffer(out.data, np.float32).reshape(out.shape)
+
+
+class Doubler(Backend):
+    """A backend of one's own: Y = 2 * X, recording every request that reaches it.
+
+    ``gate``, when set, holds every call until it is set; ``fail`` makes calls raise it.
+    """
+
+    name = "doubler"
+
+    def __init__(self, *, max_batch_size: int = 64, decoupled: bool = False) -> None:
+        self.requests: list[InferRequest] = []
+        self.config_calls = 0
+        self.cancelled = 0
+        self.max_batch_size = max_batch_size
+        self.is_decoupled = decoupled
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+        self.bad_shape = False
+
+    async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
+        self.requests.append(request)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.fail is not None:
+            raise self.fail
+        y = np.frombuffer(request.data, np.float32).reshape(request.shape) * 2
+        shape = (y.size,) if self.bad_shape else y.shape
+        return {"Y": OutputTensor("Y", "FP32", shape, y.tobytes())}
+
+    async def decoupled(self, request: InferRequest) -> bool:
+        return self.is_decoupled
+
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        self.config_calls += 1
+        await asyncio.sleep(0.01)  # a lookup takes a while: packets arrive meanwhile
+        return ModelConfig(
+            max_batch_size=self.max_batch_size, decoupled=self.is_decoupled, outputs=None
+        )
+
+    async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
+        raise BackendError("no metadata", code=grpc.StatusCode.NOT_FOUND)
+
+    async def server_ready(self) -> tuple[bool, str]:
+        return True, ""
+
+    async def model_ready(self, model: str, version: str) -> tuple[bool, str]:
+        return True, ""
+
+
+async def _warm(backend: CoalescingBackend) -> None:
+    await backend.infer(_request("warm", ROW))
+
+
+async def test_packets_arriving_together_go_as_one_request() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.requests.clear()
+    arrays = [ROW + i for i in range(7)] + [np.vstack([ROW, -ROW])]  # one packet of 2 rows
+    results = await asyncio.gather(
+        *(backend.infer(_request(f"c:{i}", a)) for i, a in enumerate(arrays))
+    )
+    assert [(r.cid, r.shape) for r in inner.requests] == [("c:0+7", (9, 4))]
+    for array, outputs in zip(arrays, results, strict=True):
+        assert outputs["Y"].shape == array.shape
+        np.testing.assert_array_equal(_array(outputs["Y"]), array * 2)
+
+
+async def test_a_burst_on_a_cold_model_asks_its_config_once_and_is_coalesced() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    results = await asyncio.gather(*(backend.infer(_request(f"c:{i}", ROW * i)) for i in range(8)))
+    assert inner.config_calls == 1
+    assert [r.shape for r in inner.requests] == [(8, 4)]
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(_array(outputs["Y"]), ROW * i * 2)
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "max_batch_size", "sizes"),
+    [(8, 5, [5, 5, 2]), (4, 64, [4, 4, 4]), (64, 12, [12])],
+)
+async def test_rows_stay_within_max_rows_and_the_models_max_batch_size(
+    max_rows: int, max_batch_size: int, sizes: list[int]
+) -> None:
+    inner = Doubler(max_batch_size=max_batch_size)
+    backend = CoalescingBackend(inner, max_rows=max_rows)
+    await _warm(backend)
+    inner.requests.clear()
+    results = await asyncio.gather(*(backend.infer(_request(f"r:{i}", ROW * i)) for i in range(12)))
+    assert [r.shape[0] for r in inner.requests] == sizes
+    for i, outputs in enumerate(results):
+        np.testing.assert_array_equal(_array(outputs["Y"]), ROW * i * 2)
+
+
+async def test_packets_differing_in_model_input_or_outputs_stay_apart() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    await backend.infer(_request("warm2", ROW, model="other"))
+    inner.requests.clear()
+    variants: list[dict[str, Any]] = [
+        {},
+        {"model": "other"},
+        {"input_name": "Z"},
+        {"outputs": ("Y", "W")},
+    ]
+    await asyncio.gather(
+        *(backend.infer(_request(f"v:{i}", ROW, **variants[i % 4])) for i in range(8))
+    )
+    groups = sorted((r.model, r.input_name, r.outputs, r.shape[0]) for r in inner.requests)
+    assert groups == [
+        ("double", "X", ("Y",), 2),
+        ("double", "X", ("Y", "W"), 2),
+        ("double", "Z", ("Y",), 2),
+        ("other", "X", ("Y",), 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("inner", "request_kwargs"),
+    [
+        (Doubler(max_batch_size=0), {}),  # the model does not batch
+        (Doubler(max_batch_size=1), {}),
+        (Doubler(decoupled=True), {}),  # streaming models are never coalesced
+        (Doubler(), {"datatype": "BYTES"}),  # rows of no fixed size
+    ],
+    ids=["max_batch_size-0", "max_batch_size-1", "decoupled", "bytes"],
+)
+async def test_left_alone(inner: Doubler, request_kwargs: dict[str, Any]) -> None:
+    backend = CoalescingBackend(inner, max_rows=16)
+    await backend.infer(_request("warm", ROW, **request_kwargs))
+    inner.requests.clear()
+    await asyncio.gather(
+        *(backend.infer(_request(f"a:{i}", ROW, **request_kwargs)) for i in range(4))
+    )
+    assert sorted(r.cid for r in inner.requests) == [f"a:{i}" for i in range(4)]
+
+
+async def test_a_packet_of_max_rows_rows_goes_alone() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=4)
+    await _warm(backend)
+    inner.requests.clear()
+    big = np.vstack([ROW] * 4)
+    await asyncio.gather(backend.infer(_request("big", big)), backend.infer(_request("s", ROW)))
+    assert sorted((r.cid, r.shape[0]) for r in inner.requests) == [("big", 4), ("s", 1)]
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "message"),
+    [
+        (BackendError("runtime down", status=pb.UNAVAILABLE), pb.UNAVAILABLE, "runtime down"),
+        (ValueError("a bug"), pb.INTERNAL, "ValueError: a bug"),
+    ],
+)
+async def test_an_error_reaches_every_packet_of_the_request(
+    failure: Exception, status: int, message: str
+) -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.fail = failure
+    results = await asyncio.gather(
+        *(backend.infer(_request(f"e:{i}", ROW)) for i in range(5)), return_exceptions=True
+    )
+    assert len(inner.requests) == 1
+    assert all(isinstance(r, BackendError) for r in results), results
+    assert len({id(r) for r in results}) == 5  # each packet its own error
+    for error in results:
+        assert isinstance(error, BackendError)
+        assert (error.status, str(error)) == (status, message)
+
+
+async def test_an_answer_that_cannot_be_split_fails_every_packet() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.bad_shape = True  # outputs lose the batch dimension
+    results = await asyncio.gather(
+        *(backend.infer(_request(f"s:{i}", ROW)) for i in range(3)), return_exceptions=True
+    )
+    for error in results:
+        assert isinstance(error, BackendError), results
+        assert error.status == pb.INTERNAL
+        assert "cannot split 3 coalesced rows" in str(error)
+
+
+async def test_a_packet_cancelled_before_sending_drops_out() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.requests.clear()
+    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW * i))) for i in range(4)]
+    await asyncio.sleep(0)  # every packet has joined; the request is not sent yet
+    tasks[0].cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[0], asyncio.CancelledError)
+    assert [(r.cid, r.shape[0]) for r in inner.requests] == [("k:1+2", 3)]
+    for i in (1, 2, 3):
+        result = done[i]
+        assert isinstance(result, Mapping), result
+        np.testing.assert_array_equal(_array(result["Y"]), ROW * i * 2)
+
+
+async def test_a_packet_cancelled_while_its_request_runs_loses_nothing_for_the_others() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW * i))) for i in range(4)]
+    while not inner.requests:  # the stacked request is running in the inner backend
+        await asyncio.sleep(0.001)
+    tasks[2].cancel()
+    await asyncio.sleep(0.01)
+    inner.gate.set()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert inner.cancelled == 0
+    assert isinstance(done[2], asyncio.CancelledError)
+    for i in (0, 1, 3):
+        result = done[i]
+        assert isinstance(result, Mapping), result
+        np.testing.assert_array_equal(_array(result["Y"]), ROW * i * 2)
+
+
+async def test_cancelling_every_packet_cancels_the_shared_request() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW))) for i in range(3)]
+    while not inner.requests:
+        await asyncio.sleep(0.001)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(100):
+        if inner.cancelled:
+            break
+        await asyncio.sleep(0.001)
+    assert inner.cancelled == 1
+
+
+async def test_everything_but_infer_goes_straight_to_the_inner_backend() -> None:
+    def tokens(model: str, inputs: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        (x,) = inputs.values()
+        for i in range(int(x.reshape(-1)[0])):
+            yield {"I": np.array([i], dtype=np.int32)}
+
+    inner = PythonBackend(tokens)
+    backend = CoalescingBackend(inner, max_rows=16)
+    assert backend.name == "python"
+    request = _request("t", np.array([3], dtype=np.int32), datatype="INT32", outputs=("I",))
+    assert await backend.decoupled(request)
+    assert (await backend.model_config("any", "1")).decoupled
+
+    async def responses(cid: str) -> list[ModelResponse]:
+        stream: AsyncGenerator[ModelResponse, None] = backend.stream_infer(
+            _request(cid, np.array([3], dtype=np.int32), datatype="INT32", outputs=("I",))
+        )
+        return [r async for r in stream]
+
+    # Two streams at once: each gets its own responses, nothing stacked.
+    first, second = await asyncio.gather(responses("a"), responses("b"))
+    for got in (first, second):
+        assert [r.final for r in got] == [False, False, False, True]
+        assert [np.frombuffer(r.outputs["I"].data, np.int32)[0] for r in got[:3]] == [0, 1, 2]
+    assert await backend.server_ready() == (True, "")
+    assert await backend.model_ready("any", "1") == (True, "")
+
+
+async def test_over_the_embedded_python_backend() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def double(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        (x,) = inputs.values()
+        calls.append(x.shape)
+        return {"Y": x * 2}
+
+    meta = pb.ModelMetadataResponse(
+        model="double", versions=["1"], max_batch_size=32, outputs=[pb.TensorMetadata(name="Y")]
+    )
+    backend = CoalescingBackend(PythonBackend(double, metadata={"double": meta}), max_rows=16)
+    await _warm(backend)
+    calls.clear()
+    # "NOPE" is not among the model's outputs: dropped from the stacked request, so
+    # these packets still share it; their Acks mark it missing.
+    asked = [("Y",), ("Y", "NOPE")]
+    results = await asyncio.gather(
+        *(backend.infer(_request(f"p:{i}", ROW * i, outputs=asked[i % 2])) for i in range(6))
+    )
+    assert calls == [(6, 4)]
+    for i, outputs in enumerate(results):
+        assert set(outputs) == {"Y"}
+        np.testing.assert_array_equal(_array(outputs["Y"]), ROW * i * 2)
+
+
+async def test_the_default_model_config_reads_model_metadata() -> None:
+    meta = pb.ModelMetadataResponse(
+        model="m", max_batch_size=8, decoupled=True, outputs=[pb.TensorMetadata(name="A")]
+    )
+    backend = PythonBackend(lambda model, inputs: {}, metadata={"m": meta})
+    assert await backend.model_config("m", "1") == ModelConfig(8, True, frozenset({"A"}))
+    assert await backend.model_config("unknown", "1") == ModelConfig()
+
+
+async def test_wrappers_forward_model_config() -> None:
+    inner = Doubler(max_batch_size=7)
+    assert (await ObservedBackend(inner, None).model_config("double", "1")).max_batch_size == 7
+    assert (await BackendWrapper(inner).model_config("double", "1")).max_batch_size == 7
+
+
+def test_max_rows_below_two_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_rows must be at least 2"):
+        CoalescingBackend(Doubler(), max_rows=1)
+
+
+def test_load_backend_wraps_what_it_builds_when_asked() -> None:
+    plain = load_backend("demo", triton_url=None, max_message_bytes=1 << 20)
+    assert isinstance(plain, PythonBackend)
+    wrapped = load_backend("demo", triton_url=None, max_message_bytes=1 << 20, coalesce=8)
+    assert isinstance(wrapped, CoalescingBackend)
+    assert isinstance(wrapped.inner, PythonBackend)
+    assert wrapped.max_rows == 8
+    assert wrapped.name == "demo"
+    own = load_backend(
+        "python:test_coalesce:Doubler", triton_url=None, max_message_bytes=1 << 20, coalesce=4
+    )
+    assert isinstance(own, CoalescingBackend)
+    assert type(own.inner).__name__ == "Doubler"
+    with pytest.raises(ValueError, match="coalesce must be 0"):
+        load_backend("demo", triton_url=None, max_message_bytes=1 << 20, coalesce=-1)
+
+
+def _innermost_chain(backend: Backend) -> list[str]:
+    chain = [type(backend).__name__]
+    while isinstance(backend, (BackendWrapper, ObservedBackend)):
+        backend = backend.inner
+        chain.append(type(backend).__name__)
+    return chain
+
+
+async def test_start_proxy_wraps_a_given_backend_with_config_coalesce() -> None:
+    inner = Doubler()
+    frames = {f"g:{i}": ROW * i for i in range(40)}
+    async with (
+        running_proxy(backend_object=inner, coalesce=16, max_in_flight=32) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        assert "CoalescingBackend" in _innermost_chain(server.proxy.backend)
+        stub = pbg.MultimodalServiceStub(channel)
+        packets = (
+            packet(cid, frame, model="double", input_name="X", outputs=("Y",))
+            for cid, frame in frames.items()
+        )
+        acks = [a async for a in stub.Chat(packets)]
+    assert sorted(a.correlation_id for a in acks) == sorted(frames)
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        assert body["backend"] == "doubler"
+        np.testing.assert_array_equal(
+            decode_output(body["outputs"]["Y"]), frames[ack.correlation_id] * 2
+        )
+    # Every row reached the backend once, whether alone or stacked with others.
+    assert sum(r.shape[0] for r in inner.requests) == len(frames)
+
+
+def test_coalesce_on_the_command_line_over_the_demo_backend() -> None:
+    proxy = ProxyProcess(["--backend", "demo", "--coalesce", "16"])
+    try:
+        channel = grpc.insecure_channel(proxy.target)
+        with channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            arrays = {f"d:{i}": ROW + i for i in range(40)}
+            images = {f"i:{i}": np.full((1, 2, 2, 3), i, dtype=np.uint8) for i in range(10)}
+            packets = [packet(cid, a) for cid, a in arrays.items()] + [
+                packet(cid, a, model="invert_u8", input_name="IMAGE", outputs=("IMAGE_OUT",))
+                for cid, a in images.items()
+            ]
+            acks = list(stub.Chat(iter(packets), timeout=30))
+    finally:
+        proxy.stop()
+    assert sorted(a.correlation_id for a in acks) == sorted([*arrays, *images])
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        if ack.correlation_id in arrays:
+            sums = arrays[ack.correlation_id] + 1
+            np.testing.assert_array_equal(decode_output(body["outputs"]["OUTPUT"]), sums)
+        else:
+            inverted = 255 - images[ack.correlation_id]
+            np.testing.assert_array_equal(decode_output(body["outputs"]["IMAGE_OUT"]), inverted)
