@@ -15,6 +15,8 @@ import grpc
 import grpc.aio
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from triton_helpers import ProxyProcess, ack_json, decode_output, packet, running_proxy
 
 from transports.triton.protocol import multimodal_pb2 as pb
@@ -31,6 +33,7 @@ from transports.triton.server import (
     PythonBackend,
     load_backend,
 )
+from transports.triton.server.coalesce import split_rows, stack_rows
 from transports.triton.server.observe import ObservedBackend
 
 pytestmark = pytest.mark.anyio
@@ -454,3 +457,91 @@ def test_coalesce_on_the_command_line_over_the_demo_backend() -> None:
         else:
             inverted = 255 - images[ack.correlation_id]
             np.testing.assert_array_equal(decode_output(body["outputs"]["IMAGE_OUT"]), inverted)
+
+
+async def test_a_streaming_model_that_batches_is_still_never_coalesced() -> None:
+    """A decoupled model whose metadata also says max_batch_size 64, through the proxy."""
+
+    def count(model: str, inputs: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        (x,) = inputs.values()
+        assert x.shape == (1,), x.shape  # one packet's input, never several stacked
+        for i in range(int(x[0])):
+            yield {"I": np.array([i], dtype=np.int32)}
+
+    meta = pb.ModelMetadataResponse(model="count", max_batch_size=64, decoupled=True)
+    backend = PythonBackend(count, metadata={"count": meta})
+    counts = [3, 0, 2, 5, 1]
+    async with (
+        running_proxy(backend_object=backend, coalesce=16) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+        packets = [
+            _int32_packet(f"n:{i}", n, model="count", outputs=("I",)) for i, n in enumerate(counts)
+        ]
+        acks = [a async for a in stub.Chat(iter(packets))]
+    for i, n in enumerate(counts):
+        mine = [a for a in acks if a.correlation_id == f"n:{i}"]
+        assert [a.status for a in mine] == [pb.OK] * (n + 1)
+        assert [a.final for a in mine] == [False] * n + [True]
+
+
+def _int32_packet(cid: str, value: int, *, model: str, outputs: tuple[str, ...]) -> pb.DataPacket:
+    array = np.array([value], dtype=np.int32)
+    spec = pb.InputSpec(name="N", shape=pb.Shape(dims=[1]), dtype=pb.DT_INT32)
+    setattr(spec, "from", pb.SRC_TENSOR)
+    control = pb.Control(
+        model=model,
+        model_version="1",
+        timeout_secs=10.0,
+        inputs=[spec],
+        outputs=[pb.OutputSpec(name=o) for o in outputs],
+    )
+    tensor = pb.Tensor(dtype=pb.DT_INT32, shape=pb.Shape(dims=[1]), data=array.tobytes())
+    return pb.DataPacket(
+        meta=pb.Meta(correlation_id=cid), control=control, tensor=tensor, event=pb.SEV_DATA
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.integers(0, 5), min_size=1, max_size=8),
+    trailing=st.lists(st.integers(0, 3), max_size=3),
+    dtype=st.sampled_from(["float32", "uint8", "int64", "float16"]),
+)
+def test_split_rows_undoes_stack_rows(rows: list[int], trailing: list[int], dtype: str) -> None:
+    """Property: splitting the stacked request's own tensor gives each packet its bytes."""
+    shapes = [(n, *trailing) for n in rows]
+    arrays = [np.arange(int(np.prod(s)), dtype=dtype).reshape(s) + i for i, s in enumerate(shapes)]
+    requests = [_request(f"h:{i}", a, datatype=dtype.upper()) for i, a in enumerate(arrays)]
+    stacked = stack_rows(requests, ("Y",))
+    assert stacked.shape == (sum(rows), *trailing)
+    assert stacked.data == b"".join(a.tobytes() for a in arrays)
+    assert stacked.cid == f"h:0+{len(rows) - 1}"
+    if sum(rows) == 0:
+        return  # nothing to split back: a coalescer never stacks empty packets
+    echoed = {"Y": OutputTensor("Y", stacked.datatype, stacked.shape, stacked.data)}
+    for array, split in zip(arrays, split_rows(echoed, rows), strict=True):
+        assert split["Y"].shape == array.shape
+        assert split["Y"].data == array.tobytes()
+
+
+@given(
+    total=st.integers(1, 6),
+    first=st.integers(0, 8),
+    row_bytes=st.integers(0, 4),
+    spare=st.integers(0, 5),
+)
+def test_split_rows_refuses_what_does_not_split(
+    total: int, first: int, row_bytes: int, spare: int
+) -> None:
+    """Property: an output splits iff it has ``total`` rows first and its bytes divide."""
+    out = OutputTensor("Y", "UINT8", (first, row_bytes), bytes(total * row_bytes + spare))
+    rows = [1] * total
+    if first == total and spare % total == 0:
+        split = split_rows({"Y": out}, rows)
+        assert [s["Y"].shape for s in split] == [(1, row_bytes)] * total
+        assert b"".join(s["Y"].data for s in split) == out.data
+        return
+    with pytest.raises(BackendError, match="cannot split"):
+        split_rows({"Y": out}, rows)
