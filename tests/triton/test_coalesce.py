@@ -376,6 +376,49 @@ async def test_wrappers_forward_model_config() -> None:
     assert (await BackendWrapper(inner).model_config("double", "1")).max_batch_size == 7
 
 
+class Unsure(Doubler):
+    """Its model_config fails ``failures`` times (BackendError), or hangs ``hang`` seconds."""
+
+    def __init__(self, *, failures: int = 0, hang: float = 0.0) -> None:
+        super().__init__()
+        self.failures = failures
+        self.hang = hang
+
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        self.config_calls += 1
+        await asyncio.sleep(self.hang)
+        if self.failures:
+            self.failures -= 1
+            raise BackendError("runtime unreachable", status=pb.UNAVAILABLE)
+        return ModelConfig(max_batch_size=64)
+
+
+async def test_a_failed_config_lookup_sends_packets_as_they_are_then_asks_again() -> None:
+    inner = Unsure(failures=1)
+    backend = CoalescingBackend(inner, max_rows=16, retry_after=0.2)
+    burst = [_request(f"u:{i}", ROW * i) for i in range(4)]
+    first = await asyncio.gather(*(backend.infer(r) for r in burst))
+    second = await asyncio.gather(*(backend.infer(r) for r in burst))  # within retry_after
+    assert inner.config_calls == 1  # one lookup for the burst, none per packet after it
+    assert [r.shape[0] for r in inner.requests] == [1] * 8  # nothing lost, nothing stacked
+    for results in (first, second):
+        for i, outputs in enumerate(results):
+            np.testing.assert_array_equal(_array(outputs["Y"]), ROW * i * 2)
+    await asyncio.sleep(0.3)
+    inner.requests.clear()
+    await asyncio.gather(*(backend.infer(r) for r in burst))
+    assert inner.config_calls == 2
+    assert [r.shape[0] for r in inner.requests] == [4]
+
+
+async def test_a_packet_waits_for_a_hanging_config_lookup_no_longer_than_its_timeout() -> None:
+    inner = Unsure(hang=30.0)
+    backend = CoalescingBackend(inner, max_rows=16)
+    outputs = await asyncio.wait_for(backend.infer(_request("h", ROW, timeout=0.2)), 10)
+    np.testing.assert_array_equal(_array(outputs["Y"]), ROW * 2)
+    assert [r.cid for r in inner.requests] == ["h"]
+
+
 def test_max_rows_below_two_is_refused() -> None:
     with pytest.raises(ValueError, match="max_rows must be at least 2"):
         CoalescingBackend(Doubler(), max_rows=1)

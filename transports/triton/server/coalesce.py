@@ -117,30 +117,44 @@ class CoalescingBackend(BackendWrapper):
 
     Args:
         inner: any backend. It learns each model's batch size from
-            ``inner.model_config`` (asked once per model, remembered ``config_ttl``).
+            ``inner.model_config``: asked once per model and version (packets arriving
+            meanwhile share the lookup, each waiting at most its own ``timeout``).
         max_rows: most rows in one coalesced request (also capped by the model's
             ``max_batch_size``); must be at least 2.
         config_ttl: seconds a model's config is remembered.
+        retry_after: seconds after a failed lookup (``BackendError``, or a bug) during
+            which the model's packets go as they are before the coalescer asks again,
+            rather than once per packet while the runtime is down.
 
     Raises:
-        ValueError: ``max_rows`` below 2 or ``config_ttl`` not positive.
+        ValueError: ``max_rows`` below 2, or ``config_ttl`` or ``retry_after`` not positive.
     """
 
-    def __init__(self, inner: Backend, *, max_rows: int, config_ttl: float = 60.0) -> None:
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        max_rows: int,
+        config_ttl: float = 60.0,
+        retry_after: float = 1.0,
+    ) -> None:
         if max_rows < 2:
             raise ValueError(f"max_rows must be at least 2 to coalesce anything, got {max_rows}")
-        if not config_ttl > 0:
-            raise ValueError(f"config_ttl must be positive, got {config_ttl}")
+        if not config_ttl > 0 or not retry_after > 0:
+            raise ValueError(
+                f"config_ttl and retry_after must be positive, got {config_ttl}, {retry_after}"
+            )
         super().__init__(inner)
         self.max_rows = max_rows
         self.config_ttl = config_ttl
+        self.retry_after = retry_after
         # (model, version) -> (expiry on the monotonic clock, the model's config)
         self._configs: dict[tuple[str, str], tuple[float, ModelConfig]] = {}
         # (model, version) -> the one config lookup in flight, shared by its waiters
         self._lookups: dict[tuple[str, str], asyncio.Task[ModelConfig]] = {}
         self._pending: dict[_BatchKey, _Batch] = {}
 
-    async def _config(self, model: str, version: str) -> ModelConfig | None:
+    async def _config(self, model: str, version: str, timeout: float) -> ModelConfig | None:
         key = (model, version)
         lookup = self._lookups.get(key)
         if lookup is None:
@@ -148,9 +162,10 @@ class CoalescingBackend(BackendWrapper):
             self._lookups[key] = lookup
             lookup.add_done_callback(lambda done: self._remember(key, done))
         try:
-            # Shielded: a cancelled packet must not cancel the lookup its peers wait on.
-            return await asyncio.shield(lookup)
-        except BackendError:
+            # Shielded: a cancelled packet must not cancel the lookup its peers wait on;
+            # and a packet waits for it no longer than its own deadline.
+            return await asyncio.wait_for(asyncio.shield(lookup), timeout)
+        except (BackendError, asyncio.TimeoutError):
             return None  # unknown for now: send as is, ask again with the next packet
         except Exception:  # a bug in the inner backend's model_config: still serve
             _log.exception("model_config(%r, %r) failed; not coalescing it", model, version)
@@ -159,11 +174,15 @@ class CoalescingBackend(BackendWrapper):
     def _remember(self, key: tuple[str, str], lookup: asyncio.Task[ModelConfig]) -> None:
         if self._lookups.get(key) is lookup:
             del self._lookups[key]
-        if lookup.cancelled() or lookup.exception() is not None:
+        if lookup.cancelled():
             return
+        if lookup.exception() is not None:
+            remembered = (time.monotonic() + self.retry_after, ModelConfig())
+        else:
+            remembered = (time.monotonic() + self.config_ttl, lookup.result())
         if len(self._configs) >= _CONFIG_MAX:
             self._configs.clear()
-        self._configs[key] = (time.monotonic() + self.config_ttl, lookup.result())
+        self._configs[key] = remembered
 
     async def infer(self, request: InferRequest) -> _Outputs:
         """Run ``request`` alone or within a coalesced request; see :class:`CoalescingBackend`."""
@@ -172,7 +191,7 @@ class CoalescingBackend(BackendWrapper):
         if cached is not None and cached[0] > time.monotonic():
             config = cached[1]  # the common case, without a lookup
         else:
-            config = await self._config(request.model, request.model_version)
+            config = await self._config(request.model, request.model_version, request.timeout)
         if (
             config is None
             or config.decoupled
