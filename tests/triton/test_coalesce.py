@@ -88,7 +88,12 @@ class Doubler(Backend):
             raise self.fail
         y = np.frombuffer(request.data, np.float32).reshape(request.shape) * 2
         shape = (y.size,) if self.bad_shape else y.shape
-        return {"Y": OutputTensor("Y", "FP32", shape, y.tobytes())}
+        # An output nobody asks for, without a batch dimension: never split.
+        rows = np.array(request.shape[0], dtype=np.int64)
+        return {
+            "Y": OutputTensor("Y", "FP32", shape, y.tobytes()),
+            "ROWS": OutputTensor("ROWS", "INT64", (), rows.tobytes()),
+        }
 
     async def decoupled(self, request: InferRequest) -> bool:
         return self.is_decoupled

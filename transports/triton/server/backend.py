@@ -6,6 +6,8 @@ runs inferences: it takes a validated :class:`InferRequest` and returns output t
 by name (:class:`OutputTensor`), or, for a streaming (decoupled) model, yields
 :class:`ModelResponse` objects; on failure it raises :class:`BackendError`, whose
 ``status`` becomes the Ack's. Every backend, built in or yours, answers the same way.
+:meth:`Backend.model_config` tells wrappers (:class:`BackendWrapper` subclasses) what
+they need to know about a model (:class:`ModelConfig`).
 
 Built in: :class:`~transports.triton.server.backends.TritonBackend` (Triton over
 gRPC), :class:`~transports.triton.server.backends.PythonBackend` (an embedded Python
@@ -46,7 +48,7 @@ class InferRequest:
         model_version: model version.
         input_name: the input tensor's name.
         datatype: Triton's datatype name, e.g. "FP32".
-        shape: the input's shape, every dim >= 0.
+        shape: the input's shape: at least one dim, every dim >= 0.
         data: the input's raw bytes (C order, little-endian), passed through untouched.
         outputs: the output names the client asked for, in its order.
         timeout: seconds the backend call may take.
@@ -110,10 +112,12 @@ class BackendError(RuntimeError):
     """A backend call failed (unreachable, timed out, model error).
 
     Attributes:
-        status: the ``AckStatus`` to answer with: UNAVAILABLE when the backend could
-            not be reached (the packet may be retried), else INTERNAL unless the
-            backend knows better.
-        code: the gRPC status for RPCs that answer with one (model metadata, readiness).
+        status: the ``AckStatus`` of the packet's Ack: ``pb.UNAVAILABLE`` when the
+            backend could not be reached (the packet never reached a model; the client
+            may retry it), ``pb.BAD_REQUEST`` / ``pb.UNSUPPORTED`` when the packet itself
+            is wrong for the model, else ``pb.INTERNAL`` (the default).
+        code: the gRPC status of RPCs that answer with one (``model_metadata``:
+            ``NOT_FOUND`` for an unknown model); ignored for packets.
     """
 
     def __init__(

@@ -267,7 +267,10 @@ class CoalescingBackend(BackendWrapper):
             else:
                 requests = [r for r, _ in items]
                 stacked = await self.inner.infer(stack_rows(requests, outputs))
-                results = list(split_rows(stacked, [r.shape[0] for r in requests]))
+                # Only what was asked for is split (and must split): a runtime may add
+                # outputs of its own, which no packet's Ack would show.
+                wanted = {n: t for n, t in stacked.items() if n in outputs}
+                results = list(split_rows(wanted, [r.shape[0] for r in requests]))
         except asyncio.CancelledError:
             for future in futures:
                 future.cancel()
