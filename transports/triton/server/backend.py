@@ -241,7 +241,7 @@ class Backend(abc.ABC):
     async def server_ready(self) -> tuple[bool, str]:
         """Whether the backend takes requests, and why not (``(True, "")`` when ready).
 
-        Serves the ServerReady RPC and the health probe (every ``--triton-probe-interval``
+        Serves the ServerReady RPC and the health probe (every ``--triton-probe-secs``
         seconds; the probe counts an exception or a hang past the interval as not
         ready). Answer quickly and do not raise.
         """
