@@ -255,6 +255,14 @@ async def test_an_answer_that_cannot_be_split_fails_every_packet() -> None:
         assert "cannot split 3 coalesced rows" in str(error)
 
 
+def _check_doubled(done: list[Any], indices: tuple[int, ...]) -> None:
+    """Packet ``i`` (input ``ROW * i``) of ``done`` got its own rows, doubled."""
+    for i in indices:
+        result = done[i]
+        assert isinstance(result, Mapping), result
+        np.testing.assert_array_equal(_array(result["Y"]), ROW * i * 2)
+
+
 async def test_a_packet_cancelled_before_sending_drops_out() -> None:
     inner = Doubler()
     backend = CoalescingBackend(inner, max_rows=16)
@@ -266,42 +274,36 @@ async def test_a_packet_cancelled_before_sending_drops_out() -> None:
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert isinstance(done[0], asyncio.CancelledError)
     assert [(r.cid, r.shape[0]) for r in inner.requests] == [("k:1+2", 3)]
-    for i in (1, 2, 3):
-        result = done[i]
-        assert isinstance(result, Mapping), result
-        np.testing.assert_array_equal(_array(result["Y"]), ROW * i * 2)
+    _check_doubled(done, (1, 2, 3))
 
 
-async def test_a_packet_cancelled_while_its_request_runs_loses_nothing_for_the_others() -> None:
+async def _held_burst(n: int) -> tuple[Doubler, list[asyncio.Task[Mapping[str, OutputTensor]]]]:
+    """``n`` packets (inputs ``ROW * i``) whose stacked request is held in the inner backend."""
     inner = Doubler()
     backend = CoalescingBackend(inner, max_rows=16)
     await _warm(backend)
     inner.requests.clear()
     inner.gate = asyncio.Event()
-    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW * i))) for i in range(4)]
+    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW * i))) for i in range(n)]
     while not inner.requests:  # the stacked request is running in the inner backend
         await asyncio.sleep(0.001)
+    return inner, tasks
+
+
+async def test_a_packet_cancelled_while_its_request_runs_loses_nothing_for_the_others() -> None:
+    inner, tasks = await _held_burst(4)
     tasks[2].cancel()
     await asyncio.sleep(0.01)
+    assert inner.gate is not None
     inner.gate.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     assert inner.cancelled == 0
     assert isinstance(done[2], asyncio.CancelledError)
-    for i in (0, 1, 3):
-        result = done[i]
-        assert isinstance(result, Mapping), result
-        np.testing.assert_array_equal(_array(result["Y"]), ROW * i * 2)
+    _check_doubled(done, (0, 1, 3))
 
 
 async def test_cancelling_every_packet_cancels_the_shared_request() -> None:
-    inner = Doubler()
-    backend = CoalescingBackend(inner, max_rows=16)
-    await _warm(backend)
-    inner.requests.clear()
-    inner.gate = asyncio.Event()
-    tasks = [asyncio.ensure_future(backend.infer(_request(f"k:{i}", ROW))) for i in range(3)]
-    while not inner.requests:
-        await asyncio.sleep(0.001)
+    inner, tasks = await _held_burst(3)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
