@@ -41,7 +41,7 @@ class ProxyConfig:
 
     Attributes:
         listen: ``host:port`` to bind; port 0 picks a free one.
-        backend: ``"triton"``, ``"demo"`` or ``"python:module:callable"``.
+        backend: ``"triton"``, ``"demo"`` or ``"python:module:name"`` (see ``load_backend``).
         triton_url: Triton's gRPC target (several replicas: ``ipv4:h1:p1,h2:p2``).
         auth_url: the principal endpoint; None runs without authentication.
         max_in_flight: packets worked on at once per Chat call.
@@ -102,7 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
     parser.add_argument(
         "--backend",
         default=None,
-        help="triton (default when a Triton URL is set), demo, or python:module:callable",
+        help="triton (default when a Triton URL is set), demo, or python:module:name "
+        "(a model function, or a Backend subclass built with no arguments)",
     )
     parser.add_argument("--max-in-flight", type=int, default=32, help="per Chat call (32)")
     parser.add_argument(
