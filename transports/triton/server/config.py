@@ -136,7 +136,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
         type=int,
         default=0,
         help="send packets arriving together as one backend request of up to N batch rows "
-        "(models with max_batch_size > 0; default 0: off)",
+        "(models with max_batch_size > 1; default 0: off)",
     )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
