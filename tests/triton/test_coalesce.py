@@ -595,3 +595,148 @@ def test_split_rows_refuses_what_does_not_split(
         return
     with pytest.raises(BackendError, match="cannot split"):
         split_rows({"Y": out}, rows)
+
+
+async def _one_turn_each(backend: CoalescingBackend, requests: list[InferRequest]) -> list[Any]:
+    """Start each request in its own event-loop turn (as the proxy starts a Chat call's)."""
+    tasks = []
+    for request in requests:
+        tasks.append(asyncio.ensure_future(backend.infer(request)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    return tasks
+
+
+async def test_packets_one_turn_apart_coalesce_only_with_max_in_flight() -> None:
+    for max_in_flight, expected in ((0, [1, 1, 1, 1]), (1, [1, 3])):
+        inner = Doubler()
+        backend = CoalescingBackend(inner, max_rows=16, max_in_flight=max_in_flight)
+        await _warm(backend)
+        inner.requests.clear()
+        inner.gate = asyncio.Event()
+        tasks = await _one_turn_each(backend, [_request(f"t:{i}", ROW * i) for i in range(4)])
+        await asyncio.sleep(0.01)
+        # The first is in the inner backend; with max_in_flight=1 the rest wait for it.
+        assert len(inner.requests) == (4 if max_in_flight == 0 else 1)
+        inner.gate.set()
+        done = await asyncio.gather(*tasks)
+        assert [r.shape[0] for r in inner.requests] == expected
+        _check_doubled(list(done), (0, 1, 2, 3))
+
+
+async def test_held_packets_that_fill_max_rows_go_at_once() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=4, max_in_flight=1)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.gate = asyncio.Event()
+    tasks = await _one_turn_each(backend, [_request(f"f:{i}", ROW * i) for i in range(6)])
+    await asyncio.sleep(0.01)
+    # f:0 runs (held at the gate); f:1..f:4 filled a request, which went; f:5 waits.
+    assert [(r.cid, r.shape[0]) for r in inner.requests] == [("f:0", 1), ("f:1+3", 4)]
+    inner.gate.set()
+    done = await asyncio.gather(*tasks)
+    assert [(r.cid, r.shape[0]) for r in inner.requests][2:] == [("f:5", 1)]
+    _check_doubled(list(done), tuple(range(6)))
+
+
+async def test_a_held_packet_waits_within_its_deadline() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16, max_in_flight=1)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.gate = asyncio.Event()
+    tasks = await _one_turn_each(
+        backend,
+        [
+            _request("d:0", ROW),
+            _request("d:short", ROW, timeout=0.05),
+            _request("d:long", ROW, timeout=30.0),
+        ],
+    )
+    await asyncio.sleep(0.2)  # past d:short's deadline, while d:0 holds the group
+    inner.gate.set()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[1], BackendError)
+    assert "timed out after 0.05s waiting to be coalesced" in str(done[1])
+    assert isinstance(done[2], Mapping)
+    sent = {r.cid: r for r in inner.requests}
+    assert set(sent) == {"d:0", "d:long"}
+    assert 0 < sent["d:long"].timeout < 30.0 - 0.2  # the wait counted against it
+
+
+async def test_a_held_packet_cancelled_drops_out() -> None:
+    inner = Doubler()
+    backend = CoalescingBackend(inner, max_rows=16, max_in_flight=1)
+    await _warm(backend)
+    inner.requests.clear()
+    inner.gate = asyncio.Event()
+    tasks = await _one_turn_each(backend, [_request(f"c:{i}", ROW * i) for i in range(4)])
+    tasks[2].cancel()
+    inner.gate.set()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert [(r.cid, r.shape[0]) for r in inner.requests] == [("c:0", 1), ("c:1+1", 2)]
+    _check_doubled(done, (0, 1, 3))
+
+
+async def test_one_chat_call_coalesces_through_the_proxy_with_coalesce_in_flight() -> None:
+    inner = Doubler()
+    frames = {f"p:{i}": ROW * i for i in range(20)}
+
+    def packets(frames: dict[str, np.ndarray]) -> Iterator[pb.DataPacket]:
+        for cid, frame in frames.items():
+            yield packet(cid, frame, model="double", input_name="X", outputs=("Y",))
+
+    async with (
+        running_proxy(
+            backend_object=inner, coalesce=16, coalesce_in_flight=1, max_in_flight=8
+        ) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pbg.MultimodalServiceStub(channel)
+        await _all(stub.Chat(packets({"warm": ROW})))  # the coalescer learns the model
+        inner.requests.clear()
+        gate = inner.gate = asyncio.Event()
+        acks_task = asyncio.ensure_future(_all(stub.Chat(packets(frames))))
+        # The first packet holds the group in the backend; the proxy reads up to its
+        # --max-in-flight (8), and the others wait in the coalescer.
+        while server.proxy.stats.packets < 1 + 8 or not inner.requests:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        gate.set()
+        acks = await acks_task
+    assert sorted(a.correlation_id for a in acks) == sorted(frames)
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        np.testing.assert_array_equal(
+            decode_output(body["outputs"]["Y"]), frames[ack.correlation_id] * 2
+        )
+    rows = [r.shape[0] for r in inner.requests]
+    # The first request (with whatever came in its turn) held the group; every other
+    # packet read by then (8 in flight in all) went as the second request.
+    assert rows[0] + rows[1] == 8
+    assert sum(rows) == len(frames)
+    assert len(rows) < len(frames)
+
+
+async def _all(call: Any) -> list[pb.Ack]:
+    return [a async for a in call]
+
+
+def test_coalesce_in_flight_on_the_command_line() -> None:
+    proxy = ProxyProcess(["--backend", "demo", "--coalesce", "16", "--coalesce-in-flight", "2"])
+    try:
+        with grpc.insecure_channel(proxy.target) as channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            arrays = {f"d:{i}": ROW + i for i in range(100)}
+            acks = list(stub.Chat(iter([packet(c, a) for c, a in arrays.items()]), timeout=30))
+    finally:
+        proxy.stop()
+    assert sorted(a.correlation_id for a in acks) == sorted(arrays)
+    for ack in acks:
+        body = ack_json(ack)
+        assert ack.status == pb.OK, body
+        sums = arrays[ack.correlation_id] + 1
+        np.testing.assert_array_equal(decode_output(body["outputs"]["OUTPUT"]), sums)

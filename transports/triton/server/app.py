@@ -123,9 +123,12 @@ async def start_proxy(
             triton_url=config.triton_url,
             max_message_bytes=config.max_message_bytes,
             coalesce=config.coalesce,
+            coalesce_in_flight=config.coalesce_in_flight,
             interceptors=observability.triton_interceptors(),
         )
-    backend = observability.backend(coalescing(backend, config.coalesce))
+    backend = observability.backend(
+        coalescing(backend, config.coalesce, max_in_flight=config.coalesce_in_flight)
+    )
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
         auth = observability.auth(

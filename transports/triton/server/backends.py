@@ -543,6 +543,7 @@ def load_backend(
     triton_url: str | None,
     max_message_bytes: int,
     coalesce: int = 0,
+    coalesce_in_flight: int = 0,
     interceptors: Sequence[Any] = (),
 ) -> Backend:
     """Build the backend a ``--backend`` value names.
@@ -558,6 +559,7 @@ def load_backend(
         coalesce: if >= 2, the backend is wrapped in a
             :class:`~transports.triton.server.coalesce.CoalescingBackend` of
             ``max_rows=coalesce``; 0 or 1: not.
+        coalesce_in_flight: the coalescer's ``max_in_flight``.
         interceptors: see :class:`TritonBackend`.
 
     Raises:
@@ -570,12 +572,12 @@ def load_backend(
         triton = TritonBackend(
             triton_url, max_message_bytes=max_message_bytes, interceptors=interceptors
         )
-        return coalescing(triton, coalesce)
+        return coalescing(triton, coalesce, max_in_flight=coalesce_in_flight)
     if spec == "demo":
         from transports.triton.server import demo as _demo
 
         demo = PythonBackend(_demo.demo_model, name="demo", metadata=_demo.demo_metadata())
-        return coalescing(demo, coalesce)
+        return coalescing(demo, coalesce, max_in_flight=coalesce_in_flight)
     kind, _, ref = spec.partition(":")
     module_name, _, attr = ref.partition(":")
     if kind != "python" or not module_name or not attr:
@@ -583,7 +585,7 @@ def load_backend(
     fn = getattr(importlib.import_module(module_name), attr)
     if isinstance(fn, type) and issubclass(fn, Backend):
         # A backend class of one's own (docs/triton-backends.md), built with no arguments.
-        return coalescing(fn(), coalesce)
+        return coalescing(fn(), coalesce, max_in_flight=coalesce_in_flight)
     if not callable(fn):
         raise ValueError(f"{spec!r} is not callable")
-    return coalescing(PythonBackend(fn, name="python"), coalesce)
+    return coalescing(PythonBackend(fn, name="python"), coalesce, max_in_flight=coalesce_in_flight)

@@ -17,6 +17,10 @@ A failure of the batched request reaches every packet in it, each with its own
 :class:`~transports.triton.server.backend.BackendError` (same status and message).
 A packet whose caller is cancelled drops out; the batched request is cancelled only
 when every packet in it is.
+
+Packets that come one at a time (one Chat call: the proxy starts each packet in its
+own event-loop turn) never meet within a turn; ``max_in_flight`` lets them meet while
+the group's requests are busy in the inner backend instead.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ class _Batch:
     items: list[tuple[InferRequest, asyncio.Future[_Outputs]]] = field(default_factory=list)
     rows: int = 0
     sent: bool = False
+    scheduled: bool = False  # its flush is due (call_soon), else it is held
+    held_since: float | None = None  # loop time it was held from (``max_in_flight``)
 
 
 def stack_rows(requests: Sequence[InferRequest], outputs: tuple[str, ...]) -> InferRequest:
@@ -125,9 +131,17 @@ class CoalescingBackend(BackendWrapper):
         retry_after: seconds after a failed lookup (``BackendError``, or a bug) during
             which the model's packets go as they are before the coalescer asks again,
             rather than once per packet while the runtime is down.
+        max_in_flight: 0 (the default): packets coalesce only within one event-loop
+            turn. N > 0: at most N coalesced requests of one group (same model, input
+            and outputs) run in the inner backend at once; packets arriving while N
+            run are held and go together, as one request, when one of those finishes
+            (or at once when they fill ``max_rows``). Packets then coalesce under
+            load, not only in bursts; a held packet waits at most one inner call, and
+            that wait counts against its ``timeout``.
 
     Raises:
-        ValueError: ``max_rows`` below 2, or ``config_ttl`` or ``retry_after`` not positive.
+        ValueError: ``max_rows`` below 2, ``config_ttl`` or ``retry_after`` not positive,
+            or ``max_in_flight`` negative.
     """
 
     def __init__(
@@ -137,7 +151,10 @@ class CoalescingBackend(BackendWrapper):
         max_rows: int,
         config_ttl: float = 60.0,
         retry_after: float = 1.0,
+        max_in_flight: int = 0,
     ) -> None:
+        if max_in_flight < 0:
+            raise ValueError(f"max_in_flight must be 0 (no limit) or more, got {max_in_flight}")
         if max_rows < 2:
             raise ValueError(f"max_rows must be at least 2 to coalesce anything, got {max_rows}")
         if not config_ttl > 0 or not retry_after > 0:
@@ -148,11 +165,14 @@ class CoalescingBackend(BackendWrapper):
         self.max_rows = max_rows
         self.config_ttl = config_ttl
         self.retry_after = retry_after
+        self.max_in_flight = max_in_flight
         # (model, version) -> (expiry on the monotonic clock, the model's config)
         self._configs: dict[tuple[str, str], tuple[float, ModelConfig]] = {}
         # (model, version) -> the one config lookup in flight, shared by its waiters
         self._lookups: dict[tuple[str, str], asyncio.Task[ModelConfig]] = {}
         self._pending: dict[_BatchKey, _Batch] = {}
+        # group -> its coalesced requests running in the inner backend (max_in_flight > 0)
+        self._running: dict[_BatchKey, int] = {}
 
     async def _config(self, model: str, version: str, timeout: float) -> ModelConfig | None:
         key = (model, version)
@@ -227,9 +247,13 @@ class CoalescingBackend(BackendWrapper):
         if batch is None:
             batch = _Batch(outputs)
             self._pending[key] = batch
-            # Send whatever else arrives in this event-loop turn along with it: no
-            # timer, so a lone packet waits for nothing.
-            loop.call_soon(self._flush, key, batch)
+            if self.max_in_flight and self._running.get(key, 0) >= self.max_in_flight:
+                batch.held_since = loop.time()  # sent when one of the group's finishes
+            else:
+                # Send whatever else arrives in this event-loop turn along with it: no
+                # timer, so a lone packet waits for nothing.
+                batch.scheduled = True
+                loop.call_soon(self._flush, key, batch)
         future: asyncio.Future[_Outputs] = loop.create_future()
         batch.items.append((request, future))
         batch.rows += request.shape[0]
@@ -242,9 +266,14 @@ class CoalescingBackend(BackendWrapper):
             return
         batch.sent = True
         items = [(r, f) for r, f in batch.items if not f.done()]
+        if batch.held_since is not None:
+            items = self._time_left(items, asyncio.get_running_loop().time() - batch.held_since)
         if not items:
             return
         task = asyncio.ensure_future(self._run(items, batch.outputs))
+        if self.max_in_flight:
+            self._running[key] = self._running.get(key, 0) + 1
+            task.add_done_callback(lambda _: self._finished(key))
         live = [len(items)]
 
         def on_done(future: asyncio.Future[_Outputs]) -> None:
@@ -256,6 +285,37 @@ class CoalescingBackend(BackendWrapper):
 
         for _, future in items:
             future.add_done_callback(on_done)
+
+    def _finished(self, key: _BatchKey) -> None:
+        """One of the group's requests finished: send the group's held packets, if any."""
+        left = self._running.get(key, 1) - 1
+        if left > 0:
+            self._running[key] = left
+        else:
+            self._running.pop(key, None)
+        held = self._pending.get(key)
+        if held is not None and not held.scheduled:
+            held.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, key, held)
+
+    @staticmethod
+    def _time_left(
+        items: list[tuple[InferRequest, asyncio.Future[_Outputs]]], waited: float
+    ) -> list[tuple[InferRequest, asyncio.Future[_Outputs]]]:
+        """Held packets with what is left of their deadlines; those past it fail here."""
+        kept = []
+        for request, future in items:
+            left = request.timeout - waited
+            if left <= 0:
+                future.set_exception(
+                    BackendError(
+                        f"timed out after {request.timeout:g}s waiting to be coalesced "
+                        f"({request.model!r} was busy)"
+                    )
+                )
+                continue
+            kept.append((dataclasses.replace(request, timeout=left), future))
+        return kept
 
     async def _run(
         self, items: list[tuple[InferRequest, asyncio.Future[_Outputs]]], outputs: tuple[str, ...]
@@ -292,16 +352,18 @@ class CoalescingBackend(BackendWrapper):
                 future.set_result(result)
 
 
-def coalescing(backend: Backend, max_rows: int) -> Backend:
+def coalescing(backend: Backend, max_rows: int, *, max_in_flight: int = 0) -> Backend:
     """``backend`` wrapped in a :class:`CoalescingBackend`, or as is.
 
     As is when ``max_rows`` is 0 or 1 (coalescing off) or ``backend`` already coalesces.
 
     Raises:
-        ValueError: ``max_rows`` is negative.
+        ValueError: ``max_rows`` or ``max_in_flight`` is negative.
     """
     if max_rows < 0:
         raise ValueError(f"coalesce must be 0 (off) or at least 2, got {max_rows}")
+    if max_in_flight < 0:
+        raise ValueError(f"coalesce-in-flight must be 0 or more, got {max_in_flight}")
     if max_rows < 2 or isinstance(backend, CoalescingBackend):
         return backend
-    return CoalescingBackend(backend, max_rows=max_rows)
+    return CoalescingBackend(backend, max_rows=max_rows, max_in_flight=max_in_flight)
