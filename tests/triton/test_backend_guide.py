@@ -88,7 +88,14 @@ def test_the_example_runs_as_the_guide_says(example: Path) -> None:
 
 def test_the_example_backend_from_the_command_line(example: Path) -> None:
     proxy = ProxyProcess(
-        ["--backend", "python:my_backend:NumpyBackend", "--coalesce", "16"],
+        [
+            "--backend",
+            "python:my_backend:NumpyBackend",
+            "--coalesce",
+            "16",
+            "--coalesce-in-flight",
+            "2",
+        ],
         env={"PYTHONPATH": os.pathsep.join([str(example), str(REPO)])},
     )
     try:
