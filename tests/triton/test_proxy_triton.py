@@ -29,6 +29,7 @@ from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.protocol import multimodal_pb2_grpc as pbg
 from transports.triton.server.backend import BackendError, InferRequest
 from transports.triton.server.backends import TritonBackend
+from transports.triton.server.coalesce import CoalescingBackend
 
 # Generous: the first test also pays for starting Triton (10-30 s, retried when flaky).
 pytestmark = [pytest.mark.triton, pytest.mark.anyio, pytest.mark.timeout(400)]
@@ -370,7 +371,7 @@ async def _settled_counts(triton: TritonProcess, model: str, rows: int) -> tuple
 async def test_coalesce_sends_packets_arriving_together_as_one_request(
     triton: TritonProcess,
 ) -> None:
-    backend = TritonBackend(triton.url, coalesce=16)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=16)
     try:
         start = triton.counts("add_one_fp32")
         await backend.infer(_request("warm", X))  # learns max_batch_size
@@ -394,7 +395,7 @@ async def test_coalesce_sends_packets_arriving_together_as_one_request(
 
 
 async def test_coalesce_keeps_models_and_outputs_apart(triton: TritonProcess) -> None:
-    backend = TritonBackend(triton.url, coalesce=8)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=8)
     try:
         two = {"model": "two_outputs_fp32", "outputs": ("TIMES_TWO", "NOPE")}
         await backend.infer(_request("warm1", X))
@@ -419,7 +420,7 @@ async def test_coalesce_keeps_models_and_outputs_apart(triton: TritonProcess) ->
 
 
 async def test_coalesce_failure_reaches_every_packet(triton: TritonProcess) -> None:
-    backend = TritonBackend(triton.url, coalesce=8)
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=8)
     try:
         await backend.infer(_request("warm", X))
         results = await asyncio.gather(
@@ -448,3 +449,44 @@ async def test_coalesce_through_the_proxy(triton: TritonProcess) -> None:
         np.testing.assert_allclose(
             decode_output(body["outputs"]["OUTPUT"]), frames[ack.correlation_id] + 1
         )
+
+
+async def test_triton_backend_model_config(triton: TritonProcess) -> None:
+    backend = TritonBackend(triton.url)
+    try:
+        config = await backend.model_config("two_outputs_fp32", "1")
+        with pytest.raises(BackendError) as unknown:
+            await backend.model_config("no_such_model", "1")
+    finally:
+        await backend.close()
+    assert config.max_batch_size == 64
+    assert not config.decoupled
+    assert config.outputs == frozenset({"PLUS_ONE", "TIMES_TWO"})
+    assert unknown.value.code is not grpc.StatusCode.OK
+
+
+async def test_coalesce_a_cancelled_packet_loses_nothing_for_the_others(
+    triton: TritonProcess,
+) -> None:
+    backend = CoalescingBackend(TritonBackend(triton.url), max_rows=8)
+    seconds = np.full((1, 1), 0.5, np.float32)
+    sleepy = {"model": "sleep_fp32", "input_name": "SECONDS", "outputs": ("SLEPT",)}
+    try:
+        await backend.infer(_request("warm", np.zeros((1, 1), np.float32), **sleepy))
+        tasks = [
+            asyncio.ensure_future(
+                backend.infer(_request(f"k:{i}", seconds * (i + 1) / 4, **sleepy))
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.2)  # the stacked request is in Triton, sleeping
+        tasks[1].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await backend.close()
+    assert isinstance(done[1], asyncio.CancelledError)
+    for i in (0, 2, 3):
+        outputs = done[i]
+        assert isinstance(outputs, dict), outputs
+        slept = np.frombuffer(outputs["SLEPT"].data, np.float32)
+        np.testing.assert_allclose(slept, (seconds * (i + 1) / 4).ravel())

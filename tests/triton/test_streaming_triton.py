@@ -32,9 +32,12 @@ def pytriton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamingServ
         yield server
 
 
-@pytest.fixture(scope="module")
-def proxy(pytriton: StreamingServer) -> Iterator[ProxyProcess]:
-    process = ProxyProcess(["--triton-url", pytriton.url, "--max-in-flight", "8"])
+@pytest.fixture(scope="module", params=["plain", "coalescing"])
+def proxy(request: pytest.FixtureRequest, pytriton: StreamingServer) -> Iterator[ProxyProcess]:
+    # "coalescing": the same tests through a proxy with --coalesce, whose coalescer must
+    # leave streaming models (and every response of theirs) alone.
+    extra = ["--coalesce", "16"] if request.param == "coalescing" else []
+    process = ProxyProcess(["--triton-url", pytriton.url, "--max-in-flight", "8", *extra])
     yield process
     process.stop()
 

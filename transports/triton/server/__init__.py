@@ -1,9 +1,11 @@
 """The Triton thin proxy's server side: servicer, settings and CLI, backends, auth.
 
 - :mod:`.backend`: the backend plug-in API (:class:`Backend`, :class:`InferRequest`,
-  :class:`OutputTensor`, :class:`ModelResponse`, :class:`BackendError`).
+  :class:`OutputTensor`, :class:`ModelResponse`, :class:`ModelConfig`,
+  :class:`BackendError`, :class:`BackendWrapper`); see ``docs/triton-backends.md``.
 - :mod:`.backends`: the built-in backends (:class:`TritonBackend`,
   :class:`PythonBackend`, :func:`load_backend`).
+- :mod:`.coalesce`: :class:`CoalescingBackend`, the coalescer around any backend.
 - :mod:`.servicer`: :class:`MultimodalProxy`, the ``MultimodalService`` over a backend.
 - :mod:`.config` / :mod:`.app` / :mod:`.cli`: :class:`ProxyConfig`,
   :func:`start_proxy` -> :class:`ProxyServer`, and ``python -m transports.triton.proxy``.
@@ -17,12 +19,15 @@ from transports.triton.server.app import ProxyServer, start_proxy
 from transports.triton.server.backend import (
     Backend,
     BackendError,
+    BackendWrapper,
     InferRequest,
+    ModelConfig,
     ModelResponse,
     OutputTensor,
 )
 from transports.triton.server.backends import PythonBackend, TritonBackend, load_backend
 from transports.triton.server.cli import main
+from transports.triton.server.coalesce import CoalescingBackend
 from transports.triton.server.config import ProxyConfig, parse_args
 from transports.triton.server.servicer import (
     SERVICE_NAME,
@@ -35,8 +40,11 @@ __all__ = [
     "SERVICE_NAME",
     "Backend",
     "BackendError",
+    "BackendWrapper",
+    "CoalescingBackend",
     "InferRequest",
     "InflightBudget",
+    "ModelConfig",
     "ModelResponse",
     "MultimodalProxy",
     "OutputTensor",

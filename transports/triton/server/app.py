@@ -24,6 +24,7 @@ from transports.triton.protocol import multimodal_pb2_grpc as pbg
 from transports.triton.server.auth import DominoAuthInterceptor
 from transports.triton.server.backend import Backend
 from transports.triton.server.backends import load_backend
+from transports.triton.server.coalesce import coalescing
 from transports.triton.server.config import ProxyConfig
 from transports.triton.server.observe import (
     ProxyObservability,
@@ -100,7 +101,10 @@ async def start_proxy(
 
     Args:
         config: the settings.
-        backend: use this backend instead of building one from ``config``.
+        backend: use this backend instead of building one from ``config``; with
+            ``config.coalesce`` >= 2 it is wrapped in a
+            :class:`~transports.triton.server.coalesce.CoalescingBackend`, as a built
+            one is (unless it is one already).
         metrics: see :class:`MultimodalProxy`.
 
     Returns:
@@ -119,9 +123,12 @@ async def start_proxy(
             triton_url=config.triton_url,
             max_message_bytes=config.max_message_bytes,
             coalesce=config.coalesce,
+            coalesce_in_flight=config.coalesce_in_flight,
             interceptors=observability.triton_interceptors(),
         )
-    backend = observability.backend(backend)
+    backend = observability.backend(
+        coalescing(backend, config.coalesce, max_in_flight=config.coalesce_in_flight)
+    )
     auth: DominoAuthInterceptor | None = None
     if config.auth_url:
         auth = observability.auth(

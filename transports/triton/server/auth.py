@@ -37,9 +37,9 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -55,6 +55,7 @@ from ._credentials import (
     parse_credentials,
     transport_failure,
 )
+from ._interceptors import MethodInterceptor, same_kind
 
 __all__ = [
     "API_KEY_HEADER",
@@ -63,11 +64,6 @@ __all__ = [
     "Verdict",
     "principal_url",
 ]
-
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # generic in the stubs only
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 _log = logging.getLogger("transports.triton.auth")
 
@@ -156,20 +152,10 @@ def _denying_handler(
                 await asyncio.wait_for(_drain(request), _DENY_DRAIN_S)
         await context.abort(code, details)
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+    return same_kind(handler, deny)
 
 
-class DominoAuthInterceptor(_ServerInterceptor):
+class DominoAuthInterceptor(MethodInterceptor):
     """Checks each call's credentials against a principal endpoint.
 
     Args:
@@ -408,26 +394,19 @@ class DominoAuthInterceptor(_ServerInterceptor):
                 watcher.cancel()
                 await responses.aclose()
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming:
-            return grpc.stream_stream_rpc_method_handler(guarded, **kwargs)
-        return grpc.unary_stream_rpc_method_handler(guarded, **kwargs)
+        return same_kind(handler, guarded)
 
-    async def intercept_service(
+    def applies_to(self, method: str) -> bool:
+        """Every method but the exempt ones (``exempt_prefixes``)."""
+        return not method.startswith(self._exempt)
+
+    async def intercept(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        handler: grpc.RpcMethodHandler[Any, Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Let the call through (watched if it streams), or fail it."""
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(self._exempt):
-            return handler
         parsed = parse_credentials(handler_call_details.invocation_metadata)
         if isinstance(parsed, Verdict):
             _log_decision("-", method, parsed)  # nothing usable to name it by

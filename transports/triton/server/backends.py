@@ -1,15 +1,18 @@
-"""Backends behind the proxy: Triton over gRPC, or an embedded Python callable.
+"""The built-in backends: Triton over gRPC, or an embedded Python callable; ``load_backend``.
 
-A backend takes a validated :class:`~transports.triton.server.packets.InferRequest` and
-returns output tensors by name, or raises
-:class:`~transports.triton.server.packets.BackendError`. The proxy does everything else
-(validation, Acks, concurrency), so every backend answers the same way.
+Both implement the plug-in API of :mod:`transports.triton.server.backend` (take a
+validated :class:`~transports.triton.server.backend.InferRequest`, return output tensors
+by name or raise :class:`~transports.triton.server.backend.BackendError`); the proxy does
+everything else (validation, Acks, concurrency), so every backend answers the same way.
+:func:`load_backend` builds one from a ``--backend`` value, wrapped in the coalescer
+(:class:`~transports.triton.server.coalesce.CoalescingBackend`) when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import time
@@ -22,7 +25,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
@@ -37,9 +40,11 @@ from transports.triton.server.backend import (
     Backend,
     BackendError,
     InferRequest,
+    ModelConfig,
     ModelResponse,
     OutputTensor,
 )
+from transports.triton.server.coalesce import coalescing
 
 __all__ = [
     "Backend",
@@ -72,18 +77,6 @@ class _ModelInfo:
     decoupled: bool = False
 
 
-@dataclass
-class _Batch:
-    """Packets waiting to go to Triton as one request (``TritonBackend(coalesce=...)``)."""
-
-    wanted: tuple[str, ...]
-    items: list[tuple[InferRequest, asyncio.Future[Mapping[str, OutputTensor]]]] = field(
-        default_factory=list
-    )
-    rows: int = 0
-    sent: bool = False
-
-
 def _triton_error(exc: grpc.aio.AioRpcError, what: str, timeout: float | None) -> BackendError:
     code = exc.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -109,12 +102,6 @@ class TritonBackend(Backend):
             addresses): the channel balances them with gRPC's ``round_robin`` policy.
         max_message_bytes: largest message either way.
         credentials: TLS credentials for Triton, or None for plaintext.
-        coalesce: if > 1, packets for the same model, input and output names that
-            arrive together (in the same event-loop turn) and fit the model's
-            ``max_batch_size`` are sent as one Triton request of up to ``coalesce``
-            rows along the batch dimension, and the outputs are split back per
-            packet. Fewer, larger requests cost the proxy and Triton less per frame;
-            a Triton error then fails every packet of that request. Off by default.
         interceptors: ``grpc.aio`` client interceptors for the channel to Triton
             (the proxy passes the trace-context one when tracing is set up).
     """
@@ -127,7 +114,6 @@ class TritonBackend(Backend):
         *,
         max_message_bytes: int = 64 * 1024 * 1024,
         credentials: grpc.ChannelCredentials | None = None,
-        coalesce: int = 0,
         interceptors: Sequence[Any] = (),
     ) -> None:
         options = GrpcOptions(
@@ -153,10 +139,8 @@ class TritonBackend(Backend):
             )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self.target = target
-        self.coalesce = coalesce
         # (model, version) -> (expiry on the monotonic clock, what we know of the model)
         self._models: dict[tuple[str, str], tuple[float, _ModelInfo]] = {}
-        self._pending: dict[tuple[Any, ...], _Batch] = {}
 
     async def _fetch_model_info(self, model: str, version: str, timeout: float) -> _ModelInfo:
         meta = await self._stub.ModelMetadata(
@@ -207,17 +191,7 @@ class TritonBackend(Backend):
             info = cached[1]  # the common case, without a coroutine
         else:
             info = await self._model_info(request)
-        wanted = self._wanted(request, info)
-        if (
-            info is not None
-            and self.coalesce > 1
-            and info.max_batch_size > 1
-            and request.datatype != "BYTES"
-            and 0 < request.shape[0] < info.max_batch_size
-        ):
-            limit = min(self.coalesce, info.max_batch_size)
-            return await self._coalesced(request, wanted, limit)
-        return await self._infer_one(request, wanted)
+        return await self._infer_one(request, self._wanted(request, info))
 
     async def stream_infer(self, request: InferRequest) -> AsyncGenerator[ModelResponse, None]:
         """Send one request over Triton's ``ModelStreamInfer``; yield its responses.
@@ -291,128 +265,25 @@ class TritonBackend(Backend):
             for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
         }
 
-    async def _coalesced(
-        self, request: InferRequest, wanted: tuple[str, ...], limit: int
-    ) -> Mapping[str, OutputTensor]:
-        key = (
-            request.model,
-            request.model_version,
-            request.input_name,
-            request.datatype,
-            request.shape[1:],
-            wanted,
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        """Triton's model config: ``max_batch_size``, ``decoupled``, the output names.
+
+        Cached as the inference path's copy (a minute).
+
+        Raises:
+            BackendError: Triton could not answer (unreachable, unknown model).
+        """
+        cached = self._models.get((model, version))
+        if cached is not None and cached[0] > time.monotonic():
+            info = cached[1]
+        else:
+            try:
+                info = await self._fetch_model_info(model, version, 5.0)
+            except grpc.aio.AioRpcError as exc:
+                raise _triton_error(exc, "model config", 5.0) from exc
+        return ModelConfig(
+            max_batch_size=info.max_batch_size, decoupled=info.decoupled, outputs=info.outputs
         )
-        loop = asyncio.get_running_loop()
-        batch = self._pending.get(key)
-        if batch is not None and batch.rows + request.shape[0] > limit:
-            self._flush(key, batch)
-            batch = None
-        if batch is None:
-            batch = _Batch(wanted)
-            self._pending[key] = batch
-            # Send whatever else arrives in this event-loop turn along with it: no
-            # timer, so a lone packet waits for nothing.
-            loop.call_soon(self._flush, key, batch)
-        future: asyncio.Future[Mapping[str, OutputTensor]] = loop.create_future()
-        batch.items.append((request, future))
-        batch.rows += request.shape[0]
-        return await future
-
-    def _flush(self, key: tuple[Any, ...], batch: _Batch) -> None:
-        if self._pending.get(key) is batch:
-            del self._pending[key]
-        if batch.sent:
-            return
-        batch.sent = True
-        items = [(r, f) for r, f in batch.items if not f.done()]
-        if not items:
-            return
-        task = asyncio.ensure_future(self._run_batch(items, batch.wanted))
-        live = [len(items)]
-
-        def on_done(future: asyncio.Future[Mapping[str, OutputTensor]]) -> None:
-            # Cancel the shared Triton call once nobody waits for it any more.
-            if future.cancelled():
-                live[0] -= 1
-                if live[0] == 0:
-                    task.cancel()
-
-        for _, future in items:
-            future.add_done_callback(on_done)
-
-    async def _run_batch(
-        self,
-        items: list[tuple[InferRequest, asyncio.Future[Mapping[str, OutputTensor]]]],
-        wanted: tuple[str, ...],
-    ) -> None:
-        futures = [f for _, f in items]
-        try:
-            if len(items) == 1:
-                outputs: list[Mapping[str, OutputTensor]] = [
-                    await self._infer_one(items[0][0], wanted)
-                ]
-            else:
-                outputs = await self._infer_rows([r for r, _ in items], wanted)
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
-            raise
-        except Exception as exc:  # every waiter gets an error, never silence
-            if isinstance(exc, BackendError):
-                code, status, message = exc.code, exc.status, str(exc)
-            else:
-                code, status = grpc.StatusCode.INTERNAL, pb.INTERNAL
-                message = f"{type(exc).__name__}: {exc}"
-            for future in futures:
-                if not future.done():
-                    future.set_exception(BackendError(message, status=status, code=code))
-            return
-        for future, result in zip(futures, outputs, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def _infer_rows(
-        self, requests: list[InferRequest], wanted: tuple[str, ...]
-    ) -> list[Mapping[str, OutputTensor]]:
-        first = requests[0]
-        rows = [r.shape[0] for r in requests]
-        total = sum(rows)
-        timeout = min(r.timeout for r in requests)
-        message = service_pb2.ModelInferRequest(
-            model_name=first.model,
-            model_version=first.model_version,
-            id=f"{first.cid}+{len(requests) - 1}",
-            inputs=[
-                service_pb2.ModelInferRequest.InferInputTensor(
-                    name=first.input_name, datatype=first.datatype, shape=(total, *first.shape[1:])
-                )
-            ],
-            outputs=[
-                service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in wanted
-            ],
-            raw_input_contents=[b"".join(r.data for r in requests)],
-        )
-        try:
-            response = await self._stub.ModelInfer(message, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise _triton_error(exc, "inference", timeout) from exc
-        split: list[dict[str, OutputTensor]] = [{} for _ in requests]
-        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True):
-            if not out.shape or out.shape[0] != total or len(raw) % total:
-                raise BackendError(
-                    f"triton output {out.name!r} has shape {list(out.shape)}: "
-                    f"cannot split {total} coalesced rows"
-                )
-            row_bytes = len(raw) // total
-            view = memoryview(raw)
-            offset = 0
-            for i, n in enumerate(rows):
-                end = offset + n * row_bytes
-                split[i][out.name] = OutputTensor(
-                    out.name, out.datatype, (n, *out.shape[1:]), bytes(view[offset:end])
-                )
-                offset = end
-        return list(split)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """Triton's model metadata and config, translated; see :meth:`Backend.model_metadata`."""
@@ -637,6 +508,14 @@ class PythonBackend(Backend):
             raise self._failure(exc, request) from exc
         return self._outputs(result)
 
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        """From the metadata given at construction (see :meth:`Backend.model_config`).
+
+        A generator function streams, so every model of it is ``decoupled``.
+        """
+        config = await super().model_config(model, version)
+        return dataclasses.replace(config, decoupled=True) if self._streams else config
+
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The metadata given at construction; NOT_FOUND otherwise."""
         meta = self._metadata.get(model)
@@ -664,41 +543,49 @@ def load_backend(
     triton_url: str | None,
     max_message_bytes: int,
     coalesce: int = 0,
+    coalesce_in_flight: int = 0,
     interceptors: Sequence[Any] = (),
 ) -> Backend:
     """Build the backend a ``--backend`` value names.
 
     Args:
         spec: ``"triton"`` (forward to ``triton_url``), ``"demo"`` (built-in models,
-            see :mod:`transports.triton.server.demo`) or ``"python:module:callable"`` (a
-            :data:`ModelFunction` imported from ``module``).
+            see :mod:`transports.triton.server.demo`) or ``"python:module:name"``: a
+            :data:`ModelFunction` imported from ``module`` (run by a
+            :class:`PythonBackend`), or a :class:`Backend` subclass (built with no
+            arguments).
         triton_url: the Triton target, needed by ``"triton"``.
         max_message_bytes: largest message to and from Triton.
-        coalesce: see :class:`TritonBackend`.
+        coalesce: if >= 2, the backend is wrapped in a
+            :class:`~transports.triton.server.coalesce.CoalescingBackend` of
+            ``max_rows=coalesce``; 0 or 1: not.
+        coalesce_in_flight: the coalescer's ``max_in_flight``.
         interceptors: see :class:`TritonBackend`.
 
     Raises:
-        ValueError: the spec is malformed or ``triton`` has no URL.
+        ValueError: the spec is malformed, ``triton`` has no URL or ``coalesce`` < 0.
         ImportError, AttributeError: the python callable cannot be imported.
     """
     if spec == "triton":
         if not triton_url:
             raise ValueError("--backend triton needs --triton-url (or TRITON_URL)")
-        return TritonBackend(
-            triton_url,
-            max_message_bytes=max_message_bytes,
-            coalesce=coalesce,
-            interceptors=interceptors,
+        triton = TritonBackend(
+            triton_url, max_message_bytes=max_message_bytes, interceptors=interceptors
         )
+        return coalescing(triton, coalesce, max_in_flight=coalesce_in_flight)
     if spec == "demo":
         from transports.triton.server import demo as _demo
 
-        return PythonBackend(_demo.demo_model, name="demo", metadata=_demo.demo_metadata())
+        demo = PythonBackend(_demo.demo_model, name="demo", metadata=_demo.demo_metadata())
+        return coalescing(demo, coalesce, max_in_flight=coalesce_in_flight)
     kind, _, ref = spec.partition(":")
     module_name, _, attr = ref.partition(":")
     if kind != "python" or not module_name or not attr:
         raise ValueError(f"--backend must be triton, demo or python:module:callable, got {spec!r}")
     fn = getattr(importlib.import_module(module_name), attr)
+    if isinstance(fn, type) and issubclass(fn, Backend):
+        # A backend class of one's own (docs/triton-backends.md), built with no arguments.
+        return coalescing(fn(), coalesce, max_in_flight=coalesce_in_flight)
     if not callable(fn):
         raise ValueError(f"{spec!r} is not callable")
-    return PythonBackend(fn, name="python")
+    return coalescing(PythonBackend(fn, name="python"), coalesce, max_in_flight=coalesce_in_flight)

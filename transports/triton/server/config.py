@@ -5,7 +5,8 @@ Flags win over the environment::
     python -m transports.triton.proxy --listen HOST:PORT --triton-url TARGET
         [--auth-url URL] [--backend triton|demo|python:module:callable]
         [--max-in-flight N] [--max-inflight-mb N] [--default-timeout S]
-        [--max-message-mb N] [--tls-cert PEM --tls-key PEM] [--coalesce N]
+        [--max-message-mb N] [--tls-cert PEM --tls-key PEM]
+        [--coalesce N [--coalesce-in-flight N]]
         [--auth-cache-secs S] [--auth-timeout-secs S]
         [--metrics-listen HOST:PORT] [--log-format text|json]
         [--triton-probe-secs S] [--no-health-follows-triton]
@@ -41,7 +42,7 @@ class ProxyConfig:
 
     Attributes:
         listen: ``host:port`` to bind; port 0 picks a free one.
-        backend: ``"triton"``, ``"demo"`` or ``"python:module:callable"``.
+        backend: ``"triton"``, ``"demo"`` or ``"python:module:name"`` (see ``load_backend``).
         triton_url: Triton's gRPC target (several replicas: ``ipv4:h1:p1,h2:p2``).
         auth_url: the principal endpoint; None runs without authentication.
         max_in_flight: packets worked on at once per Chat call.
@@ -52,8 +53,13 @@ class ProxyConfig:
         tls_cert, tls_key: PEM files to serve TLS; both or neither.
         auth_cache_ttl: seconds a positive auth answer is reused (and open calls re-checked).
         auth_timeout: total deadline in seconds of one principal lookup.
-        coalesce: if > 1, send packets that arrive together as one Triton request of
-            up to this many batch rows (see ``TritonBackend``); 0 is off.
+        coalesce: if > 1, send packets that arrive together as one backend request of
+            up to this many batch rows (the backend is wrapped in a
+            ``CoalescingBackend``); 0 is off.
+        coalesce_in_flight: with ``coalesce``: at most this many coalesced requests of
+            one group run at once; packets arriving meanwhile wait and go together
+            (``CoalescingBackend(max_in_flight=)``); 0: only packets of one event-loop
+            turn coalesce.
         metrics_listen: ``HOST:PORT`` to serve Prometheus ``/metrics`` on; None: not served.
         triton_probe_interval: seconds between probes of the backend's readiness; 0: none.
         health_follows_triton: health reports NOT_SERVING while the probe fails.
@@ -71,6 +77,7 @@ class ProxyConfig:
     tls_key: str | None = None
     auth_cache_ttl: float = 30.0
     coalesce: int = 0
+    coalesce_in_flight: int = 0
     auth_timeout: float = 5.0
     metrics_listen: str | None = None
     triton_probe_interval: float = 5.0
@@ -101,7 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
     parser.add_argument(
         "--backend",
         default=None,
-        help="triton (default when a Triton URL is set), demo, or python:module:callable",
+        help="triton (default when a Triton URL is set), demo, or python:module:name "
+        "(a model function, or a Backend subclass built with no arguments)",
     )
     parser.add_argument("--max-in-flight", type=int, default=32, help="per Chat call (32)")
     parser.add_argument(
@@ -133,8 +141,16 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
         "--coalesce",
         type=int,
         default=0,
-        help="send packets arriving together as one Triton request of up to N batch rows "
-        "(models with max_batch_size > 0; default 0: off)",
+        help="send packets arriving together as one backend request of up to N batch rows "
+        "(models with max_batch_size > 1; default 0: off)",
+    )
+    parser.add_argument(
+        "--coalesce-in-flight",
+        type=int,
+        default=0,
+        help="with --coalesce: at most N coalesced requests of one model/input run at once; "
+        "packets arriving meanwhile wait and go together (default 0: only packets of one "
+        "event-loop turn coalesce, which packets of one Chat call never are)",
     )
     parser.add_argument("--log-level", default=env.get("LOG_LEVEL", "INFO"))
     parser.add_argument(
@@ -186,6 +202,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ProxyConfig:
         tls_key=args.tls_key,
         auth_cache_ttl=args.auth_cache_secs,
         coalesce=args.coalesce,
+        coalesce_in_flight=args.coalesce_in_flight,
         auth_timeout=args.auth_timeout_secs,
         metrics_listen=args.metrics_listen,
         triton_probe_interval=args.triton_probe_secs,

@@ -94,60 +94,59 @@ def _tensor(name: str, dtype: int, dims: list[int], triton: str) -> pb.TensorMet
     )
 
 
+def _model(
+    name: str,
+    inputs: list[pb.TensorMetadata],
+    outputs: list[pb.TensorMetadata],
+    *,
+    max_batch_size: int = 0,
+    decoupled: bool = False,
+) -> pb.ModelMetadataResponse:
+    return pb.ModelMetadataResponse(
+        model=name,
+        versions=["1"],
+        platform="python",
+        inputs=inputs,
+        outputs=outputs,
+        ready=True,
+        max_batch_size=max_batch_size,
+        decoupled=decoupled,
+    )
+
+
 def demo_metadata() -> dict[str, pb.ModelMetadataResponse]:
-    """Model metadata of the demo models, for the proxy's ModelMetadata RPC."""
-    return {
-        "add_one_fp32": pb.ModelMetadataResponse(
-            model="add_one_fp32",
-            versions=["1"],
-            platform="python",
-            inputs=[_tensor("INPUT", pb.DT_FP32, [-1, -1], "FP32")],
-            outputs=[_tensor("OUTPUT", pb.DT_FP32, [-1, -1], "FP32")],
-            ready=True,
+    """Model metadata of the demo models, for the proxy's ModelMetadata RPC.
+
+    ``add_one_fp32`` and ``invert_u8`` batch (``max_batch_size`` 64: ``--coalesce``
+    stacks their packets); the streaming two are ``decoupled``.
+    """
+    tokens = [
+        _tensor("INDEX", pb.DT_INT32, [1], "INT32"),
+        _tensor("TOKEN", pb.DT_UINT8, [-1], "UINT8"),
+    ]
+    models = [
+        _model(
+            "add_one_fp32",
+            [_tensor("INPUT", pb.DT_FP32, [-1, -1], "FP32")],
+            [_tensor("OUTPUT", pb.DT_FP32, [-1, -1], "FP32")],
             max_batch_size=64,
         ),
-        "invert_u8": pb.ModelMetadataResponse(
-            model="invert_u8",
-            versions=["1"],
-            platform="python",
-            inputs=[_tensor("IMAGE", pb.DT_UINT8, [-1, -1, -1, 3], "UINT8")],
-            outputs=[_tensor("IMAGE_OUT", pb.DT_UINT8, [-1, -1, -1, 3], "UINT8")],
-            ready=True,
+        _model(
+            "invert_u8",
+            [_tensor("IMAGE", pb.DT_UINT8, [-1, -1, -1, 3], "UINT8")],
+            [_tensor("IMAGE_OUT", pb.DT_UINT8, [-1, -1, -1, 3], "UINT8")],
             max_batch_size=64,
         ),
-        "echo": pb.ModelMetadataResponse(
-            model="echo",
-            versions=["1"],
-            platform="python",
-            inputs=[_tensor("INPUT", pb.DT_UNSPECIFIED, [-1], "")],
-            outputs=[_tensor("OUTPUT", pb.DT_UNSPECIFIED, [-1], "")],
-            ready=True,
-            max_batch_size=0,
+        _model(
+            "echo",
+            [_tensor("INPUT", pb.DT_UNSPECIFIED, [-1], "")],
+            [_tensor("OUTPUT", pb.DT_UNSPECIFIED, [-1], "")],
         ),
-        "stream_count": pb.ModelMetadataResponse(
-            model="stream_count",
-            versions=["1"],
-            platform="python",
-            inputs=[_tensor("COUNT", pb.DT_INT32, [1], "INT32")],
-            outputs=[
-                _tensor("INDEX", pb.DT_INT32, [1], "INT32"),
-                _tensor("TOKEN", pb.DT_UINT8, [-1], "UINT8"),
-            ],
-            ready=True,
-            max_batch_size=0,
-            decoupled=True,
+        _model(
+            "stream_count", [_tensor("COUNT", pb.DT_INT32, [1], "INT32")], tokens, decoupled=True
         ),
-        "stream_tokens": pb.ModelMetadataResponse(
-            model="stream_tokens",
-            versions=["1"],
-            platform="python",
-            inputs=[_tensor("PROMPT", pb.DT_UINT8, [-1], "UINT8")],
-            outputs=[
-                _tensor("INDEX", pb.DT_INT32, [1], "INT32"),
-                _tensor("TOKEN", pb.DT_UINT8, [-1], "UINT8"),
-            ],
-            ready=True,
-            max_batch_size=0,
-            decoupled=True,
+        _model(
+            "stream_tokens", [_tensor("PROMPT", pb.DT_UINT8, [-1], "UINT8")], tokens, decoupled=True
         ),
-    }
+    ]
+    return {m.model: m for m in models}

@@ -43,11 +43,13 @@ from transports.observability import _tracing
 from transports.observability._grpc import aio_trace_interceptors
 from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.server._credentials import Verdict
+from transports.triton.server._interceptors import MethodInterceptor, same_kind
 from transports.triton.server.auth import DominoAuthInterceptor
 from transports.triton.server.backend import (
     Backend,
     BackendError,
     InferRequest,
+    ModelConfig,
     ModelResponse,
     OutputTensor,
 )
@@ -71,11 +73,6 @@ __all__ = [
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[Any, Any]
-
-if TYPE_CHECKING:
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:  # generic in the stubs only
-    _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
 def resolve_proxy_metrics(metrics: ProxyMetrics | bool | None) -> ProxyMetrics | None:
@@ -185,7 +182,7 @@ def _code_of(exc: BaseException, context: _Context) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class CallInterceptor(_ServerInterceptor):
+class CallInterceptor(MethodInterceptor):
     """A SERVER span and call counters for every call under ``prefixes``.
 
     Put it first in the server's interceptors so it also sees calls that auth denies.
@@ -195,29 +192,23 @@ class CallInterceptor(_ServerInterceptor):
         self._metrics = metrics
         self._prefixes = tuple(prefixes)
 
-    async def intercept_service(
+    def applies_to(self, method: str) -> bool:
+        """The methods under ``prefixes``."""
+        return method.startswith(self._prefixes)
+
+    async def intercept(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        handler: grpc.RpcMethodHandler[Any, Any],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """Wrap unary-unary and stream-stream handlers of the proxy's service."""
-        handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not method.startswith(self._prefixes):
-            return handler
         metadata = tuple(handler_call_details.invocation_metadata or ())
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
         if handler.request_streaming and handler.response_streaming:
             stream_behavior: Any = handler.stream_stream
 
             async def stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-                call = _Call(self._metrics, method, metadata)
-                try:
+                with _Call(self._metrics, method, metadata, context) as call:
                     result = stream_behavior(requests, context)
                     if inspect.isawaitable(result):  # a handler writing with context.write
                         await result
@@ -226,39 +217,37 @@ class CallInterceptor(_ServerInterceptor):
                             call.pause()
                             yield response
                             call.resume()
-                except BaseException as exc:
-                    call.fail(exc, context)
-                    raise
-                finally:
-                    call.end(context)
 
-            return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
+            return same_kind(handler, stream)
         if not handler.request_streaming and not handler.response_streaming:
             unary_behavior: Any = handler.unary_unary
 
             async def unary(request: Any, context: _Context) -> Any:
-                call = _Call(self._metrics, method, metadata)
-                try:
+                with _Call(self._metrics, method, metadata, context):
                     return await unary_behavior(request, context)
-                except BaseException as exc:
-                    call.fail(exc, context)
-                    raise
-                finally:
-                    call.end(context)
 
-            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+            return same_kind(handler, unary)
         return handler
 
 
 class _Call:
-    """One call's span (current while the call's code runs) and counters."""
+    """One call's span (current while the call's code runs) and counters.
 
-    __slots__ = ("_code", "_method", "_metrics", "_span", "_token")
+    A context manager around the call's code: an exception out of it sets the call's
+    status, and its end records the call.
+    """
+
+    __slots__ = ("_code", "_context", "_method", "_metrics", "_span", "_token")
 
     def __init__(
-        self, metrics: ProxyMetrics | None, method: str, metadata: Sequence[tuple[str, Any]]
+        self,
+        metrics: ProxyMetrics | None,
+        method: str,
+        metadata: Sequence[tuple[str, Any]],
+        context: _Context,
     ) -> None:
         self._metrics = metrics
+        self._context = context
         self._method = method
         self._code: grpc.StatusCode | None = None
         service, _, name = method.lstrip("/").partition("/")
@@ -282,14 +271,19 @@ class _Call:
             _tracing.detach(self._token)
             self._token = None
 
-    def fail(self, exc: BaseException, context: _Context) -> None:
-        self._code = _code_of(exc, context)
+    def __enter__(self) -> _Call:
+        return self
 
-    def end(self, context: _Context) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self._code = _code_of(exc, self._context)
+        self._end()
+
+    def _end(self) -> None:
         self.pause()
         code = self._code
         if code is None:
-            set_code = context.code()
+            set_code = self._context.code()
             code = set_code if isinstance(set_code, grpc.StatusCode) else grpc.StatusCode.OK
         if self._metrics is not None:
             self._metrics.calls_active.labels(self._method).dec()
@@ -414,6 +408,10 @@ class ObservedBackend(Backend):
                 yield first
                 async for response in responses:
                     yield response
+
+    async def model_config(self, model: str, version: str) -> ModelConfig:
+        """The inner backend's answer (not observed: wrappers ask once per model)."""
+        return await self.inner.model_config(model, version)
 
     async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
         """The inner backend's ``model_metadata``, observed as ``ModelMetadata``."""
