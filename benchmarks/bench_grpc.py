@@ -53,7 +53,7 @@ from truss_stream import NDArray, stream_types, stream_writer
 
 ITEM_BYTES = 4 * 1024 * 1024
 ITEMS = int(os.environ.get("BENCH_GRPC_ITEMS", "128"))
-REPEATS = int(os.environ.get("BENCH_GRPC_REPEATS", "9"))
+REPEATS = int(os.environ.get("BENCH_GRPC_REPEATS", "15"))
 RESULTS = Path(__file__).parent / "results" / "grpc.md"
 _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
@@ -79,11 +79,18 @@ VARIANTS: dict[str, tuple[str, str | None]] = {
     CONTROL: ("PreEncodedCopy", PRE_ENCODED),
 }
 
+_SHORT = {RAW: "prebuilt", TOBYTES: "tobytes", PRE_ENCODED: "pre-encoded"}
+
 
 def _usage() -> tuple[float, int]:
     """(CPU seconds, minor page faults) of this process so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime, usage.ru_minflt
+
+
+def _waits() -> int:
+    """How often this process's threads have waited (voluntary context switches)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
 
 def _tensor() -> np.ndarray[Any, Any]:
@@ -204,6 +211,7 @@ def run() -> list[dict[str, Any]]:
     rates: dict[str, list[float]] = {name: [] for name in names}
     client_cpu: dict[str, list[float]] = {name: [] for name in names}
     client_faults: dict[str, list[float]] = {name: [] for name in names}
+    client_waits: dict[str, list[float]] = {name: [] for name in names}
     server_cpu: dict[str, list[float]] = {name: [] for name in names}
     server_faults: dict[str, list[float]] = {name: [] for name in names}
     try:
@@ -218,16 +226,19 @@ def run() -> list[dict[str, Any]]:
                     shift = repeat % len(names)
                     for name in names[shift:] + names[:shift]:
                         call = _client(channel, VARIANTS[name][0])
+                        waits = _waits()
                         (cpu, faults), started = _usage(), time.perf_counter()
                         received = await call
                         elapsed = time.perf_counter() - started
                         cpu_end, faults_end = _usage()
+                        waits = _waits() - waits
                         seconds, server_fault_count = map(float, stdout.readline().split())
                         assert received == ITEMS * ITEM_BYTES
                         if repeat:
                             rates[name].append(received / elapsed / 1e6)
                             client_cpu[name].append((cpu_end - cpu) / ITEMS * 1e3)
                             client_faults[name].append((faults_end - faults) / ITEMS)
+                            client_waits[name].append(waits / ITEMS)
                             server_cpu[name].append(seconds * 1e3)
                             server_faults[name].append(server_fault_count)
 
@@ -243,7 +254,8 @@ def run() -> list[dict[str, Any]]:
         note = (
             f"CPU per item: server {median(server_cpu[name]):.2f} ms, "
             f"client {median(client_cpu[name]):.2f} ms; page faults per item: server "
-            f"{median(server_faults[name]):.0f}, client {median(client_faults[name]):.0f}"
+            f"{median(server_faults[name]):.0f}, client {median(client_faults[name]):.0f}; "
+            f"client waits per item {median(client_waits[name]):.1f}"
         )
         row: dict[str, Any] = {
             "benchmark": benchmark,
@@ -255,7 +267,7 @@ def run() -> list[dict[str, Any]]:
         if anchor is not None:
             paired = _paired(rates[name], rates[anchor])
             row["ratio"] = round(median(paired), 3)
-            row["ratio_vs"] = "tobytes" if anchor == TOBYTES else anchor.split(",")[0]
+            row["ratio_vs"] = _SHORT[anchor]
             note = f"runs {_spread(paired)}; {note}"
         if name == TYPED:
             row["goal"] = ">= 0.9x"
