@@ -191,6 +191,17 @@ def _spread(ratios: list[float]) -> str:
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
+def _cpu_ratio(
+    name: str, anchor: str, server: dict[str, list[float]], client: dict[str, list[float]]
+) -> float:
+    """The anchor's CPU per item (both sides) over ours: what the ratio would be if CPU bound."""
+
+    def total(variant: str) -> float:
+        return statistics.median(server[variant]) + statistics.median(client[variant])
+
+    return total(anchor) / total(name)
+
+
 def _load() -> str:
     return ", ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -268,7 +279,8 @@ def run() -> list[dict[str, Any]]:
             paired = _paired(rates[name], rates[anchor])
             row["ratio"] = round(median(paired), 3)
             row["ratio_vs"] = _SHORT[anchor]
-            note = f"runs {_spread(paired)}; {note}"
+            cpu = _cpu_ratio(name, anchor, server_cpu, client_cpu)
+            note = f"runs {_spread(paired)}; CPU ratio {cpu:.2f}; {note}"
         if name == TYPED:
             row["goal"] = ">= 0.9x"
             versus_raw = _paired(rates[name], rates[RAW])
@@ -315,6 +327,9 @@ def main() -> None:
                 "Reading the rows (copies per 4 MiB item, user space, besides the kernel's "
                 "socket copies on each side):",
                 "",
+                "- *CPU ratio*: the anchor's CPU per item, server plus client, over the "
+                "variant's; what the throughput ratio would be if both sides were bound by "
+                "CPU alone, and much steadier than it on a loaded machine.",
                 "- The goal is reported against *tensor.tobytes() per item*: a server "
                 "streaming a model's tensors over gRPC's Python API must turn each new "
                 "ndarray into a new `bytes` (its `SendMessageOperation` accepts nothing "
