@@ -797,3 +797,26 @@ async def test_async_transport_enforces_its_own_timeouts(target: str, limit: str
 
     with pytest.raises(StreamTimeoutError, match=limit):
         await read_all()
+
+
+def test_server_lets_go_of_each_frame_once_sent() -> None:
+    # A long stream must not pin its first frame (a 4 MiB tensor, say) until it ends:
+    # once later frames went out, only the producer may still hold it.
+    seen: list[int] = []
+
+    async def holds_its_first_frame(body: bytes, context: Any) -> AsyncIterator[bytes]:
+        writer = stream_writer(TYPES)
+        first = writer.yield_header(Header(count=3))
+        yield first
+        for i in range(3):
+            yield writer.yield_item(Item(index=i, tensor=_tensor(i)))
+        gc.collect()
+        seen.append(sys.getrefcount(first) - 1)  # less getrefcount's own argument
+        yield writer.yield_footer(Footer(total=3.0))
+
+    service = FrameStreamService({"Holds": holds_its_first_frame})
+    with serve_in_thread(service) as running, connect(running.target, "Holds", TYPES) as reader:
+        reader.read_header()
+        _check_items(list(reader.read_items()), 3)
+        reader.read_footer()
+    assert seen == [1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -350,3 +351,33 @@ def test_large_tensor_items_arrive_intact(module: Any) -> None:
     assert [item.index for item in items] == [0, 1, 2]
     for item, tensor in zip(items, tensors, strict=True):
         np.testing.assert_array_equal(item.tensor, tensor)
+
+
+@pytest.mark.parametrize("transport", [http, sse], ids=["http", "sse"])
+def test_response_lets_go_of_its_first_frame_once_sent(transport: Any) -> None:
+    # A long stream must not pin its first frame (a 4 MiB tensor, say) until it ends:
+    # once later frames went out, only the producer may still hold it.
+    seen: list[int] = []
+
+    async def produce() -> AsyncIterator[bytes]:
+        writer = stream_writer(MSGPACK_TYPES)
+        first = writer.yield_header(Header(name="h"))
+        yield first
+        for i in range(3):
+            await anyio.sleep(0.01)  # each frame flushed on its own
+            yield writer.yield_item(Item(index=i))
+        seen.append(sys.getrefcount(first) - 1)  # less getrefcount's own argument
+        yield writer.yield_end()
+
+    async def endpoint(request: Request) -> Response:
+        response: Response = (
+            http.stream_response(produce()) if transport is http else sse.sse_response(produce())
+        )
+        return response
+
+    with live_server(app_for(endpoint)) as server, httpx.Client() as client:
+        url = f"{server.url}/s"
+        with transport.connect(client, "GET", url, MSGPACK_TYPES) as reader:
+            assert reader.read_header() == Header(name="h")
+            assert [item.index for item in reader.read_items()] == [0, 1, 2]
+    assert seen == [1]

@@ -174,6 +174,10 @@ class FrameStreamResponse(Response):
                     tg.cancel_scope.cancel()
                     return
                 run.codec = frame_info(first)[1]
+                # Pending until the flusher starts, after the response start; then let
+                # go: a long stream must not pin its first frame (a tensor) until it ends.
+                run.add_first(self._encode(0, first))
+                del first
                 headers = self._start_headers(coding)
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 run.started = True
@@ -181,7 +185,7 @@ class FrameStreamResponse(Response):
                 if self._send_timeout is not None or self._ping_interval is not None:
                     tg.start_soon(run.watch, tg.cancel_scope)
                 try:
-                    await run.pump(first, guarded, self._encode)
+                    await run.pump(guarded, self._encode)
                     complete = True
                 except OSError:  # the client went away (ASGI spec >= 2.4 servers)
                     pass
@@ -239,15 +243,13 @@ class _ResponseRun:
         self.timed_out = False
         self._unsent: bytes | memoryview = b""
 
-    async def pump(
-        self,
-        first: bytes | memoryview,
-        frames: AsyncIterator[bytes | memoryview],
-        encode: FrameEncoder,
-    ) -> None:
-        """Encode every frame into the pending batch; send when it is full."""
-        self._add(encode(0, first))
+    def add_first(self, data: bytes | memoryview) -> None:
+        """Put the first frame, encoded, in the pending batch."""
+        self._add(data)
         self.seq = 1
+
+    async def pump(self, frames: AsyncIterator[bytes | memoryview], encode: FrameEncoder) -> None:
+        """Encode every frame after the first into the pending batch; send when it is full."""
         async for frame in frames:
             self._add(encode(self.seq, frame))
             self.seq += 1

@@ -224,6 +224,7 @@ async def _serve_call(
                     await _abort_before_first_frame(context, exc, stream_id, expose)
                 codec = frame_info(first)[1]
                 await context.write(_as_bytes(first))
+                del first  # a long stream must not pin its first frame (a tensor) until it ends
                 async for frame in frames:
                     await context.write(_as_bytes(frame))
             finally:
