@@ -28,7 +28,7 @@ from ..protocol import multimodal_pb2_grpc as pbg
 from ._chat import ChatCall, FrameCall, ResponseCall, ResultT
 from ._core import Sleep, Step, Stepper, Steps, StreamerCore
 from ._packets import FrameResult, ModelInfo, PacketSpec, ResponseResult
-from .errors import status_error
+from .errors import closed_error, status_error
 
 __all__ = ["TritonBytesStreamer"]
 
@@ -135,9 +135,21 @@ class TritonBytesStreamer(StreamerCore[grpc.Channel, pbg.MultimodalServiceStub])
             return None
         invoke = self._bind(step, *self._stub_now())
         try:
-            return invoke()
+            with self._close_race():
+                return invoke()
         except grpc.RpcError as exc:
             return status_error(step.method, exc)
+
+    @contextlib.contextmanager
+    def _close_race(self) -> Iterator[None]:
+        """close() on another thread just after we took the channel: grpc raises
+        ``ValueError("Cannot invoke RPC on closed channel!")``; that is our CANCELLED."""
+        try:
+            yield
+        except ValueError as exc:
+            if not self._closed:
+                raise
+            raise closed_error() from exc
 
     def _run(self, steps: Steps[T]) -> T:
         stepper = Stepper(steps)
@@ -275,7 +287,8 @@ class TritonBytesStreamer(StreamerCore[grpc.Channel, pbg.MultimodalServiceStub])
                 state.frames_failed(exc)
 
         _, stub = self._stub_now()
-        call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
+        with self._close_race():
+            call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
         watch = state.watch
         if watch.enabled:
 
