@@ -23,7 +23,6 @@ response (``stream_responses``).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic, TypeVar
 
@@ -85,14 +84,15 @@ class AckWatch:
         """The driver stopped waiting (an Ack, the end, or an error)."""
         self._since = None
 
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self) -> AckWatch:
         """``with watch.reading(): ack = <read>``: :meth:`waiting`, then :meth:`got`."""
+        return self
+
+    def __enter__(self) -> None:
         self._since = self._clock()
-        try:
-            yield
-        finally:
-            self._since = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._since = None
 
     def check(self) -> bool:
         """Whether the call is stuck; latches :attr:`tripped`."""
@@ -164,21 +164,17 @@ class ChatCall(Generic[ResultT]):
 
     # The response side (the caller's thread or task) ----------------------------------
 
-    def on_ack(self, ack: pb.Ack, free_slot: Callable[[], object]) -> Iterator[ResultT]:
+    def on_ack(self, ack: pb.Ack, free_slot: Callable[[], object]) -> Iterable[ResultT]:
         """Take one Ack now; iterate the results it makes releasable, in order.
 
         The Ack is matched and parsed at once (call it under the lock that guards the
-        call's state, if any); iterating gives each result after calling
-        ``free_slot`` (the driver's ``window.release``) for each frame it completes,
-        so a window slot opens just before its frame's result is handed over.
+        call's state, if any); ``free_slot`` (the driver's ``window.release``) is
+        called once for each frame done, just before its result is handed over.
 
         Raises:
             TritonClientError: the proxy broke the protocol (``INTERNAL``), or a
                 one-result call met a streaming model (``FAILED_PRECONDITION``).
         """
-        return _release_each(self._take(ack), free_slot)
-
-    def _take(self, ack: pb.Ack) -> list[tuple[ResultT, bool]]:
         raise NotImplementedError
 
     def failed(self, exc: BaseException | None) -> BaseException:
@@ -231,21 +227,23 @@ class ChatCall(Generic[ResultT]):
 class FrameCall(ChatCall[FrameResult]):
     """One result per frame, in frame order (``stream_bytes``, ``stream_results``)."""
 
-    def _take(self, ack: pb.Ack) -> list[tuple[FrameResult, bool]]:
-        return [(result, True) for result in self.pipe.on_ack(ack)]
+    def on_ack(self, ack: pb.Ack, free_slot: Callable[[], object]) -> Iterable[FrameResult]:
+        return _free_each(self.pipe.on_ack(ack), free_slot)
 
 
 class ResponseCall(ChatCall[ResponseResult]):
     """Every model response to each frame (``stream_responses``)."""
 
-    def _take(self, ack: pb.Ack) -> list[tuple[ResponseResult, bool]]:
-        return [self.pipe.on_response(ack)]
-
-
-def _release_each(
-    ready: list[tuple[ResultT, bool]], free_slot: Callable[[], object]
-) -> Iterator[ResultT]:
-    for result, frees_slot in ready:
-        if frees_slot:
+    def on_ack(self, ack: pb.Ack, free_slot: Callable[[], object]) -> Iterable[ResponseResult]:
+        response, done = self.pipe.on_response(ack)
+        if done:  # one result: freeing now is freeing just before it is handed over
             free_slot()
+        return (response,)
+
+
+def _free_each(
+    results: list[FrameResult], free_slot: Callable[[], object]
+) -> Iterator[FrameResult]:
+    for result in results:
+        free_slot()
         yield result
