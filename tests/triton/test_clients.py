@@ -1,6 +1,9 @@
 """The Triton proxy clients: sync and async streamers, discovery, readiness, typed view.
 
-Three kinds of server, all real gRPC on loopback:
+Every client test runs over both clients through the ``client`` fixture (a
+``client_helpers.ClientFactory``: the same call shapes, the async client on its own
+event loop), as the readers' suite does with ``read``. Three kinds of server, all
+real gRPC on loopback:
 - the proxy with its embedded ``--backend demo`` models (no Triton needed);
 - a scrambling servicer in this process that answers out of order and counts calls
   and packets in flight, to pin down pipelining and reordering exactly;
@@ -10,15 +13,19 @@ Three kinds of server, all real gRPC on loopback:
 from __future__ import annotations
 
 import asyncio
+import math
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from client_helpers import ClientFactory, UniformStreamer
 from triton_helpers import API_KEY, TOKEN, PrincipalEndpoint, ProxyProcess, free_port
 
 from transports.base import TransportError
@@ -27,7 +34,8 @@ from transports.triton import (
     TritonBytesStreamer,
     TritonClientError,
 )
-from transports.triton.client._core import auth_metadata
+from transports.triton.client._chat import AckWatch, FrameCall
+from transports.triton.client._core import Rpc, Sleep, auth_metadata, readiness_steps
 from transports.triton.client._packets import AckPipeline, PacketSpec, latency_percentiles
 from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.protocol import multimodal_pb2_grpc as pbg
@@ -155,6 +163,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(params=["sync", "async"])
+def client(request: pytest.FixtureRequest) -> Iterator[ClientFactory]:
+    """``client(addr, **kwargs)``: either client, with sync call shapes (see client_helpers)."""
+    factory = ClientFactory(request.param)
+    yield factory
+    factory.close()
+
+
+def seed_client(client: ClientFactory, addr: str, **kwargs: Any) -> UniformStreamer:
+    """The seed's documented constructor (as ``seed_streamer``), over either client."""
+    settings: dict[str, Any] = {
+        "input_name": "INPUT",
+        "shape": (1, 4),
+        "dtype_enum": pb.DT_FP32,
+        "outputs": ("OUTPUT",),
+        "stream_id": "cam-001",
+        "request_timeout_sec": 10.0,
+        "parse_outputs_numpy": True,
+        **kwargs,
+    }
+    return client(addr, **settings)
+
+
+def endless() -> Iterator[bytes]:
+    while True:
+        yield np.zeros((1, 4), np.float32).tobytes()
+
+
 # The sans-IO core -----------------------------------------------------------------------
 
 
@@ -246,119 +282,148 @@ def test_client_error_is_a_transport_and_stream_error() -> None:
     assert issubclass(TritonClientError, StreamError)
 
 
-# Pipelining and ordering, against the scrambling servicer --------------------------------
+def test_readiness_steps_poll_then_time_out_with_the_last_reason() -> None:
+    now = [0.0]
+    steps = readiness_steps("m", "1", 1.0, 5.0, lambda: now[0], interval_s=0.4)
+    step = next(steps)
+    assert isinstance(step, Rpc)
+    assert step.method == "ServerReady"
+    step = steps.send(pb.ReadyResponse(ready=True))
+    assert isinstance(step, Rpc)
+    assert step.method == "ModelReady"
+    assert step.timeout_s == 1.0  # the request timeout, cut to what is left of the wait
+    step = steps.send(pb.ReadyResponse(ready=False, message="loading"))
+    assert step == Sleep(0.4)
+    now[0] = 1.5
+    step = steps.send(None)
+    assert isinstance(step, Rpc)
+    assert step.method == "ServerReady"
+    unavailable = TritonClientError("ServerReady", grpc.StatusCode.UNAVAILABLE, "down")
+    with pytest.raises(TritonClientError) as info:
+        steps.send(unavailable)  # transient: not ready yet, and time is up
+    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "UNAVAILABLE: down" in info.value.details()
 
 
-def test_sync_many_frames_one_call_in_order(scrambler: tuple[str, ScramblingServicer]) -> None:
+def test_readiness_steps_raise_a_refusal_at_once() -> None:
+    steps = readiness_steps(None, "", 30.0, 5.0, time.monotonic)
+    next(steps)
+    refused = TritonClientError("ServerReady", grpc.StatusCode.UNAUTHENTICATED, "no")
+    with pytest.raises(TritonClientError) as info:
+        steps.send(refused)
+    assert info.value is refused
+
+
+def _chat_call(**watch: Any) -> FrameCall:
+    pipe = AckPipeline(SPEC, "m", "1", stream_id="s", parse_numpy=True)
+    return FrameCall(
+        pipe,
+        AckWatch(pipe, watch.get("limit", math.inf), time.monotonic),
+        frames_per_packet=1,
+        on_unavailable=lambda: None,
+    )
+
+
+def test_chat_call_failure_order_is_one_for_both_clients() -> None:
+    """What a failed call raises, first that applies: the frame iterable's own error,
+    a protocol error of ours, the stuck-call deadline, CANCELLED for a local cancel
+    (close()), else the gRPC error as a TritonClientError."""
+    deadline = TritonClientError("Chat", grpc.StatusCode.DEADLINE_EXCEEDED, "deadline")
+    call = _chat_call()
+    assert call.failed(None).code() is grpc.StatusCode.CANCELLED  # type: ignore[attr-defined]
+    assert call.failed(deadline) is deadline
+    call.watch.tripped = True
+    assert "ack_timeout_sec" in str(call.failed(None))
+    call.frames_failed(OSError("camera unplugged"))
+    call.frames_failed(OSError("a second failure is not the cause"))
+    for exc in (None, deadline):
+        failure = call.failed(exc)
+        assert isinstance(failure, OSError)
+        assert str(failure) == "camera unplugged"
+    with pytest.raises(OSError, match="camera"):
+        call.finished()
+
+
+def test_chat_call_frees_a_slot_just_before_each_result() -> None:
+    call = _chat_call()
+    for _ in range(3):
+        call.packet([np.zeros(2, np.float32).tobytes()])
+    freed: list[int] = []
+    assert list(call.on_ack(pb.Ack(correlation_id="s:1"), lambda: freed.append(1))) == []
+    ready = call.on_ack(pb.Ack(correlation_id="s:0"), lambda: freed.append(1))
+    assert freed == []  # matched at once, released as each result is taken
+    seqs = []
+    for result in ready:
+        seqs.append((result.seq, len(freed)))
+    assert seqs == [(0, 1), (1, 2)]
+
+
+# Pipelining and ordering, against the scrambling servicer, over both clients ---------------
+
+
+def test_many_frames_one_call_in_order(
+    client: ClientFactory, scrambler: tuple[str, ScramblingServicer]
+) -> None:
     addr, servicer = scrambler
-    with seed_streamer(addr, max_in_flight=4) as streamer:
+    with seed_client(client, addr, max_in_flight=4) as streamer:
         got = list(streamer.stream_bytes("m", "1", fp32_frames(200)))
     assert [seq for seq, _, _ in got] == list(range(200))
-    assert all(out["OUTPUT"][0, 0] == seq + 1 for seq, _, out in got)  # type: ignore[index]
+    assert all(out["OUTPUT"][0, 0] == seq + 1 for seq, _, out in got)
     assert servicer.chat_calls == 1
     assert servicer.packets == 200
     assert servicer.max_outstanding == 4  # pipelined, and never more than the window
 
 
-@pytest.mark.anyio
-async def test_async_many_frames_one_call_in_order(
-    scrambler: tuple[str, ScramblingServicer],
-) -> None:
-    addr, servicer = scrambler
-
-    async def frames() -> AsyncIterator[bytes]:
-        for data in fp32_frames(200):
-            yield data
-
-    async with AsyncTritonBytesStreamer(
-        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=4
-    ) as streamer:
-        got = [r async for r in streamer.stream_bytes("m", "1", frames())]
-    assert [seq for seq, _, _ in got] == list(range(200))
-    assert all(out["OUTPUT"][0, 0] == seq + 1 for seq, _, out in got)  # type: ignore[index]
-    assert (servicer.chat_calls, servicer.packets, servicer.max_outstanding) == (1, 200, 4)
+def _failing_frames(n: int = 10) -> Iterator[bytes]:
+    yield from fp32_frames(n)
+    raise OSError("camera unplugged")
 
 
+@pytest.mark.parametrize("sync_frames", [False, True], ids=["frames", "sync-frames"])
 def test_frame_iterator_error_after_earlier_results(
-    scrambler: tuple[str, ScramblingServicer],
+    client: ClientFactory, scrambler: tuple[str, ScramblingServicer], sync_frames: bool
 ) -> None:
     addr, _ = scrambler
-
-    def frames() -> Iterator[bytes]:
-        yield from fp32_frames(10)
-        raise OSError("camera unplugged")
-
     seen: list[int] = []
-    with seed_streamer(addr, max_in_flight=4) as streamer:
-        results = streamer.stream_bytes("m", "1", frames())
+    with seed_client(client, addr, max_in_flight=4, sync_frames=sync_frames) as streamer:
+        results = streamer.stream_bytes("m", "1", _failing_frames())
         with pytest.raises(OSError, match="camera"):
             seen.extend(seq for seq, _, _ in results)
     assert seen == list(range(10))
 
 
-def test_sync_early_break_does_not_hang(scrambler: tuple[str, ScramblingServicer]) -> None:
+def test_early_break_does_not_hang(
+    client: ClientFactory, scrambler: tuple[str, ScramblingServicer]
+) -> None:
     addr, _ = scrambler
-
-    def endless() -> Iterator[bytes]:
-        while True:
-            yield np.zeros((1, 4), np.float32).tobytes()
-
-    with seed_streamer(addr, max_in_flight=4) as streamer:
+    with seed_client(client, addr, max_in_flight=4) as streamer:
         results = streamer.stream_bytes("m", "1", endless())
         for seq, _, _ in results:
             if seq == 20:
                 break
         results.close()  # type: ignore[attr-defined]
         # The client stays usable after an abandoned stream.
-        assert len(list(streamer.stream_bytes("m", "1", fp32_frames(3)))) == 3
-
-
-@pytest.mark.anyio
-async def test_async_early_break_does_not_hang(scrambler: tuple[str, ScramblingServicer]) -> None:
-    addr, _ = scrambler
-
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield np.zeros((1, 4), np.float32).tobytes()
-
-    async with AsyncTritonBytesStreamer(
-        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=4
-    ) as streamer:
-        results = streamer.stream_bytes("m", "1", endless())
-        async for seq, _, _ in results:
-            if seq == 20:
-                break
-        await results.aclose()  # type: ignore[attr-defined]
-        again = [r async for r in streamer.stream_bytes("m", "1", fp32_frames(3))]
+        again = list(streamer.stream_bytes("m", "1", fp32_frames(3)))
     assert [seq for seq, _, _ in again] == [0, 1, 2]
 
 
-def test_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
+def test_stuck_proxy_is_deadline_exceeded(client: ClientFactory, silent: str) -> None:
     started = time.monotonic()
     with (
-        seed_streamer(silent, ack_timeout_sec=0.5) as streamer,
+        seed_client(client, silent, ack_timeout_sec=0.5) as streamer,
         pytest.raises(TritonClientError) as info,
     ):
         list(streamer.stream_bytes("m", "1", fp32_frames(5)))
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "ack_timeout_sec" in str(info.value)
+    assert "ack_timeout_sec" in str(info.value.details())
     assert time.monotonic() - started < 10
 
 
-@pytest.mark.anyio
-async def test_async_stuck_proxy_is_deadline_exceeded(silent: str) -> None:
-    async with AsyncTritonBytesStreamer(
-        silent, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), ack_timeout_sec=0.5
-    ) as streamer:
-        with pytest.raises(TritonClientError) as info:
-            async for _ in streamer.stream_bytes("m", "1", fp32_frames(5)):
-                pass
-    assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def test_slow_consumer_is_not_a_stuck_proxy(scrambler: tuple[str, ScramblingServicer]) -> None:
+def test_slow_consumer_is_not_a_stuck_proxy(
+    client: ClientFactory, scrambler: tuple[str, ScramblingServicer]
+) -> None:
     addr, _ = scrambler
-    with seed_streamer(addr, max_in_flight=4, ack_timeout_sec=0.2) as streamer:
+    with seed_client(client, addr, max_in_flight=4, ack_timeout_sec=0.2) as streamer:
         seqs = []
         for seq, _, _ in streamer.stream_bytes("m", "1", fp32_frames(12)):
             seqs.append(seq)
@@ -368,21 +433,105 @@ def test_slow_consumer_is_not_a_stuck_proxy(scrambler: tuple[str, ScramblingServ
 
 
 def test_env_auth_headers_reach_the_server(
-    scrambler: tuple[str, ScramblingServicer], monkeypatch: pytest.MonkeyPatch
+    client: ClientFactory,
+    scrambler: tuple[str, ScramblingServicer],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     addr, servicer = scrambler
     monkeypatch.setenv("DOMINO_USER_API_KEY", "key-1")
     monkeypatch.setenv("Authorization", "tok-2")
-    with seed_streamer(addr) as streamer:
+    with seed_client(client, addr, metadata=[("x-extra", "3")]) as streamer:
         list(streamer.stream_bytes("m", "1", fp32_frames(1)))
-    assert servicer.seen_metadata[0]["x-domino-api-key"] == "key-1"
-    assert servicer.seen_metadata[0]["authorization"] == "Bearer tok-2"
+    seen = servicer.seen_metadata[0]
+    assert seen["x-domino-api-key"] == "key-1"
+    assert seen["authorization"] == "Bearer tok-2"
+    assert seen["x-extra"] == "3"
+
+
+# Drift between the clients, pinned: each of these behaved differently in the two ----------
+
+
+@pytest.mark.parametrize("limit", ["ack_timeout_sec", "frame_timeout_sec", "stream_timeout_sec"])
+def test_frame_iterator_failure_wins_over_any_call_failure(
+    client: ClientFactory, silent: str, limit: str
+) -> None:
+    """The frames ran out with an error, then the call failed (the client's idle or
+    per-frame limit, or the call deadline): the caller gets its own iterator's error
+    from both clients. (The async client raised DEADLINE_EXCEEDED for the first two.)"""
+    with (
+        seed_client(client, silent, **{limit: 0.5}) as streamer,
+        pytest.raises(OSError, match="camera"),
+    ):
+        list(streamer.stream_bytes("m", "1", _failing_frames(1)))
+
+
+def test_close_during_a_stream_is_cancelled(
+    client: ClientFactory, demo_proxy: ProxyProcess
+) -> None:
+    """close() while a stream is being read: TritonClientError CANCELLED from both
+    clients. (The async client let a bare asyncio.CancelledError out, which asyncio
+    takes for the cancellation of the caller's task.)"""
+    seen: list[int] = []
+
+    def close_at_20(streamer: UniformStreamer) -> None:
+        for seq, _, _ in streamer.stream_bytes("add_one_fp32", "1", endless()):
+            seen.append(seq)
+            if seq == 20:
+                streamer.close()
+
+    with seed_client(client, demo_proxy.target) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            close_at_20(streamer)
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert seen[:21] == list(range(21))
+        assert len(seen) <= 21 + 32  # at most what was in flight when it closed
+        with pytest.raises(TritonClientError) as again:
+            list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1)))
+        assert again.value.code() is grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.parametrize("what", ["stream", "wait_for_ready"])
+def test_close_from_elsewhere_during_a_call_is_cancelled(
+    client: ClientFactory, demo_proxy: ProxyProcess, what: str
+) -> None:
+    """close() from another thread (sync) or task (async) ends a call in progress
+    with CANCELLED, at once, in both clients."""
+    with seed_client(client, demo_proxy.target) as streamer:
+        streamer.wait_for_ready(timeout_s=10)
+        started = time.monotonic()
+        streamer.close_later(0.3)
+
+        def call() -> None:
+            if what == "stream":
+                for _ in streamer.stream_bytes("add_one_fp32", "1", endless()):
+                    pass
+            else:
+                streamer.wait_for_ready("no_such_model", timeout_s=10)
+
+        with pytest.raises(TritonClientError) as info:
+            call()
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 5
+
+
+def test_usage_errors_come_before_any_network_call(client: ClientFactory) -> None:
+    """stream_responses with frames_per_packet > 1 is a ValueError at once, even with
+    the proxy down (it used to wait connect_timeout_sec and raise UNAVAILABLE)."""
+    addr = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with (
+        seed_client(client, addr, frames_per_packet=2, connect_timeout_sec=3) as streamer,
+        pytest.raises(ValueError, match="frames_per_packet"),
+    ):
+        list(streamer.stream_responses("m", "1", fp32_frames(2)))
+    assert time.monotonic() - started < 1.5
 
 
 # Against the proxy with its embedded demo backend -----------------------------------------
 
 
 def test_seed_documented_usage(demo_proxy: ProxyProcess) -> None:
+    """The seed's own code, word for word (sync: the seed had only this client)."""
     streamer = seed_streamer(demo_proxy.target)
     try:
         frames = (np.full((1, 4), i, np.float32).tobytes(order="C") for i in range(50))
@@ -400,68 +549,73 @@ def test_seed_documented_usage(demo_proxy: ProxyProcess) -> None:
         np.testing.assert_array_equal(outputs["OUTPUT"], np.full((1, 4), seq + 1, np.float32))
 
 
-def test_seed_json_outputs_when_not_parsing(demo_proxy: ProxyProcess) -> None:
-    with seed_streamer(demo_proxy.target) as streamer:
-        streamer.parse_outputs_numpy = False
-        streamer.binary_outputs = False
+def test_stream_over_demo_proxy(client: ClientFactory, demo_proxy: ProxyProcess) -> None:
+    with seed_client(client, demo_proxy.target, max_in_flight=16) as streamer:
+        seqs = []
+        for seq, ack, outputs in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(300)):
+            assert ack["status"] == "OK"
+            assert ack["cid"] == f"cam-001:{seq}"
+            assert outputs is not None
+            assert outputs["OUTPUT"][0, 0] == seq + 1
+            seqs.append(seq)
+    assert seqs == list(range(300))
+
+
+def test_seed_json_outputs_when_not_parsing(
+    client: ClientFactory, demo_proxy: ProxyProcess
+) -> None:
+    with seed_client(client, demo_proxy.target, parse_outputs_numpy=False) as streamer:
         ((_, ack, outputs),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
     assert outputs is not None
     assert set(outputs["OUTPUT"]) >= {"dtype", "shape", "b64"}
     assert ack["outputs"] == outputs
 
 
-def test_uint8_and_per_frame_failures(demo_proxy: ProxyProcess) -> None:
+def test_uint8_and_per_frame_failures(client: ClientFactory, demo_proxy: ProxyProcess) -> None:
     image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3)
     frames = [image.tobytes(), b"short", image.tobytes()]
-    with TritonBytesStreamer(
-        demo_proxy.target, "IMAGE", image.shape, pb.DT_UINT8, ("IMAGE_OUT",)
-    ) as streamer:
+    with client(demo_proxy.target, "IMAGE", image.shape, pb.DT_UINT8, ("IMAGE_OUT",)) as streamer:
         results = list(streamer.stream_results("invert_u8", "1", frames))
     assert [r.status for r in results] == ["OK", "BAD_REQUEST", "OK"]
     assert "got 5 bytes, expected 18" in (results[1].error or "")
-    np.testing.assert_array_equal(results[2].outputs["IMAGE_OUT"], 255 - image)  # type: ignore[index]
+    np.testing.assert_array_equal(results[2].outputs["IMAGE_OUT"], 255 - image)
 
 
-def test_frames_per_packet_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
-    with seed_streamer(demo_proxy.target, frames_per_packet=4, max_in_flight=16) as streamer:
-        results = list(streamer.stream_results("add_one_fp32", "1", fp32_frames(10)))
-    assert [r.seq for r in results] == list(range(10))
-    assert [r.correlation_id for r in results][-2:] == ["cam-001:8..9"] * 2
+def test_frames_per_packet_over_demo_proxy(client: ClientFactory, demo_proxy: ProxyProcess) -> None:
+    with seed_client(client, demo_proxy.target, frames_per_packet=4, max_in_flight=16) as streamer:
+        results = list(streamer.stream_results("add_one_fp32", "1", fp32_frames(50)))
+    assert [r.seq for r in results] == list(range(50))
+    assert [r.correlation_id for r in results][-2:] == ["cam-001:48..49"] * 2
     for r in results:
         assert r.ok
-        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))  # type: ignore[index]
+        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))
 
 
-@pytest.mark.anyio
-async def test_async_frames_per_packet_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
-    async def frames() -> AsyncIterator[bytes]:
-        for data in fp32_frames(50):
-            yield data
-
-    async with AsyncTritonBytesStreamer(
-        demo_proxy.target, shape=(1, 4), frames_per_packet=8, max_in_flight=32
-    ) as streamer:
-        results = [r async for r in streamer.stream_results("add_one_fp32", "1", frames())]
-    assert [r.seq for r in results] == list(range(50))
-    assert all(r.outputs["OUTPUT"][0, 0] == r.seq + 1 for r in results)  # type: ignore[index]
-
-
-def test_send_unary(demo_proxy: ProxyProcess) -> None:
-    with seed_streamer(demo_proxy.target) as streamer:
+def test_send_unary(client: ClientFactory, demo_proxy: ProxyProcess) -> None:
+    with seed_client(client, demo_proxy.target) as streamer:
         result = streamer.send_unary("add_one_fp32", "1", fp32_frames(8)[7], seq=7)
+        bad = streamer.send_unary("add_one_fp32", "1", b"short", seq=8)
     assert (result.seq, result.status, result.correlation_id) == (7, "OK", "cam-001:7")
-    assert result.outputs["OUTPUT"][0, 0] == 8.0  # type: ignore[index]
+    assert result.outputs["OUTPUT"][0, 0] == 8.0
+    assert result.timings["client_ms"] > 0
+    assert (bad.seq, bad.status) == (8, "BAD_REQUEST")
 
 
-def test_metadata_discovery_fills_in_and_checks(demo_proxy: ProxyProcess) -> None:
-    with TritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
+def test_metadata_discovery_fills_in_and_checks(
+    client: ClientFactory, demo_proxy: ProxyProcess
+) -> None:
+    with client(demo_proxy.target, shape=(1, 4)) as streamer:
         info = streamer.model_metadata("add_one_fp32", "1")
         assert [(t.name, t.triton_dtype) for t in info.inputs] == [("INPUT", "FP32")]
         spec = streamer.prepare("add_one_fp32", "1")
         assert (spec.input_name, spec.dtype, spec.outputs) == ("INPUT", pb.DT_FP32, ("OUTPUT",))
+        assert streamer.packet_spec("add_one_fp32", "1") is spec  # cached
         ((_, ack, _),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
         assert ack["status"] == "OK"
-    with TritonBytesStreamer(demo_proxy.target, "INPUT", (1, 4), pb.DT_UINT8) as wrong:
+    with client(demo_proxy.target, shape=(1, 4)) as discovering:  # prepare() by itself
+        ((_, ack, _),) = discovering.stream_bytes("add_one_fp32", "1", fp32_frames(1))
+        assert ack["status"] == "OK"
+    with client(demo_proxy.target, "INPUT", (1, 4), pb.DT_UINT8) as wrong:
         with pytest.raises(ValueError, match="FP32"):
             wrong.prepare("add_one_fp32", "1")
         with pytest.raises(TritonClientError) as info_err:
@@ -469,76 +623,49 @@ def test_metadata_discovery_fills_in_and_checks(demo_proxy: ProxyProcess) -> Non
         assert info_err.value.code() is grpc.StatusCode.NOT_FOUND
 
 
-def test_wait_for_ready(demo_proxy: ProxyProcess) -> None:
-    with seed_streamer(demo_proxy.target) as streamer:
+def test_wait_for_ready(client: ClientFactory, demo_proxy: ProxyProcess) -> None:
+    with seed_client(client, demo_proxy.target) as streamer:
+        streamer.wait_for_ready()
         streamer.wait_for_ready("add_one_fp32", timeout_s=5)
         started = time.monotonic()
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready("no_such_model", timeout_s=0.5)
         assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "no_such_model" in info.value.details()
         assert time.monotonic() - started < 3
 
 
-@pytest.mark.anyio
-async def test_async_wait_for_ready_and_metadata(demo_proxy: ProxyProcess) -> None:
-    async with AsyncTritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
-        await streamer.wait_for_ready("add_one_fp32", timeout_s=5)
-        spec = await streamer.prepare("add_one_fp32")
-        assert spec.input_name == "INPUT"
-        result = await streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-        assert result.ok
-        with pytest.raises(TritonClientError) as info:
-            await streamer.wait_for_ready("no_such_model", timeout_s=0.3)
-        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-@pytest.mark.anyio
-async def test_async_stream_over_demo_proxy(demo_proxy: ProxyProcess) -> None:
-    async with AsyncTritonBytesStreamer(
-        demo_proxy.target, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), max_in_flight=16
-    ) as streamer:
-        seqs = []
-        async for seq, ack, outputs in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(300)):
-            assert ack["status"] == "OK"
-            assert outputs is not None
-            assert outputs["OUTPUT"][0, 0] == seq + 1
-            seqs.append(seq)
-    assert seqs == list(range(300))
-
-
 def test_auth_accepted_and_rejected(
-    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint],
+    client: ClientFactory, demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint]
 ) -> None:
     proxy, _ = demo_auth_proxy
     for env in ({"DOMINO_USER_API_KEY": API_KEY}, {"Authorization": TOKEN}):
-        with seed_streamer(proxy.target, environ=env) as streamer:
+        with seed_client(client, proxy.target, environ=env) as streamer:
             ((_, ack, _),) = streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))
             assert ack["status"] == "OK"
-    with seed_streamer(proxy.target, environ={"DOMINO_USER_API_KEY": "wrong"}) as streamer:
+    with seed_client(client, proxy.target, environ={"DOMINO_USER_API_KEY": "wrong"}) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1)))
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(TritonClientError) as info:
             streamer.wait_for_ready(timeout_s=5)
         assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
-
-
-@pytest.mark.anyio
-async def test_async_auth_rejected(demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint]) -> None:
-    proxy, _ = demo_auth_proxy
-    async with AsyncTritonBytesStreamer(proxy.target, shape=(1, 4), environ={}) as streamer:
-        with pytest.raises(TritonClientError) as info:
-            await streamer.model_metadata("add_one_fp32")
-        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        for call in (
+            lambda: streamer.model_metadata("add_one_fp32"),
+            lambda: streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0]),
+        ):
+            with pytest.raises(TritonClientError) as info:
+                call()
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
 # Proxy down, closed clients ---------------------------------------------------------------
 
 
-def test_proxy_down_is_unavailable_quickly() -> None:
+def test_proxy_down_is_unavailable_quickly(client: ClientFactory) -> None:
     addr = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with seed_streamer(addr, connect_timeout_sec=1.0) as streamer:
+    with seed_client(client, addr, connect_timeout_sec=1.0) as streamer:
         with pytest.raises(TritonClientError) as info:
             list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
         assert info.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -548,24 +675,7 @@ def test_proxy_down_is_unavailable_quickly() -> None:
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.anyio
-async def test_async_proxy_down_is_unavailable_quickly() -> None:
-    addr = f"127.0.0.1:{free_port()}"
-    started = time.monotonic()
-    async with AsyncTritonBytesStreamer(
-        addr, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), connect_timeout_sec=1.0
-    ) as streamer:
-        with pytest.raises(TritonClientError) as info:
-            async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
-                pass
-        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-    assert time.monotonic() - started < 5
-
-
-def test_proxy_killed_mid_stream_raises_unavailable() -> None:
-    import subprocess
-    import sys
-
+def test_proxy_killed_mid_stream_raises_unavailable(client: ClientFactory) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "transports.triton.proxy", "--listen=127.0.0.1:0", "--backend=demo"],
         stdout=subprocess.PIPE,
@@ -576,27 +686,21 @@ def test_proxy_killed_mid_stream_raises_unavailable() -> None:
         assert proc.stdout is not None
         addr = proc.stdout.readline().split()[1]
 
-        def endless() -> Iterator[bytes]:
-            while True:
-                yield np.zeros((1, 4), np.float32).tobytes()
+        def kill_at_20(streamer: UniformStreamer) -> None:
+            for seq, _, _ in streamer.stream_bytes("add_one_fp32", "1", endless()):
+                if seq == 20:
+                    proc.kill()
 
-        with seed_streamer(addr, max_in_flight=8) as streamer:
-            results = streamer.stream_bytes("add_one_fp32", "1", endless())
-
-            def kill_at_20() -> None:
-                for seq, _, _ in results:
-                    if seq == 20:
-                        proc.kill()
-
+        with seed_client(client, addr, max_in_flight=8) as streamer:
             with pytest.raises(TritonClientError) as info:
-                kill_at_20()
+                kill_at_20(streamer)
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
     finally:
         proc.kill()
         proc.wait(10)
 
 
-def test_tls_with_root_certs(tmp_path: Any) -> None:
+def test_tls_with_root_certs(client: ClientFactory, tmp_path: Any) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
@@ -606,10 +710,10 @@ def test_tls_with_root_certs(tmp_path: Any) -> None:
     proxy = ProxyProcess(["--backend=demo", f"--tls-cert={cert_path}", f"--tls-key={key_path}"])
     try:
         addr = f"localhost:{proxy.port}"
-        with seed_streamer(addr, root_certs=ca.cert_pem.bytes()) as streamer:
+        with seed_client(client, addr, root_certs=ca.cert_pem.bytes()) as streamer:
             results = list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(5)))
         assert [ack["status"] for _, ack, _ in results] == ["OK"] * 5
-        with seed_streamer(addr, connect_timeout_sec=1.0) as plain:  # no TLS: no connection
+        with seed_client(client, addr, connect_timeout_sec=1.0) as plain:  # no TLS: no connection
             with pytest.raises(TritonClientError) as info:
                 plain.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -617,24 +721,23 @@ def test_tls_with_root_certs(tmp_path: Any) -> None:
         proxy.stop()
 
 
-def test_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
-    with seed_streamer(demo_proxy.target) as streamer:
+def test_context_manager_closes_the_channel(
+    client: ClientFactory, demo_proxy: ProxyProcess
+) -> None:
+    with seed_client(client, demo_proxy.target) as streamer:
         streamer.wait_for_ready(timeout_s=5)
         assert not streamer.closed
     assert streamer.closed
-    with pytest.raises(TritonClientError) as info:
-        streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
-    assert info.value.code() is grpc.StatusCode.CANCELLED
-
-
-@pytest.mark.anyio
-async def test_async_context_manager_closes_the_channel(demo_proxy: ProxyProcess) -> None:
-    async with AsyncTritonBytesStreamer(demo_proxy.target, shape=(1, 4)) as streamer:
-        await streamer.wait_for_ready(timeout_s=5)
-        assert not streamer.closed
-    assert streamer.closed
-    with pytest.raises(TritonClientError):
-        await streamer.model_metadata("add_one_fp32")
+    for call in (
+        lambda: streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0]),
+        lambda: streamer.model_metadata("add_one_fp32"),
+        lambda: streamer.wait_for_ready(timeout_s=1),
+        lambda: list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(1))),
+    ):
+        with pytest.raises(TritonClientError) as info:
+            call()
+        assert info.value.code() is grpc.StatusCode.CANCELLED
+    streamer.close()  # closing twice is fine
 
 
 # The typed view ---------------------------------------------------------------------------
@@ -699,48 +802,48 @@ async def test_typed_view_re_served_over_sse(demo_proxy: ProxyProcess) -> None:
 
 
 @pytest.mark.triton
-def test_seed_usage_over_real_triton(proxy_cli: ProxyProcess) -> None:
+def test_seed_usage_over_real_triton(client: ClientFactory, proxy_cli: ProxyProcess) -> None:
     env = {"DOMINO_USER_API_KEY": API_KEY}
-    with seed_streamer(proxy_cli.target, environ=env, max_in_flight=16) as streamer:
+    with seed_client(client, proxy_cli.target, environ=env, max_in_flight=16) as streamer:
         streamer.wait_for_ready("add_one_fp32", timeout_s=30)
         results = list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(100)))
     assert [seq for seq, _, _ in results] == list(range(100))
     for seq, ack, outputs in results:
         assert ack["status"] == "OK"
         assert ack["backend"] == "triton"
-        np.testing.assert_array_equal(outputs["OUTPUT"], np.full((1, 4), seq + 1, np.float32))  # type: ignore[index]
+        np.testing.assert_array_equal(outputs["OUTPUT"], np.full((1, 4), seq + 1, np.float32))
 
 
 @pytest.mark.triton
-@pytest.mark.anyio
-async def test_async_uint8_over_real_triton_with_discovery(proxy_cli: ProxyProcess) -> None:
+def test_uint8_over_real_triton_with_discovery(
+    client: ClientFactory, proxy_cli: ProxyProcess
+) -> None:
     image = np.random.default_rng(0).integers(0, 255, (1, 8, 8, 3), dtype=np.uint8)
-    async with AsyncTritonBytesStreamer(
+    with client(
         proxy_cli.target, shape=image.shape, environ={"Authorization": TOKEN}, max_in_flight=8
     ) as streamer:
-        await streamer.wait_for_ready("invert_u8", timeout_s=30)
-        spec = await streamer.prepare("invert_u8")
+        streamer.wait_for_ready("invert_u8", timeout_s=30)
+        spec = streamer.prepare("invert_u8")
         assert (spec.input_name, spec.dtype, spec.outputs) == ("IMAGE", pb.DT_UINT8, ("IMAGE_OUT",))
-        results = [
-            r async for r in streamer.stream_results("invert_u8", "1", [image.tobytes()] * 20)
-        ]
+        results = list(streamer.stream_results("invert_u8", "1", [image.tobytes()] * 20))
+        unary = streamer.send_unary("invert_u8", "1", image.tobytes())
     assert [r.seq for r in results] == list(range(20))
     assert all(r.ok for r in results)
-    np.testing.assert_array_equal(results[-1].outputs["IMAGE_OUT"], 255 - image)  # type: ignore[index]
+    np.testing.assert_array_equal(results[-1].outputs["IMAGE_OUT"], 255 - image)
     assert results[0].timings["triton_infer_ms"] > 0
+    np.testing.assert_array_equal(unary.outputs["IMAGE_OUT"], 255 - image)
 
 
 @pytest.mark.triton
-@pytest.mark.anyio
-async def test_ordering_with_out_of_order_completions_over_real_triton(
-    proxy_cli: ProxyProcess,
+def test_ordering_with_out_of_order_completions_over_real_triton(
+    client: ClientFactory, proxy_cli: ProxyProcess
 ) -> None:
     # sleep_fp32 sleeps for its input: early frames sleep longest, so Triton tends to
     # finish them last. Whether it does depends on its batching; the scrambling
     # servicer tests reordering deterministically, this one over the real thing.
     sleeps = [0.3, 0.2, 0.1, 0.0, 0.0, 0.0]
     frames = [np.array([[s]], np.float32).tobytes() for s in sleeps]
-    async with AsyncTritonBytesStreamer(
+    with client(
         proxy_cli.target,
         "SECONDS",
         (1, 1),
@@ -749,22 +852,39 @@ async def test_ordering_with_out_of_order_completions_over_real_triton(
         environ={"DOMINO_USER_API_KEY": API_KEY},
         max_in_flight=6,
     ) as streamer:
-        results = [r async for r in streamer.stream_results("sleep_fp32", "1", frames)]
+        results = list(streamer.stream_results("sleep_fp32", "1", frames))
     assert [r.seq for r in results] == list(range(6))
     assert all(r.ok for r in results)
-    slept = [float(r.outputs["SLEPT"][0, 0]) for r in results]  # type: ignore[index]
+    slept = [float(r.outputs["SLEPT"][0, 0]) for r in results]
     assert slept == pytest.approx(sleeps)
 
 
 @pytest.mark.triton
-def test_frames_per_packet_over_real_triton(proxy_cli: ProxyProcess) -> None:
+def test_frames_per_packet_over_real_triton(client: ClientFactory, proxy_cli: ProxyProcess) -> None:
     env = {"DOMINO_USER_API_KEY": API_KEY}
-    with seed_streamer(proxy_cli.target, environ=env, frames_per_packet=8) as streamer:
+    with seed_client(client, proxy_cli.target, environ=env, frames_per_packet=8) as streamer:
         results = list(streamer.stream_results("add_one_fp32", "1", fp32_frames(60)))
     assert [r.seq for r in results] == list(range(60))
     for r in results:
         assert r.ok
-        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))  # type: ignore[index]
+        np.testing.assert_array_equal(r.outputs["OUTPUT"], np.full((1, 4), r.seq + 1))
+
+
+@pytest.mark.triton
+def test_close_during_a_stream_over_real_triton(
+    client: ClientFactory, proxy_cli: ProxyProcess
+) -> None:
+    env = {"DOMINO_USER_API_KEY": API_KEY}
+
+    def close_at_10(streamer: UniformStreamer) -> None:
+        for seq, _, _ in streamer.stream_bytes("add_one_fp32", "1", endless()):
+            if seq == 10:
+                streamer.close()
+
+    with seed_client(client, proxy_cli.target, environ=env) as streamer:
+        with pytest.raises(TritonClientError) as info:
+            close_at_10(streamer)
+        assert info.value.code() is grpc.StatusCode.CANCELLED
 
 
 @pytest.mark.triton
@@ -795,12 +915,18 @@ def _rpc_failures(
     return [
         ("rejected key", grpc.StatusCode.UNAUTHENTICATED,
          {"addr": auth_target, "environ": {"DOMINO_USER_API_KEY": "wrong"}}, "stream"),
+        ("rejected key, metadata", grpc.StatusCode.UNAUTHENTICATED,
+         {"addr": auth_target, "environ": {"DOMINO_USER_API_KEY": "wrong"}}, "metadata"),
         ("call deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
          {"addr": silent_target, "stream_timeout_sec": 0.5}, "stream"),
         ("stuck proxy", grpc.StatusCode.DEADLINE_EXCEEDED,
          {"addr": silent_target, "ack_timeout_sec": 0.5}, "stream"),
+        ("stuck frame", grpc.StatusCode.DEADLINE_EXCEEDED,
+         {"addr": silent_target, "frame_timeout_sec": 0.5}, "stream"),
         ("proxy down", grpc.StatusCode.UNAVAILABLE,
          {"addr": f"127.0.0.1:{free_port()}", "connect_timeout_sec": 0.5}, "stream"),
+        ("proxy down, unary", grpc.StatusCode.UNAVAILABLE,
+         {"addr": f"127.0.0.1:{free_port()}", "connect_timeout_sec": 0.5}, "unary"),
         ("readiness deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
          {"addr": f"127.0.0.1:{free_port()}"}, "wait"),
     ]  # fmt: skip
@@ -814,79 +940,25 @@ def _check_rpc_error(what: str, code: grpc.StatusCode, exc: grpc.RpcError) -> No
     assert exc.status == code.name
 
 
-def test_sync_call_errors_are_grpc_rpc_errors(
-    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
+def test_call_errors_are_grpc_rpc_errors(
+    client: ClientFactory,
+    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint],
+    silent: str,
 ) -> None:
     proxy, _ = demo_auth_proxy
     for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
         settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
-        with TritonBytesStreamer(
-            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
-            **settings,
-        ) as streamer:  # fmt: skip
+        with seed_client(client, **settings) as streamer:
             try:
                 if how == "stream":
                     list(streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)))
+                elif how == "metadata":
+                    streamer.model_metadata("add_one_fp32")
+                elif how == "unary":
+                    streamer.send_unary("add_one_fp32", "1", fp32_frames(1)[0])
                 else:
                     streamer.wait_for_ready(timeout_s=0.5)
             except grpc.RpcError as exc:  # the seed's way of catching a failed call
                 _check_rpc_error(what, code, exc)
             else:
                 raise AssertionError(f"{what}: no error")
-
-
-@pytest.mark.anyio
-async def test_async_call_errors_are_grpc_rpc_errors(
-    demo_auth_proxy: tuple[ProxyProcess, PrincipalEndpoint], silent: str
-) -> None:
-    proxy, _ = demo_auth_proxy
-    for what, code, kwargs, how in _rpc_failures(proxy.target, silent):
-        settings = {"request_timeout_sec": 10.0, "environ": {}, **kwargs}
-        async with AsyncTritonBytesStreamer(
-            input_name="INPUT", shape=(1, 4), dtype_enum=pb.DT_FP32, outputs=("OUTPUT",),
-            **settings,
-        ) as streamer:  # fmt: skip
-            try:
-                if how == "stream":
-                    async for _ in streamer.stream_bytes("add_one_fp32", "1", fp32_frames(3)):
-                        pass
-                else:
-                    await streamer.wait_for_ready(timeout_s=0.5)
-            except grpc.RpcError as exc:
-                _check_rpc_error(what, code, exc)
-            else:
-                raise AssertionError(f"{what}: no error")
-
-
-def _failing_frames() -> Iterator[bytes]:
-    yield from fp32_frames(1)
-    raise OSError("camera unplugged")
-
-
-async def _afailing_frames() -> AsyncIterator[bytes]:
-    for frame in fp32_frames(1):
-        yield frame
-    raise OSError("camera unplugged")
-
-
-def test_sync_frame_iterator_failure_wins_over_the_call_failure(silent: str) -> None:
-    """The frames ran out with an error, then the call failed (its deadline): the
-    caller gets its own iterator's error, in both clients."""
-    with (
-        seed_streamer(silent, stream_timeout_sec=0.5) as streamer,
-        pytest.raises(OSError, match="camera"),
-    ):
-        list(streamer.stream_bytes("m", "1", _failing_frames()))
-
-
-@pytest.mark.anyio
-@pytest.mark.parametrize("frames", [_failing_frames, _afailing_frames], ids=["sync", "async"])
-async def test_async_frame_iterator_failure_wins_over_the_call_failure(
-    silent: str, frames: Any
-) -> None:
-    async with AsyncTritonBytesStreamer(
-        silent, "INPUT", (1, 4), pb.DT_FP32, ("OUTPUT",), stream_timeout_sec=0.5
-    ) as streamer:
-        with pytest.raises(OSError, match="camera"):
-            async for _ in streamer.stream_bytes("m", "1", frames()):
-                pass

@@ -17,9 +17,10 @@ the transports: its frames go unchanged into ``transports.sse.sse_response``,
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -28,6 +29,7 @@ import pydantic
 from truss_stream import FrameBytes, NDArray, StreamTypes, stream_types, stream_writer
 from truss_stream._schema import CodecName
 
+from .client._chat import ResultT
 from .client._packets import (
     FrameResult,
     ModelInfo,
@@ -170,17 +172,25 @@ def _array_outputs(outputs: dict[str, Any] | None) -> dict[str, np.ndarray]:
     return {k: v for k, v in (outputs or {}).items() if isinstance(v, np.ndarray)}
 
 
-def item_from(result: FrameResult) -> TritonItem:
-    """The item for one frame's result (outputs that are not arrays are left out)."""
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+def _item(cls: type[ModelT], result: FrameResult | ResponseResult, **fields: Any) -> ModelT:
+    """What every item takes from its result (outputs that are not arrays are left out)."""
     outputs = _array_outputs(result.outputs)
-    return TritonItem(
+    return cls(
         seq=result.seq,
-        correlation_id=result.correlation_id,
         status=result.status,
         outputs=outputs,
         timings=result.timings,
         error=result.error,
+        **fields,
     )
+
+
+def item_from(result: FrameResult) -> TritonItem:
+    """The item for one frame's result (outputs that are not arrays are left out)."""
+    return _item(TritonItem, result, correlation_id=result.correlation_id)
 
 
 async def triton_frames(
@@ -207,36 +217,23 @@ async def triton_frames(
         TritonClientError: the stream failed as a whole (transports turn an error
             after the first frame into an ERROR frame for the reader).
     """
-    if not streamer.parse_outputs_numpy:
-        raise ValueError("triton_frames needs a streamer with parse_outputs_numpy=True")
-    writer = stream_writer(types or triton_stream_types())
+    _needs_numpy(streamer, "triton_frames")
     header = await model_header(streamer, model, model_version)
-    yield writer.yield_header(header)
-    started = time.perf_counter()
-    latencies: list[float] = []
-    ok = failed = 0
-    async for result in streamer.stream_results(model, model_version, frames):
-        if result.ok:
-            ok += 1
-        else:
-            failed += 1
-        latencies.append(result.timings.get("client_ms", 0.0))
-        yield writer.yield_item(item_from(result))
-    elapsed = time.perf_counter() - started
-    pct = latency_percentiles(latencies)
-    yield writer.yield_footer(
-        TritonFooter(
-            count=ok + failed,
+
+    def footer(tally: _Tally) -> TritonFooter:
+        ok = tally.count - tally.failed
+        return TritonFooter(
+            count=tally.count,
             ok=ok,
-            failed=failed,
-            latency_p50_ms=pct["p50"],
-            latency_p90_ms=pct["p90"],
-            latency_p99_ms=pct["p99"],
-            elapsed_s=elapsed,
-            frames_per_s=(ok + failed) / elapsed if elapsed > 0 else 0.0,
+            failed=tally.failed,
+            frames_per_s=tally.rate(),
+            **tally.times(),
         )
-    )
-    yield writer.yield_end()
+
+    writer = stream_writer(types or triton_stream_types())
+    results = streamer.stream_results(model, model_version, frames)
+    async for frame in _serve(writer, header, results, item_from, footer):
+        yield frame
 
 
 # Streaming (decoupled) models: one item per model response ------------------------------
@@ -295,16 +292,7 @@ def triton_response_types(codec: CodecName = "msgpack") -> TritonResponseTypes:
 
 def response_item_from(result: ResponseResult) -> TritonResponseItem:
     """The item for one model response (outputs that are not arrays are left out)."""
-    outputs = _array_outputs(result.outputs)
-    return TritonResponseItem(
-        seq=result.seq,
-        index=result.index,
-        final=result.final,
-        status=result.status,
-        outputs=outputs,
-        timings=result.timings,
-        error=result.error,
-    )
+    return _item(TritonResponseItem, result, index=result.index, final=result.final)
 
 
 async def triton_responses(
@@ -328,38 +316,80 @@ async def triton_responses(
         ValueError: the streamer does not parse outputs to NumPy.
         TritonClientError: the stream failed as a whole.
     """
-    if not streamer.parse_outputs_numpy:
-        raise ValueError("triton_responses needs a streamer with parse_outputs_numpy=True")
-    writer = stream_writer(types or triton_response_types())
-    header = await model_header(streamer, model, model_version)
-    yield writer.yield_header(TritonResponseHeader(model=header, request=request or {}))
-    started = time.perf_counter()
-    latencies: list[float] = []
-    first_ms: float | None = None
-    frames_done = responses = failed = 0
-    async for result in streamer.stream_responses(model, model_version, frames):
-        if first_ms is None:
-            first_ms = (time.perf_counter() - started) * 1000.0
-        responses += 1
-        if not result.ok:
-            failed += 1
-        if result.final:
-            frames_done += 1
-        latencies.append(result.timings.get("client_ms", 0.0))
-        yield writer.yield_item(response_item_from(result))
-    elapsed = time.perf_counter() - started
-    pct = latency_percentiles(latencies)
-    yield writer.yield_footer(
-        TritonResponseFooter(
-            frames=frames_done,
-            responses=responses,
-            failed=failed,
-            first_response_ms=first_ms,
-            latency_p50_ms=pct["p50"],
-            latency_p90_ms=pct["p90"],
-            latency_p99_ms=pct["p99"],
-            elapsed_s=elapsed,
-            responses_per_s=responses / elapsed if elapsed > 0 else 0.0,
-        )
+    _needs_numpy(streamer, "triton_responses")
+    header = TritonResponseHeader(
+        model=await model_header(streamer, model, model_version), request=request or {}
     )
+
+    def footer(tally: _Tally) -> TritonResponseFooter:
+        return TritonResponseFooter(
+            frames=tally.finals,
+            responses=tally.count,
+            failed=tally.failed,
+            first_response_ms=tally.first_ms,
+            responses_per_s=tally.rate(),
+            **tally.times(),
+        )
+
+    writer = stream_writer(types or triton_response_types())
+    results = streamer.stream_responses(model, model_version, frames)
+    async for frame in _serve(writer, header, results, response_item_from, footer):
+        yield frame
+
+
+# Shared by both typed streams -----------------------------------------------------------
+
+
+def _needs_numpy(streamer: AsyncTritonBytesStreamer, what: str) -> None:
+    if not streamer.parse_outputs_numpy:
+        raise ValueError(f"{what} needs a streamer with parse_outputs_numpy=True")
+
+
+class _Tally:
+    """What a footer sums up: results, failures, frames done, latencies, time."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+        self.count = self.failed = self.finals = 0
+        self.first_ms: float | None = None
+        self._latencies: list[float] = []
+        self._elapsed = 0.0
+
+    def add(self, result: FrameResult | ResponseResult) -> None:
+        if self.first_ms is None:
+            self.first_ms = (time.perf_counter() - self._started) * 1000.0
+        self.count += 1
+        self.failed += not result.ok
+        self.finals += getattr(result, "final", True)
+        self._latencies.append(result.timings.get("client_ms", 0.0))
+
+    def times(self) -> dict[str, float]:
+        """``latency_p50_ms`` / ``p90`` / ``p99`` and ``elapsed_s``, as both footers name them."""
+        pct = latency_percentiles(self._latencies)
+        self._elapsed = time.perf_counter() - self._started
+        return {f"latency_{q}_ms": pct[q] for q in ("p50", "p90", "p99")} | {
+            "elapsed_s": self._elapsed
+        }
+
+    def rate(self) -> float:
+        """Results per second over the same elapsed time as :meth:`times`."""
+        elapsed = self._elapsed or time.perf_counter() - self._started
+        return self.count / elapsed if elapsed > 0 else 0.0
+
+
+async def _serve(
+    writer: Any,
+    header: pydantic.BaseModel,
+    results: AsyncGenerator[ResultT, None],
+    item: Callable[[ResultT], pydantic.BaseModel],
+    footer: Callable[[_Tally], pydantic.BaseModel],
+) -> AsyncIterator[FrameBytes]:
+    """Header, one item per result, footer, END; closing it early closes the call."""
+    yield writer.yield_header(header)
+    tally = _Tally()
+    async with contextlib.aclosing(results):
+        async for result in results:
+            tally.add(result)
+            yield writer.yield_item(item(result))
+    yield writer.yield_footer(footer(tally))
     yield writer.yield_end()

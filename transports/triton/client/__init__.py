@@ -1,10 +1,12 @@
 """The Triton proxy's clients: :class:`TritonBytesStreamer` (sync) and
 :class:`AsyncTritonBytesStreamer` (asyncio).
 
-One sans-IO core (:mod:`._packets`: packet building, the Ack pipeline, result parsing;
-:mod:`._core`: settings, readiness and metadata steps, timeouts) and two thin drivers
-(:mod:`.sync` on a gRPC channel and a thread, :mod:`.aio` on ``grpc.aio``). See
-``docs/triton-clients.md``.
+One sans-IO core (:mod:`._core`: settings and every unary operation -- connect probe,
+metadata, prepare, ``send_unary``, readiness -- as a generator of steps; :mod:`._chat`:
+one ``Chat`` call as a state machine, with its idle and per-frame limits;
+:mod:`._packets`: packet building, the Ack pipeline, result parsing) and two thin
+drivers that only do I/O (:mod:`.sync` on a gRPC channel and threads, :mod:`.aio` on
+``grpc.aio`` and tasks). See ``docs/triton-clients.md``.
 """
 
 from transports.triton.client._packets import (

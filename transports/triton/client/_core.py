@@ -1,24 +1,34 @@
-"""What both clients share beyond packets: settings, auth headers, readiness polling.
+"""The clients' sans-IO core: settings, and every call but ``Chat`` as a generator of steps.
 
-:class:`StreamerSettings` holds the constructor both clients have (the sync and async
-drivers add only their channel handling); :func:`readiness_steps` is the polling of
-``wait_for_ready`` as a generator both drive; :func:`auth_metadata` reads the seed's
-auth headers from the environment. Packets and results are in ``_client_packets``,
-errors in ``_client_errors``.
+Both :class:`~transports.triton.TritonBytesStreamer` and
+:class:`~transports.triton.AsyncTritonBytesStreamer` subclass :class:`StreamerCore`,
+which holds the constructor they share and writes each operation once, as a
+generator of :class:`Rpc` and :class:`Sleep` steps (the pattern of httpx's auth
+flows): the connect probe, ``model_metadata``, ``prepare``, ``packet_spec``,
+``send_unary``, ``wait_for_ready`` and the set-up of a ``Chat`` call. A driver runs
+such a generator with one small loop (``_run``): it makes each RPC on its channel
+(sync or ``grpc.aio``), or sleeps, and sends back the response, or the
+:class:`TritonClientError` the RPC failed with, or None after a pause. A ``Chat``
+call itself is the :class:`~._chat.ChatCall` state machine; packets, Ack parsing
+and results are in :mod:`._packets`, errors in :mod:`.errors`. Nothing here touches
+a socket, a thread or an event loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from collections.abc import Generator, Mapping, Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import grpc
 
 from transports.grpc import ClientTLS, GrpcOptions
 
 from ..protocol import multimodal_pb2 as pb
+from ._chat import AckWatch, ChatCall, ResponseCall, ResultT
 from ._packets import (
     AckPipeline,
     FrameResult,
@@ -30,22 +40,29 @@ from ._packets import (
 )
 from .errors import (
     HEALTH_CHECK_METHOD,
+    HEALTH_CHECK_REQUEST,
     TRANSIENT,
     TritonClientError,
+    closed_error,
     connect_probe_error,
     not_ready_error,
-    status_error,
 )
 
 __all__ = [
-    "AckWatch",
     "Metadata",
-    "ReadyStep",
-    "StreamerSettings",
+    "Rpc",
+    "Sleep",
+    "Step",
+    "Steps",
+    "StreamerCore",
     "auth_metadata",
     "check_metadata",
     "readiness_steps",
 ]
+
+T = TypeVar("T")
+ChannelT = TypeVar("ChannelT")
+StubT = TypeVar("StubT")
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -89,14 +106,77 @@ def check_metadata(metadata: Metadata) -> None:
             )
 
 
-# Constructor settings shared by both clients ------------------------------------------
+# Steps ----------------------------------------------------------------------------------
 
 
-class StreamerSettings:
-    """The constructor arguments both clients share, normalised, and what follows from them.
+@dataclasses.dataclass(frozen=True)
+class Rpc:
+    """A unary RPC for the driver to make; it sends back the response or the error.
 
-    The sync and async clients subclass it and add only their channel handling, so
-    the two constructors cannot drift apart.
+    Attributes:
+        method: the service's method name (``"ModelMetadata"``, ``"SendUnary"``,
+            ``"ServerReady"``, ``"ModelReady"``), or :data:`HEALTH_CHECK_METHOD` for
+            the connect probe (raw bytes in and out).
+        request: the request message (bytes for the probe).
+        timeout_s: the RPC's deadline.
+        wait_for_ready: gRPC's ``wait_for_ready`` (the probe waits for the channel).
+    """
+
+    method: str
+    request: Any
+    timeout_s: float
+    wait_for_ready: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Sleep:
+    """A pause for the driver (``time.sleep`` / ``asyncio.sleep``); it sends back None."""
+
+    seconds: float
+
+
+Step = Rpc | Sleep
+Steps = Generator[Step, Any, T]
+"""An operation: yields steps, is sent each step's answer, returns the result."""
+
+
+class Stepper:
+    """Drives a :data:`Steps` generator one step at a time, keeping its result.
+
+    ``step = stepper.first()``; while ``step`` is not None the driver does it and
+    calls ``step = stepper.send(answer)``; then :attr:`result` holds the value.
+    """
+
+    def __init__(self, steps: Steps[Any]) -> None:
+        self._steps = steps
+        self.result: Any = None
+
+    def first(self) -> Step | None:
+        """The first step, or None when the operation needs none."""
+        return self.send(None)
+
+    def send(self, answer: Any) -> Step | None:
+        """Answer the last step; the next step, or None once the operation is done.
+
+        Raises:
+            TritonClientError: the operation failed (as the step generator says).
+        """
+        try:
+            return self._steps.send(answer)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+
+# The core both clients subclass ---------------------------------------------------------
+
+
+class StreamerCore(Generic[ChannelT, StubT]):
+    """The constructor arguments both clients share, and every operation's logic.
+
+    The sync and async clients subclass it and add only the I/O: how to open their
+    channel (:meth:`_open_channel`), the loop that runs steps (``_run``) and the one
+    that runs a ``Chat`` call, so the two cannot drift apart.
     """
 
     def __init__(
@@ -164,24 +244,37 @@ class StreamerSettings:
         self._specs: dict[tuple[str, str], PacketSpec] = {}
         self._closed = False
         self._connected = False
+        self._opened: tuple[ChannelT, StubT] | None = None
         self._setup()
 
     def _setup(self) -> None:
         """Set up the driver's own state (its channel is opened on first use)."""
 
-    def _rpc_error(self, exc: BaseException, method: str) -> TritonClientError:
-        """Translate a failed call; after UNAVAILABLE the next call probes the channel again."""
-        error = status_error(method, exc)
-        if error.code() is grpc.StatusCode.UNAVAILABLE:
-            self._connected = False
-        return error
+    def _open_channel(self) -> tuple[ChannelT, StubT]:
+        """A new channel to :attr:`addr` and the service's stub on it (the driver's)."""
+        raise NotImplementedError
 
-    def _probe_failed(self, exc: BaseException) -> None:
-        """Handle a failed connect probe: raise, unless the proxy just lacks the RPC."""
-        probe = status_error(HEALTH_CHECK_METHOD, exc)
-        error = connect_probe_error(self.addr, self.connect_timeout_sec, probe)
-        if error is not None:
-            raise error from exc
+    def _channel_now(self) -> tuple[ChannelT, StubT]:
+        """The open channel and stub, opened on first use (the sync driver holds a lock).
+
+        Raises:
+            TritonClientError: (CANCELLED) the client is closed.
+        """
+        if self._closed:
+            raise closed_error()
+        if self._opened is None:
+            self._opened = self._open_channel()
+        return self._opened
+
+    def _mark_closed(self) -> ChannelT | None:
+        """Mark the client closed; the channel for the driver to close, if one was open."""
+        self._closed = True
+        opened, self._opened = self._opened, None
+        return None if opened is None else opened[0]
+
+    def _unavailable(self) -> None:
+        """A call failed UNAVAILABLE: the next call probes the channel again."""
+        self._connected = False
 
     def explicit_spec(self) -> PacketSpec | None:
         """The packet spec from the constructor alone, or None if discovery must fill it."""
@@ -210,43 +303,77 @@ class StreamerSettings:
             binary_outputs=self.binary_outputs,
         )
 
-    def watch(self, pipe: AckPipeline, clock: Any) -> AckWatch:
-        """The stuck-call watch of one Chat call (idle and per-frame limits)."""
-        return AckWatch(pipe, self.ack_timeout_sec, clock, self.frame_timeout_sec)
+    def _bind(self, step: Rpc, channel: Any, stub: Any) -> Callable[[], Any]:
+        """The step's RPC on the driver's channel, with its deadline and metadata bound.
 
-    def check_streaming(self, spec: PacketSpec, streaming: bool) -> None:
-        """Refuse what a streaming call cannot do, and one-result calls to a streaming model.
-
-        Raises:
-            ValueError: ``stream_responses`` with ``frames_per_packet > 1``.
-            TritonClientError: (FAILED_PRECONDITION) ``stream_bytes`` / ``stream_results``
-                to a model the metadata says is decoupled.
+        Calling it makes the RPC (sync) or gives the awaitable (``grpc.aio``).
         """
-        if streaming and self.frames_per_packet > 1:
-            raise ValueError("stream_responses sends one frame per packet (frames_per_packet=1)")
-        if not streaming and spec.decoupled:
-            raise TritonClientError(
-                "Chat",
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "the model is decoupled (streaming: any number of responses per frame); "
-                "stream_bytes/stream_results take one result per frame, use stream_responses",
-            )
-
-    def pipeline(self, spec: PacketSpec, model: str, model_version: str) -> AckPipeline:
-        """A fresh :class:`AckPipeline` for one Chat call."""
-        return AckPipeline(
-            spec,
-            model,
-            model_version,
-            stream_id=self.stream_id,
-            parse_numpy=self.parse_outputs_numpy,
+        if step.method == HEALTH_CHECK_METHOD:
+            rpc = channel.unary_unary(HEALTH_CHECK_METHOD, None, None)  # raw bytes in and out
+        else:
+            rpc = getattr(stub, step.method)
+        return functools.partial(
+            rpc,
+            step.request,
+            timeout=step.timeout_s,
+            metadata=self.metadata,
+            wait_for_ready=step.wait_for_ready,
         )
 
-    def unary_packet(
-        self, spec: PacketSpec, model: str, model_version: str, data: bytes, seq: int
-    ) -> pb.DataPacket:
-        """One packet for ``SendUnary``, correlation id ``<stream_id>:<seq>``."""
-        return pb.DataPacket(
+    # Operations, as steps -------------------------------------------------------------
+
+    def _connect_steps(self) -> Steps[None]:
+        """The connect probe, once (and again after an ``UNAVAILABLE``).
+
+        A health check with ``wait_for_ready`` and the connect timeout as deadline;
+        any answer but a transient failure or an auth refusal means connected.
+        """
+        if self._connected:
+            return
+        answer = yield Rpc(
+            HEALTH_CHECK_METHOD, HEALTH_CHECK_REQUEST, self.connect_timeout_sec, True
+        )
+        if isinstance(answer, TritonClientError):
+            error = connect_probe_error(self.addr, self.connect_timeout_sec, answer)
+            if error is answer:
+                raise error
+            if error is not None:
+                raise error from answer
+        self._connected = True
+
+    def _unary_steps(self, method: str, request: Any) -> Steps[Any]:
+        """One unary RPC with the request timeout: its response, or its error raised."""
+        answer = yield Rpc(method, request, self.request_timeout_sec)
+        if isinstance(answer, TritonClientError):
+            if answer.code() is grpc.StatusCode.UNAVAILABLE:
+                self._unavailable()
+            raise answer
+        return answer
+
+    def _metadata_steps(self, model: str, model_version: str) -> Steps[ModelInfo]:
+        yield from self._connect_steps()
+        request = pb.ModelMetadataRequest(model=model, model_version=model_version)
+        response = yield from self._unary_steps("ModelMetadata", request)
+        return ModelInfo.from_proto(response)
+
+    def _prepare_steps(self, model: str, model_version: str) -> Steps[PacketSpec]:
+        spec = self.spec_from((yield from self._metadata_steps(model, model_version)))
+        self._specs[(model, model_version)] = spec
+        return spec
+
+    def _spec_steps(self, model: str, model_version: str) -> Steps[PacketSpec]:
+        spec = self._specs.get((model, model_version)) or self.explicit_spec()
+        if spec is None:
+            spec = yield from self._prepare_steps(model, model_version)
+        return spec
+
+    def _send_unary_steps(
+        self, model: str, model_version: str, data: bytes, seq: int
+    ) -> Steps[FrameResult]:
+        """``SendUnary`` of one frame, correlation id ``<stream_id>:<seq>``."""
+        yield from self._connect_steps()
+        spec = yield from self._spec_steps(model, model_version)
+        packet = pb.DataPacket(
             meta=pb.Meta(correlation_id=f"{self.stream_id}:{seq}"),
             control=spec.control(model, model_version),
             tensor=pb.Tensor(
@@ -254,109 +381,62 @@ class StreamerSettings:
             ),
             event=pb.SEV_DATA,
         )
-
-    def unary_result(self, ack: pb.Ack, seq: int, elapsed_s: float) -> FrameResult:
-        """The :class:`FrameResult` of a ``SendUnary`` Ack."""
+        started = time.perf_counter()
+        ack = yield from self._unary_steps("SendUnary", packet)
         status, msg, outputs, timings = parse_ack(ack, parse_numpy=self.parse_outputs_numpy)
-        timings["client_ms"] = elapsed_s * 1000.0
+        timings["client_ms"] = (time.perf_counter() - started) * 1000.0
         return FrameResult(seq, ack.correlation_id, status, msg, outputs, timings)
 
+    def _ready_steps(self, model: str | None, timeout_s: float, model_version: str) -> Steps[None]:
+        return readiness_steps(
+            model, model_version, timeout_s, self.request_timeout_sec, time.monotonic
+        )
 
-# Stuck calls --------------------------------------------------------------------------
-
-
-class AckWatch:
-    """Tells a stuck Chat call: the caller waiting for an Ack too long with frames in flight.
-
-    Drivers call :meth:`waiting` before each read of an Ack and :meth:`got` after it;
-    a watchdog (thread or task) calls :meth:`check` every :attr:`interval_s` and
-    cancels the call when it returns True. Time spent in the caller's own code
-    between results (a slow consumer) never counts.
-    """
-
-    def __init__(
+    def _open_chat(
         self,
-        pipe: AckPipeline,
-        limit_s: float,
-        clock: Any,
-        frame_limit_s: float | None = None,
-    ) -> None:
-        self._pipe = pipe
-        self.limit_s = limit_s
-        self.frame_limit_s = float("inf") if frame_limit_s is None else float(frame_limit_s)
-        self._clock = clock
-        self._since: float | None = None
-        self.tripped = False
-        self._frame_tripped = False
+        kind: type[ChatCall[ResultT]],
+        model: str,
+        model_version: str,
+        clock: Callable[[], float],
+    ) -> Steps[ChatCall[ResultT]]:
+        """Everything before a ``Chat`` call: checks, connect, the packet spec, its state.
 
-    @staticmethod
-    def _finite(limit: float) -> bool:
-        return limit != float("inf") and limit > 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether there is a finite limit to watch."""
-        return self._finite(self.limit_s) or self._finite(self.frame_limit_s)
-
-    @property
-    def interval_s(self) -> float:
-        """How often the watchdog should look."""
-        limits = [x for x in (self.limit_s, self.frame_limit_s) if self._finite(x)]
-        return min(1.0, max(min(limits, default=4.0) / 4, 0.05))
-
-    def waiting(self) -> None:
-        """The driver starts waiting for the next Ack."""
-        self._since = self._clock()
-
-    def got(self) -> None:
-        """The driver stopped waiting (an Ack, the end, or an error)."""
-        self._since = None
-
-    def check(self) -> bool:
-        """Whether the call is stuck; latches :attr:`tripped`."""
-        since = self._since
-        if since is not None and self._pipe.unreleased:
-            if self._clock() - since > self.limit_s:
-                self.tripped = True
-            elif self._pipe.oldest_age() > self.frame_limit_s:
-                self.tripped = self._frame_tripped = True
-        return self.tripped
-
-    def error(self) -> TritonClientError:
-        """The error to raise for a stuck call."""
-        if self._frame_tripped:
-            return TritonClientError(
+        Raises:
+            ValueError: ``stream_responses`` with ``frames_per_packet > 1`` (before
+                any network call).
+            TritonClientError: (FAILED_PRECONDITION) ``stream_bytes`` /
+                ``stream_results`` to a model the metadata says is decoupled; or the
+                connect probe or the metadata call failed.
+        """
+        streaming = kind is ResponseCall
+        if streaming and self.frames_per_packet > 1:
+            raise ValueError("stream_responses sends one frame per packet (frames_per_packet=1)")
+        yield from self._connect_steps()
+        spec = yield from self._spec_steps(model, model_version)
+        if not streaming and spec.decoupled:
+            raise TritonClientError(
                 "Chat",
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"a frame got no final response within {self.frame_limit_s:g}s of being sent "
-                f"({self._pipe.unreleased} frames in flight; frame_timeout_sec)",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the model is decoupled (streaming: any number of responses per frame); "
+                "stream_bytes/stream_results take one result per frame, use stream_responses",
             )
-        return TritonClientError(
-            "Chat",
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"no Ack from the proxy for {self.limit_s:g}s with {self._pipe.unreleased} "
-            "frames in flight (ack_timeout_sec)",
+        pipe = AckPipeline(
+            spec,
+            model,
+            model_version,
+            stream_id=self.stream_id,
+            parse_numpy=self.parse_outputs_numpy,
+        )
+        watch = AckWatch(pipe, self.ack_timeout_sec, clock, self.frame_timeout_sec)
+        return kind(
+            pipe,
+            watch,
+            frames_per_packet=self.frames_per_packet,
+            on_unavailable=self._unavailable,
         )
 
 
 # Readiness ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadyStep:
-    """One step of :func:`readiness_steps`: an RPC to make, or a pause.
-
-    Attributes:
-        method: ``"ServerReady"``, ``"ModelReady"`` or ``"sleep"``.
-        request: the RPC's request (unused for ``"sleep"``).
-        timeout_s: the RPC's deadline.
-        sleep_s: how long to pause, for ``"sleep"``.
-    """
-
-    method: str
-    request: pb.ReadyRequest
-    timeout_s: float = 0.0
-    sleep_s: float = 0.0
 
 
 def readiness_steps(
@@ -364,10 +444,10 @@ def readiness_steps(
     model_version: str,
     timeout_s: float,
     request_timeout_s: float,
-    clock: Any,
+    clock: Callable[[], float],
     *,
     interval_s: float = 0.1,
-) -> Generator[ReadyStep, pb.ReadyResponse | TritonClientError | None, None]:
+) -> Steps[None]:
     """The polling of ``wait_for_ready`` as a generator both clients drive.
 
     It yields the step to take and is sent the RPC's response, or the
@@ -388,7 +468,7 @@ def readiness_steps(
         ready = True
         for method, request in probes:
             remaining = max(deadline - clock(), 0.001)
-            answer = yield ReadyStep(method, request, timeout_s=min(request_timeout_s, remaining))
+            answer = yield Rpc(method, request, min(request_timeout_s, remaining))
             if isinstance(answer, TritonClientError):
                 if answer.code() not in TRANSIENT:
                     raise answer
@@ -403,4 +483,4 @@ def readiness_steps(
         remaining = deadline - clock()
         if remaining <= 0:
             raise not_ready_error(what, timeout_s, last)
-        yield ReadyStep("sleep", pb.ReadyRequest(), sleep_s=min(interval_s, remaining))
+        yield Sleep(min(interval_s, remaining))

@@ -2,7 +2,7 @@
 
 Both :class:`~transports.triton.TritonBytesStreamer` (``grpc``, threads) and
 :class:`~transports.triton.AsyncTritonBytesStreamer` (``grpc.aio``) are thin drivers
-over this module and ``_client_core``; nothing here touches a socket, a thread or an
+over this module, ``_core`` and ``_chat``; nothing here touches a socket, a thread or an
 event loop.
 
 - :class:`PacketSpec` is what a client sends with every frame (model input, dtype,

@@ -1,21 +1,21 @@
 """The async client of the Triton proxy: :class:`AsyncTritonBytesStreamer` (``grpc.aio``).
 
-The twin of :class:`~transports.triton.TritonBytesStreamer`, the same constructor
-and methods as coroutines. ``stream_bytes`` opens one ``Chat`` call: gRPC's task
-pulls packets while fewer than ``max_in_flight`` frames await their results, and
-the caller's task reads Acks (sent by the proxy as packets complete) and yields
-results in frame order. The bookkeeping is the sans-IO ``_client_packets`` and
-``_client_core`` modules'.
+The twin of :class:`~transports.triton.TritonBytesStreamer`: the same constructor
+and methods as coroutines, over the same sans-IO core (:mod:`._core`, :mod:`._chat`,
+:mod:`._packets`). ``stream_bytes`` opens one ``Chat`` call: gRPC's task pulls
+packets while fewer than ``max_in_flight`` frames await their results, and the
+caller's task reads Acks (sent by the proxy as packets complete) and yields results
+in frame order. This module holds only the I/O: the channel, the awaits, the window
+and the watchdog task.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -24,32 +24,33 @@ from transports.grpc import acreate_channel
 
 from ..protocol import multimodal_pb2 as pb
 from ..protocol import multimodal_pb2_grpc as pbg
-from ._core import (
-    ReadyStep,
-    StreamerSettings,
-    readiness_steps,
-)
-from ._packets import (
-    FrameResult,
-    ModelInfo,
-    PacketSpec,
-    ResponseResult,
-    chunked,
-)
-from .errors import (
-    HEALTH_CHECK_METHOD,
-    HEALTH_CHECK_REQUEST,
-    TritonClientError,
-    closed_error,
-    status_error,
-)
+from ._chat import ChatCall, FrameCall, ResponseCall, ResultT
+from ._core import Sleep, Step, Stepper, Steps, StreamerCore
+from ._packets import FrameResult, ModelInfo, PacketSpec, ResponseResult
+from .errors import closed_error, status_error
 
 __all__ = ["AsyncTritonBytesStreamer"]
 
 Frames = Iterable[bytes] | AsyncIterable[bytes]
+T = TypeVar("T")
 
 
-class AsyncTritonBytesStreamer(StreamerSettings):
+def _cancelled_locally(ours: bool) -> bool:
+    """Whether a ``CancelledError`` out of a grpc.aio await is our own cancel of the call.
+
+    grpc.aio raises ``CancelledError`` from a call that was cancelled locally
+    (``close()``, the watchdog); that becomes a ``TritonClientError``. The
+    cancellation of the caller's task must propagate as is: on Python >= 3.11 the
+    task says so (``Task.cancelling()``); before, ``ours`` (the client closed, the
+    watchdog tripped) decides alone.
+    """
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    if cancelling is not None and cancelling() > 0:
+        return False
+    return ours
+
+
+class AsyncTritonBytesStreamer(StreamerCore[grpc.aio.Channel, "pbg.MultimodalServiceAsyncStub"]):
     """Stream raw tensor bytes to the Triton proxy from asyncio; results in frame order.
 
     Takes the arguments of :class:`~transports.triton.TritonBytesStreamer` (see
@@ -58,11 +59,11 @@ class AsyncTritonBytesStreamer(StreamerSettings):
     use ``async with`` (or ``await close()``) to close it.
     ``frame_bytes_iter`` may be a sync or an async iterable; a sync one runs on the
     event loop, so it should not block.
-    """
 
-    def _setup(self) -> None:
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: pbg.MultimodalServiceAsyncStub | None = None
+    A call in progress when the client is closed raises ``TritonClientError``
+    (``CANCELLED``), as in the sync client, never a bare ``asyncio.CancelledError``
+    (which is left for the cancellation of the caller's own task).
+    """
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -79,8 +80,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
 
     async def close(self) -> None:
         """Close the channel; calls in progress and later calls fail with ``CANCELLED``."""
-        self._closed = True
-        channel, self._channel, self._stub = self._channel, None, None
+        channel = self._mark_closed()
         if channel is not None:
             await channel.close(None)
 
@@ -89,79 +89,54 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         """Whether :meth:`close` was called."""
         return self._closed
 
-    def _stub_now(self) -> tuple[grpc.aio.Channel, pbg.MultimodalServiceAsyncStub]:
-        if self._closed:
-            raise closed_error()
-        if self._channel is None or self._stub is None:
-            self._channel = acreate_channel(self.addr, options=self.options, tls=self.tls)
-            self._stub = pbg.MultimodalServiceStub(self._channel)
-        return self._channel, self._stub
+    # The driver: channel, steps ---------------------------------------------------------
 
-    async def _connected_stub(self) -> pbg.MultimodalServiceAsyncStub:
-        channel, stub = self._stub_now()
-        if self._connected:
-            return stub
-        probe = channel.unary_unary(HEALTH_CHECK_METHOD, None, None)  # raw bytes in and out
+    def _open_channel(self) -> tuple[grpc.aio.Channel, pbg.MultimodalServiceAsyncStub]:
+        channel = acreate_channel(self.addr, options=self.options, tls=self.tls)
+        return channel, pbg.MultimodalServiceStub(channel)
+
+    async def _do(self, step: Step) -> Any:
+        """Await one step's RPC (or pause), as the sync driver's ``_do``."""
+        if isinstance(step, Sleep):
+            await asyncio.sleep(step.seconds)
+            return None
+        invoke = self._bind(step, *self._channel_now())
         try:
-            await probe(
-                HEALTH_CHECK_REQUEST,
-                timeout=self.connect_timeout_sec,
-                metadata=self.metadata,
-                wait_for_ready=True,
-            )
+            return await invoke()
         except grpc.RpcError as exc:
-            self._probe_failed(exc)
-        self._connected = True
-        return stub
+            return status_error(step.method, exc)
+        except asyncio.CancelledError:
+            if not _cancelled_locally(self._closed):
+                raise
+            return closed_error()  # close() cancelled the call
+
+    async def _run(self, steps: Steps[T]) -> T:
+        stepper = Stepper(steps)
+        step = stepper.first()
+        while step is not None:
+            step = stepper.send(await self._do(step))
+        result: T = stepper.result
+        return result
 
     # Discovery and readiness ----------------------------------------------------------
 
     async def model_metadata(self, model: str, model_version: str = "") -> ModelInfo:
         """Ask the proxy for a model's inputs and outputs; see the sync twin."""
-        stub = await self._connected_stub()
-        request = pb.ModelMetadataRequest(model=model, model_version=model_version)
-        try:
-            response = await stub.ModelMetadata(
-                request, timeout=self.request_timeout_sec, metadata=self.metadata
-            )
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc, "ModelMetadata") from exc
-        return ModelInfo.from_proto(response)
+        return await self._run(self._metadata_steps(model, model_version))
 
     async def prepare(self, model: str, model_version: str = "") -> PacketSpec:
         """Fill in and check the packet settings from the model's metadata; see the sync twin."""
-        spec = self.spec_from(await self.model_metadata(model, model_version))
-        self._specs[(model, model_version)] = spec
-        return spec
+        return await self._run(self._prepare_steps(model, model_version))
 
     async def packet_spec(self, model: str, model_version: str) -> PacketSpec:
         """The packet settings used for ``model``: prepared, explicit, or discovered now."""
-        spec = self._specs.get((model, model_version)) or self.explicit_spec()
-        return spec if spec is not None else await self.prepare(model, model_version)
+        return await self._run(self._spec_steps(model, model_version))
 
     async def wait_for_ready(
         self, model: str | None = None, timeout_s: float = 30.0, model_version: str = ""
     ) -> None:
         """Wait until the proxy's backend (and ``model``) is ready; see the sync twin."""
-        _, stub = self._stub_now()
-        steps = readiness_steps(
-            model, model_version, timeout_s, self.request_timeout_sec, time.monotonic
-        )
-        step: ReadyStep = next(steps)
-        while True:
-            answer: pb.ReadyResponse | TritonClientError | None = None
-            if step.method == "sleep":
-                await asyncio.sleep(step.sleep_s)
-            else:
-                rpc = stub.ModelReady if step.method == "ModelReady" else stub.ServerReady
-                try:
-                    answer = await rpc(step.request, timeout=step.timeout_s, metadata=self.metadata)
-                except grpc.RpcError as exc:
-                    answer = status_error(step.method, exc)
-            try:
-                step = steps.send(answer)
-            except StopIteration:
-                return
+        await self._run(self._ready_steps(model, timeout_s, model_version))
 
     # Inference ------------------------------------------------------------------------
 
@@ -169,17 +144,7 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         self, model: str, model_version: str, frame_bytes: bytes, *, seq: int = 0
     ) -> FrameResult:
         """Send one frame with ``SendUnary`` and return its result."""
-        stub = await self._connected_stub()
-        spec = await self.packet_spec(model, model_version)
-        packet = self.unary_packet(spec, model, model_version, frame_bytes, seq)
-        started = time.perf_counter()
-        try:
-            ack = await stub.SendUnary(
-                packet, timeout=self.request_timeout_sec, metadata=self.metadata
-            )
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc, "SendUnary") from exc
-        return self.unary_result(ack, seq, time.perf_counter() - started)
+        return await self._run(self._send_unary_steps(model, model_version, frame_bytes, seq))
 
     async def stream_bytes(
         self, model: str, model_version: str, frame_bytes_iter: Frames
@@ -191,71 +156,52 @@ class AsyncTritonBytesStreamer(StreamerSettings):
             Exception: whatever ``frame_bytes_iter`` raised, after the results of the
                 frames before it.
         """
-        async for result in self.stream_results(model, model_version, frame_bytes_iter):
-            yield result.seq, result.ack, result.outputs
+        results = self.stream_results(model, model_version, frame_bytes_iter)
+        async with contextlib.aclosing(results) as rs:
+            async for result in rs:
+                yield result.seq, result.ack, result.outputs
 
-    async def stream_results(
+    def stream_results(
         self, model: str, model_version: str, frame_bytes_iter: Frames
-    ) -> AsyncIterator[FrameResult]:
+    ) -> AsyncGenerator[FrameResult, None]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
-        async with contextlib.aclosing(
-            self._chat(model, model_version, frame_bytes_iter, streaming=False)
-        ) as results:
-            async for result in results:
-                assert isinstance(result, FrameResult)
-                yield result
+        return self._chat(FrameCall, model, model_version, frame_bytes_iter)
 
-    async def stream_responses(
+    def stream_responses(
         self, model: str, model_version: str, frame_bytes_iter: Frames
-    ) -> AsyncIterator[ResponseResult]:
+    ) -> AsyncGenerator[ResponseResult, None]:
         """Every model response to each frame; see ``TritonBytesStreamer.stream_responses``.
 
         ``frame_bytes_iter`` may be a sync or an async iterable. Leaving the loop early
         (``break``, an exception, cancelling the task) cancels the call, and the proxy
         cancels its upstream requests.
         """
-        async with contextlib.aclosing(
-            self._chat(model, model_version, frame_bytes_iter, streaming=True)
-        ) as results:
-            async for result in results:
-                assert isinstance(result, ResponseResult)
-                yield result
+        return self._chat(ResponseCall, model, model_version, frame_bytes_iter)
 
     async def _chat(
-        self, model: str, model_version: str, frame_bytes_iter: Frames, *, streaming: bool
-    ) -> AsyncGenerator[FrameResult | ResponseResult, None]:
-        stub = await self._connected_stub()
-        spec = await self.packet_spec(model, model_version)
-        self.check_streaming(spec, streaming)
-        pipe = self.pipeline(spec, model, model_version)
+        self,
+        kind: type[ChatCall[ResultT]],
+        model: str,
+        model_version: str,
+        frame_bytes_iter: Frames,
+    ) -> AsyncGenerator[ResultT, None]:
+        loop = asyncio.get_running_loop()
+        state = await self._run(self._open_chat(kind, model, model_version, loop.time))
         window = asyncio.Semaphore(self.max_in_flight)
-        failure: list[Exception] = []
-        per_packet = self.frames_per_packet
 
         async def requests() -> AsyncIterator[pb.DataPacket]:
             # gRPC's own task consumes this: waiting on the window is the back-pressure.
             try:
-                if per_packet > 1:
-                    async for chunk in _chunks(frame_bytes_iter, per_packet):
-                        for _ in chunk:
-                            await window.acquire()
-                        yield pipe.packet_frames(chunk)
-                elif isinstance(frame_bytes_iter, AsyncIterable):
-                    async for data in frame_bytes_iter:
+                async for frames in _batches(state, frame_bytes_iter):
+                    for _ in frames:
                         await window.acquire()
-                        yield pipe.packet(data)
-                else:
-                    for data in frame_bytes_iter:
-                        await window.acquire()
-                        yield pipe.packet(data)
+                    yield state.packet(frames)
             except Exception as exc:
-                # End the request stream cleanly; the reader re-raises it once the
-                # frames sent before it have their results.
-                failure.append(exc)
+                state.frames_failed(exc)
 
+        _, stub = self._channel_now()
         call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
-        loop = asyncio.get_running_loop()
-        watch = self.watch(pipe, loop.time)
+        watch = state.watch
 
         async def watchdog() -> None:
             while True:
@@ -268,51 +214,44 @@ class AsyncTritonBytesStreamer(StreamerSettings):
         try:
             try:
                 while True:
-                    watch.waiting()
-                    try:
-                        ack = await call.read()
-                    except asyncio.CancelledError:
-                        if watch.tripped:  # our watchdog cancelled the call
-                            raise watch.error() from None
-                        raise
-                    finally:
-                        watch.got()
-                    if not isinstance(ack, pb.Ack):  # grpc.aio.EOF
+                    with watch.reading():
+                        ack = await _read(call, state, lambda: self._closed)
+                    if ack is None:
                         break
-                    if streaming:
-                        response, done = pipe.on_response(ack)
-                        if done:
-                            window.release()
-                        yield response
-                        continue
-                    for result in pipe.on_ack(ack):
-                        window.release()
+                    for result in state.on_ack(ack, window.release):
                         yield result
-            except TritonClientError:
-                raise  # ours already (a stuck call, a protocol error): a grpc.RpcError too
-            except grpc.RpcError as exc:
-                if failure:  # the frame iterator's own failure comes first, as in the sync client
-                    raise failure[0] from None
-                raise self._rpc_error(exc, "Chat") from exc
-            if failure:
-                raise failure[0]
-            pipe.finish()
+            except grpc.RpcError as exc:  # a TritonClientError of ours is one too
+                raise state.failed(exc)  # noqa: B904  # its cause is set
+            state.finished()
         finally:
             if dog is not None:
                 dog.cancel()
             call.cancel()
 
 
-async def _chunks(frames: Frames, size: int) -> AsyncIterator[list[bytes]]:
+async def _read(call: Any, state: ChatCall[Any], closed: Callable[[], bool]) -> pb.Ack | None:
+    """The next Ack, or None at the end of the response stream."""
+    try:
+        ack = await call.read()
+    except asyncio.CancelledError:
+        if not _cancelled_locally(closed() or state.watch.tripped):
+            raise
+        raise state.failed(None) from None
+    return ack if isinstance(ack, pb.Ack) else None
+
+
+async def _batches(state: ChatCall[Any], frames: Frames) -> AsyncIterator[list[bytes]]:
+    """:meth:`ChatCall.batches` over a sync or an async iterable."""
     if not isinstance(frames, AsyncIterable):
-        for whole in chunked(frames, size):
-            yield whole
+        for batch in state.batches(frames):
+            yield batch
         return
-    chunk: list[bytes] = []
+    size = state.frames_per_packet
+    pending: list[bytes] = []
     async for data in frames:
-        chunk.append(data)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+        pending.append(data)
+        if len(pending) == size:
+            yield pending
+            pending = []
+    if pending:
+        yield pending

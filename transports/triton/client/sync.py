@@ -1,21 +1,23 @@
-"""The sync client of the Triton proxy: :class:`TritonBytesStreamer`.
+"""The sync client of the Triton proxy: :class:`TritonBytesStreamer`, a thin driver.
 
 The seed's client opened one short ``Chat`` call per frame; this one sends every
 frame of ``stream_bytes`` over one ``Chat`` call, pipelined: gRPC's request thread
 pulls packets from a generator that blocks once ``max_in_flight`` frames await
 their results, while the caller's thread reads Acks, which the proxy sends as
-packets complete, and yields results in frame order. Packet building, Ack parsing
-and reordering live in the sans-IO ``_client_packets`` and ``_client_core`` modules
-shared with :class:`~transports.triton.AsyncTritonBytesStreamer`.
+packets complete, and yields results in frame order. What to send, yield and
+raise is decided by the sans-IO core (:mod:`._core`, :mod:`._chat`, :mod:`._packets`)
+shared with :class:`~transports.triton.AsyncTritonBytesStreamer`; this module holds
+only the I/O: the channel, the RPCs, the request thread's window and the watchdog.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -23,30 +25,17 @@ from transports.grpc import create_channel
 
 from ..protocol import multimodal_pb2 as pb
 from ..protocol import multimodal_pb2_grpc as pbg
-from ._core import (
-    ReadyStep,
-    StreamerSettings,
-    readiness_steps,
-)
-from ._packets import (
-    FrameResult,
-    ModelInfo,
-    PacketSpec,
-    ResponseResult,
-    chunked,
-)
-from .errors import (
-    HEALTH_CHECK_METHOD,
-    HEALTH_CHECK_REQUEST,
-    TritonClientError,
-    closed_error,
-    status_error,
-)
+from ._chat import ChatCall, FrameCall, ResponseCall, ResultT
+from ._core import Sleep, Step, Stepper, Steps, StreamerCore
+from ._packets import FrameResult, ModelInfo, PacketSpec, ResponseResult
+from .errors import closed_error, status_error
 
 __all__ = ["TritonBytesStreamer"]
 
+T = TypeVar("T")
 
-class TritonBytesStreamer(StreamerSettings):
+
+class TritonBytesStreamer(StreamerCore[grpc.Channel, pbg.MultimodalServiceStub]):
     """Stream raw tensor bytes to the Triton proxy; results come back in frame order.
 
     The seed's constructor, plus keyword-only settings. Use it as a context manager
@@ -102,9 +91,7 @@ class TritonBytesStreamer(StreamerSettings):
     """
 
     def _setup(self) -> None:
-        self._channel: grpc.Channel | None = None
-        self._stub: pbg.MultimodalServiceStub | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # open and close may race from several threads
 
     # Lifecycle ------------------------------------------------------------------------
 
@@ -122,8 +109,7 @@ class TritonBytesStreamer(StreamerSettings):
     def close(self) -> None:
         """Close the channel; calls in progress and later calls fail with ``CANCELLED``."""
         with self._lock:
-            self._closed = True
-            channel, self._channel, self._stub = self._channel, None, None
+            channel = self._mark_closed()
         if channel is not None:
             channel.close()
 
@@ -132,31 +118,46 @@ class TritonBytesStreamer(StreamerSettings):
         """Whether :meth:`close` was called."""
         return self._closed
 
+    # The driver: channel, steps ---------------------------------------------------------
+
+    def _open_channel(self) -> tuple[grpc.Channel, pbg.MultimodalServiceStub]:
+        channel = create_channel(self.addr, options=self.options, tls=self.tls)
+        return channel, pbg.MultimodalServiceStub(channel)
+
     def _stub_now(self) -> tuple[grpc.Channel, pbg.MultimodalServiceStub]:
         with self._lock:
-            if self._closed:
-                raise closed_error()
-            if self._channel is None or self._stub is None:
-                self._channel = create_channel(self.addr, options=self.options, tls=self.tls)
-                self._stub = pbg.MultimodalServiceStub(self._channel)
-            return self._channel, self._stub
+            return self._channel_now()
 
-    def _connected_stub(self) -> pbg.MultimodalServiceStub:
-        channel, stub = self._stub_now()
-        if self._connected:
-            return stub
-        probe = channel.unary_unary(HEALTH_CHECK_METHOD, None, None)  # raw bytes in and out
+    def _do(self, step: Step) -> Any:
+        """Make one step's RPC (or pause); its answer for the step generator."""
+        if isinstance(step, Sleep):
+            time.sleep(step.seconds)
+            return None
+        invoke = self._bind(step, *self._stub_now())
         try:
-            probe(
-                HEALTH_CHECK_REQUEST,
-                timeout=self.connect_timeout_sec,
-                metadata=self.metadata,
-                wait_for_ready=True,
-            )
+            with self._close_race():
+                return invoke()
         except grpc.RpcError as exc:
-            self._probe_failed(exc)
-        self._connected = True
-        return stub
+            return status_error(step.method, exc)
+
+    @contextlib.contextmanager
+    def _close_race(self) -> Iterator[None]:
+        """close() on another thread just after we took the channel: grpc raises
+        ``ValueError("Cannot invoke RPC on closed channel!")``; that is our CANCELLED."""
+        try:
+            yield
+        except ValueError as exc:
+            if not self._closed:
+                raise
+            raise closed_error() from exc
+
+    def _run(self, steps: Steps[T]) -> T:
+        stepper = Stepper(steps)
+        step = stepper.first()
+        while step is not None:
+            step = stepper.send(self._do(step))
+        result: T = stepper.result
+        return result
 
     # Discovery and readiness ----------------------------------------------------------
 
@@ -167,15 +168,7 @@ class TritonBytesStreamer(StreamerSettings):
             TritonClientError: the call failed (``NOT_FOUND`` for an unknown model, as
                 the proxy reports it).
         """
-        stub = self._connected_stub()
-        request = pb.ModelMetadataRequest(model=model, model_version=model_version)
-        try:
-            response = stub.ModelMetadata(
-                request, timeout=self.request_timeout_sec, metadata=self.metadata
-            )
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc, "ModelMetadata") from exc
-        return ModelInfo.from_proto(response)
+        return self._run(self._metadata_steps(model, model_version))
 
     def prepare(self, model: str, model_version: str = "") -> PacketSpec:
         """Fill in and check input name, shape, dtype and outputs from the model's metadata.
@@ -188,14 +181,11 @@ class TritonBytesStreamer(StreamerSettings):
             ValueError: the settings do not fit the model.
             TritonClientError: the metadata call failed.
         """
-        spec = self.spec_from(self.model_metadata(model, model_version))
-        self._specs[(model, model_version)] = spec
-        return spec
+        return self._run(self._prepare_steps(model, model_version))
 
     def packet_spec(self, model: str, model_version: str) -> PacketSpec:
         """The packet settings used for ``model``: prepared, explicit, or discovered now."""
-        spec = self._specs.get((model, model_version)) or self.explicit_spec()
-        return spec if spec is not None else self.prepare(model, model_version)
+        return self._run(self._spec_steps(model, model_version))
 
     def wait_for_ready(
         self, model: str | None = None, timeout_s: float = 30.0, model_version: str = ""
@@ -209,25 +199,7 @@ class TritonBytesStreamer(StreamerSettings):
             TritonClientError: ``DEADLINE_EXCEEDED`` when ``timeout_s`` runs out;
                 ``UNAUTHENTICATED`` (or another non-transient status) at once.
         """
-        _, stub = self._stub_now()
-        steps = readiness_steps(
-            model, model_version, timeout_s, self.request_timeout_sec, time.monotonic
-        )
-        step: ReadyStep = next(steps)
-        while True:
-            answer: pb.ReadyResponse | TritonClientError | None = None
-            if step.method == "sleep":
-                time.sleep(step.sleep_s)
-            else:
-                rpc = stub.ModelReady if step.method == "ModelReady" else stub.ServerReady
-                try:
-                    answer = rpc(step.request, timeout=step.timeout_s, metadata=self.metadata)
-                except grpc.RpcError as exc:
-                    answer = status_error(step.method, exc)
-            try:
-                step = steps.send(answer)
-            except StopIteration:
-                return
+        self._run(self._ready_steps(model, timeout_s, model_version))
 
     # Inference ------------------------------------------------------------------------
 
@@ -239,15 +211,7 @@ class TritonBytesStreamer(StreamerSettings):
         Raises:
             TritonClientError: the call failed (a failed frame is a non-OK result).
         """
-        stub = self._connected_stub()
-        spec = self.packet_spec(model, model_version)
-        packet = self.unary_packet(spec, model, model_version, frame_bytes, seq)
-        started = time.perf_counter()
-        try:
-            ack = stub.SendUnary(packet, timeout=self.request_timeout_sec, metadata=self.metadata)
-        except grpc.RpcError as exc:
-            raise self._rpc_error(exc, "SendUnary") from exc
-        return self.unary_result(ack, seq, time.perf_counter() - started)
+        return self._run(self._send_unary_steps(model, model_version, frame_bytes, seq))
 
     def stream_bytes(
         self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes]
@@ -259,24 +223,24 @@ class TritonBytesStreamer(StreamerSettings):
         ``outputs`` maps output names to arrays (or is None when the Ack has none).
 
         Raises:
-            TritonClientError: the call failed as a whole.
+            TritonClientError: the call failed as a whole; (FAILED_PRECONDITION) the
+                model is decoupled (streaming): use :meth:`stream_responses`.
             Exception: whatever ``frame_bytes_iter`` raised, after the results of the
                 frames before it.
         """
-        for result in self.stream_results(model, model_version, frame_bytes_iter):
-            yield result.seq, result.ack, result.outputs
+        with contextlib.closing(self.stream_results(model, model_version, frame_bytes_iter)) as rs:
+            for result in rs:
+                yield result.seq, result.ack, result.outputs
 
     def stream_results(
         self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes]
-    ) -> Iterator[FrameResult]:
+    ) -> Generator[FrameResult, None, None]:
         """Like :meth:`stream_bytes`, yielding :class:`FrameResult` (status, timings)."""
-        for result in self._chat(model, model_version, frame_bytes_iter, streaming=False):
-            assert isinstance(result, FrameResult)
-            yield result
+        return self._chat(FrameCall, model, model_version, frame_bytes_iter)
 
     def stream_responses(
         self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes]
-    ) -> Iterator[ResponseResult]:
+    ) -> Generator[ResponseResult, None, None]:
         """Send frames over one ``Chat`` call; yield every model response to each.
 
         For streaming (decoupled) models, one :class:`ResponseResult` per response:
@@ -294,50 +258,38 @@ class TritonBytesStreamer(StreamerSettings):
             Exception: whatever ``frame_bytes_iter`` raised, after the results of the
                 frames before it.
         """
-        for result in self._chat(model, model_version, frame_bytes_iter, streaming=True):
-            assert isinstance(result, ResponseResult)
-            yield result
+        return self._chat(ResponseCall, model, model_version, frame_bytes_iter)
 
     def _chat(
-        self, model: str, model_version: str, frame_bytes_iter: Iterable[bytes], *, streaming: bool
-    ) -> Iterator[FrameResult | ResponseResult]:
-        stub = self._connected_stub()
-        spec = self.packet_spec(model, model_version)
-        self.check_streaming(spec, streaming)
-        pipe = self.pipeline(spec, model, model_version)
-        lock = threading.Lock()
+        self,
+        kind: type[ChatCall[ResultT]],
+        model: str,
+        model_version: str,
+        frame_bytes_iter: Iterable[bytes],
+    ) -> Generator[ResultT, None, None]:
+        state = self._run(self._open_chat(kind, model, model_version, time.monotonic))
+        lock = threading.Lock()  # the state is fed from the request thread and this one
         window = threading.Semaphore(self.max_in_flight)
         stop = threading.Event()
-        failure: list[Exception] = []
-        per_packet = self.frames_per_packet
 
         def requests() -> Iterator[pb.DataPacket]:
             # Runs on gRPC's request thread: blocking here is the back-pressure.
             try:
-                if per_packet == 1:
-                    for data in frame_bytes_iter:
-                        window.acquire()
-                        if stop.is_set():
-                            return
-                        with lock:
-                            packet = pipe.packet(data)
-                        yield packet
-                    return
-                for chunk in chunked(frame_bytes_iter, per_packet):
-                    for _ in chunk:
+                for frames in state.batches(frame_bytes_iter):
+                    for _ in frames:
                         window.acquire()
                     if stop.is_set():
                         return
                     with lock:
-                        packet = pipe.packet_frames(chunk)
+                        packet = state.packet(frames)
                     yield packet
             except Exception as exc:
-                # End the request stream cleanly; the caller's thread re-raises it
-                # once the frames sent before it have their results.
-                failure.append(exc)
+                state.frames_failed(exc)
 
-        call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
-        watch = self.watch(pipe, time.monotonic)
+        _, stub = self._stub_now()
+        with self._close_race():
+            call = stub.Chat(requests(), timeout=self.stream_timeout_sec, metadata=self.metadata)
+        watch = state.watch
         if watch.enabled:
 
             def watchdog() -> None:
@@ -351,36 +303,16 @@ class TritonBytesStreamer(StreamerSettings):
         try:
             try:
                 while True:
-                    watch.waiting()
-                    try:
-                        ack = next(acks)
-                    except StopIteration:
+                    with watch.reading():
+                        ack = next(acks, None)
+                    if ack is None:
                         break
-                    finally:
-                        watch.got()
-                    if streaming:
-                        with lock:
-                            response, done = pipe.on_response(ack)
-                        if done:
-                            window.release()
-                        yield response
-                        continue
                     with lock:
-                        ready = pipe.on_ack(ack)
-                    for result in ready:
-                        window.release()
-                        yield result
-            except TritonClientError:
-                raise  # ours already (a protocol error): a grpc.RpcError too
-            except grpc.RpcError as exc:
-                if failure:  # the frame iterator's own failure comes first
-                    raise failure[0] from None
-                if watch.tripped:
-                    raise watch.error() from exc
-                raise self._rpc_error(exc, "Chat") from exc
-            if failure:
-                raise failure[0]
-            pipe.finish()
+                        ready = state.on_ack(ack, window.release)
+                    yield from ready
+            except grpc.RpcError as exc:  # a TritonClientError of ours is one too
+                raise state.failed(exc)  # noqa: B904  # its cause is set
+            state.finished()
         finally:
             stop.set()
             window.release(self.max_in_flight)
