@@ -627,3 +627,39 @@ async def test_the_cache_is_bounded_and_holds_only_successes(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.parametrize("round_", range(2))
+async def test_revocation_reaches_an_async_client_writing_flat_out(
+    principal: ScriptedPrincipal, tmp_path: Path, round_: int
+) -> None:
+    """The async client writes as fast as flow control lets it (no pacing, 256 KiB
+    frames, 32 in flight) when its key is revoked: the call still ends UNAUTHENTICATED.
+    (The paced test above is where grpc.aio's masked INTERNAL, grpc/grpc#36066, was seen
+    under load; test_client_masked_status.py covers the client's recovery from it.)"""
+    proxy = Proxy(tmp_path, principal.url, "--auth-cache-secs", "0.3", level="INFO")
+    frame = np.zeros((1, 64 * 1024), np.float32).tobytes()
+
+    async def frames() -> AsyncIterator[bytes]:
+        for i in range(100_000):
+            if i == 20:
+                principal.valid.clear()
+            yield frame
+
+    try:
+        async with AsyncTritonBytesStreamer(
+            proxy.target,
+            "INPUT",
+            (1, 64 * 1024),
+            pb.DT_FP32,
+            ("OUTPUT",),
+            max_in_flight=32,
+            environ={"DOMINO_USER_API_KEY": API_KEY},
+        ) as aio:
+            with pytest.raises(TritonClientError) as error:
+                async for _ in aio.stream_bytes("add_one_fp32", "1", frames()):
+                    pass
+        assert code_of(error.value) is UNAUTHENTICATED, error.value
+    finally:
+        principal.valid.add(("x-domino-api-key", API_KEY))
+        proxy.stop()

@@ -109,6 +109,10 @@ def check_metadata(metadata: Metadata) -> None:
 # Steps ----------------------------------------------------------------------------------
 
 
+GRPC_AIO_MASKED_DETAILS = "Internal error from Core"
+"""What grpc.aio reports in place of the server's status when a write of the call failed."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Rpc:
     """A unary RPC for the driver to make; it sends back the response or the error.
@@ -349,6 +353,39 @@ class StreamerCore(Generic[ChannelT, StubT]):
                 self._unavailable()
             raise answer
         return answer
+
+    def _chat_failure_steps(self, error: BaseException) -> Steps[BaseException]:
+        """The exception a failed ``Chat`` call raises, with a status grpc.aio masked recovered.
+
+        When the proxy ends a call (a credential revoked mid-call) while the client is
+        writing, grpc.aio's failed write can overwrite the status the proxy sent with
+        ``INTERNAL: Internal error from Core`` (grpc/grpc#36066; the sync API reports
+        the server's status). Only then, one ``ServerReady`` with the same credentials
+        asks the proxy again: an auth refusal (``UNAUTHENTICATED``,
+        ``PERMISSION_DENIED``) is raised as what it is, with the masked error as its
+        cause; any other answer leaves ``error`` as it was.
+        """
+        if not (
+            isinstance(error, TritonClientError)
+            and error.code() is grpc.StatusCode.INTERNAL
+            and error.details() == GRPC_AIO_MASKED_DETAILS
+        ):
+            return error
+        answer = yield Rpc("ServerReady", pb.ReadyRequest(), min(self.request_timeout_sec, 5.0))
+        if isinstance(answer, TritonClientError) and answer.code() in (
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.PERMISSION_DENIED,
+        ):
+            refused = TritonClientError(
+                "Chat",
+                answer.code(),
+                f"{answer.details()} (the call's own status reached this client as "
+                f"INTERNAL {GRPC_AIO_MASKED_DETAILS!r}, grpc/grpc#36066; a ServerReady with "
+                "the same credentials was refused)",
+            )
+            refused.__cause__ = error
+            return refused
+        return error
 
     def _metadata_steps(self, model: str, model_version: str) -> Steps[ModelInfo]:
         yield from self._connect_steps()

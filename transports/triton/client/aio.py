@@ -221,7 +221,7 @@ class AsyncTritonBytesStreamer(StreamerCore[grpc.aio.Channel, "pbg.MultimodalSer
                     for result in state.on_ack(ack, window.release):
                         yield result
             except grpc.RpcError as exc:  # a TritonClientError of ours is one too
-                raise state.failed(exc)  # noqa: B904  # its cause is set
+                raise await self._run(self._chat_failure_steps(state.failed(exc)))  # noqa: B904
             state.finished()
         finally:
             if dog is not None:

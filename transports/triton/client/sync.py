@@ -311,7 +311,7 @@ class TritonBytesStreamer(StreamerCore[grpc.Channel, pbg.MultimodalServiceStub])
                         ready = state.on_ack(ack, window.release)
                     yield from ready
             except grpc.RpcError as exc:  # a TritonClientError of ours is one too
-                raise state.failed(exc)  # noqa: B904  # its cause is set
+                raise self._run(self._chat_failure_steps(state.failed(exc)))  # noqa: B904
             state.finished()
         finally:
             stop.set()
