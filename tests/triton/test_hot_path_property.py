@@ -97,3 +97,39 @@ def test_ok_ack_json_is_exactly_json_dumps(
             assert tuple(tensor.shape.dims) == outputs[tensor.name].shape
     else:
         assert not ack.outputs
+
+
+# Strings protobuf can carry (no lone surrogates), up past one varint byte of length.
+_utf8 = st.characters(blacklist_categories=("Cs",))
+_ids = st.text(alphabet=_utf8, max_size=300)
+_names = st.text(alphabet=_utf8, min_size=1, max_size=12)
+
+
+@st.composite
+def infer_requests(draw: st.DrawFn) -> tuple[InferRequest, tuple[str, ...]]:
+    request = InferRequest(
+        cid=draw(_ids),
+        model=draw(_names),
+        model_version=draw(st.text(alphabet=_utf8, max_size=4)),
+        input_name=draw(_names),
+        datatype=draw(datatypes),
+        shape=draw(shapes),
+        data=draw(st.binary(max_size=300)),
+        outputs=(),
+        timeout=1.0,
+    )
+    return request, tuple(draw(st.lists(_names, max_size=3)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(infer_requests())
+def test_infer_request_bytes_parse_as_the_protobuf_message(
+    case: tuple[InferRequest, tuple[str, ...]],
+) -> None:
+    request, wanted = case
+    backend = TritonBackend("127.0.0.1:1")  # never connected: nothing is sent
+    for _ in range(2):  # the first call fills the prefix cache, the second uses it
+        sent = service_pb2.ModelInferRequest.FromString(
+            backend.infer_request_bytes(request, wanted)
+        )
+        assert sent == backend._infer_message(request, wanted)

@@ -378,6 +378,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         The one coroutine most packets take: validation, the backend call and the Ack,
         with no generator or task of its own. Never raises, except when cancelled.
         """
+        self.stats.packets += 1
         try:
             first = await self._one(packet, received, unary)
         except asyncio.CancelledError:
