@@ -24,9 +24,12 @@ a batch of 8, the client with ``frames_per_packet=8``).
 
 Goals (DESIGN.md): b >= 0.8x a, b >= 4x c. Also reported: the per-frame time split
 from the Acks' timings (Triton call inside the proxy, rest of the proxy, client and
-wire), and, with ``--profile``, a cProfile summary of the proxy process.
+wire), and, with ``--profile``, a cProfile summary of the proxy process; with
+``--py-spy``, where the CPU of the proxy and of the floor proxy goes (ours, grpc.aio,
+kernel, asyncio, protobuf), sampled with py-spy.
 
-Run: ``python -m benchmarks.bench_triton [--profile]``; env ``TRUSS_STREAM_TRITON_PYTHON``
+Run: ``python -m benchmarks.bench_triton [--profile | --py-spy]``; env
+``TRUSS_STREAM_TRITON_PYTHON``
 names the PyTriton interpreter (default ``.venv-triton/bin/python``),
 ``BENCH_TRITON_FRAMES`` the frames per variant and round (default 3000; the seed's
 pattern gets a tenth of them), ``BENCH_TRITON_ROUNDS`` the interleaved rounds (default 5;
@@ -529,10 +532,89 @@ def profile_proxy(out: Path, top: int = 25) -> str:
     return buf.getvalue()
 
 
+_SYSCALLS = {"sendmsg", "recvmsg", "write", "read", "recv", "send", "syscall", "getpid"}
+_IDLE = {"epoll_wait", "poll", "select", "epoll_pwait"}
+
+
+def _category(frames: list[str]) -> str:
+    """Where one py-spy ``--native`` sample's CPU went: the leaf's owner.
+
+    Syscalls and grpc's Cython/C core are grpc.aio's (the proxy's only I/O is gRPC);
+    a leaf in the interpreter or the standard library goes to the nearest caller that
+    is ours, grpc's, asyncio's or protobuf's.
+    """
+    leaf = frames[-1]
+    name = leaf.split(" ", 1)[0]
+    if name in _IDLE:
+        return "idle"
+    if name in _SYSCALLS:
+        return "kernel (syscalls)"
+    for frame in reversed(frames):
+        # py-spy names Python files relative to their sys.path entry: "(grpc/aio/...".
+        if "cygrpc" in frame or "(grpc/" in frame or "libgrpc" in frame:
+            return "grpc.aio (Python, Cython, C core)"
+        if "_message" in frame or "(google/protobuf/" in frame:
+            return "protobuf (upb)"
+        if "(transports/" in frame or "(benchmarks/" in frame:
+            return "ours (transports/, or the floor proxy's code)"
+        if "(asyncio/" in frame or "_asyncio" in frame:
+            return "asyncio event loop"
+    return "other (interpreter, gc, threads)"
+
+
+def spy_proxies(seconds: float = 8.0) -> str:
+    """py-spy (``--native``) both the proxy and the floor proxy during (b) and (f).
+
+    Needs ``py-spy`` on PATH or next to this interpreter (``pip install py-spy``);
+    returns the share of busy samples per owner, for each.
+    """
+    import shutil
+    from collections import Counter
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "py-spy is not installed (pip install py-spy)"
+    frames = _frames(FRAMES * 4)
+    lines = []
+    with (
+        running_triton() as (triton_url, _),
+        running_proxy(triton_url) as (proxy, pid),
+        running_floor_proxy(triton_url) as (floor, f_pid),
+    ):
+        for label, target, target_pid in (
+            ("(b) the proxy", proxy, pid),
+            ("(f) floor", floor, f_pid),
+        ):
+            asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "spy.txt"
+                args = [spy, "record", "-p", str(target_pid), "-r", "250", "-d", str(int(seconds))]
+                args += ["--native", "-f", "raw", "-o", str(raw)]
+                proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1.0)
+                rate = asyncio.run(streamer_through_proxy(target, frames, IN_FLIGHT))
+                _, err = proc.communicate(timeout=seconds + 60)
+                if not raw.exists():
+                    raise RuntimeError(f"py-spy failed: {err.decode()[-2000:]}")
+                counts: Counter[str] = Counter()
+                for line in raw.read_text().splitlines():
+                    stack, _, n = line.rpartition(" ")
+                    counts[_category(stack.split(";"))] += int(n)
+            busy = sum(n for k, n in counts.items() if k != "idle")
+            lines.append(f"{label}: {rate:.0f} frames/s under py-spy, {busy} busy samples")
+            for key, n in counts.most_common():
+                if key != "idle":
+                    lines.append(f"  {100.0 * n / busy:5.1f} %  {key}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     if "--profile" in sys.argv[1:]:
         print(profile_proxy(Path(tempfile.gettempdir()) / "bench_triton_proxy"))
+        return
+    if "--py-spy" in sys.argv[1:]:
+        print(spy_proxies())
         return
     for row in run():
         spread = f"  ({row['spread']})" if "spread" in row else ""
