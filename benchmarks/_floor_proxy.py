@@ -105,12 +105,19 @@ class FloorProxy(pbg.MultimodalServiceServicer):
                 if r is grpc.aio.EOF:
                     return
                 inf = r.infer_response
+                if r.error_message:  # end the call with Triton's words, never hang
+                    failed.append(RuntimeError(f"triton: {r.error_message} (id {inf.id!r})"))
+                    acks.put_nowait(None)
+                    return
                 acks.put_nowait(self._ack(pending.pop(inf.id), inf))
 
+        failed: list[BaseException] = []
         tasks = [asyncio.create_task(read()), asyncio.create_task(responses())]
         try:
             while (ack := await acks.get()) is not None:
                 yield ack
+            if failed:
+                raise failed[0]
         finally:
             for t in tasks:
                 t.cancel()

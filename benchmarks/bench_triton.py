@@ -452,6 +452,9 @@ def sync_streamer_through_proxy(proxy: str, frames: list[bytes], in_flight: int)
         return count / (time.perf_counter() - started)
 
 
+# Reference variants whose failure (a NaN round, noted in the rows) does not end the run.
+_OPTIONAL = {"fs"}
+
 # Which proxy each variant goes through (its CPU is "proxy" in the tables).
 _VIA = {"b": "proxy", "b64": "proxy", "bsync": "proxy", "b8": "proxy", "c": "proxy"}
 _VIA.update({"bc": "coalescing", "f": "floor", "fs": "floor_stream"})
@@ -488,12 +491,19 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
         asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
     seed_one_call_per_frame(proxy, seed_frames[:20])
     loads: list[float] = []
+    failures: dict[str, str] = {}
     # Interleaved rounds: other load on the machine hits every variant alike.
     for _ in range(ROUNDS):
         loads.append(os.getloadavg()[0])
         for name, fn in variants.items():
             before = meter.snapshot()
-            rates.setdefault(name, []).append(fn())
+            try:
+                rates.setdefault(name, []).append(fn())
+            except Exception as exc:
+                if name not in _OPTIONAL:
+                    raise
+                failures[name] = f"{type(exc).__name__}: {exc}"[:300]
+                rates[name].append(float("nan"))
             after = meter.snapshot()
             acc = cpu_s.setdefault(name, {"client": 0.0, "proxy": 0.0, "triton": 0.0})
             for group in ("client", "triton"):
@@ -505,7 +515,8 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
     cpu = {v: {k: sec * 1000.0 / counts[v] for k, sec in d.items()} for v, d in cpu_s.items()}
 
     def paired(num: str, den: str) -> tuple[float, float, float]:
-        ratios = [n / d for n, d in zip(rates[num], rates[den], strict=True)]
+        pairs = zip(rates[num], rates[den], strict=True)
+        ratios = [n / d for n, d in pairs if n == n and d == d] or [float("nan")]
         return statistics.median(ratios), min(ratios), max(ratios)
 
     return {
@@ -527,6 +538,7 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
         "cpu": cpu,
         "seeds": len(seed_frames),
         "loads": loads,
+        "failures": failures,
     }
 
 
@@ -551,7 +563,9 @@ def run() -> list[dict[str, Any]]:
         return {**common, "variant": variant, "value": value, "unit": unit, **extra}
 
     def rate(variant: str, label: str, **extra: Any) -> dict[str, Any]:
-        values = m["rates"][variant]
+        values = [v for v in m["rates"][variant] if v == v] or [float("nan")]
+        if variant in m["failures"]:
+            extra["error"] = f"a round failed: {m['failures'][variant]}"
         spread = f"rounds {min(values):.0f}-{max(values):.0f}"
         return row(label, round(statistics.median(values), 1), "frames/s", spread=spread, **extra)
 
@@ -584,8 +598,10 @@ def run() -> list[dict[str, Any]]:
         rate("b8", "(b8) async streamer, frames_per_packet=8, 64 in flight"),
         ratio("b8/a8", "ratio b8/a8 (batched, both sides alike)"),
         ratio("b8/a", "ratio b8/a (batched client vs the 1-frame baseline)"),
-        row("(o) the proxy's own CPU per packet, in process, metrics off", ours_off / 1e3, "ms"),
-        row("(o) the same with Prometheus metrics on", ours_on / 1e3, "ms"),
+        row(
+            "(o) the proxy's own CPU per packet, in process, metrics off", round(ours_off, 1), "us"
+        ),
+        row("(o) the same with Prometheus metrics on", round(ours_on, 1), "us"),
         row("(b) median triton_infer_ms (proxy's Triton call)", med("triton_infer_ms"), "ms"),
         row("(b) median total_ms (packet inside the proxy)", med("total_ms"), "ms"),
         row("(b) median client_ms (client round trip)", med("client_ms"), "ms"),

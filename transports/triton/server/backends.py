@@ -248,18 +248,23 @@ class TritonBackend(Backend):
         The stream is read only as fast as the caller pulls, so gRPC's flow control
         holds Triton back for a slow reader.
         """
-        info = await self._model_info(request)
+        cached = self._models.get((request.model, request.model_version))
+        if cached is not None and cached[0] > time.monotonic():
+            info: _ModelInfo | None = cached[1]  # the common case, without a coroutine
+        else:
+            info = await self._model_info(request)
         message = self._infer_message(request, self._wanted(request, info))
         message.parameters["triton_enable_empty_final_response"].bool_param = True
-        finished = asyncio.Event()
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield message
-            await finished.wait()  # keep the stream open until the final response
-
-        call = self._stub.ModelStreamInfer(requests(), timeout=request.timeout)
+        # The request is written on the call directly (no request iterator, so no task
+        # of grpc's to drain one), and the stream stays open until the final response.
+        call = self._stub.ModelStreamInfer(timeout=request.timeout)
         try:
-            async for response in call:
+            with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read() says how
+                await call.write(message)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # (not in grpc-stubs)
+                    break
                 if response.error_message:
                     raise BackendError(f"triton inference failed: {response.error_message}")
                 infer = response.infer_response
@@ -276,7 +281,6 @@ class TritonBackend(Backend):
         except grpc.aio.AioRpcError as exc:
             raise _triton_error(exc, "inference", request.timeout) from exc
         finally:
-            finished.set()
             call.cancel()
 
     def _infer_message(
