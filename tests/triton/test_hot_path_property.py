@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -127,9 +128,16 @@ def test_infer_request_bytes_parse_as_the_protobuf_message(
     case: tuple[InferRequest, tuple[str, ...]],
 ) -> None:
     request, wanted = case
-    backend = TritonBackend("127.0.0.1:1")  # never connected: nothing is sent
-    for _ in range(2):  # the first call fills the prefix cache, the second uses it
-        sent = service_pb2.ModelInferRequest.FromString(
-            backend.infer_request_bytes(request, wanted)
-        )
-        assert sent == backend._infer_message(request, wanted)
+
+    async def check() -> None:
+        backend = TritonBackend("127.0.0.1:1")  # never connected: nothing is sent
+        try:
+            for _ in range(2):  # the first call fills the prefix cache, the second uses it
+                sent = service_pb2.ModelInferRequest.FromString(
+                    backend.infer_request_bytes(request, wanted)
+                )
+                assert sent == backend._infer_message(request, wanted)
+        finally:
+            await backend.close()
+
+    asyncio.run(check())
