@@ -33,7 +33,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -67,7 +67,6 @@ __all__ = [
     "resolve_proxy_metrics",
 ]
 
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
