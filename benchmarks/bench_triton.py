@@ -11,6 +11,12 @@ Same model, same frames, one run:
 - (c) the seed's pattern: one short ``Chat`` call per frame (sync ``grpc``, as the
   seed's ``mm_client_api.py`` does), through the same proxy.
 
+The floor: (f) as (b) through ``benchmarks/_floor_proxy.py``, a bare grpc.aio proxy that
+only turns each packet into a unary ``ModelInfer`` and the response into an Ack (no
+validation, limits, metrics or logs): what any Python grpc.aio proxy pays per frame, so
+(b) - (f) is the proxy's own work; (fs) the same floor with one ``ModelStreamInfer``
+stream to Triton per Chat call.
+
 Also measured: (bc) as (b), through a second proxy started with ``--coalesce 32``
 (packets arriving together go to Triton as one batched request); (b') 64 in flight;
 (b'') the sync client; (a8)/(b8) 8 frames per request on both sides (tritonclient with
@@ -18,13 +24,16 @@ a batch of 8, the client with ``frames_per_packet=8``).
 
 Goals (DESIGN.md): b >= 0.8x a, b >= 4x c. Also reported: the per-frame time split
 from the Acks' timings (Triton call inside the proxy, rest of the proxy, client and
-wire), and, with ``--profile``, a cProfile summary of the proxy process.
+wire), and, with ``--profile``, a cProfile summary of the proxy process; with
+``--py-spy``, where the CPU of the proxy and of the floor proxy goes (ours, grpc.aio,
+kernel, asyncio, protobuf), sampled with py-spy.
 
-Run: ``python -m benchmarks.bench_triton [--profile]``; env ``TRUSS_STREAM_TRITON_PYTHON``
+Run: ``python -m benchmarks.bench_triton [--profile | --py-spy]``; env
+``TRUSS_STREAM_TRITON_PYTHON``
 names the PyTriton interpreter (default ``.venv-triton/bin/python``),
 ``BENCH_TRITON_FRAMES`` the frames per variant and round (default 3000; the seed's
-pattern gets a tenth of them), ``BENCH_TRITON_ROUNDS`` the interleaved rounds (default 3;
-rates are medians, b/a and b/c the medians of the rounds' paired ratios).
+pattern gets a tenth of them), ``BENCH_TRITON_ROUNDS`` the interleaved rounds (default 5;
+rates are medians, ratios the medians of the rounds' paired ratios, with their spread).
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ WIDTH = 16
 IN_FLIGHT = 32
 FRAMES = int(os.environ.get("BENCH_TRITON_FRAMES", "3000"))
 WARMUP = 200
-ROUNDS = int(os.environ.get("BENCH_TRITON_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_TRITON_ROUNDS", "5"))
 COALESCE = 32
 
 
@@ -188,6 +197,23 @@ def running_proxy(
         _stop(proc)
 
 
+@contextlib.contextmanager
+def running_floor_proxy(triton_url: str, *extra: str) -> Iterator[tuple[str, int]]:
+    """The floor proxy (``benchmarks._floor_proxy``) in its own process; (target, pid)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks._floor_proxy", "--triton-url", triton_url, *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = _read_line(proc, "LISTENING", 60)
+        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid
+    finally:
+        _stop(proc)
+
+
 def _frames(n: int) -> list[bytes]:
     rng = np.random.default_rng(0)
     return [rng.random((1, WIDTH), dtype=np.float32).tobytes() for _ in range(n)]
@@ -296,23 +322,108 @@ def seed_one_call_per_frame(proxy: str, frames: list[bytes]) -> float:
         return len(frames) / (time.perf_counter() - started)
 
 
+# (o) the proxy's own work per packet, in process: no gRPC, no Triton -----------------------------
+
+
+def ours_in_process(packets: int = 20000, metrics: bool = False) -> float:
+    """CPU microseconds per packet of ``MultimodalProxy.Chat`` over a backend that answers at
+    once, in this process: validation, budgets, the backend call's wrapper, the Ack (JSON,
+    binary outputs), the access-log record and, with ``metrics``, the Prometheus hooks.
+    Best of 5; what the proxy adds per frame on top of grpc.aio's own work.
+    """
+    import logging
+
+    from transports.triton.protocol import multimodal_pb2 as pb
+    from transports.triton.server.backend import Backend, InferRequest, OutputTensor
+    from transports.triton.server.servicer import MultimodalProxy
+
+    class Echo(Backend):
+        name = "triton"
+
+        async def infer(self, request: InferRequest) -> dict[str, OutputTensor]:
+            return {"OUTPUT": OutputTensor("OUTPUT", "FP32", request.shape, request.data)}
+
+        async def model_metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
+            raise NotImplementedError
+
+        async def server_ready(self) -> tuple[bool, str]:
+            return True, ""
+
+        async def model_ready(self, model: str, version: str) -> tuple[bool, str]:
+            return True, ""
+
+    class Context:
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        def cancelled(self) -> bool:
+            return False
+
+    spec = pb.InputSpec(name="INPUT", shape=pb.Shape(dims=[1, WIDTH]), dtype=pb.DT_FP32)
+    setattr(spec, "from", pb.SRC_TENSOR)
+    control = pb.Control(
+        model=MODEL,
+        model_version="1",
+        inputs=[spec],
+        outputs=[pb.OutputSpec(name="OUTPUT")],
+        binary_outputs=True,
+    )
+    wire = [
+        pb.DataPacket(
+            meta=pb.Meta(correlation_id=f"s:{i}"),
+            control=control,
+            tensor=pb.Tensor(dtype=pb.DT_FP32, shape=pb.Shape(dims=[1, WIDTH]), data=data),
+            event=pb.SEV_DATA,
+        ).SerializeToString()
+        for i, data in enumerate(_frames(packets))
+    ]
+    parsed = [pb.DataPacket.FromString(b) for b in wire]  # as grpc hands them over
+    access = logging.getLogger("transports.triton.access")
+    level = access.level
+    access.setLevel(logging.WARNING)
+    if metrics:
+        from prometheus_client import CollectorRegistry
+
+        from transports.observability import ProxyMetrics
+
+        chosen: Any = ProxyMetrics.for_registry(CollectorRegistry())
+    else:
+        chosen = False
+    proxy = MultimodalProxy(Echo(), max_in_flight=IN_FLIGHT, metrics=chosen)
+
+    async def stream() -> Any:
+        for packet in parsed:
+            yield packet
+
+    async def once() -> float:
+        started = time.process_time()
+        count = 0
+        async for _ack in proxy.Chat(stream(), Context()):  # type: ignore[arg-type]
+            count += 1
+        assert count == packets
+        return (time.process_time() - started) / packets * 1e6
+
+    try:
+        return min(asyncio.run(once()) for _ in range(5))
+    finally:
+        access.setLevel(level)
+
+
 # The run ---------------------------------------------------------------------------------------
 
 
 class CpuMeter:
-    """CPU seconds (user + system) of this process, the proxies and Triton's process tree."""
+    """CPU seconds (user + system) of this process, each proxy and Triton's process tree."""
 
-    def __init__(self, proxy_pids: list[int], triton_pid: int) -> None:
+    def __init__(self, proxies: dict[str, int], triton_pid: int) -> None:
         import psutil
 
-        self._procs = {
-            "client": [psutil.Process()],
-            "proxy": [psutil.Process(pid) for pid in proxy_pids],
-            "triton": [psutil.Process(triton_pid)],
-        }
+        self._procs = {"client": psutil.Process()}
+        self._procs.update({name: psutil.Process(pid) for name, pid in proxies.items()})
+        self._procs["triton"] = psutil.Process(triton_pid)
 
     def _cpu(self, name: str) -> float:
-        procs = list(self._procs[name])
+        procs = [self._procs[name]]
         if name == "triton":
             procs += procs[0].children(recursive=True)
         total = 0.0
@@ -341,18 +452,32 @@ def sync_streamer_through_proxy(proxy: str, frames: list[bytes], in_flight: int)
         return count / (time.perf_counter() - started)
 
 
-def _measure(triton_url: str, proxy: str, coalescing: str, meter: CpuMeter) -> dict[str, Any]:
+# Reference variants whose failure (a NaN round, noted in the rows) does not end the run.
+_OPTIONAL = {"fs"}
+
+# Which proxy each variant goes through (its CPU is "proxy" in the tables).
+_VIA = {"b": "proxy", "b64": "proxy", "bsync": "proxy", "b8": "proxy", "c": "proxy"}
+_VIA.update({"bc": "coalescing", "f": "floor", "fs": "floor_stream"})
+
+
+def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[str, Any]:
     frames = _frames(FRAMES)
     seed_frames = frames[: max(FRAMES // 10, 100)]
     timings: dict[str, list[float]] = {}
     rates: dict[str, list[float]] = {}
     cpu_s: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
+    proxy, floor = targets["proxy"], targets["floor"]
 
     variants = {
         "a": lambda: asyncio.run(direct_tritonclient(triton_url, frames, IN_FLIGHT)),
         "b": lambda: asyncio.run(streamer_through_proxy(proxy, frames, IN_FLIGHT, timings)),
-        "bc": lambda: asyncio.run(streamer_through_proxy(coalescing, frames, IN_FLIGHT)),
+        # The floor of any Python grpc.aio proxy (benchmarks/_floor_proxy.py), same client.
+        "f": lambda: asyncio.run(streamer_through_proxy(floor, frames, IN_FLIGHT)),
+        "fs": lambda: asyncio.run(
+            streamer_through_proxy(targets["floor_stream"], frames, IN_FLIGHT)
+        ),
+        "bc": lambda: asyncio.run(streamer_through_proxy(targets["coalescing"], frames, IN_FLIGHT)),
         "b64": lambda: asyncio.run(streamer_through_proxy(proxy, frames, 2 * IN_FLIGHT)),
         "bsync": lambda: sync_streamer_through_proxy(proxy, frames, IN_FLIGHT),
         # Batching, both sides alike: 8 frames per request, 64 frames in flight.
@@ -360,94 +485,137 @@ def _measure(triton_url: str, proxy: str, coalescing: str, meter: CpuMeter) -> d
         "b8": lambda: asyncio.run(streamer_through_proxy(proxy, frames, 64, per_packet=8)),
         "c": lambda: seed_one_call_per_frame(proxy, seed_frames),
     }
-    # Warm-up: connections, Triton's model instances, the proxy's channel.
+    # Warm-up: connections, Triton's model instances, the proxies' channels.
     asyncio.run(direct_tritonclient(triton_url, frames[:WARMUP], IN_FLIGHT))
-    asyncio.run(streamer_through_proxy(proxy, frames[:WARMUP], IN_FLIGHT))
+    for target in targets.values():
+        asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
     seed_one_call_per_frame(proxy, seed_frames[:20])
+    loads: list[float] = []
+    failures: dict[str, str] = {}
     # Interleaved rounds: other load on the machine hits every variant alike.
     for _ in range(ROUNDS):
+        loads.append(os.getloadavg()[0])
         for name, fn in variants.items():
             before = meter.snapshot()
-            rates.setdefault(name, []).append(fn())
+            try:
+                rates.setdefault(name, []).append(fn())
+            except Exception as exc:
+                if name not in _OPTIONAL:
+                    raise
+                failures[name] = f"{type(exc).__name__}: {exc}"[:300]
+                rates[name].append(float("nan"))
             after = meter.snapshot()
-            acc = cpu_s.setdefault(name, dict.fromkeys(after, 0.0))
-            for k in after:
-                acc[k] += after[k] - before[k]
+            acc = cpu_s.setdefault(name, {"client": 0.0, "proxy": 0.0, "triton": 0.0})
+            for group in ("client", "triton"):
+                acc[group] += after[group] - before[group]
+            if name in _VIA:
+                acc["proxy"] += after[_VIA[name]] - before[_VIA[name]]
             counts[name] = counts.get(name, 0) + len(seed_frames if name == "c" else frames)
+    loads.append(os.getloadavg()[0])
     cpu = {v: {k: sec * 1000.0 / counts[v] for k, sec in d.items()} for v, d in cpu_s.items()}
 
-    def paired(num: str, den: str) -> float:
-        return statistics.median(n / d for n, d in zip(rates[num], rates[den], strict=True))
+    def paired(num: str, den: str) -> tuple[float, float, float]:
+        pairs = zip(rates[num], rates[den], strict=True)
+        ratios = [n / d for n, d in pairs if n == n and d == d] or [float("nan")]
+        return statistics.median(ratios), min(ratios), max(ratios)
 
     return {
-        "rates": {k: statistics.median(v) for k, v in rates.items()},
-        "b_over_a": paired("b", "a"),
-        "b_over_c": paired("b", "c"),
-        "bc_over_a": paired("bc", "a"),
+        "rates": rates,
+        "ratios": {
+            key: paired(num, den)
+            for key, (num, den) in {
+                "b/a": ("b", "a"),
+                "b/c": ("b", "c"),
+                "f/a": ("f", "a"),
+                "fs/a": ("fs", "a"),
+                "b/f": ("b", "f"),
+                "bc/a": ("bc", "a"),
+                "b8/a8": ("b8", "a8"),
+                "b8/a": ("b8", "a"),
+            }.items()
+        },
         "timings": timings,
         "cpu": cpu,
         "seeds": len(seed_frames),
+        "loads": loads,
+        "failures": failures,
     }
 
 
 def run() -> list[dict[str, Any]]:
-    """Start Triton and the proxy, run the variants in interleaved rounds; frames/s, ratios."""
+    """Start Triton and the proxies, run the variants in interleaved rounds; frames/s, ratios."""
     with (
         running_triton() as (triton_url, triton_pid),
         running_proxy(triton_url) as (proxy, pid),
         running_proxy(triton_url, extra=("--coalesce", str(COALESCE))) as (coalescing, c_pid),
+        running_floor_proxy(triton_url) as (floor, f_pid),
+        running_floor_proxy(triton_url, "--stream") as (floor_stream, fs_pid),
     ):
-        m = _measure(triton_url, proxy, coalescing, CpuMeter([pid, c_pid], triton_pid))
+        pids = {"proxy": pid, "coalescing": c_pid, "floor": f_pid, "floor_stream": fs_pid}
+        targets = {"proxy": proxy, "coalescing": coalescing, "floor": floor}
+        targets["floor_stream"] = floor_stream
+        m = _measure(triton_url, targets, CpuMeter(pids, triton_pid))
     common = {"benchmark": "triton_proxy_add_one_fp32", "frames": FRAMES, "rounds": ROUNDS}
     t = m["timings"]
-    r = m["rates"]
+    ours_off, ours_on = ours_in_process(), ours_in_process(metrics=True)
 
     def row(variant: str, value: float, unit: str, **extra: Any) -> dict[str, Any]:
         return {**common, "variant": variant, "value": value, "unit": unit, **extra}
+
+    def rate(variant: str, label: str, **extra: Any) -> dict[str, Any]:
+        values = [v for v in m["rates"][variant] if v == v] or [float("nan")]
+        if variant in m["failures"]:
+            extra["error"] = f"a round failed: {m['failures'][variant]}"
+        spread = f"rounds {min(values):.0f}-{max(values):.0f}"
+        return row(label, round(statistics.median(values), 1), "frames/s", spread=spread, **extra)
+
+    def ratio(key: str, label: str, digits: int = 3, goal: str = "") -> dict[str, Any]:
+        med, low, high = m["ratios"][key]
+        spread = f"rounds {low:.{digits}f}-{high:.{digits}f}"
+        extra: dict[str, Any] = {"ratio": med, "ratio_vs": key, "goal": goal} if goal else {}
+        return row(label, round(med, digits), "x", spread=spread, **extra)
 
     def med(key: str) -> float:
         return round(statistics.median(t[key]), 3) if t.get(key) else 0.0
 
     n = IN_FLIGHT
     rows = [
-        row(f"(a) tritonclient.grpc.aio direct, {n} in flight", round(r["a"], 1), "frames/s"),
-        row(f"(b) AsyncTritonBytesStreamer via proxy, {n} in flight", round(r["b"], 1), "frames/s"),
+        rate("a", f"(a) tritonclient.grpc.aio direct, {n} in flight"),
+        rate("b", f"(b) AsyncTritonBytesStreamer via proxy, {n} in flight"),
+        rate("c", "(c) seed pattern: one Chat call per frame", frames=m["seeds"]),
+        ratio("b/a", "ratio b/a (goal >= 0.8), median of paired rounds", goal=">= 0.8x"),
+        ratio("b/c", "ratio b/c (goal >= 4), median of paired rounds", 2, goal=">= 4x"),
+        rate("f", "(f) floor: a bare grpc.aio proxy (unary ModelInfer), same client"),
+        ratio("f/a", "ratio f/a: the floor of any Python grpc.aio proxy"),
+        ratio("b/f", "ratio b/f: the proxy vs that floor"),
+        rate("fs", "(fs) floor, one ModelStreamInfer stream to Triton per Chat call"),
+        ratio("fs/a", "ratio fs/a"),
+        rate("bc", f"(bc) the same via a proxy with --coalesce {COALESCE}"),
+        ratio("bc/a", "ratio bc/a, median of paired rounds"),
+        rate("b64", f"(b') AsyncTritonBytesStreamer via proxy, {2 * n} in flight"),
+        rate("bsync", f"(b'') TritonBytesStreamer (sync) via proxy, {n} in flight"),
+        rate("a8", "(a8) tritonclient direct, 8 frames per request, 64 in flight"),
+        rate("b8", "(b8) async streamer, frames_per_packet=8, 64 in flight"),
+        ratio("b8/a8", "ratio b8/a8 (batched, both sides alike)"),
+        ratio("b8/a", "ratio b8/a (batched client vs the 1-frame baseline)"),
         row(
-            "(c) seed pattern: one Chat call per frame",
-            round(r["c"], 1),
-            "frames/s",
-            frames=m["seeds"],
+            "(o) the proxy's own CPU per packet, in process, metrics off", round(ours_off, 1), "us"
         ),
-        row("ratio b/a (goal >= 0.8), median of paired rounds", round(m["b_over_a"], 3), "x"),
-        row("ratio b/c (goal >= 4), median of paired rounds", round(m["b_over_c"], 2), "x"),
-        row(f"(bc) the same via a proxy with --coalesce {COALESCE}", round(r["bc"], 1), "frames/s"),
-        row("ratio bc/a, median of paired rounds", round(m["bc_over_a"], 3), "x"),
-        row(
-            f"(b') AsyncTritonBytesStreamer via proxy, {2 * n} in flight",
-            round(r["b64"], 1),
-            "frames/s",
-        ),
-        row(
-            f"(b'') TritonBytesStreamer (sync) via proxy, {n} in flight",
-            round(r["bsync"], 1),
-            "frames/s",
-        ),
-        row(
-            "(a8) tritonclient direct, 8 frames per request, 64 in flight",
-            round(r["a8"], 1),
-            "frames/s",
-        ),
-        row(
-            "(b8) async streamer, frames_per_packet=8, 64 in flight", round(r["b8"], 1), "frames/s"
-        ),
-        row("ratio b8/a8 (batched, both sides alike)", round(r["b8"] / r["a8"], 3), "x"),
-        row("ratio b8/a (batched client vs the 1-frame baseline)", round(r["b8"] / r["a"], 3), "x"),
+        row("(o) the same with Prometheus metrics on", round(ours_on, 1), "us"),
         row("(b) median triton_infer_ms (proxy's Triton call)", med("triton_infer_ms"), "ms"),
         row("(b) median total_ms (packet inside the proxy)", med("total_ms"), "ms"),
         row("(b) median client_ms (client round trip)", med("client_ms"), "ms"),
+        row(
+            "load average (1 min) at each round's start and the end",
+            round(statistics.median(m["loads"]), 2),
+            "",
+            spread=" ".join(f"{x:.1f}" for x in m["loads"]),
+        ),
     ]
-    for variant in ("a", "b", "bc", "b64", "bsync", "a8", "b8", "c"):
+    for variant in ("a", "b", "f", "fs", "bc", "b64", "bsync", "a8", "b8", "c"):
         for proc, ms in m["cpu"][variant].items():
+            if proc == "proxy" and variant.startswith("a"):
+                continue
             rows.append(row(f"({variant}) CPU per frame: {proc}", round(ms, 3), "ms"))
     return rows
 
@@ -471,13 +639,93 @@ def profile_proxy(out: Path, top: int = 25) -> str:
     return buf.getvalue()
 
 
+_SYSCALLS = {"sendmsg", "recvmsg", "write", "read", "recv", "send", "syscall", "getpid"}
+_IDLE = {"epoll_wait", "poll", "select", "epoll_pwait"}
+
+
+def _category(frames: list[str]) -> str:
+    """Where one py-spy ``--native`` sample's CPU went: the leaf's owner.
+
+    Syscalls and grpc's Cython/C core are grpc.aio's (the proxy's only I/O is gRPC);
+    a leaf in the interpreter or the standard library goes to the nearest caller that
+    is ours, grpc's, asyncio's or protobuf's.
+    """
+    leaf = frames[-1]
+    name = leaf.split(" ", 1)[0]
+    if name in _IDLE:
+        return "idle"
+    if name in _SYSCALLS:
+        return "kernel (syscalls)"
+    for frame in reversed(frames):
+        # py-spy names Python files relative to their sys.path entry: "(grpc/aio/...".
+        if "cygrpc" in frame or "(grpc/" in frame or "libgrpc" in frame:
+            return "grpc.aio (Python, Cython, C core)"
+        if "_message" in frame or "(google/protobuf/" in frame:
+            return "protobuf (upb)"
+        if "(transports/" in frame or "(benchmarks/" in frame:
+            return "ours (transports/, or the floor proxy's code)"
+        if "(asyncio/" in frame or "_asyncio" in frame:
+            return "asyncio event loop"
+    return "other (interpreter, gc, threads)"
+
+
+def spy_proxies(seconds: float = 8.0) -> str:
+    """py-spy (``--native``) both the proxy and the floor proxy during (b) and (f).
+
+    Needs ``py-spy`` on PATH or next to this interpreter (``pip install py-spy``);
+    returns the share of busy samples per owner, for each.
+    """
+    import shutil
+    from collections import Counter
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "py-spy is not installed (pip install py-spy)"
+    frames = _frames(FRAMES * 4)
+    lines = []
+    with (
+        running_triton() as (triton_url, _),
+        running_proxy(triton_url) as (proxy, pid),
+        running_floor_proxy(triton_url) as (floor, f_pid),
+    ):
+        for label, target, target_pid in (
+            ("(b) the proxy", proxy, pid),
+            ("(f) floor", floor, f_pid),
+        ):
+            asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = Path(tmp) / "spy.txt"
+                args = [spy, "record", "-p", str(target_pid), "-r", "250", "-d", str(int(seconds))]
+                args += ["--native", "-f", "raw", "-o", str(raw)]
+                proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1.0)
+                rate = asyncio.run(streamer_through_proxy(target, frames, IN_FLIGHT))
+                _, err = proc.communicate(timeout=seconds + 60)
+                if not raw.exists():
+                    raise RuntimeError(f"py-spy failed: {err.decode()[-2000:]}")
+                counts: Counter[str] = Counter()
+                for line in raw.read_text().splitlines():
+                    stack, _, n = line.rpartition(" ")
+                    counts[_category(stack.split(";"))] += int(n)
+            busy = sum(n for k, n in counts.items() if k != "idle")
+            lines.append(f"{label}: {rate:.0f} frames/s under py-spy, {busy} busy samples")
+            for key, n in counts.most_common():
+                if key != "idle":
+                    lines.append(f"  {100.0 * n / busy:5.1f} %  {key}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     if "--profile" in sys.argv[1:]:
         print(profile_proxy(Path(tempfile.gettempdir()) / "bench_triton_proxy"))
         return
+    if "--py-spy" in sys.argv[1:]:
+        print(spy_proxies())
+        return
     for row in run():
-        print(f"{row['variant']:<60} {row['value']:>10} {row['unit']}")
+        spread = f"  ({row['spread']})" if "spread" in row else ""
+        print(f"{row['variant']:<66} {row['value']:>10} {row['unit']}{spread}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ Run: ``python -m benchmarks.bench_triton_stream``; env ``TRUSS_STREAM_TRITON_PYT
 names the PyTriton interpreter (default ``.venv-triton/bin/python``),
 ``BENCH_TRITON_STREAM_FRAMES`` requests per variant and round (default 64),
 ``BENCH_TRITON_STREAM_RESPONSES`` responses per request (default 100),
-``BENCH_TRITON_STREAM_ROUNDS`` the interleaved rounds (default 3).
+``BENCH_TRITON_STREAM_ROUNDS`` the interleaved rounds (default 5). Also reported: the
+ratio's spread over the rounds, the load average, and CPU per response of the client, the
+proxy and Triton's process tree.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.bench_triton import (
+    CpuMeter,
     _free_port,
     _stop,
     _triton_python,
@@ -55,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "stream_count"
 FRAMES = int(os.environ.get("BENCH_TRITON_STREAM_FRAMES", "64"))
 RESPONSES = int(os.environ.get("BENCH_TRITON_STREAM_RESPONSES", "100"))
-ROUNDS = int(os.environ.get("BENCH_TRITON_STREAM_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_TRITON_STREAM_ROUNDS", "5"))
 IN_FLIGHT = 8
 TTFR_REQUESTS = 30
 TTFR_RESPONSES = 4
@@ -268,33 +271,62 @@ async def proxy_first_response(proxy: str, requests: int, responses: int) -> lis
 # The run ---------------------------------------------------------------------------------------
 
 
-def _measure(triton_url: str, proxy: str | None) -> dict[str, Any]:
+def _measure(triton_url: str, proxy: str | None, meter: CpuMeter | None = None) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"a": [], "b": []}
     ttfr: dict[str, list[float]] = {"a": [], "b": []}
+    cpu: dict[str, dict[str, float]] = {"a": {}, "b": {}}
+    counted: dict[str, int] = {"a": 0, "b": 0}
+    loads: list[float] = []
+
+    def timed(variant: str, fn: Any) -> float:
+        before = meter.snapshot() if meter is not None else {}
+        rate, responses = fn()
+        if meter is not None:
+            after = meter.snapshot()
+            for group in after:
+                if group == "proxy" and variant == "a":
+                    continue
+                cpu[variant][group] = cpu[variant].get(group, 0.0) + after[group] - before[group]
+        counted[variant] += responses
+        return float(rate)
+
+    async def through_proxy() -> tuple[float, int]:
+        assert proxy is not None
+        return await proxy_stream_responses(proxy, FRAMES, RESPONSES, IN_FLIGHT)
+
     # Warm-up: connections, both model instances, the proxy's channel and config cache.
     asyncio.run(direct_stream_infer(triton_url, 8, 10, IN_FLIGHT))
     if proxy is not None:
         asyncio.run(proxy_stream_responses(proxy, 8, 10, IN_FLIGHT))
     for _ in range(ROUNDS):
+        loads.append(os.getloadavg()[0])
         rates["a"].append(
-            asyncio.run(direct_stream_infer(triton_url, FRAMES, RESPONSES, IN_FLIGHT))[0]
+            timed(
+                "a",
+                lambda: asyncio.run(direct_stream_infer(triton_url, FRAMES, RESPONSES, IN_FLIGHT)),
+            )
         )
         ttfr["a"] += asyncio.run(direct_first_response(triton_url, TTFR_REQUESTS, TTFR_RESPONSES))
         if proxy is not None:
-            rates["b"].append(
-                asyncio.run(proxy_stream_responses(proxy, FRAMES, RESPONSES, IN_FLIGHT))[0]
-            )
+            rates["b"].append(timed("b", lambda: asyncio.run(through_proxy())))
             ttfr["b"] += asyncio.run(proxy_first_response(proxy, TTFR_REQUESTS, TTFR_RESPONSES))
-    return {"rates": rates, "ttfr": ttfr}
+    loads.append(os.getloadavg()[0])
+    per_response = {
+        v: {k: sec * 1e6 / counted[v] for k, sec in groups.items()}
+        for v, groups in cpu.items()
+        if counted[v]
+    }
+    return {"rates": rates, "ttfr": ttfr, "cpu": per_response, "loads": loads}
 
 
 def run() -> list[dict[str, Any]]:
     """Start Triton (and the proxy when the client can stream); interleaved rounds; rows."""
     missing = proxy_streaming_available()
-    with running_streaming_triton() as (triton_url, _):
+    with running_streaming_triton() as (triton_url, triton_pid):
         if missing is None:
-            with running_proxy(triton_url) as (proxy, _):
-                m = _measure(triton_url, proxy)
+            with running_proxy(triton_url) as (proxy, proxy_pid):
+                meter = CpuMeter({"proxy": proxy_pid}, triton_pid)
+                m = _measure(triton_url, proxy, meter)
         else:
             m = _measure(triton_url, None)
     common = {
@@ -307,6 +339,9 @@ def run() -> list[dict[str, Any]]:
     def row(variant: str, value: Any, unit: str, **extra: Any) -> dict[str, Any]:
         return {**common, "variant": variant, "value": value, "unit": unit, **extra}
 
+    def spread(values: list[float], digits: int = 1) -> str:
+        return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
     rates, ttfr = m["rates"], m["ttfr"]
     a_rate = statistics.median(rates["a"])
     a_ttfr = statistics.median(ttfr["a"])
@@ -315,6 +350,7 @@ def run() -> list[dict[str, Any]]:
             f"(a) tritonclient.grpc.aio stream_infer direct, {IN_FLIGHT} requests open",
             round(a_rate, 1),
             "responses/s",
+            spread=f"rounds {spread(rates['a'], 0)}",
         ),
         row("(a) time to first response, one request at a time", round(a_ttfr, 3), "ms"),
     ]
@@ -326,14 +362,22 @@ def run() -> list[dict[str, Any]]:
         return rows
     b_rate = statistics.median(rates["b"])
     b_ttfr = statistics.median(ttfr["b"])
-    paired = statistics.median(b / a for b, a in zip(rates["b"], rates["a"], strict=True))
+    ratios = [b / a for b, a in zip(rates["b"], rates["a"], strict=True)]
+    paired = statistics.median(ratios)
     rows += [
         row(
             f"(b) AsyncTritonBytesStreamer.stream_responses via proxy, max_in_flight={IN_FLIGHT}",
             round(b_rate, 1),
             "responses/s",
-            ratio=round(paired, 3),
-            ratio_vs="(a), median of paired rounds",
+            spread=f"rounds {spread(rates['b'], 0)}",
+        ),
+        row(
+            "ratio b/a (goal >= 0.8x), median of paired rounds",
+            round(paired, 3),
+            "x",
+            spread=f"rounds {spread(ratios, 3)}",
+            ratio=paired,
+            ratio_vs="(a)",
             goal=">= 0.8x",
         ),
         row("(b) time to first response via proxy", round(b_ttfr, 3), "ms"),
@@ -343,7 +387,16 @@ def run() -> list[dict[str, Any]]:
             "ms",
             note="met" if b_ttfr - a_ttfr <= 2.0 else "NOT met",
         ),
+        row(
+            "load average (1 min) at each round's start and the end",
+            round(statistics.median(m["loads"]), 2),
+            "",
+            spread=" ".join(f"{x:.1f}" for x in m["loads"]),
+        ),
     ]
+    for variant in ("a", "b"):
+        for group, us in m["cpu"].get(variant, {}).items():
+            rows.append(row(f"({variant}) CPU per response: {group}", round(us, 1), "us"))
     return rows
 
 
@@ -351,8 +404,8 @@ def main() -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     for r in run():
         value = "" if r["value"] is None else r["value"]
-        ratio = f"{r['ratio']}x {r['ratio_vs']}" if "ratio" in r else ""
-        print(f"{r['variant']:<78} {value:>10} {r['unit']} {ratio}{r.get('note', '')}")
+        spread = f" ({r['spread']})" if "spread" in r else ""
+        print(f"{r['variant']:<78} {value:>10} {r['unit']}{spread} {r.get('note', '')}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ MODULES = (
     "observability",
 )
 RESULTS = Path(__file__).parent / "results" / "RESULTS.md"
-_NOTE_KEYS = ("throughput", "note", "notes", "error")
+_NOTE_KEYS = ("throughput", "note", "notes", "error", "spread")
 
 
 def _error_row(name: str, exc: BaseException) -> dict[str, Any]:

@@ -229,6 +229,27 @@ async def test_an_ack_above_the_send_limit_fails_its_packet_not_the_call() -> No
     assert binary.status == pb.OK  # raw bytes fit where base64 did not
 
 
+async def test_an_oversized_ack_still_ends_its_packet_and_frees_its_slot() -> None:
+    """The error Ack that replaces one above the send limit is the packet's final Ack: with
+    one packet in flight per call, the packets after it are still answered (before, the
+    replacement lost ``final``, the slot stayed taken and the call stalled)."""
+    proxy = ProxyProcess(["--backend", "demo", "--max-message-mb", "1", "--max-in-flight", "1"])
+    big = np.zeros((1, 900 * 1024), np.uint8)  # 1.2 MiB of base64 out
+    try:
+        async with grpc.aio.insecure_channel(proxy.target, options=BIG_CHANNEL) as channel:
+            stub = pbg.MultimodalServiceStub(channel)
+            packets = [packet("big", big, model="echo")]
+            packets += [packet(f"after:{i}", X, model="echo") for i in range(3)]
+            acks = [a async for a in stub.Chat(iter(packets), timeout=20)]
+    finally:
+        proxy.stop()
+    assert [a.correlation_id for a in acks] == ["big", "after:0", "after:1", "after:2"]
+    assert acks[0].status == pb.INTERNAL
+    assert "message limit" in ack_json(acks[0])["error"]
+    assert all(a.final and a.index == 0 for a in acks)
+    assert all(a.status == pb.OK for a in acks[1:])
+
+
 # Memory across calls ------------------------------------------------------------------------
 
 

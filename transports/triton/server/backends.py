@@ -77,6 +77,18 @@ class _ModelInfo:
     decoupled: bool = False
 
 
+def _varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf varint."""
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _triton_error(exc: grpc.aio.AioRpcError, what: str, timeout: float | None) -> BackendError:
     code = exc.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -138,6 +150,13 @@ class TritonBackend(Backend):
                 target, credentials, options=options, interceptors=interceptors or None
             )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        # ModelInfer with the request already serialized (see infer_request_bytes).
+        self._model_infer = self._channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=None,
+            response_deserializer=service_pb2.ModelInferResponse.FromString,
+        )
+        self._prefixes: dict[tuple[Any, ...], bytes] = {}
         self.target = target
         # (model, version) -> (expiry on the monotonic clock, what we know of the model)
         self._models: dict[tuple[str, str], tuple[float, _ModelInfo]] = {}
@@ -203,18 +222,23 @@ class TritonBackend(Backend):
         The stream is read only as fast as the caller pulls, so gRPC's flow control
         holds Triton back for a slow reader.
         """
-        info = await self._model_info(request)
+        cached = self._models.get((request.model, request.model_version))
+        if cached is not None and cached[0] > time.monotonic():
+            info: _ModelInfo | None = cached[1]  # the common case, without a coroutine
+        else:
+            info = await self._model_info(request)
         message = self._infer_message(request, self._wanted(request, info))
         message.parameters["triton_enable_empty_final_response"].bool_param = True
-        finished = asyncio.Event()
-
-        async def requests() -> AsyncIterator[service_pb2.ModelInferRequest]:
-            yield message
-            await finished.wait()  # keep the stream open until the final response
-
-        call = self._stub.ModelStreamInfer(requests(), timeout=request.timeout)
+        # The request is written on the call directly (no request iterator, so no task
+        # of grpc's to drain one), and the stream stays open until the final response.
+        call = self._stub.ModelStreamInfer(timeout=request.timeout)
         try:
-            async for response in call:
+            with contextlib.suppress(asyncio.InvalidStateError):  # ended already: read() says how
+                await call.write(message)
+            while True:
+                response = await call.read()
+                if response is grpc.aio.EOF:  # type: ignore[attr-defined]  # (not in grpc-stubs)
+                    break
                 if response.error_message:
                     raise BackendError(f"triton inference failed: {response.error_message}")
                 infer = response.infer_response
@@ -231,7 +255,6 @@ class TritonBackend(Backend):
         except grpc.aio.AioRpcError as exc:
             raise _triton_error(exc, "inference", request.timeout) from exc
         finally:
-            finished.set()
             call.cancel()
 
     def _infer_message(
@@ -252,12 +275,55 @@ class TritonBackend(Backend):
             raw_input_contents=[request.data],
         )
 
+    def infer_request_bytes(self, request: InferRequest, wanted: Sequence[str]) -> bytes:
+        """``request`` as a serialized ``ModelInferRequest``, the same message
+        :meth:`_infer_message` builds, without building it.
+
+        Everything but the id and the tensor bytes is the same for every frame of a
+        stream, so it is serialized once per (model, version, input, datatype, shape,
+        outputs) and cached; per packet the id and ``raw_input_contents`` fields are
+        appended (protobuf parsers take fields in any order). The tensor's bytes are
+        copied once, into the message, instead of into a protobuf message and again
+        into its serialization.
+        """
+        wanted = tuple(wanted)
+        key = (
+            request.model,
+            request.model_version,
+            request.input_name,
+            request.datatype,
+            request.shape,
+            wanted,
+        )
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = service_pb2.ModelInferRequest(
+                model_name=request.model,
+                model_version=request.model_version,
+                inputs=[
+                    service_pb2.ModelInferRequest.InferInputTensor(
+                        name=request.input_name, datatype=request.datatype, shape=request.shape
+                    )
+                ],
+                outputs=[
+                    service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in wanted
+                ],
+            ).SerializeToString()
+            if len(self._prefixes) >= _OUTPUT_NAMES_MAX:
+                self._prefixes.clear()
+            self._prefixes[key] = prefix
+        cid = request.cid.encode("utf-8")
+        data = request.data
+        if not cid:
+            return b"".join((prefix, b":", _varint(len(data)), data))
+        return b"".join((prefix, b"\x1a", _varint(len(cid)), cid, b":", _varint(len(data)), data))
+
     async def _infer_one(
         self, request: InferRequest, wanted: Sequence[str]
     ) -> Mapping[str, OutputTensor]:
-        message = self._infer_message(request, wanted)
+        message = self.infer_request_bytes(request, wanted)
         try:
-            response = await self._stub.ModelInfer(message, timeout=request.timeout)
+            response = await self._model_infer(message, timeout=request.timeout)
         except grpc.aio.AioRpcError as exc:
             raise _triton_error(exc, "inference", request.timeout) from exc
         return {

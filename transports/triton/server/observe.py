@@ -1,8 +1,8 @@
 """The proxy's metrics, traces and metrics endpoint, wired in through a few seams.
 
-- :func:`observe_packets` decorates ``MultimodalProxy.handle`` (every packet passes
-  through it): in-flight packets and bytes, packets by model and Ack status, the
-  receive-to-Ack latency.
+- :func:`packet_received` / :func:`packet_done`: the servicer calls them around every
+  packet when it has metrics (in-flight packets and bytes, packets by model and final
+  Ack status, the receive-to-Ack latency); without metrics it calls nothing.
 - :class:`CallInterceptor` (server side, first in the chain): a SERVER span per call
   whose parent is the caller's ``traceparent`` metadata, current while the call
   runs (so Triton calls nest under it), and calls by method and status code.
@@ -22,19 +22,17 @@ anything else is ``"other"``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Awaitable,
-    Callable,
     Iterator,
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -65,12 +63,11 @@ __all__ = [
     "ObservedAuthInterceptor",
     "ProxyObservability",
     "ObservedBackend",
-    "observe_packet_stream",
-    "observe_packets",
+    "packet_done",
+    "packet_received",
     "resolve_proxy_metrics",
 ]
 
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -102,75 +99,36 @@ def _status_name(status: int) -> str:
         return str(status)
 
 
-def observe_packets(handle: Callable[_P, Awaitable[pb.Ack]]) -> Callable[_P, Awaitable[pb.Ack]]:
-    """Decorate ``handle(self, packet, received=None)``; reads ``self.metrics`` (or None)."""
+def packet_received(metrics: ProxyMetrics, packet: pb.DataPacket) -> int:
+    """Count ``packet`` in flight; returns the bytes counted (give them to :func:`packet_done`).
 
-    @functools.wraps(handle)
-    async def observed(*args: _P.args, **kwargs: _P.kwargs) -> pb.Ack:
-        metrics: ProxyMetrics | None = getattr(args[0], "metrics", None)
-        if metrics is None:
-            return await handle(*args, **kwargs)
-        packet = cast(pb.DataPacket, args[1])
-        received = args[2] if len(args) > 2 else kwargs.get("received")
-        start = received if isinstance(received, float) else time.perf_counter()
-        size = len(packet.tensor.data)
-        metrics.packets_in_flight += 1
-        metrics.bytes_in_flight += size
-        try:
-            ack = await handle(*args, **kwargs)
-        finally:
-            metrics.packets_in_flight -= 1
-            metrics.bytes_in_flight -= size
-        status = ack.status
-        name = _STATUS_NAMES.get(status) or _status_name(status)
-        metrics.packet_answered(packet.control.model, status, name, time.perf_counter() - start)
-        return ack
-
-    return observed
-
-
-def observe_packet_stream(
-    respond: Callable[_P, AsyncGenerator[pb.Ack, None]],
-) -> Callable[_P, AsyncGenerator[pb.Ack, None]]:
-    """Decorate ``respond(self, packet, received=None)`` (its Acks; the last one final).
-
-    As :func:`observe_packets`, counted once per packet, with its final Ack's status.
+    The servicer calls this (and :func:`packet_done`) only when it has metrics, so a
+    proxy without them pays one ``is None`` test per packet.
     """
+    size = len(packet.tensor.data)
+    metrics.packets_in_flight += 1
+    metrics.bytes_in_flight += size
+    return size
 
-    @functools.wraps(respond)
-    async def observed(*args: _P.args, **kwargs: _P.kwargs) -> AsyncGenerator[pb.Ack, None]:
-        metrics: ProxyMetrics | None = getattr(args[0], "metrics", None)
-        if metrics is None:
-            async with contextlib.aclosing(respond(*args, **kwargs)) as acks:
-                async for ack in acks:
-                    yield ack
-            return
-        packet = cast(pb.DataPacket, args[1])
-        received = args[2] if len(args) > 2 else kwargs.get("received")
-        start = received if isinstance(received, float) else time.perf_counter()
-        size = len(packet.tensor.data)
-        metrics.packets_in_flight += 1
-        metrics.bytes_in_flight += size
-        counted = False
-        try:
-            async with contextlib.aclosing(respond(*args, **kwargs)) as acks:
-                async for ack in acks:
-                    if ack.final:
-                        counted = True
-                        metrics.packets_in_flight -= 1
-                        metrics.bytes_in_flight -= size
-                        status = ack.status
-                        name = _STATUS_NAMES.get(status) or _status_name(status)
-                        metrics.packet_answered(
-                            packet.control.model, status, name, time.perf_counter() - start
-                        )
-                    yield ack
-        finally:
-            if not counted:
-                metrics.packets_in_flight -= 1
-                metrics.bytes_in_flight -= size
 
-    return observed
+def packet_done(
+    metrics: ProxyMetrics,
+    packet: pb.DataPacket,
+    size: int,
+    final: pb.Ack | None,
+    received: float,
+) -> None:
+    """The packet is no longer in flight: answered with its ``final`` Ack, or abandoned (None).
+
+    Counts the packet by model and final status with its receive-to-Ack latency.
+    """
+    metrics.packets_in_flight -= 1
+    metrics.bytes_in_flight -= size
+    if final is None:
+        return
+    status = final.status
+    name = _STATUS_NAMES.get(status) or _status_name(status)
+    metrics.packet_answered(packet.control.model, status, name, time.perf_counter() - received)
 
 
 def _code_of(exc: BaseException, context: _Context) -> grpc.StatusCode:

@@ -34,10 +34,10 @@ import grpc.aio
 
 from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.protocol import multimodal_pb2_grpc as pbg
-from transports.triton.server.backend import Backend, BackendError
+from transports.triton.server.backend import Backend, BackendError, InferRequest
 from transports.triton.server.observe import (
-    observe_packet_stream,
-    observe_packets,
+    packet_done,
+    packet_received,
     resolve_proxy_metrics,
 )
 from transports.triton.server.packets import (
@@ -296,7 +296,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             "message limit (ask for binary_outputs, fewer outputs, or a larger "
             "--max-message-mb on both ends)"
         )
-        return error_ack(
+        replaced = error_ack(
             packet,
             pb.INTERNAL,
             error,
@@ -304,8 +304,17 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             triton_infer_ms=ack.timing.triton_infer_ms,
             total_ms=_ms(received),
         )
+        replaced.index, replaced.final = ack.index, ack.final
+        return replaced
 
-    @observe_packets
+    def _bug_ack(self, packet: pb.DataPacket, exc: Exception, received: float) -> pb.Ack:
+        # A bug in the proxy: still a final Ack, without the exception's text.
+        _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id[:256])
+        error = f"proxy error ({type(exc).__name__}); see the proxy's log"
+        ack = error_ack(packet, pb.INTERNAL, error, backend="proxy", total_ms=_ms(received))
+        ack.final = True
+        return ack
+
     async def handle(self, packet: pb.DataPacket, received: float | None = None) -> pb.Ack:
         """Answer one packet with one Ack (``SendUnary``). Never raises, except when cancelled.
 
@@ -317,83 +326,92 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             received: ``time.perf_counter()`` when it arrived (for ``total_ms``).
         """
         received = time.perf_counter() if received is None else received
-        async with contextlib.aclosing(self._respond(packet, received, unary=True)) as acks:
-            async for ack in acks:
-                return ack
-        raise AssertionError("every packet gets an Ack")  # pragma: no cover
+        metrics = self.metrics
+        size = 0 if metrics is None else packet_received(metrics, packet)
+        ack = None
+        try:
+            first = await self._first(packet, received, unary=True)
+            assert isinstance(first, pb.Ack)  # unary: a streaming model is refused
+            ack = first
+            return ack
+        finally:
+            if metrics is not None:
+                packet_done(metrics, packet, size, ack, received)
 
-    @observe_packet_stream
     async def respond(
         self, packet: pb.DataPacket, received: float | None = None
     ) -> AsyncGenerator[pb.Ack, None]:
         """Answer one packet on ``Chat``: one Ack per model response, the last one final.
 
         Never raises, except when cancelled; closing the iterator early cancels the
-        backend's work on the packet.
+        backend's work on the packet. (``Chat`` itself takes the same steps without
+        this generator: :meth:`_first`, then :meth:`_stream` for a streaming model.)
         """
         received = time.perf_counter() if received is None else received
-        async with contextlib.aclosing(self._respond(packet, received, unary=False)) as acks:
-            async for ack in acks:
-                yield ack
-
-    async def _respond(
-        self, packet: pb.DataPacket, received: float, *, unary: bool
-    ) -> AsyncGenerator[pb.Ack, None]:
-        self.stats.packets += 1
-        index = 0
-        final = False
+        metrics = self.metrics
+        size = 0 if metrics is None else packet_received(metrics, packet)
+        final = None
         try:
-            async with contextlib.aclosing(self._infer(packet, received, unary)) as acks:
+            first = await self._first(packet, received, unary=False)
+            if isinstance(first, pb.Ack):
+                final = first
+                if metrics is not None:
+                    packet_done(metrics, packet, size, final, received)
+                yield first
+                return
+            async with contextlib.aclosing(self._stream(packet, first, received)) as acks:
                 async for ack in acks:
-                    ack = self._fit(ack, packet, received)
-                    final = ack.final
-                    ack.index = index
-                    index += 1
-                    yield self._count(ack) if final else ack
-                    if final:
-                        return
+                    if ack.final:
+                        final = ack
+                        if metrics is not None:
+                            packet_done(metrics, packet, size, final, received)
+                    yield ack
+        finally:
+            if metrics is not None and final is None:
+                packet_done(metrics, packet, size, None, received)
+
+    async def _first(
+        self, packet: pb.DataPacket, received: float, *, unary: bool
+    ) -> pb.Ack | InferRequest:
+        """The packet's one (final) Ack; or, for a streaming model on Chat, its request.
+
+        The one coroutine most packets take: validation, the backend call and the Ack,
+        with no generator or task of its own. Never raises, except when cancelled.
+        """
+        self.stats.packets += 1
+        try:
+            first = await self._one(packet, received, unary)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # a bug in the proxy: still a final Ack, no exception text
-            _log.exception("packet %r: no Ack could be built", packet.meta.correlation_id[:256])
-            error = f"proxy error ({type(exc).__name__}); see the proxy's log"
-            ack = error_ack(packet, pb.INTERNAL, error, backend="proxy", total_ms=_ms(received))
-            ack.index, ack.final = index, True
-            yield self._count(ack)
+        except Exception as exc:
+            first = self._bug_ack(packet, exc, received)
+        if isinstance(first, pb.Ack):
+            return self._count(self._fit(first, packet, received))
+        return first
 
-    async def _infer(
+    async def _one(
         self, packet: pb.DataPacket, received: float, unary: bool
-    ) -> AsyncGenerator[pb.Ack, None]:
+    ) -> pb.Ack | InferRequest:
         name = self.backend.name
         try:
             if packet.event in (pb.SEV_START, pb.SEV_END):
                 # The proxy keeps no per-stream state: start/end markers are no-ops.
                 cid = check_correlation_id(packet)
                 body = {"backend": name, "cid": cid, "event": pb.StreamEvent.Name(packet.event)}
-                yield pb.Ack(correlation_id=cid, status=pb.OK, message=json.dumps(body), final=True)
-                return
+                return pb.Ack(
+                    correlation_id=cid, status=pb.OK, message=json.dumps(body), final=True
+                )
             request = parse_packet(packet, default_timeout=self.default_timeout)
         except PacketError as exc:
             ack = error_ack(packet, exc.status, str(exc), backend=name, total_ms=_ms(received))
             ack.final = True
-            yield ack
-            return
+            return ack
+        backend = self.backend
         started = time.perf_counter()
-        index = 0
         try:
-            if not await self.backend.decoupled(request):
-                outputs = await self.backend.infer(request)
-                ack = ok_ack(
-                    request,
-                    outputs,
-                    backend=name,
-                    triton_infer_ms=_ms(started),
-                    total_ms=_ms(received),
-                )
-                ack.final = True
-                yield ack
-                return
-            if unary:
+            if await backend.decoupled(request):
+                if not unary:
+                    return request
                 ack = error_ack(
                     packet,
                     pb.UNSUPPORTED,
@@ -404,54 +422,105 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                     total_ms=_ms(received),
                 )
                 ack.final = True
-                yield ack
-                return
+                return ack
+            outputs = await backend.infer(request)
+        except Exception as exc:
+            return self._backend_failure(packet, request, exc, started, received, 0)
+        now = time.perf_counter()
+        ack = ok_ack(
+            request,
+            outputs,
+            backend=name,
+            triton_infer_ms=(now - started) * 1000.0,
+            total_ms=(now - received) * 1000.0,
+        )
+        ack.final = True
+        return ack
+
+    def _backend_failure(
+        self,
+        packet: pb.DataPacket,
+        request: InferRequest,
+        exc: Exception,
+        started: float,
+        received: float,
+        index: int,
+    ) -> pb.Ack:
+        """The error Ack of a failed backend call (not final: the caller decides)."""
+        if isinstance(exc, BackendError):
+            status, error = exc.status, str(exc)
+        else:  # a bug or an unexpected backend failure: still one Ack
+            _log.exception("packet %r: unexpected backend failure", request.cid)
+            status, error = pb.INTERNAL, f"{type(exc).__name__}: {exc}"
+        ack = error_ack(
+            packet,
+            status,
+            error,
+            backend=self.backend.name,
+            triton_infer_ms=_ms(started),
+            total_ms=_ms(received),
+        )
+        if not index:
+            ack.final = True
+        return ack
+
+    async def _stream(
+        self, packet: pb.DataPacket, request: InferRequest, received: float
+    ) -> AsyncGenerator[pb.Ack, None]:
+        """A streaming model's Acks for one packet, ``index`` from 0, the last one final.
+
+        Never raises, except when cancelled; closing it early closes the backend's
+        stream (which cancels the request upstream).
+        """
+        name = self.backend.name
+        index = 0
+        try:
             no_outputs = dataclasses.replace(request, outputs=())
-            async with contextlib.aclosing(self.backend.stream_infer(request)) as responses:
-                async for response in responses:
-                    empty = response.final and not response.outputs
-                    ack = ok_ack(
-                        no_outputs if empty else request,
-                        response.outputs,
-                        backend=name,
-                        triton_infer_ms=_ms(started),
-                        total_ms=_ms(received),
-                    )
-                    ack.final = response.final
+            started = time.perf_counter()
+            try:
+                async with contextlib.aclosing(self.backend.stream_infer(request)) as responses:
+                    async for response in responses:
+                        final = response.final
+                        now = time.perf_counter()
+                        ack = ok_ack(
+                            no_outputs if final and not response.outputs else request,
+                            response.outputs,
+                            backend=name,
+                            triton_infer_ms=(now - started) * 1000.0,
+                            total_ms=(now - received) * 1000.0,
+                        )
+                        ack = self._fit(ack, packet, received)
+                        ack.index = index
+                        index += 1
+                        if final:
+                            ack.final = True
+                            yield self._count(ack)
+                            return
+                        yield ack
+                        started = time.perf_counter()
+                # The backend ended without flagging a final response: end the packet here.
+                ack = ok_ack(
+                    no_outputs, {}, backend=name, triton_infer_ms=0.0, total_ms=_ms(received)
+                )
+            except Exception as exc:
+                ack = self._backend_failure(packet, request, exc, started, received, index)
+                if index:  # mid-stream: the error, then the packet's final Ack
+                    ack.index = index
                     index += 1
                     yield ack
-                    if response.final:
-                        return
-                    started = time.perf_counter()
-            # The backend ended without flagging a final response: end the packet here.
-            ack = ok_ack(no_outputs, {}, backend=name, triton_infer_ms=0.0, total_ms=_ms(received))
-            ack.final = True
-            yield ack
-        except Exception as exc:
-            if isinstance(exc, BackendError):
-                status, error = exc.status, str(exc)
-            else:  # a bug or an unexpected backend failure: still one Ack
-                _log.exception("packet %r: unexpected backend failure", request.cid)
-                status, error = pb.INTERNAL, f"{type(exc).__name__}: {exc}"
-            ack = error_ack(
-                packet,
-                status,
-                error,
-                backend=name,
-                triton_infer_ms=_ms(started),
-                total_ms=_ms(received),
-            )
-            if index:  # mid-stream: the error, then the packet's final Ack
-                yield ack
-                ack = error_ack(
-                    packet,
-                    status,
-                    f"the packet's responses ended by the error above (after {index})",
-                    backend=name,
-                    total_ms=_ms(received),
-                )
-            ack.final = True
-            yield ack
+                    ack = error_ack(
+                        packet,
+                        ack.status,
+                        f"the packet's responses ended by the error above (after {index - 1})",
+                        backend=name,
+                        total_ms=_ms(received),
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in the proxy: still a final Ack
+            ack = self._bug_ack(packet, exc, received)
+        ack.index, ack.final = index, True
+        yield self._count(ack)
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.DataPacket], context: _Context
@@ -470,11 +539,34 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
         acks: asyncio.Queue[_Answered | BaseException | None] = asyncio.Queue(self.max_held_acks)
         tasks: set[asyncio.Task[None]] = set()
 
+        metrics = self.metrics
+
         async def answer(packet: pb.DataPacket, received: float, size: int) -> None:
+            # One task per packet; a packet to a non-streaming model (the common case)
+            # takes one coroutine (_first) and no generator.
             model = _model_of(packet)
-            async with contextlib.aclosing(self.respond(packet, received)) as responses:
-                async for ack in responses:
-                    await acks.put((model, ack, size if ack.final else -1))
+            counted = 0 if metrics is None else packet_received(metrics, packet)
+            final = None
+            try:
+                first = await self._first(packet, received, unary=False)
+                if isinstance(first, pb.Ack):
+                    final = first
+                    if metrics is not None:
+                        packet_done(metrics, packet, counted, final, received)
+                    await acks.put((model, first, size))
+                    return
+                async with contextlib.aclosing(self._stream(packet, first, received)) as stream:
+                    async for ack in stream:
+                        if ack.final:
+                            final = ack
+                            if metrics is not None:
+                                packet_done(metrics, packet, counted, final, received)
+                            await acks.put((model, ack, size))
+                        else:
+                            await acks.put((model, ack, -1))
+            finally:
+                if metrics is not None and final is None:
+                    packet_done(metrics, packet, counted, None, received)
 
         async def read() -> None:
             try:
