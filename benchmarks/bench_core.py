@@ -49,6 +49,8 @@ SHARED = os.environ.get("BENCH_CORE_SHARED", "")
 SMALL_ITEMS = int(os.environ.get("BENCH_CORE_SMALL_ITEMS", "20000"))
 STREAM_MIB = int(os.environ.get("BENCH_CORE_STREAM_MIB", "1024"))
 TENSOR_BYTES = 16 * 1024 * 1024
+#: Two full rotations of the four tensor variants (see ``interleaved``).
+TENSOR_ROUNDS = 8
 STREAM_ITEM_BYTES = 4 * 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 RESULTS = Path(__file__).parent / "results" / "core.md"
@@ -64,12 +66,20 @@ def interleaved(
     The variants take turns, ``rounds`` times; each turn is one untimed warm-up call
     and ``block`` timed calls. Turns spread a burst of load from elsewhere over all
     variants alike; blocks keep one variant's allocations (a 16 MiB free right before)
-    from skewing the next variant's first call. Wall times go to ``LAST_WALL``.
+    from skewing the next variant's first call. The order rotates by one variant per
+    round, so with ``rounds`` a multiple of the number of variants each one runs in
+    each position (right after each neighbour) equally often: the variant after a
+    heavy one (truss_chains' 117 ms of base64 and 42k page faults) runs measurably
+    slower for several calls, warm-up or not, and a fixed order always handed that
+    penalty to the same variant. Wall times go to ``LAST_WALL``.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     wall: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    names = list(fns)
+    for turn in range(rounds):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             fn()
             best, best_wall = float("inf"), float("inf")
             for _ in range(block):
@@ -185,7 +195,7 @@ def bench_tensor() -> list[dict[str, Any]]:
             "msgpack-numpy": tensor_msgpack_numpy(array),
             "truss": tensor_truss(array),
         },
-        rounds=max(3, REPEATS // 2),
+        rounds=TENSOR_ROUNDS,
         block=3,
     )
     ours = times["ours"]
@@ -517,7 +527,7 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "(wall time in the notes: on a shared machine wall time partly measures the "
         "neighbours). The variants of each benchmark take turns: "
         f"{REPEATS} interleaved rounds for small items (a warm-up and one timed pass of "
-        f"{SMALL_ITEMS:,} items each), {max(3, REPEATS // 2)} for the tensor (a warm-up and "
+        f"{SMALL_ITEMS:,} items each), {TENSOR_ROUNDS} for the tensor (a warm-up and "
         "the best of 3 timed calls each). Values are medians over the rounds, with the "
         "spread (min-max); ratios are computed per round (times measured side by side) "
         "and given the same way.",
