@@ -245,15 +245,48 @@ def small_items(n: int) -> list[SmallItem]:
     ]
 
 
-def small_sync(items: list[SmallItem], codec: str) -> Callable[[], None]:
-    """Writer -> sync reader; the frames come from a generator, one per chunk."""
+#: Chunk size of the "socket reads" feeding: what a chunked-HTTP client's reads give.
+SOCKET_READ = 64 * 1024
+
+
+def socket_reads(frames: Iterator[bytes], size: int = SOCKET_READ) -> Iterator[bytes]:
+    """The bytes of ``frames`` cut every ``size`` bytes, frames or not, as a socket delivers.
+
+    Frames are joined once per ``size`` bytes (a bytearray appended to and cut from
+    the front costs more per frame than the reader).
+    """
+    parts: list[bytes] = []
+    held = 0
+    for frame in frames:
+        parts.append(frame)
+        held += len(frame)
+        if held >= size:
+            data = b"".join(parts)
+            whole = len(data) - len(data) % size
+            for at in range(0, whole, size):
+                yield data[at : at + size]
+            parts = [data[whole:]]
+            held = len(parts[0])
+    data = b"".join(parts)
+    for at in range(0, len(data), size):
+        yield data[at : at + size]
+
+
+def small_sync(items: list[SmallItem], codec: str, reads: bool = False) -> Callable[[], None]:
+    """Writer -> sync reader; the frames come from a generator, one per chunk.
+
+    ``reads``: the frames' bytes in 64 KiB chunks instead (``socket_reads``).
+    """
     types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
 
-    def source() -> Iterator[bytes]:
+    def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
         for item in items:
             yield writer.yield_item(item)
         yield writer.yield_end()
+
+    def source() -> Iterator[bytes]:
+        return socket_reads(frames()) if reads else frames()
 
     def run() -> None:
         count = 0
@@ -264,16 +297,23 @@ def small_sync(items: list[SmallItem], codec: str) -> Callable[[], None]:
     return run
 
 
-def small_async(items: list[SmallItem], codec: str) -> Callable[[], None]:
-    """Writer -> async reader; the frames come from an async generator, one per chunk."""
+def small_async(items: list[SmallItem], codec: str, reads: bool = False) -> Callable[[], None]:
+    """Writer -> async reader; the frames come from an async generator, one per chunk.
+
+    ``reads``: the frames' bytes in 64 KiB chunks instead (``socket_reads``).
+    """
     types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
     loop = asyncio.new_event_loop()
 
-    async def source() -> AsyncIterator[Any]:
+    def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
         for item in items:
             yield writer.yield_item(item)
         yield writer.yield_end()
+
+    async def source() -> AsyncIterator[Any]:
+        for chunk in socket_reads(frames()) if reads else frames():
+            yield chunk
 
     async def read() -> int:
         count = 0
