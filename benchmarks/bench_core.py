@@ -281,18 +281,25 @@ def small_sync(items: list[SmallItem], codec: str, reads: bool = False) -> Calla
 
     def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
+        yield_item = writer.yield_item  # bound once, as the floor binds its calls
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
         yield writer.yield_end()
 
     def source() -> Iterator[bytes]:
         return socket_reads(frames()) if reads else frames()
 
     def run() -> None:
-        count = 0
-        for _ in ts.stream_reader(types, source()).read_items():
-            count += 1
-        assert count == len(items)
+        # The loop does nothing with the items, as the floor's does nothing with its
+        # results (a count here cost ours alone 2-3% of the floor); the last item and
+        # the END frame show that the stream was read to its end.
+        reader = ts.stream_reader(types, source())
+        item = None
+        for item in reader.read_items():  # noqa: B007 (the last one is checked)
+            pass
+        assert item is not None
+        assert item.index == len(items) - 1
+        assert reader.ended
 
     return run
 
@@ -307,21 +314,31 @@ def small_async(items: list[SmallItem], codec: str, reads: bool = False) -> Call
 
     def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
+        yield_item = writer.yield_item  # bound once, as the floor binds its calls
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
         yield writer.yield_end()
 
     async def source() -> AsyncIterator[Any]:
-        for chunk in socket_reads(frames()) if reads else frames():
-            yield chunk
+        if reads:
+            for chunk in socket_reads(frames()):
+                yield chunk
+            return
+        writer = ts.stream_writer(types)  # as frames(), one generator level less
+        yield_item = writer.yield_item
+        for item in items:
+            yield yield_item(item)
+        yield writer.yield_end()
 
     async def read() -> int:
-        count = 0
         frames = source()
-        async for _ in ts.stream_reader(types, frames).read_items():
-            count += 1
+        reader = ts.stream_reader(types, frames)
+        item = None
+        async for item in reader.read_items():  # noqa: B007 (as in small_sync)
+            pass
         await frames.aclose()
-        return count
+        assert reader.ended
+        return -1 if item is None else item.index + 1
 
     def run() -> None:
         assert loop.run_until_complete(read()) == len(items)
@@ -337,16 +354,17 @@ def small_truss(items: list[SmallItem]) -> Callable[[], None]:
 
     async def source() -> AsyncIterator[Any]:
         writer = streaming.stream_writer(types)
+        yield_item = writer.yield_item
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
 
     async def read() -> int:
-        count = 0
         frames = source()
-        async for _ in streaming.stream_reader(types, frames).read_items():
-            count += 1
+        item = None
+        async for item in streaming.stream_reader(types, frames).read_items():  # noqa: B007
+            pass
         await frames.aclose()
-        return count
+        return -1 if item is None else item.index + 1
 
     def run() -> None:
         assert loop.run_until_complete(read()) == len(items)

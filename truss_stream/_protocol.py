@@ -62,12 +62,24 @@ NEED_DATA: Final = Sentinel.NEED_DATA
 DONE: Final = Sentinel.DONE
 #: :meth:`ReaderCore.take_item` did not take the chunk (nothing was consumed).
 NOT_TAKEN: Final = Sentinel.NOT_TAKEN
-#: :attr:`ReaderCore.item_taker` took a chunk of several frames: the items are in
-#: :attr:`ReaderCore.batch` (maybe none), then call :meth:`ReaderCore.next_item_after_batch`.
+#: :meth:`ReaderCore.next_item_after` after the taker took a chunk of several frames:
+#: deliver :attr:`ReaderCore.batch` (maybe empty), then call
+#: :meth:`ReaderCore.next_item_after_batch`.
 BATCH: Final = Sentinel.BATCH
+#: Most items one BATCH holds (a chunk with more gives several batches in turn): the
+#: items of a batch are alive at once, and a whole 64 KiB read of them (600 models)
+#: set off the collector's gen-0 collections, 5k instructions an item.
+BATCH_ITEMS: Final = 64
+_BATCH_DONE: Final = 1
+_BATCH_MORE: Final = 2
+# Sent to the taker: go on with the chunk of the last batch. A bytes object of its
+# own (compared by identity), so that the one-frame check, which it fails (0xFF is
+# no tag byte), stays the first thing the taker does.
+_RESUME: Final = bytes(bytearray(b"\xffresume"))
 # The armed byte while the taker keeps a cut frame: equal to no tag byte.
 _TAIL_HELD: Final = -2
 _unpack_tag = TAG_STRUCT.unpack_from
+_pack_tag = TAG_STRUCT.pack
 _ITEM: Final = FrameKind.ITEM
 _DEFAULT_LIMITS: Final = MsgpackLimits()
 _END_KIND: Final = FrameKind.END
@@ -302,6 +314,7 @@ class ReaderCore:
 
     __slots__ = (
         "_batch",
+        "_batch_state",
         "_copy",
         "_decoder",
         "_ended",
@@ -361,8 +374,10 @@ class ReaderCore:
         # byte is _TAIL_HELD. Every other way in for bytes hands it to the decoder
         # first (_flush_tail), so the decoder sees the stream's bytes in order.
         self._tail = [b""]
-        # The items of the taker's last BATCH (refilled by each one).
+        # The items of the taker's last BATCH (refilled by each one), and whether one
+        # is there to deliver (_BATCH_DONE, _BATCH_MORE: the chunk has more) or not (0).
         self._batch: list[Any] = []
+        self._batch_state = [0]
         # An error take_item's generator met on a frame it took, for the caller to
         # raise (the generator itself must live on); and the generator's send.
         self._failed: list[BaseException] = []
@@ -479,19 +494,22 @@ class ReaderCore:
     def item_taker(self) -> Any:
         """:meth:`take_item` without its error check, and for chunks of many frames.
 
-        A callable ``take(data)`` for the readers' loops. It gives what
-        :meth:`take_item` gives for a chunk that is one small ITEM frame, except that
-        a frame it took and failed to decode gives :data:`NOT_TAKEN` too: the error
-        is then raised by the :meth:`next_item_after` call that follows (which is
-        what the drivers call on NOT_TAKEN). For a chunk holding several frames (a
-        socket read of chunked HTTP holds hundreds of small frames, the last one
-        often cut), it gives a ``list`` of the items of all the whole small ITEM
-        frames at its front, in one tight loop, and keeps the rest: a small ITEM
-        frame cut at the chunk's end waits for the next chunk in the taker (at most
-        4 KiB + a tag, its declared length checked first), anything else goes to
-        the decoder. After a list the caller must call :meth:`next_item_after_batch`
-        (it raises the error that stopped the loop, if any, after the items before
-        it were delivered). NOT_TAKEN still means nothing was consumed.
+        A callable ``take(data)`` for the readers' loops: it gives an item or
+        :data:`NOT_TAKEN`, and on NOT_TAKEN the caller calls
+        :meth:`next_item_after` with ``data``, which handles every case. For a chunk
+        that is one small ITEM frame it gives what :meth:`take_item` gives, except
+        that a frame it took and failed to decode gives NOT_TAKEN too (the error is
+        raised by the :meth:`next_item_after` call that follows). A chunk holding
+        several frames (a socket read of chunked HTTP holds hundreds of small
+        frames, the last one often cut) it takes whole: the items of the small ITEM
+        frames at its front are decoded in one tight loop, :data:`BATCH_ITEMS` at a
+        time, and :meth:`next_item_after` then gives :data:`BATCH` (deliver
+        :attr:`batch`, then call :meth:`next_item_after_batch`, which gives BATCH
+        again for the chunk's next items, raises the error that stopped the loop
+        after the items before it, or goes on as :meth:`next_item`). Of the rest, a
+        small ITEM frame cut at the chunk's end waits in the core for the next chunk
+        (at most a tag + 4 KiB, its declared length checked first), anything else
+        goes to the decoder.
 
         It is the ``send`` of a generator that keeps everything it needs in local
         variables, which saves the per-item cost of a function call and of reading
@@ -547,22 +565,37 @@ class ReaderCore:
         unpack_tag = _unpack_tag
         unpackb = _unpackb
         not_taken = NOT_TAKEN
-        batched = BATCH
+        state = self._batch_state
+        resume = _RESUME
+        batch_items = BATCH_ITEMS
+        held: Any = None
         tail_held = _TAIL_HELD
         tag_size = TAG_SIZE
         del self  # the core holds this generator: no reference back, no cycle
         item: Any = not_taken
+        # The tag of a chunk that is one ITEM frame, by the chunk's size (as the writer
+        # caches them; at most small_max + 6 entries): a dict lookup and a startswith
+        # cost half of unpacking the tag.
+        tags: dict[int, bytes] = {}
+        frame_max = small_max + tag_size
         while True:
             data = yield item
             item = not_taken
             if type(data) is not bytes:
                 continue
-            try:
-                byte, length = unpack_tag(data)
-            except struct.error:  # shorter than a tag: values no armed byte or size matches
-                byte = length = -9
             size = len(data)
-            if byte == armed[0] and size - tag_size == length and length <= small_max:
+            if size <= frame_max and armed[0] == item_byte:
+                try:
+                    tag = tags[size]
+                except KeyError:
+                    # (A chunk shorter than a tag gets a "tag" longer than itself.)
+                    tag = tags[size] = (
+                        _pack_tag(item_byte, size - tag_size) if size >= tag_size else b"\xff" * 8
+                    )
+                whole = data.startswith(tag)
+            else:
+                whole = False
+            if whole:
                 # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
                 # gRPC, a producer's frames handed on one by one). A payload this
                 # small is copied out of its chunk: cheaper than a view, and what
@@ -596,14 +629,27 @@ class ReaderCore:
                     failed.append(exc)
                     item = not_taken
                 continue
-            if armed[0] == -1 or not size:
+            if data is resume:
+                # The next round of the chunk the last round stopped in (at
+                # BATCH_ITEMS items, to keep the items alive at once below the
+                # collector's threshold: a batch of a whole 64 KiB read set off
+                # gen-0 collections, 5k instructions an item).
+                data, pos = held
+                held = None
+                size = len(data)
+                fresh = False
+                tail = b""
+            elif armed[0] == -1 or not size:
                 continue  # not between frames (or nothing to take): the general path
-            # A chunk of several frames (a socket read), or one that begins or ends
-            # inside a small ITEM frame: every whole small ITEM frame in one loop.
+            else:
+                # A chunk of several frames (a socket read), or one that begins or
+                # ends inside a small ITEM frame: its whole small ITEM frames in a loop.
+                fresh = True
+                pos = 0  # where the next frame of `data` starts
+                tail = kept[0]
             batch.clear()
-            pos = 0  # where the next frame of `data` starts
+            start = pos
             payload: Any = None
-            tail = kept[0]
             if tail:
                 # This chunk continues the frame the last one ended inside.
                 joined = tail + data[: tag_size + small_max + 1 - len(tail)]
@@ -618,13 +664,14 @@ class ReaderCore:
                         continue
                 if len(joined) < tag_size or len(joined) < tag_size + length:
                     kept[0] = joined  # still not whole: all of `data` is in it
-                    item = batched
+                    state[0] = _BATCH_DONE
                     continue
                 kept[0] = b""
                 armed[0] = item_byte
                 pos = tag_size + length - len(tail)
                 payload = joined[tag_size : tag_size + length]
             error = False
+            left = batch_items
             while True:
                 if payload is not None:
                     # The decoding of the one-frame case above, once per frame here (a
@@ -651,18 +698,20 @@ class ReaderCore:
                         failed.append(exc)
                         error = True
                         break
+                    left -= 1
+                    if not left:
+                        break
                 try:
                     byte, length = unpack_tag(data, pos)
                 except struct.error:  # less than a tag left
                     break
-                start = pos + tag_size
-                end = start + length
+                end = pos + tag_size + length
                 if byte != item_byte or length > small_max or end > size:
                     break
-                payload = data[start:end]
+                payload = data[pos + tag_size : end]
                 pos = end
             rest = size - pos
-            if not (pos or tail):
+            if fresh and pos == 0 and not tail:
                 # Nothing at the chunk's front to take. A small ITEM frame bigger than
                 # the chunk is kept (below); anything else is left to the general path.
                 if rest >= tag_size and not (byte == item_byte and length <= small_max):
@@ -670,32 +719,39 @@ class ReaderCore:
                 if rest < tag_size and data[0] != item_byte:
                     continue
             decoder.frames += len(batch) + error
-            decoder._offset += pos + len(tail)
-            item = batched
+            decoder._offset += pos - start + len(tail)
             if error:
                 # After the items before it (the caller raises it after them): the
                 # rest of the chunk goes to the decoder, for whoever reads on.
+                state[0] = _BATCH_DONE
                 armed[0] = -1
                 if rest:
                     decoder.feed(memoryview(data)[pos:])
-            elif rest:
-                if rest >= tag_size:
-                    byte, length = unpack_tag(data, pos)
-                    cut = byte == item_byte and length <= small_max
-                else:
-                    cut = data[pos] == item_byte
-                if cut:  # a small ITEM frame the transport's read cut: wait for the rest
-                    kept[0] = data[pos:]
-                    armed[0] = tail_held
-                else:
-                    armed[0] = -1
-                    decoder.feed(memoryview(data)[pos:])
+            elif not left and rest:
+                held = (data, pos)
+                state[0] = _BATCH_MORE
+            else:
+                state[0] = _BATCH_DONE
+                if rest:
+                    if rest >= tag_size:
+                        byte, length = unpack_tag(data, pos)
+                        cut = byte == item_byte and length <= small_max
+                    else:
+                        cut = data[pos] == item_byte
+                    if cut:  # a small ITEM frame the transport's read cut: wait for the rest
+                        kept[0] = data[pos:]
+                        armed[0] = tail_held
+                    else:
+                        armed[0] = -1
+                        decoder.feed(memoryview(data)[pos:])
 
     def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
         """Feed ``data``, then return what :meth:`next_item` returns.
 
         Raises first the error :attr:`item_taker` met on the frame it took, if any.
         """
+        if self._batch_state[0]:
+            return BATCH  # the taker took `data` as a batch
         if self._failed:
             raise self._failed.pop()
         self._take_byte[0] = -1
@@ -712,11 +768,17 @@ class ReaderCore:
         return self.next_item()
 
     def next_item_after_batch(self) -> Any:
-        """After the items of a BATCH from :attr:`item_taker`: what :meth:`next_item` gives.
+        """After the items of a :data:`BATCH`: BATCH again (the next items of the same
+        chunk are in :attr:`batch`), or what :meth:`next_item` gives.
 
         Raises first the error that ended the batch, if any (the frame that failed is
         consumed; the frames after it are buffered for whoever reads on).
         """
+        if self._batch_state[0] is _BATCH_MORE:
+            self._batch_state[0] = 0
+            self._taker(_RESUME)  # refills the batch, sets the state again
+            return BATCH
+        self._batch_state[0] = 0
         if self._failed:
             raise self._failed.pop()
         return self.next_item()

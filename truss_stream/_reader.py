@@ -173,25 +173,23 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         need_data, done, not_taken, batched = NEED_DATA, DONE, NOT_TAKEN, BATCH
         item = next_item()
         while True:
-            # What the core holds already (several frames in one chunk, the header's).
+            # What the core holds already (several frames in one chunk, the header's),
+            # or a BATCH: the items of a chunk of many frames, decoded in one loop.
             while item is not need_data:
                 if item is done:
                     return
+                if item is batched:
+                    yield from batch
+                    item = after_batch()
+                    continue
                 yield item
                 item = next_item()
-            # Nothing buffered: pull chunks. A chunk that is one whole item frame is
-            # decoded at once, a chunk of many frames in one loop (a BATCH); either
-            # leaves nothing but a cut small item frame in the core.
+            # Nothing buffered: pull chunks. A chunk that is one whole item frame (the
+            # common case) is decoded at once and leaves the core empty again.
             for chunk in chunks:
                 item = take_item(chunk)
                 if item is not_taken:
                     item = next_item_after(chunk)
-                    break
-                if item is batched:
-                    yield from batch
-                    item = after_batch()
-                    if item is need_data:
-                        continue
                     break
                 yield item
             else:
@@ -284,19 +282,17 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
             while item is not need_data:
                 if item is done:
                     return
+                if item is batched:
+                    for item in batch:
+                        yield item
+                    item = after_batch()
+                    continue
                 yield item
                 item = next_item()
             async for chunk in chunks:
                 item = take_item(chunk)
                 if item is not_taken:
                     item = next_item_after(chunk)
-                    break
-                if item is batched:
-                    for item in batch:
-                        yield item
-                    item = after_batch()
-                    if item is need_data:
-                        continue
                     break
                 yield item
             else:

@@ -157,8 +157,9 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
             if self._arrays:
                 return self._encoder.splice(self._item_tag, payload)  # type: ignore[union-attr]
             size = len(payload)
-            tag = self._item_tags.get(size)
-            if tag is None:
+            try:
+                tag = self._item_tags[size]  # a subscript: cheaper than .get's method call
+            except KeyError:
                 tag = self._item_tag_for(size)
             frame: bytes = tag + payload
             return frame
