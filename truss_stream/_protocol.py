@@ -10,9 +10,11 @@ Copies of payload bytes: a frame that arrives inside one chunk is handed on as a
 view of that chunk (no copy); a frame spread over several chunks is assembled
 once into a buffer of its declared size, allocated when its tag arrives (for
 frames above 16 MiB, once half the payload is there, so a lying tag costs nothing).
-The one exception is the small-item fast path (:meth:`ReaderCore.take_item`): a
-chunk that is exactly one ITEM frame of at most 4 KiB without the array hint has its
-payload copied out (cheaper than a view at that size) and decoded at once.
+The one exception is the small-item fast path (:attr:`ReaderCore.item_taker`): ITEM
+frames of at most 4 KiB without the array hint, in a chunk that is exactly one of
+them or in a chunk of many frames (decoded in one loop), have their payload copied
+out (cheaper than a view at that size) and decoded at once; such a frame cut by the
+chunk's end is kept as bytes and completed from the next chunk.
 """
 
 from __future__ import annotations
