@@ -6,12 +6,14 @@ median over the rounds with the spread (min-max); ratios are computed per round 
 reported the same way.
 
 1. tensor: one item holding a 16 MiB float32 array, writer -> reader (sync reader,
-   the frame fed as one chunk) vs one memcpy of the same bytes (``tobytes``) vs
+   the frame handed over as one chunk by a generator) vs one memcpy of the same bytes (``tobytes``) vs
    ``msgpack_numpy`` packb/unpackb vs ``truss_chains.streaming`` (JSON + base64,
    its async reader).
 2. small items: 20k items (int, float, list of 8 strings) through the writer and the
-   sync and the async reader (a generator / async generator yielding each frame, as
-   transports do), both codecs, vs the floor (what pydantic and the codec cost with
+   sync and the async reader, both codecs, fed two ways: one frame per chunk (a
+   generator / async generator yielding each frame, as SSE and gRPC deliver them) and
+   64 KiB socket reads (the frames' bytes cut every 64 KiB, frames or not, as a
+   chunked-HTTP client's reads deliver them); vs the floor (what pydantic and the codec cost with
    no framing: msgpack ``to_python`` + ``Packer.pack`` + ``unpackb`` +
    ``validate_python``; JSON ``to_json`` + ``validate_json``) and truss_chains.
 3. memory: a 1 GiB stream of 4 MiB float32 items, generated lazily and fed in 64 KiB
@@ -51,6 +53,8 @@ STREAM_MIB = int(os.environ.get("BENCH_CORE_STREAM_MIB", "1024"))
 TENSOR_BYTES = 16 * 1024 * 1024
 #: Two full rotations of the four tensor variants (see ``interleaved``).
 TENSOR_ROUNDS = 8
+#: One full rotation of the eleven small-item variants, at least REPEATS rounds.
+SMALL_ROUNDS = max(REPEATS, 11)
 STREAM_ITEM_BYTES = 4 * 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 RESULTS = Path(__file__).parent / "results" / "core.md"
@@ -66,7 +70,10 @@ def interleaved(
     The variants take turns, ``rounds`` times; each turn is one untimed warm-up call
     and ``block`` timed calls. Turns spread a burst of load from elsewhere over all
     variants alike; blocks keep one variant's allocations (a 16 MiB free right before)
-    from skewing the next variant's first call. The order rotates by one variant per
+    from skewing the next variant's first call. The collector runs once before each
+    turn and not inside it (as in ``timeit``): a full collection right before each
+    timed call, as this harness did before, left the CPU cache cold for the call and
+    so charged each variant for its lines of Python rather than for its work. The order rotates by one variant per
     round, so with ``rounds`` a multiple of the number of variants each one runs in
     each position (right after each neighbour) equally often: the variant after a
     heavy one (truss_chains' 117 ms of base64 and 42k page faults) runs measurably
@@ -80,15 +87,19 @@ def interleaved(
         shift = turn % len(names)
         for name in names[shift:] + names[:shift]:
             fn = fns[name]
-            fn()
             best, best_wall = float("inf"), float("inf")
-            for _ in range(block):
-                gc.collect()
-                start_wall = time.perf_counter()
-                start = time.process_time()
+            gc.collect()
+            gc.disable()  # as timeit does: no collection inside a turn
+            try:
                 fn()
-                best = min(best, time.process_time() - start)
-                best_wall = min(best_wall, time.perf_counter() - start_wall)
+                for _ in range(block):
+                    start_wall = time.perf_counter()
+                    start = time.process_time()
+                    fn()
+                    best = min(best, time.process_time() - start)
+                    best_wall = min(best_wall, time.perf_counter() - start_wall)
+            finally:
+                gc.enable()
             times[name].append(best)
             wall[name].append(best_wall)
     LAST_WALL.clear()
@@ -129,10 +140,22 @@ def _tensor(nbytes: int) -> np.ndarray[Any, Any]:
 
 
 def tensor_ours(array: np.ndarray[Any, Any]) -> Callable[[], None]:
+    """Writer -> sync reader, the frames handed over by a generator as a transport does.
+
+    The reader exists before its bytes arrive, as over any transport (and as in the
+    small-item benchmark): right after the frame's 16 MiB copy the CPU cache holds
+    little but that frame, and every line of Python then runs cache-cold (setting
+    up a reader there cost 50-60 us, 7% of the copy).
+    """
+
     def round_trip() -> None:
         writer = ts.stream_writer(TENSOR_TYPES)
-        frames = [writer.yield_item(TensorItem(index=0, tensor=array)), writer.yield_end()]
-        (item,) = ts.stream_reader(TENSOR_TYPES, frames).read_items()
+
+        def frames() -> Iterator[bytes]:
+            yield writer.yield_item(TensorItem(index=0, tensor=array))
+            yield writer.yield_end()
+
+        (item,) = ts.stream_reader(TENSOR_TYPES, frames()).read_items()
         assert item.tensor.shape == array.shape
 
     return round_trip
@@ -403,11 +426,16 @@ def bench_small() -> list[dict[str, Any]]:
             "floor-msgpack": small_floor(items, "msgpack"),
             "msgpack-sync": small_sync(items, "msgpack"),
             "msgpack-async": small_async(items, "msgpack"),
+            "msgpack-sync-reads": small_sync(items, "msgpack", reads=True),
+            "msgpack-async-reads": small_async(items, "msgpack", reads=True),
             "floor-json": small_floor(items, "json"),
             "json-sync": small_sync(items, "json"),
             "json-async": small_async(items, "json"),
+            "json-sync-reads": small_sync(items, "json", reads=True),
+            "json-async-reads": small_async(items, "json", reads=True),
             "truss": small_truss(items),
-        }
+        },
+        rounds=SMALL_ROUNDS,
     )
     name = f"{SMALL_ITEMS // 1000}k small items (int, float, 8 strings), writer + reader"
 
@@ -441,6 +469,10 @@ def bench_small() -> list[dict[str, Any]]:
             ratio_vs="floor", goal=">= 0.8x"),
         row("truss_stream msgpack: sync reader vs async reader", "msgpack-sync",
             vs="msgpack-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row(f"truss_stream msgpack, sync reader, {SOCKET_READ // 1024} KiB socket reads",
+            "msgpack-sync-reads", vs="floor-msgpack", ratio_vs="floor", goal=">= 0.8x"),
+        row(f"truss_stream msgpack, async reader, {SOCKET_READ // 1024} KiB socket reads",
+            "msgpack-async-reads", vs="floor-msgpack", ratio_vs="floor", goal=">= 0.8x"),
         row("floor json: to_json + validate_json", "floor-json"),
         row("truss_stream json, sync reader", "json-sync", vs="floor-json",
             ratio_vs="floor", goal=">= 0.8x"),
@@ -448,6 +480,10 @@ def bench_small() -> list[dict[str, Any]]:
             ratio_vs="floor", goal=">= 0.8x"),
         row("truss_stream json: sync reader vs async reader", "json-sync",
             vs="json-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row(f"truss_stream json, sync reader, {SOCKET_READ // 1024} KiB socket reads",
+            "json-sync-reads", vs="floor-json", ratio_vs="floor", goal=">= 0.8x"),
+        row(f"truss_stream json, async reader, {SOCKET_READ // 1024} KiB socket reads",
+            "json-async-reads", vs="floor-json", ratio_vs="floor", goal=">= 0.8x"),
         row("truss_chains (json, async reader)", "truss"),
         row("truss_stream msgpack, async reader vs truss_chains", "msgpack-async",
             vs="truss", ratio_vs="truss_chains", goal=">= 1.3x"),
@@ -584,7 +620,7 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "Written by `python -m benchmarks.bench_core` (also run by `make bench`). CPU time "
         "(wall time in the notes: on a shared machine wall time partly measures the "
         "neighbours). The variants of each benchmark take turns: "
-        f"{REPEATS} interleaved rounds for small items (a warm-up and one timed pass of "
+        f"{SMALL_ROUNDS} interleaved rounds for small items (a warm-up and one timed pass of "
         f"{SMALL_ITEMS:,} items each), {TENSOR_ROUNDS} for the tensor (a warm-up and "
         "the best of 3 timed calls each). Values are medians over the rounds, with the "
         "spread (min-max); ratios are computed per round (times measured side by side) "
