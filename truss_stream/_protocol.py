@@ -91,6 +91,10 @@ _unpackb = msgpack.unpackb
 #: Frames up to this size get their assembly buffer as soon as their tag arrives;
 #: bigger ones once half their payload is buffered (peak about 1.5x the frame).
 EAGER_ASSEMBLY_BYTES: Final = 16 * 1024 * 1024
+#: FrameDecoder._taken: bytes in the low 64 bits, frames above them.
+_TAKEN_SHIFT: Final = 64
+TAKEN_FRAME: Final = 1 << _TAKEN_SHIFT
+_TAKEN_BYTES: Final = TAKEN_FRAME - 1
 
 
 class FrameDecoder:
@@ -107,10 +111,11 @@ class FrameDecoder:
         "_chunks",
         "_eof",
         "_filled",
+        "_frames",
         "_max",
         "_offset",
         "_tag",
-        "frames",
+        "_taken",
     )
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
@@ -124,13 +129,20 @@ class FrameDecoder:
         self._filled = 0
         self._eof = False
         self._offset = 0
-        #: Frames decoded so far.
-        self.frames = 0
+        self._frames = 0
+        # Frames and bytes ReaderCore's fast path took past this decoder, packed in one
+        # int (frames * TAKEN_FRAME + bytes): one addition per item instead of two.
+        self._taken = 0
+
+    @property
+    def frames(self) -> int:
+        """Frames decoded so far."""
+        return self._frames + (self._taken >> _TAKEN_SHIFT)
 
     @property
     def offset(self) -> int:
         """Bytes of the stream consumed into whole frames so far."""
-        return self._offset
+        return self._offset + (self._taken & _TAKEN_BYTES)
 
     @property
     def at_boundary(self) -> bool:
@@ -183,7 +195,7 @@ class FrameDecoder:
                     and (length == 0 or info[0] is not _END_KIND)
                 ):
                     self._offset += size
-                    self.frames += 1
+                    self._frames += 1
                     payload = memoryview(data)[TAG_SIZE:]
                     return _new_frame(Frame, (info[0], info[1], info[2], payload))
         self.feed(data)
@@ -253,13 +265,13 @@ class FrameDecoder:
                         self._chunks[0] = first[end:]
                     self._buffered -= end
                     self._offset += end
-                    self.frames += 1
+                    self._frames += 1
                     return _new_frame(Frame, (info[0], info[1], info[2], first[TAG_SIZE:end]))
         if tag is None:
             if self._buffered < TAG_SIZE:
                 if self._eof and self._buffered:
                     raise StreamTruncatedError(
-                        f"stream ended inside a frame tag at byte {self._offset} "
+                        f"stream ended inside a frame tag at byte {self.offset} "
                         f"({self._buffered} of {TAG_SIZE} tag bytes)"
                     )
                 return None
@@ -296,12 +308,12 @@ class FrameDecoder:
             self._assembly = None
         self._tag = None
         self._offset += TAG_SIZE + length
-        self.frames += 1
+        self._frames += 1
         return _new_frame(Frame, (kind, codec, hint, payload.toreadonly()))
 
     def _truncated(self, length: int, have: int) -> StreamTruncatedError:
         return StreamTruncatedError(
-            f"stream ended inside frame {self.frames + 1} at byte {self._offset}: "
+            f"stream ended inside frame {self.frames + 1} at byte {self.offset}: "
             f"{have} of {length} payload bytes arrived"
         )
 
@@ -580,11 +592,9 @@ class ReaderCore:
         # cost half of unpacking the tag.
         tags: dict[int, bytes] = {}
         frame_max = small_max + tag_size
+        one_frame = TAKEN_FRAME
         while True:
             data = yield item
-            item = not_taken
-            if type(data) is not bytes:
-                continue
             size = len(data)
             if size <= frame_max and armed[0] == item_byte:
                 try:
@@ -594,16 +604,19 @@ class ReaderCore:
                     tag = tags[size] = (
                         _pack_tag(item_byte, size - tag_size) if size >= tag_size else b"\xff" * 8
                     )
-                whole = data.startswith(tag)
+                try:
+                    whole = data.startswith(tag)
+                except AttributeError:  # a memoryview: the general path
+                    whole = False
             else:
                 whole = False
             if whole:
-                # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
-                # gRPC, a producer's frames handed on one by one). A payload this
-                # small is copied out of its chunk: cheaper than a view, and what
+                # The chunk (bytes, or a bytearray: the payload is copied out at once)
+                # is one whole small ITEM frame (one frame per chunk: SSE, gRPC, a
+                # producer's frames handed on one by one). A payload this small is
+                # copied out of its chunk: cheaper than a view, and what
                 # validate_json needs.
-                decoder.frames += 1
-                decoder._offset += size
+                decoder._taken += size + one_frame
                 try:
                     if ext_hook is None:
                         try:
@@ -631,6 +644,9 @@ class ReaderCore:
                     failed.append(exc)
                     item = not_taken
                 continue
+            item = not_taken
+            if type(data) is not bytes:
+                continue  # not for the loop below (bytearray, memoryview): the general path
             if data is resume:
                 # The next round of the chunk the last round stopped in (at
                 # BATCH_ITEMS items, to keep the items alive at once below the
@@ -720,8 +736,7 @@ class ReaderCore:
                     continue
                 if rest < tag_size and data[0] != item_byte:
                     continue
-            decoder.frames += len(batch) + error
-            decoder._offset += pos - start + len(tail)
+            decoder._taken += (len(batch) + error) * one_frame + pos - start + len(tail)
             if error:
                 # After the items before it (the caller raises it after them): the
                 # rest of the chunk goes to the decoder, for whoever reads on.
