@@ -81,7 +81,6 @@ _RESUME: Final = bytes(bytearray(b"\xffresume"))
 # The armed byte while the taker keeps a cut frame: equal to no tag byte.
 _TAIL_HELD: Final = -2
 _unpack_tag = TAG_STRUCT.unpack_from
-_pack_tag = TAG_STRUCT.pack
 _ITEM: Final = FrameKind.ITEM
 _DEFAULT_LIMITS: Final = MsgpackLimits()
 _END_KIND: Final = FrameKind.END
@@ -91,10 +90,6 @@ _unpackb = msgpack.unpackb
 #: Frames up to this size get their assembly buffer as soon as their tag arrives;
 #: bigger ones once half their payload is buffered (peak about 1.5x the frame).
 EAGER_ASSEMBLY_BYTES: Final = 16 * 1024 * 1024
-#: FrameDecoder._taken: bytes in the low 64 bits, frames above them.
-_TAKEN_SHIFT: Final = 64
-TAKEN_FRAME: Final = 1 << _TAKEN_SHIFT
-_TAKEN_BYTES: Final = TAKEN_FRAME - 1
 
 
 class FrameDecoder:
@@ -115,7 +110,6 @@ class FrameDecoder:
         "_max",
         "_offset",
         "_tag",
-        "_taken",
     )
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
@@ -130,19 +124,16 @@ class FrameDecoder:
         self._eof = False
         self._offset = 0
         self._frames = 0
-        # Frames and bytes ReaderCore's fast path took past this decoder, packed in one
-        # int (frames * TAKEN_FRAME + bytes): one addition per item instead of two.
-        self._taken = 0
 
     @property
     def frames(self) -> int:
-        """Frames decoded so far."""
-        return self._frames + (self._taken >> _TAKEN_SHIFT)
+        """Frames decoded so far (by this decoder or by ReaderCore's fast path)."""
+        return self._frames
 
     @property
     def offset(self) -> int:
         """Bytes of the stream consumed into whole frames so far."""
-        return self._offset + (self._taken & _TAKEN_BYTES)
+        return self._offset
 
     @property
     def at_boundary(self) -> bool:
@@ -587,36 +578,24 @@ class ReaderCore:
         tag_size = TAG_SIZE
         del self  # the core holds this generator: no reference back, no cycle
         item: Any = not_taken
-        # The tag of a chunk that is one ITEM frame, by the chunk's size (as the writer
-        # caches them; at most small_max + 6 entries): a dict lookup and a startswith
-        # cost half of unpacking the tag.
-        tags: dict[int, bytes] = {}
-        frame_max = small_max + tag_size
-        one_frame = TAKEN_FRAME
         while True:
             data = yield item
+            if type(data) is not bytes:
+                item = not_taken
+                continue  # bytearray, memoryview: the general path
+            try:
+                byte, length = unpack_tag(data)
+            except struct.error:  # shorter than a tag: values no armed byte or size matches
+                byte = length = -9
             size = len(data)
-            if size <= frame_max and armed[0] == item_byte:
-                try:
-                    tag = tags[size]
-                except KeyError:
-                    # (A chunk shorter than a tag gets a "tag" longer than itself.)
-                    tag = tags[size] = (
-                        _pack_tag(item_byte, size - tag_size) if size >= tag_size else b"\xff" * 8
-                    )
-                try:
-                    whole = data.startswith(tag)
-                except AttributeError:  # a memoryview: the general path
-                    whole = False
-            else:
-                whole = False
-            if whole:
-                # The chunk (bytes, or a bytearray: the payload is copied out at once)
-                # is one whole small ITEM frame (one frame per chunk: SSE, gRPC, a
-                # producer's frames handed on one by one). A payload this small is
-                # copied out of its chunk: cheaper than a view, and what
-                # validate_json needs.
-                decoder._taken += size + one_frame
+            if byte == armed[0] and size - tag_size == length and length <= small_max:
+                # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
+                # gRPC, a producer's frames handed on one by one). A payload this
+                # small is copied out of its chunk: cheaper than a view, and what
+                # validate_json needs. (A dict of tags by size and bytes.startswith
+                # cost more instructions than unpacking the tag, measured.)
+                decoder._frames += 1
+                decoder._offset += size
                 try:
                     if ext_hook is None:
                         try:
@@ -645,8 +624,6 @@ class ReaderCore:
                     item = not_taken
                 continue
             item = not_taken
-            if type(data) is not bytes:
-                continue  # not for the loop below (bytearray, memoryview): the general path
             if data is resume:
                 # The next round of the chunk the last round stopped in (at
                 # BATCH_ITEMS items, to keep the items alive at once below the
@@ -736,7 +713,8 @@ class ReaderCore:
                     continue
                 if rest < tag_size and data[0] != item_byte:
                     continue
-            decoder._taken += (len(batch) + error) * one_frame + pos - start + len(tail)
+            decoder._frames += len(batch) + error
+            decoder._offset += pos - start + len(tail)
             if error:
                 # After the items before it (the caller raises it after them): the
                 # rest of the chunk goes to the decoder, for whoever reads on.
