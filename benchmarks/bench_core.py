@@ -6,9 +6,9 @@ median over the rounds with the spread (min-max); ratios are computed per round 
 reported the same way.
 
 1. tensor: one item holding a 16 MiB float32 array, writer -> reader (sync reader,
-   the frame handed over as one chunk by a generator) vs one memcpy of the same bytes (``tobytes``) vs
-   ``msgpack_numpy`` packb/unpackb vs ``truss_chains.streaming`` (JSON + base64,
-   its async reader).
+   the frame handed over as one chunk by a generator) vs one memcpy of the same
+   bytes (``tobytes``) vs ``msgpack_numpy`` packb/unpackb vs
+   ``truss_chains.streaming`` (JSON + base64, its async reader).
 2. small items: 20k items (int, float, list of 8 strings) through the writer and the
    sync and the async reader, both codecs, fed two ways: one frame per chunk (a
    generator / async generator yielding each frame, as SSE and gRPC deliver them) and
@@ -73,9 +73,10 @@ def interleaved(
     from skewing the next variant's first call. The collector runs once before each
     turn and not inside it (as in ``timeit``): a full collection right before each
     timed call, as this harness did before, left the CPU cache cold for the call and
-    so charged each variant for its lines of Python rather than for its work. The order rotates by one variant per
-    round, so with ``rounds`` a multiple of the number of variants each one runs in
-    each position (right after each neighbour) equally often: the variant after a
+    so charged each variant for its lines of Python rather than for its work. The
+    order rotates by one variant per round, so with ``rounds`` a multiple of the
+    number of variants each one runs in each position (right after each neighbour)
+    equally often: the variant after a
     heavy one (truss_chains' 117 ms of base64 and 42k page faults) runs measurably
     slower for several calls, warm-up or not, and a fixed order always handed that
     penalty to the same variant. Wall times go to ``LAST_WALL``.
