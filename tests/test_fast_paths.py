@@ -374,3 +374,41 @@ def test_a_batch_stops_at_a_frame_that_is_no_small_item(read: ReaderFactory, cod
         assert reader.read_header().request_id == "r"
         assert [item.index for item in reader.read_items()] == list(range(8))
         assert reader.read_footer().count == 8
+
+
+@pytest.mark.parametrize("split", [None, 37])
+def test_a_misordered_footer_call_inside_a_batch_loses_nothing(
+    read: ReaderFactory, split: int | None
+) -> None:
+    # The items of a chunk of many frames are decoded before they are delivered: the
+    # footer must still be refused until they are, and nothing may be skipped.
+    writer = ts.stream_writer(full_types())
+    header = writer.yield_header(Header(request_id="r"))
+    frames = [writer.yield_item(Item(index=i)) for i in range(10)]
+    frames += [writer.yield_footer(Footer(count=10)), writer.yield_end()]
+    data = b"".join(frames)
+    chunks = [header, data] if split is None else [header, data[:split], data[split:]]
+    reader = read(full_types(), chunks)
+    assert reader.read_header().request_id == "r"
+    got: list[Any] = []
+    for item in reader.read_items():
+        got.append(item.index)
+        if item.index in (1, 9):
+            with pytest.raises(ts.StreamOrderError, match="items are unread"):
+                reader.read_footer()
+    assert got == list(range(10))
+    assert reader.read_footer().count == 10
+
+
+def test_leaving_a_batch_early_leaves_the_footer_refused() -> None:
+    writer = ts.stream_writer(full_types())
+    header = writer.yield_header(Header(request_id="r"))
+    frames = [writer.yield_item(Item(index=i)) for i in range(10)]
+    frames += [writer.yield_footer(Footer(count=10)), writer.yield_end()]
+    reader = ts.stream_reader(full_types(), [header, b"".join(frames)])
+    reader.read_header()
+    items = reader.read_items()
+    assert [next(items).index, next(items).index] == [0, 1]
+    items.close()
+    with pytest.raises(ts.StreamOrderError, match="items are unread"):
+        reader.read_footer()

@@ -830,6 +830,10 @@ class ReaderCore:
             raise StreamOrderError("this stream type declares no footer")
         if self._footer_read:
             raise StreamConsumedError("the footer was already read")
+        if self._batch_state[0] or self._tail[0]:
+            # Items the taker decoded (or began to) that read_items has not delivered
+            # yet: they are no longer in the decoder, where _peek would find them.
+            raise StreamOrderError("items are unread: read them with read_items() first")
         frame = self._peek()
         if frame is NEED_DATA:
             return NEED_DATA
