@@ -6,12 +6,14 @@ median over the rounds with the spread (min-max); ratios are computed per round 
 reported the same way.
 
 1. tensor: one item holding a 16 MiB float32 array, writer -> reader (sync reader,
-   the frame fed as one chunk) vs one memcpy of the same bytes (``tobytes``) vs
-   ``msgpack_numpy`` packb/unpackb vs ``truss_chains.streaming`` (JSON + base64,
-   its async reader).
+   the frame handed over as one chunk by a generator) vs one memcpy of the same
+   bytes (``tobytes``) vs ``msgpack_numpy`` packb/unpackb vs
+   ``truss_chains.streaming`` (JSON + base64, its async reader).
 2. small items: 20k items (int, float, list of 8 strings) through the writer and the
-   sync and the async reader (a generator / async generator yielding each frame, as
-   transports do), both codecs, vs the floor (what pydantic and the codec cost with
+   sync and the async reader, both codecs, fed two ways: one frame per chunk (a
+   generator / async generator yielding each frame, as SSE and gRPC deliver them) and
+   64 KiB socket reads (the frames' bytes cut every 64 KiB, frames or not, as a
+   chunked-HTTP client's reads deliver them); vs the floor (what pydantic and the codec cost with
    no framing: msgpack ``to_python`` + ``Packer.pack`` + ``unpackb`` +
    ``validate_python``; JSON ``to_json`` + ``validate_json``) and truss_chains.
 3. memory: a 1 GiB stream of 4 MiB float32 items, generated lazily and fed in 64 KiB
@@ -49,6 +51,10 @@ SHARED = os.environ.get("BENCH_CORE_SHARED", "")
 SMALL_ITEMS = int(os.environ.get("BENCH_CORE_SMALL_ITEMS", "20000"))
 STREAM_MIB = int(os.environ.get("BENCH_CORE_STREAM_MIB", "1024"))
 TENSOR_BYTES = 16 * 1024 * 1024
+#: Two full rotations of the four tensor variants (see ``interleaved``).
+TENSOR_ROUNDS = 8
+#: One full rotation of the eleven small-item variants, at least REPEATS rounds.
+SMALL_ROUNDS = max(REPEATS, 11)
 STREAM_ITEM_BYTES = 4 * 1024 * 1024
 STREAM_CHUNK = 64 * 1024
 RESULTS = Path(__file__).parent / "results" / "core.md"
@@ -64,21 +70,37 @@ def interleaved(
     The variants take turns, ``rounds`` times; each turn is one untimed warm-up call
     and ``block`` timed calls. Turns spread a burst of load from elsewhere over all
     variants alike; blocks keep one variant's allocations (a 16 MiB free right before)
-    from skewing the next variant's first call. Wall times go to ``LAST_WALL``.
+    from skewing the next variant's first call. The collector runs once before each
+    turn and not inside it (as in ``timeit``): a full collection right before each
+    timed call, as this harness did before, left the CPU cache cold for the call and
+    so charged each variant for its lines of Python rather than for its work. The
+    order rotates by one variant per round, so with ``rounds`` a multiple of the
+    number of variants each one runs in each position (right after each neighbour)
+    equally often: the variant after a
+    heavy one (truss_chains' 117 ms of base64 and 42k page faults) runs measurably
+    slower for several calls, warm-up or not, and a fixed order always handed that
+    penalty to the same variant. Wall times go to ``LAST_WALL``.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
     wall: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            fn()
+    names = list(fns)
+    for turn in range(rounds):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = fns[name]
             best, best_wall = float("inf"), float("inf")
-            for _ in range(block):
-                gc.collect()
-                start_wall = time.perf_counter()
-                start = time.process_time()
+            gc.collect()
+            gc.disable()  # as timeit does: no collection inside a turn
+            try:
                 fn()
-                best = min(best, time.process_time() - start)
-                best_wall = min(best_wall, time.perf_counter() - start_wall)
+                for _ in range(block):
+                    start_wall = time.perf_counter()
+                    start = time.process_time()
+                    fn()
+                    best = min(best, time.process_time() - start)
+                    best_wall = min(best_wall, time.perf_counter() - start_wall)
+            finally:
+                gc.enable()
             times[name].append(best)
             wall[name].append(best_wall)
     LAST_WALL.clear()
@@ -119,10 +141,22 @@ def _tensor(nbytes: int) -> np.ndarray[Any, Any]:
 
 
 def tensor_ours(array: np.ndarray[Any, Any]) -> Callable[[], None]:
+    """Writer -> sync reader, the frames handed over by a generator as a transport does.
+
+    The reader exists before its bytes arrive, as over any transport (and as in the
+    small-item benchmark): right after the frame's 16 MiB copy the CPU cache holds
+    little but that frame, and every line of Python then runs cache-cold (setting
+    up a reader there cost 50-60 us, 7% of the copy).
+    """
+
     def round_trip() -> None:
         writer = ts.stream_writer(TENSOR_TYPES)
-        frames = [writer.yield_item(TensorItem(index=0, tensor=array)), writer.yield_end()]
-        (item,) = ts.stream_reader(TENSOR_TYPES, frames).read_items()
+
+        def frames() -> Iterator[bytes]:
+            yield writer.yield_item(TensorItem(index=0, tensor=array))
+            yield writer.yield_end()
+
+        (item,) = ts.stream_reader(TENSOR_TYPES, frames()).read_items()
         assert item.tensor.shape == array.shape
 
     return round_trip
@@ -185,7 +219,7 @@ def bench_tensor() -> list[dict[str, Any]]:
             "msgpack-numpy": tensor_msgpack_numpy(array),
             "truss": tensor_truss(array),
         },
-        rounds=max(3, REPEATS // 2),
+        rounds=TENSOR_ROUNDS,
         block=3,
     )
     ours = times["ours"]
@@ -235,43 +269,100 @@ def small_items(n: int) -> list[SmallItem]:
     ]
 
 
-def small_sync(items: list[SmallItem], codec: str) -> Callable[[], None]:
-    """Writer -> sync reader; the frames come from a generator, one per chunk."""
+#: Chunk size of the "socket reads" feeding: what a chunked-HTTP client's reads give.
+SOCKET_READ = 64 * 1024
+
+
+def socket_reads(frames: Iterator[bytes], size: int = SOCKET_READ) -> Iterator[bytes]:
+    """The bytes of ``frames`` cut every ``size`` bytes, frames or not, as a socket delivers.
+
+    Frames are joined once per ``size`` bytes (a bytearray appended to and cut from
+    the front costs more per frame than the reader).
+    """
+    parts: list[bytes] = []
+    held = 0
+    for frame in frames:
+        parts.append(frame)
+        held += len(frame)
+        if held >= size:
+            data = b"".join(parts)
+            whole = len(data) - len(data) % size
+            for at in range(0, whole, size):
+                yield data[at : at + size]
+            parts = [data[whole:]]
+            held = len(parts[0])
+    data = b"".join(parts)
+    for at in range(0, len(data), size):
+        yield data[at : at + size]
+
+
+def small_sync(items: list[SmallItem], codec: str, reads: bool = False) -> Callable[[], None]:
+    """Writer -> sync reader; the frames come from a generator, one per chunk.
+
+    ``reads``: the frames' bytes in 64 KiB chunks instead (``socket_reads``).
+    """
     types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
 
-    def source() -> Iterator[bytes]:
+    def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
+        yield_item = writer.yield_item  # bound once, as the floor binds its calls
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
         yield writer.yield_end()
 
+    def source() -> Iterator[bytes]:
+        return socket_reads(frames()) if reads else frames()
+
     def run() -> None:
-        count = 0
-        for _ in ts.stream_reader(types, source()).read_items():
-            count += 1
-        assert count == len(items)
+        # The loop does nothing with the items, as the floor's does nothing with its
+        # results (a count here cost ours alone 2-3% of the floor); the last item and
+        # the END frame show that the stream was read to its end.
+        reader = ts.stream_reader(types, source())
+        item = None
+        for item in reader.read_items():  # noqa: B007 (the last one is checked)
+            pass
+        assert item is not None
+        assert item.index == len(items) - 1
+        assert reader.ended
 
     return run
 
 
-def small_async(items: list[SmallItem], codec: str) -> Callable[[], None]:
-    """Writer -> async reader; the frames come from an async generator, one per chunk."""
+def small_async(items: list[SmallItem], codec: str, reads: bool = False) -> Callable[[], None]:
+    """Writer -> async reader; the frames come from an async generator, one per chunk.
+
+    ``reads``: the frames' bytes in 64 KiB chunks instead (``socket_reads``).
+    """
     types = ts.stream_types(SmallItem, codec=codec)  # type: ignore[call-overload]
     loop = asyncio.new_event_loop()
 
-    async def source() -> AsyncIterator[Any]:
+    def frames() -> Iterator[bytes]:
         writer = ts.stream_writer(types)
+        yield_item = writer.yield_item  # bound once, as the floor binds its calls
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
+        yield writer.yield_end()
+
+    async def source() -> AsyncIterator[Any]:
+        if reads:
+            for chunk in socket_reads(frames()):
+                yield chunk
+            return
+        writer = ts.stream_writer(types)  # as frames(), one generator level less
+        yield_item = writer.yield_item
+        for item in items:
+            yield yield_item(item)
         yield writer.yield_end()
 
     async def read() -> int:
-        count = 0
         frames = source()
-        async for _ in ts.stream_reader(types, frames).read_items():
-            count += 1
+        reader = ts.stream_reader(types, frames)
+        item = None
+        async for item in reader.read_items():  # noqa: B007 (as in small_sync)
+            pass
         await frames.aclose()
-        return count
+        assert reader.ended
+        return -1 if item is None else item.index + 1
 
     def run() -> None:
         assert loop.run_until_complete(read()) == len(items)
@@ -287,16 +378,17 @@ def small_truss(items: list[SmallItem]) -> Callable[[], None]:
 
     async def source() -> AsyncIterator[Any]:
         writer = streaming.stream_writer(types)
+        yield_item = writer.yield_item
         for item in items:
-            yield writer.yield_item(item)
+            yield yield_item(item)
 
     async def read() -> int:
-        count = 0
         frames = source()
-        async for _ in streaming.stream_reader(types, frames).read_items():
-            count += 1
+        item = None
+        async for item in streaming.stream_reader(types, frames).read_items():  # noqa: B007
+            pass
         await frames.aclose()
-        return count
+        return -1 if item is None else item.index + 1
 
     def run() -> None:
         assert loop.run_until_complete(read()) == len(items)
@@ -335,11 +427,16 @@ def bench_small() -> list[dict[str, Any]]:
             "floor-msgpack": small_floor(items, "msgpack"),
             "msgpack-sync": small_sync(items, "msgpack"),
             "msgpack-async": small_async(items, "msgpack"),
+            "msgpack-sync-reads": small_sync(items, "msgpack", reads=True),
+            "msgpack-async-reads": small_async(items, "msgpack", reads=True),
             "floor-json": small_floor(items, "json"),
             "json-sync": small_sync(items, "json"),
             "json-async": small_async(items, "json"),
+            "json-sync-reads": small_sync(items, "json", reads=True),
+            "json-async-reads": small_async(items, "json", reads=True),
             "truss": small_truss(items),
-        }
+        },
+        rounds=SMALL_ROUNDS,
     )
     name = f"{SMALL_ITEMS // 1000}k small items (int, float, 8 strings), writer + reader"
 
@@ -373,6 +470,10 @@ def bench_small() -> list[dict[str, Any]]:
             ratio_vs="floor", goal=">= 0.8x"),
         row("truss_stream msgpack: sync reader vs async reader", "msgpack-sync",
             vs="msgpack-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row(f"truss_stream msgpack, sync reader, {SOCKET_READ // 1024} KiB socket reads",
+            "msgpack-sync-reads", vs="floor-msgpack", ratio_vs="floor", goal=">= 0.8x"),
+        row(f"truss_stream msgpack, async reader, {SOCKET_READ // 1024} KiB socket reads",
+            "msgpack-async-reads", vs="floor-msgpack", ratio_vs="floor", goal=">= 0.8x"),
         row("floor json: to_json + validate_json", "floor-json"),
         row("truss_stream json, sync reader", "json-sync", vs="floor-json",
             ratio_vs="floor", goal=">= 0.8x"),
@@ -380,6 +481,10 @@ def bench_small() -> list[dict[str, Any]]:
             ratio_vs="floor", goal=">= 0.8x"),
         row("truss_stream json: sync reader vs async reader", "json-sync",
             vs="json-async", ratio_vs="async reader", goal=">= 1.0x"),
+        row(f"truss_stream json, sync reader, {SOCKET_READ // 1024} KiB socket reads",
+            "json-sync-reads", vs="floor-json", ratio_vs="floor", goal=">= 0.8x"),
+        row(f"truss_stream json, async reader, {SOCKET_READ // 1024} KiB socket reads",
+            "json-async-reads", vs="floor-json", ratio_vs="floor", goal=">= 0.8x"),
         row("truss_chains (json, async reader)", "truss"),
         row("truss_stream msgpack, async reader vs truss_chains", "msgpack-async",
             vs="truss", ratio_vs="truss_chains", goal=">= 1.3x"),
@@ -516,8 +621,8 @@ def write_results(rows: list[dict[str, Any]]) -> None:
         "Written by `python -m benchmarks.bench_core` (also run by `make bench`). CPU time "
         "(wall time in the notes: on a shared machine wall time partly measures the "
         "neighbours). The variants of each benchmark take turns: "
-        f"{REPEATS} interleaved rounds for small items (a warm-up and one timed pass of "
-        f"{SMALL_ITEMS:,} items each), {max(3, REPEATS // 2)} for the tensor (a warm-up and "
+        f"{SMALL_ROUNDS} interleaved rounds for small items (a warm-up and one timed pass of "
+        f"{SMALL_ITEMS:,} items each), {TENSOR_ROUNDS} for the tensor (a warm-up and "
         "the best of 3 timed calls each). Values are medians over the rounds, with the "
         "spread (min-max); ratios are computed per round (times measured side by side) "
         "and given the same way.",

@@ -174,6 +174,31 @@ def test_standard_dtypes_round_trip(read: Any, codec: str, dtype: str) -> None:
     assert_array_equal(roundtrip_array(read, codec, array), array)
 
 
+@pytest.mark.parametrize(
+    "dtype",
+    [*STANDARD_DTYPES, ">f4", ">c16", ">u2", "<U5", ">U3", "S4", "?", "longlong", "intc"],
+)
+def test_plain_dtypes_shortcut_agrees_with_the_full_dtype_checks(dtype: str) -> None:
+    # wire_dtype / parse_descriptor decide plain dtypes by a table (no dtype.name);
+    # the answer must be the one the full checks give.
+    from truss_stream import _numpy
+
+    wanted = np.dtype(dtype)
+    little = wanted.newbyteorder("<") if wanted.byteorder == ">" else wanted
+    assert _numpy.wire_dtype(wanted) == (little, little.str)
+    assert _numpy.parse_descriptor(little.str) == _numpy._parse_descriptor(little.str)
+    assert _numpy.parse_descriptor(little.str) == little
+
+
+def test_ml_dtype_of_kind_f_still_travels_by_name() -> None:
+    # float8_e5m2 reports kind "f" and descriptor "<f1", like no NumPy float.
+    from truss_stream import _numpy
+
+    dtype = np.dtype(ml_dtypes.float8_e5m2)
+    assert dtype.kind == "f"
+    assert _numpy.wire_dtype(dtype) == (dtype, "float8_e5m2")
+
+
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize(
     "dtype", [ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2]

@@ -17,7 +17,7 @@ import pydantic
 from ._codec import MsgpackLimits
 from ._errors import StreamTimeoutError
 from ._frames import DEFAULT_MAX_FRAME_BYTES
-from ._protocol import DONE, NEED_DATA, NOT_TAKEN, ReaderCore
+from ._protocol import BATCH, DONE, NEED_DATA, NOT_TAKEN, ReaderCore
 from ._schema import FooterTT, HeaderTT, ItemT, StreamTypes
 
 __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
@@ -166,15 +166,22 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         next_item = core.next_item
         next_item_after = core.next_item_after
         take_item = core.item_taker
+        after_batch = core.next_item_after_batch
+        batch = core.batch
         chunks = self._chunks()
         # Locals: a global lookup per item is measurable here.
-        need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
+        need_data, done, not_taken, batched = NEED_DATA, DONE, NOT_TAKEN, BATCH
         item = next_item()
         while True:
-            # What the core holds already (several frames in one chunk, the header's).
+            # What the core holds already (several frames in one chunk, the header's),
+            # or a BATCH: the items of a chunk of many frames, decoded in one loop.
             while item is not need_data:
                 if item is done:
                     return
+                if item is batched:
+                    yield from batch
+                    item = after_batch()
+                    continue
                 yield item
                 item = next_item()
             # Nothing buffered: pull chunks. A chunk that is one whole item frame (the
@@ -265,14 +272,21 @@ class AsyncStreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         next_item = core.next_item
         next_item_after = core.next_item_after
         take_item = core.item_taker
+        after_batch = core.next_item_after_batch
+        batch = core.batch
         chunks = self._chunks()
-        need_data, done, not_taken = NEED_DATA, DONE, NOT_TAKEN
+        need_data, done, not_taken, batched = NEED_DATA, DONE, NOT_TAKEN, BATCH
         item = next_item()
         while True:
             # The same loop as StreamReader.read_items, with `async for`.
             while item is not need_data:
                 if item is done:
                     return
+                if item is batched:
+                    for item in batch:
+                        yield item
+                    item = after_batch()
+                    continue
                 yield item
                 item = next_item()
             async for chunk in chunks:

@@ -154,14 +154,14 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
                 if self._encoder is not None:
                     self._encoder.reset()
                 raise
-            if self._arrays:
+            if pack is not None and self._arrays:  # JSON frames never hold placeholders
                 return self._encoder.splice(self._item_tag, payload)  # type: ignore[union-attr]
             size = len(payload)
-            tag = self._item_tags.get(size)
-            if tag is None:
+            try:
+                tag = self._item_tags[size]  # a subscript: cheaper than .get's method call
+            except KeyError:
                 tag = self._item_tag_for(size)
-            frame: bytes = tag + payload
-            return frame
+            return tag + payload  # type: ignore[no-any-return]
         return self._first_item(item)
 
     def _item_tag_for(self, size: int) -> bytes:
