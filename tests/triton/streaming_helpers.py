@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from triton_helpers import free_port, triton_python
+from triton_helpers import free_port, triton_libdir, triton_python
 
 HERE = Path(__file__).resolve().parent
 STREAMING_SCRIPT = HERE / "streaming_models.py"
@@ -101,12 +101,7 @@ def _triton_env() -> tuple[Path, dict[str, str]]:
     python = triton_python()
     if not python.exists():
         raise FileNotFoundError(f"no PyTriton interpreter at {python}; run `make triton-venv`")
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    libdir = triton_libdir(python)
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
     # As PyTriton does: the python-backend stub finds its interpreter's packages

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from triton_helpers import REPO, free_port, triton_python
+from triton_helpers import REPO, free_port, triton_libdir, triton_python
 
 GUIDE = REPO / "docs" / "triton-streaming.md"
 
@@ -87,12 +87,7 @@ def guide_triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     (work / "token_server.py").write_text(server)
     # Section 1's LD_LIBRARY_PATH, for an interpreter that is not the system's.
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    libdir = triton_libdir(python)
     env = {
         **os.environ,
         "LD_LIBRARY_PATH": ":".join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH")) if p),

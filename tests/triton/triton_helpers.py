@@ -47,6 +47,17 @@ def triton_python() -> Path:
     return Path(env) if env else REPO / ".venv-triton" / "bin" / "python"
 
 
+def triton_libdir(python: Path) -> str:
+    """The directory of ``python``'s libpython, for LD_LIBRARY_PATH: the python backend's
+    stub links the system libpython3.11 (see DESIGN.md, docs/triton-streaming.md)."""
+    return subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
 class TritonProcess:
     """A real tritonserver with the test models (tests/triton/pytriton_server.py)."""
 
@@ -76,12 +87,7 @@ class TritonProcess:
 
     def _start_once(self, timeout: float) -> None:
         python = triton_python()
-        libdir = subprocess.run(
-            [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        libdir = triton_libdir(python)
         self.ready_path.unlink(missing_ok=True)
         env = dict(os.environ)
         # The python backend stub links the system libpython3.11 (see DESIGN.md).
