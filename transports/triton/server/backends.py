@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
+import sys
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -26,7 +27,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
@@ -87,6 +88,25 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_T = TypeVar("_T")
+
+
+async def _until(deadline: float, awaitable: Awaitable[_T]) -> _T:
+    """``await awaitable`` in this task, failing with TimeoutError at loop time ``deadline``.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it runs the awaitable in a task of its
+    own and, when that finishes just as the caller is cancelled, returns the result and
+    drops the cancellation (python/cpython#86296). A model generator that yields without
+    awaiting finishes every step at once, so a cancelled Chat call's packet could go on
+    pulling responses forever, blocked on its full Ack queue.
+    """
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    left = max(deadline - asyncio.get_running_loop().time(), 0.0)  # pragma: no cover - 3.10
+    return await asyncio.wait_for(awaitable, left)  # pragma: no cover - 3.10
 
 
 def _triton_error(exc: grpc.aio.AioRpcError, what: str, timeout: float | None) -> BackendError:
@@ -494,12 +514,7 @@ class PythonBackend(Backend):
         ``finally`` blocks run): that is how an embedded model sees cancellation.
         """
         inputs = self._inputs(request)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + request.timeout
-
-        def left() -> float:
-            return max(deadline - loop.time(), 0.0)
-
+        deadline = asyncio.get_running_loop().time() + request.timeout
         try:
             if (
                 self._is_async
@@ -510,11 +525,9 @@ class PythonBackend(Backend):
             ):
                 result: Any = self._fn(request.model, inputs)
                 if inspect.isawaitable(result):
-                    result = await asyncio.wait_for(result, left())
+                    result = await _until(deadline, result)
             else:
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(self._fn, request.model, inputs), left()
-                )
+                result = await _until(deadline, asyncio.to_thread(self._fn, request.model, inputs))
             if isinstance(result, Mapping):
                 yield ModelResponse(self._outputs(result), final=True)
                 return
@@ -523,7 +536,7 @@ class PythonBackend(Backend):
                 try:
                     while True:
                         try:
-                            item = await asyncio.wait_for(agen.__anext__(), left())
+                            item = await _until(deadline, agen.__anext__())
                         except StopAsyncIteration:
                             break
                         yield ModelResponse(self._outputs(item))
@@ -540,7 +553,7 @@ class PythonBackend(Backend):
 
                 try:
                     while True:
-                        item = await asyncio.wait_for(asyncio.to_thread(step), left())
+                        item = await _until(deadline, asyncio.to_thread(step))
                         if item is done:
                             break
                         yield ModelResponse(self._outputs(item))
@@ -558,18 +571,17 @@ class PythonBackend(Backend):
     async def infer(self, request: InferRequest) -> Mapping[str, OutputTensor]:
         """Call the function with NumPy views of the input; see :meth:`Backend.infer`."""
         inputs = self._inputs(request)
+        deadline = asyncio.get_running_loop().time() + request.timeout
         try:
             if self._is_async:
                 pending = self._fn(request.model, inputs)
                 assert inspect.isawaitable(pending)
-                result = await asyncio.wait_for(pending, request.timeout)
+                result = await _until(deadline, pending)
             else:
                 sync_fn = cast(
                     Callable[[str, Mapping[str, np.ndarray]], Mapping[str, Any]], self._fn
                 )
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(sync_fn, request.model, inputs), request.timeout
-                )
+                result = await _until(deadline, asyncio.to_thread(sync_fn, request.model, inputs))
         except Exception as exc:
             raise self._failure(exc, request) from exc
         return self._outputs(result)

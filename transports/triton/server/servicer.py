@@ -590,6 +590,22 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
                 await acks.put(exc)
 
         reader = asyncio.create_task(read())
+        stopped: set[asyncio.Task[None]] = set()
+
+        def stop_work(_: Any = None) -> None:
+            # Cancel the call's reader and its packets' backend work (once each). Also
+            # run by gRPC when the call ends (the client cancelled or went away): grpc.aio
+            # need not close this generator then (it was parked at a `yield`, its
+            # `finally` would wait for the garbage collector), and a packet blocked on a
+            # full Ack queue would otherwise hold its backend stream open for good.
+            reader.cancel()
+            for task in list(tasks):
+                if not task.done() and task not in stopped:
+                    stopped.add(task)
+                    task.cancel()
+                    self.stats.cancelled += 1
+
+        context.add_done_callback(stop_work)  # type: ignore[arg-type]  # grpc-stubs: a class
         try:
             while True:
                 item = await acks.get()
@@ -614,11 +630,7 @@ class MultimodalProxy(pbg.MultimodalServiceServicer):
             record.outcome = f"error:{type(exc).__name__}"
             raise
         finally:
-            reader.cancel()
-            for task in list(tasks):
-                if not task.done():
-                    task.cancel()
-                    self.stats.cancelled += 1
+            stop_work()
             if tasks or not reader.done():
                 await asyncio.gather(reader, *tasks, return_exceptions=True)
             if held[0]:
