@@ -150,8 +150,12 @@ class TritonBackend(Backend):
     ) -> None:
         options = GrpcOptions(
             max_message_bytes=max_message_bytes,
-            keepalive_time_ms=30_000,
-            keepalive_timeout_ms=10_000,
+            # Triton enforces gRPC core's server defaults: pings closer than 5 minutes
+            # apart while no data flows are strikes, and two strikes end the connection
+            # (GOAWAY "too_many_pings", seen with 30 s pings in bench_triton), failing
+            # every call on it. Ping no more often than Triton accepts.
+            keepalive_time_ms=300_000,
+            keepalive_timeout_ms=20_000,
             extra=(
                 ("grpc.lb_policy_name", "round_robin"),
                 # Reconnect quickly after a Triton restart; the default backoff grows
