@@ -71,23 +71,48 @@ def _on_term(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def server_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every test Triton script takes: its three ports and the ready file."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--grpc-port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     parser.add_argument("--ready-file", default=None, help="also write the READY line here")
-    parser.add_argument("--instances", type=int, default=2, help="instances of add_one_fp32")
-    args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _on_term)
+    return parser
 
-    config = TritonConfig(
+
+def triton_config(args: argparse.Namespace) -> TritonConfig:
+    """Loopback Triton on the ports ``args`` names; SIGTERM from here on stops it cleanly."""
+    signal.signal(signal.SIGTERM, _on_term)
+    return TritonConfig(
         grpc_address="127.0.0.1",
         grpc_port=args.grpc_port,
         http_address="127.0.0.1",
         http_port=args.http_port,
         metrics_port=args.metrics_port,
     )
+
+
+def announce_ready(triton: Triton, args: argparse.Namespace) -> None:
+    """Print (and write to ``--ready-file``) the READY line the tests wait for."""
+    # PyTriton guards Triton's statistics API with a per-run token; the tests read
+    # inference counts, so hand it over (loopback test servers only).
+    ready = f"READY grpc={args.grpc_port} token={triton.get_access_token()}"
+    if args.ready_file:
+        # Written whole, then renamed: readers never see half a line, and Triton's
+        # log (which shares stdout's file in the tests) cannot interleave.
+        tmp = f"{args.ready_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(ready + "\n")
+        os.replace(tmp, args.ready_file)
+    print(ready, flush=True)
+
+
+def main() -> int:
+    parser = server_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--instances", type=int, default=2, help="instances of add_one_fp32")
+    args = parser.parse_args()
+    config = triton_config(args)
     batching = ModelConfig(max_batch_size=64)
     fp32 = np.float32
     with Triton(config=config) as triton:
@@ -130,17 +155,7 @@ def main() -> int:
             config=batching,
         )
         triton.run()
-        # PyTriton guards Triton's statistics API with a per-run token; the tests read
-        # inference counts, so hand it over (loopback test servers only).
-        ready = f"READY grpc={args.grpc_port} token={triton.get_access_token()}"
-        if args.ready_file:
-            # Written whole, then renamed: readers never see half a line, and Triton's
-            # log (which shares stdout's file in the tests) cannot interleave.
-            tmp = f"{args.ready_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(ready + "\n")
-            os.replace(tmp, args.ready_file)
-        print(ready, flush=True)
+        announce_ready(triton, args)
         triton.serve()
     return 0
 

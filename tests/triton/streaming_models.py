@@ -32,9 +32,7 @@ per ``yield``, and its end as a separate empty response flagged
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -43,7 +41,10 @@ from typing import Any
 
 import numpy as np
 from pytriton.model_config import ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton
+
+# Run as a script from tests/triton: its sibling holds what every test Triton shares.
+from pytriton_server import announce_ready, server_arguments, triton_config
 
 Requests = list[dict[str, np.ndarray]]
 Responses = Iterator[list[dict[str, np.ndarray]]]
@@ -125,32 +126,12 @@ def count_unary(requests: Requests) -> list[dict[str, np.ndarray]]:
     return [_token(_count(requests) - 1)]
 
 
-def _on_term(signum: int, frame: object) -> None:
-    # PyTriton's serve() stops tritonserver and its model processes on
-    # KeyboardInterrupt; the default SIGTERM action would orphan them. Only once.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grpc-port", type=int, required=True)
-    parser.add_argument("--http-port", type=int, required=True)
-    parser.add_argument("--metrics-port", type=int, required=True)
-    parser.add_argument("--ready-file", default=None, help="also write the READY line here")
+    parser = server_arguments(__doc__.splitlines()[0])
     parser.add_argument("--slow-delay", type=float, default=0.01)
     parser.add_argument("--slow-record", default=None, help="stream_slow's progress file prefix")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _on_term)
-
-    config = TritonConfig(
-        grpc_address="127.0.0.1",
-        grpc_port=args.grpc_port,
-        http_address="127.0.0.1",
-        http_port=args.http_port,
-        metrics_port=args.metrics_port,
-    )
+    config = triton_config(args)
     count_in = [Tensor(name="COUNT", dtype=np.int32, shape=(1,))]
     token_out = [
         Tensor(name="INDEX", dtype=np.int32, shape=(1,)),
@@ -185,13 +166,7 @@ def main() -> int:
             config=ModelConfig(batching=False),
         )
         triton.run()
-        ready = f"READY grpc={args.grpc_port} token={triton.get_access_token()}"
-        if args.ready_file:
-            tmp = f"{args.ready_file}.tmp"
-            with open(tmp, "w") as f:
-                f.write(ready + "\n")
-            os.replace(tmp, args.ready_file)
-        print(ready, flush=True)
+        announce_ready(triton, args)
         triton.serve()
     return 0
 
