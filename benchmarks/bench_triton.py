@@ -77,6 +77,23 @@ def _triton_python() -> Path:
     return Path(env) if env else ROOT / ".venv-triton" / "bin" / "python"
 
 
+def _triton_env() -> tuple[Path, dict[str, str]]:
+    """The PyTriton interpreter and the environment to start it with."""
+    python = _triton_python()
+    if not python.exists():
+        raise RuntimeError(f"no PyTriton interpreter at {python}; run `make triton-venv`")
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    env = dict(os.environ)
+    # The python backend stub links the system libpython3.11 (see DESIGN.md).
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    return python, env
+
+
 def _read_line(proc: subprocess.Popen[str], prefix: str, timeout: float) -> str:
     """The first stdout line starting with ``prefix`` (PyTriton logs a lot first)."""
     assert proc.stdout is not None
@@ -106,18 +123,7 @@ def _stop(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
 @contextlib.contextmanager
 def running_triton() -> Iterator[tuple[str, int]]:
     """A real Triton on free loopback ports; yields its gRPC target and pid."""
-    python = _triton_python()
-    if not python.exists():
-        raise RuntimeError(f"no PyTriton interpreter at {python}; run `make triton-venv`")
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    env = dict(os.environ)
-    # The python backend stub links the system libpython3.11 (see DESIGN.md).
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    python, env = _triton_env()
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "triton.log", "w+") as log:
         # PyTriton's start-up sometimes fails when the machine is busy (a model's
         # handshake socket refused); a fresh attempt on fresh ports succeeds.

@@ -49,7 +49,7 @@ from benchmarks.bench_triton import (
     CpuMeter,
     _free_port,
     _stop,
-    _triton_python,
+    _triton_env,
     _wait_for_file,
     running_proxy,
 )
@@ -67,18 +67,7 @@ TTFR_RESPONSES = 4
 @contextlib.contextmanager
 def running_streaming_triton() -> Iterator[tuple[str, int]]:
     """PyTriton with the decoupled test models on free loopback ports; (target, pid)."""
-    python = _triton_python()
-    if not python.exists():
-        raise RuntimeError(f"no PyTriton interpreter at {python}; run `make triton-venv`")
-    libdir = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    env = dict(os.environ)
-    # The python backend stub links the system libpython3.11 (see DESIGN.md).
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    python, env = _triton_env()
     script = ROOT / "tests" / "triton" / "streaming_models.py"
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "triton.log", "w+") as log:
         for attempt in range(3):  # PyTriton's start-up now and then fails on a busy machine
