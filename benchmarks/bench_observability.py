@@ -226,7 +226,7 @@ def measure_proxy() -> dict[str, float]:
     rates: dict[str, list[float]] = {"on": [], "off": []}
     cpu: dict[str, list[float]] = {"on": [], "off": []}
     with (
-        running_triton() as (triton_url, _),
+        running_triton() as (triton_url, _, _),
         _proxy(triton_url, metrics=True) as proxy_on,
         _proxy(triton_url, metrics=False) as proxy_off,
     ):

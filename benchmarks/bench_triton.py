@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -64,6 +64,7 @@ FRAMES = int(os.environ.get("BENCH_TRITON_FRAMES", "3000"))
 WARMUP = 200
 ROUNDS = int(os.environ.get("BENCH_TRITON_ROUNDS", "5"))
 COALESCE = 32
+COALESCE_IN_FLIGHT = 2  # Triton runs 2 instances of the model
 
 
 def _free_port() -> int:
@@ -120,9 +121,17 @@ def _stop(proc: subprocess.Popen[Any], *, group: bool = False) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+class TritonProcess(NamedTuple):
+    """A running Triton: its gRPC target, pid and PyTriton's statistics token."""
+
+    url: str
+    pid: int
+    token: str
+
+
 @contextlib.contextmanager
-def running_triton() -> Iterator[tuple[str, int]]:
-    """A real Triton on free loopback ports; yields its gRPC target and pid."""
+def running_triton() -> Iterator[TritonProcess]:
+    """A real Triton on free loopback ports (its target, pid and statistics token)."""
     python, env = _triton_env()
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "triton.log", "w+") as log:
         # PyTriton's start-up sometimes fails when the machine is busy (a model's
@@ -150,8 +159,9 @@ def running_triton() -> Iterator[tuple[str, int]]:
             if attempt == 2:
                 log.seek(0)
                 raise RuntimeError(f"Triton did not start: {log.read()[-3000:]}")
+        token = ready.read_text().split("token=", 1)[1].split()[0]
         try:
-            yield f"127.0.0.1:{grpc_port}", proc.pid
+            yield TritonProcess(f"127.0.0.1:{grpc_port}", proc.pid, token)
         finally:
             _stop(proc, group=True)
 
@@ -447,6 +457,35 @@ class CpuMeter:
         return {name: self._cpu(name) for name in self._procs}
 
 
+class TritonCounts:
+    """``add_one_fp32``'s counters from Triton's own statistics (PyTriton's token).
+
+    ``requests`` inference requests, ``executions`` model executions (batches the
+    dynamic batcher formed), ``rows`` batch rows inferred: rows per execution is the
+    mean batch Triton ran, which sets most of its CPU per frame (see results/triton.md).
+    """
+
+    def __init__(self, url: str, token: str) -> None:
+        self._url = url
+        self._headers = {"triton-grpc-protocol-triton-access-token": token}
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters so far."""
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(self._url)
+        try:
+            stats = client.get_inference_statistics(MODEL, headers=self._headers, as_json=True)
+        finally:
+            client.close()
+        models = stats["model_stats"]
+        return {
+            "requests": sum(int(m["inference_stats"]["success"].get("count", 0)) for m in models),
+            "executions": sum(int(m.get("execution_count", 0)) for m in models),
+            "rows": sum(int(m.get("inference_count", 0)) for m in models),
+        }
+
+
 def sync_streamer_through_proxy(proxy: str, frames: list[bytes], in_flight: int) -> float:
     """Frames/s of the sync client, one pipelined Chat call."""
     from transports.triton import TritonBytesStreamer
@@ -466,16 +505,20 @@ _OPTIONAL = {"fs"}
 
 # Which proxy each variant goes through (its CPU is "proxy" in the tables).
 _VIA = {"b": "proxy", "b64": "proxy", "bsync": "proxy", "b8": "proxy", "c": "proxy"}
-_VIA.update({"bc": "coalescing", "f": "floor", "fs": "floor_stream"})
+_VIA.update({"bc": "coalescing", "bci": "coalescing_in_flight"})
+_VIA.update({"f": "floor", "fs": "floor_stream"})
 
 
-def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[str, Any]:
+def _measure(
+    triton_url: str, targets: dict[str, str], meter: CpuMeter, triton: TritonCounts
+) -> dict[str, Any]:
     frames = _frames(FRAMES)
     seed_frames = frames[: max(FRAMES // 10, 100)]
     timings: dict[str, list[float]] = {}
     rates: dict[str, list[float]] = {}
     cpu_s: dict[str, dict[str, float]] = {}
     counts: dict[str, int] = {}
+    batches: dict[str, dict[str, int]] = {}
     proxy, floor = targets["proxy"], targets["floor"]
 
     variants = {
@@ -487,6 +530,9 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
             streamer_through_proxy(targets["floor_stream"], frames, IN_FLIGHT)
         ),
         "bc": lambda: asyncio.run(streamer_through_proxy(targets["coalescing"], frames, IN_FLIGHT)),
+        "bci": lambda: asyncio.run(
+            streamer_through_proxy(targets["coalescing_in_flight"], frames, IN_FLIGHT)
+        ),
         "b64": lambda: asyncio.run(streamer_through_proxy(proxy, frames, 2 * IN_FLIGHT)),
         "bsync": lambda: sync_streamer_through_proxy(proxy, frames, IN_FLIGHT),
         # Batching, both sides alike: 8 frames per request, 64 frames in flight.
@@ -505,6 +551,7 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
     for _ in range(ROUNDS):
         loads.append(os.getloadavg()[0])
         for name, fn in variants.items():
+            triton_before = triton.snapshot()
             before = meter.snapshot()
             try:
                 rates.setdefault(name, []).append(fn())
@@ -514,6 +561,10 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
                 failures[name] = f"{type(exc).__name__}: {exc}"[:300]
                 rates[name].append(float("nan"))
             after = meter.snapshot()
+            triton_after = triton.snapshot()
+            seen = batches.setdefault(name, {})
+            for key, value in triton_after.items():
+                seen[key] = seen.get(key, 0) + value - triton_before[key]
             acc = cpu_s.setdefault(name, {"client": 0.0, "proxy": 0.0, "triton": 0.0})
             for group in ("client", "triton"):
                 acc[group] += after[group] - before[group]
@@ -539,12 +590,14 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
                 "fs/a": ("fs", "a"),
                 "b/f": ("b", "f"),
                 "bc/a": ("bc", "a"),
+                "bci/a": ("bci", "a"),
                 "b8/a8": ("b8", "a8"),
                 "b8/a": ("b8", "a"),
             }.items()
         },
         "timings": timings,
         "cpu": cpu,
+        "batches": batches,
         "seeds": len(seed_frames),
         "loads": loads,
         "failures": failures,
@@ -554,16 +607,23 @@ def _measure(triton_url: str, targets: dict[str, str], meter: CpuMeter) -> dict[
 def run() -> list[dict[str, Any]]:
     """Start Triton and the proxies, run the variants in interleaved rounds; frames/s, ratios."""
     with (
-        running_triton() as (triton_url, triton_pid),
+        running_triton() as (triton_url, triton_pid, token),
         running_proxy(triton_url) as (proxy, pid),
         running_proxy(triton_url, extra=("--coalesce", str(COALESCE))) as (coalescing, c_pid),
+        running_proxy(
+            triton_url,
+            extra=("--coalesce", str(COALESCE), "--coalesce-in-flight", str(COALESCE_IN_FLIGHT)),
+        ) as (coalescing_in_flight, ci_pid),
         running_floor_proxy(triton_url) as (floor, f_pid),
         running_floor_proxy(triton_url, "--stream") as (floor_stream, fs_pid),
     ):
         pids = {"proxy": pid, "coalescing": c_pid, "floor": f_pid, "floor_stream": fs_pid}
+        pids["coalescing_in_flight"] = ci_pid
         targets = {"proxy": proxy, "coalescing": coalescing, "floor": floor}
         targets["floor_stream"] = floor_stream
-        m = _measure(triton_url, targets, CpuMeter(pids, triton_pid))
+        targets["coalescing_in_flight"] = coalescing_in_flight
+        counts = TritonCounts(triton_url, token)
+        m = _measure(triton_url, targets, CpuMeter(pids, triton_pid), counts)
     common = {"benchmark": "triton_proxy_add_one_fp32", "frames": FRAMES, "rounds": ROUNDS}
     t = m["timings"]
     ours_off, ours_on = ours_in_process(), ours_in_process(metrics=True)
@@ -601,6 +661,12 @@ def run() -> list[dict[str, Any]]:
         ratio("fs/a", "ratio fs/a"),
         rate("bc", f"(bc) the same via a proxy with --coalesce {COALESCE}"),
         ratio("bc/a", "ratio bc/a, median of paired rounds"),
+        rate(
+            "bci",
+            f"(bci) via a proxy with --coalesce {COALESCE} --coalesce-in-flight "
+            f"{COALESCE_IN_FLIGHT}",
+        ),
+        ratio("bci/a", "ratio bci/a, median of paired rounds"),
         rate("b64", f"(b') AsyncTritonBytesStreamer via proxy, {2 * n} in flight"),
         rate("bsync", f"(b'') TritonBytesStreamer (sync) via proxy, {n} in flight"),
         rate("a8", "(a8) tritonclient direct, 8 frames per request, 64 in flight"),
@@ -621,18 +687,28 @@ def run() -> list[dict[str, Any]]:
             spread=" ".join(f"{x:.1f}" for x in m["loads"]),
         ),
     ]
-    for variant in ("a", "b", "f", "fs", "bc", "b64", "bsync", "a8", "b8", "c"):
+    for variant in ("a", "b", "f", "fs", "bc", "bci", "b64", "bsync", "a8", "b8", "c"):
         for proc, ms in m["cpu"][variant].items():
             if proc == "proxy" and variant.startswith("a"):
                 continue
             rows.append(row(f"({variant}) CPU per frame: {proc}", round(ms, 3), "ms"))
+        seen = m["batches"][variant]
+        rows.append(
+            row(
+                f"({variant}) Triton: rows per execution (mean dynamic batch)",
+                round(seen["rows"] / max(seen["executions"], 1), 2),
+                "",
+                spread=f"{seen['requests']} requests, {seen['executions']} executions, "
+                f"{seen['rows']} rows",
+            )
+        )
     return rows
 
 
 def profile_proxy(out: Path, top: int = 25) -> str:
     """Run (b) against a proxy under cProfile; return the summary (cumulative, tottime)."""
     prof = out.with_suffix(".prof")
-    with running_triton() as (triton_url, _):
+    with running_triton() as (triton_url, _, _):
         with running_proxy(triton_url, profile_to=prof) as (proxy, _):
             rate = asyncio.run(streamer_through_proxy(proxy, _frames(FRAMES), IN_FLIGHT))
         for _ in range(100):  # the proxy writes the profile as it exits
@@ -693,7 +769,7 @@ def spy_proxies(seconds: float = 8.0) -> str:
     frames = _frames(FRAMES * 4)
     lines = []
     with (
-        running_triton() as (triton_url, _),
+        running_triton() as (triton_url, _, _),
         running_proxy(triton_url) as (proxy, pid),
         running_floor_proxy(triton_url) as (floor, f_pid),
     ):
