@@ -50,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -745,6 +745,8 @@ def _category(frames: list[str]) -> str:
         # py-spy names Python files relative to their sys.path entry: "(grpc/aio/...".
         if "cygrpc" in frame or "(grpc/" in frame or "libgrpc" in frame:
             return "grpc.aio (Python, Cython, C core)"
+        if "(tritonclient/" in frame:
+            return "tritonclient (Python)"
         if "_message" in frame or "(google/protobuf/" in frame:
             return "protobuf (upb)"
         if "(transports/" in frame or "(benchmarks/" in frame:
@@ -755,7 +757,8 @@ def _category(frames: list[str]) -> str:
 
 
 def spy_proxies(seconds: float = 8.0) -> str:
-    """py-spy (``--native``) both the proxy and the floor proxy during (b) and (f).
+    """py-spy (``--native``) the proxy and the floor proxy during (b) and (f), and this
+    process, the client, during (b) and (a).
 
     Needs ``py-spy`` on PATH or next to this interpreter (``pip install py-spy``);
     returns the share of busy samples per owner, for each.
@@ -773,25 +776,38 @@ def spy_proxies(seconds: float = 8.0) -> str:
         running_proxy(triton_url) as (proxy, pid),
         running_floor_proxy(triton_url) as (floor, f_pid),
     ):
-        for label, target, target_pid in (
-            ("(b) the proxy", proxy, pid),
-            ("(f) floor", floor, f_pid),
-        ):
+        asyncio.run(direct_tritonclient(triton_url, frames[:WARMUP], IN_FLIGHT))
+        for target in (proxy, floor):
             asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
+        sampled: tuple[tuple[str, int, Callable[[], Coroutine[Any, Any, float]]], ...] = (
+            ("(b) the proxy", pid, lambda: streamer_through_proxy(proxy, frames, IN_FLIGHT)),
+            ("(f) floor", f_pid, lambda: streamer_through_proxy(floor, frames, IN_FLIGHT)),
+            (
+                "(b) the client (AsyncTritonBytesStreamer)",
+                os.getpid(),
+                lambda: streamer_through_proxy(proxy, frames, IN_FLIGHT),
+            ),
+            (
+                "(a) the client (tritonclient.grpc.aio)",
+                os.getpid(),
+                lambda: direct_tritonclient(triton_url, frames, IN_FLIGHT),
+            ),
+        )
+        for label, target_pid, variant in sampled:
             with tempfile.TemporaryDirectory() as tmp:
                 raw = Path(tmp) / "spy.txt"
                 args = [spy, "record", "-p", str(target_pid), "-r", "250", "-d", str(int(seconds))]
                 args += ["--native", "-f", "raw", "-o", str(raw)]
                 proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 time.sleep(1.0)
-                rate = asyncio.run(streamer_through_proxy(target, frames, IN_FLIGHT))
+                rate = asyncio.run(variant())
                 _, err = proc.communicate(timeout=seconds + 60)
                 if not raw.exists():
                     raise RuntimeError(f"py-spy failed: {err.decode()[-2000:]}")
                 counts: Counter[str] = Counter()
                 for line in raw.read_text().splitlines():
-                    stack, _, n = line.rpartition(" ")
-                    counts[_category(stack.split(";"))] += int(n)
+                    stack, _, samples = line.rpartition(" ")
+                    counts[_category(stack.split(";"))] += int(samples)
             busy = sum(n for k, n in counts.items() if k != "idle")
             lines.append(f"{label}: {rate:.0f} frames/s under py-spy, {busy} busy samples")
             for key, n in counts.most_common():

@@ -128,3 +128,40 @@ def test_streaming_responses_in_index_order_one_final_each(
         assert responses == [(i, i == counts[seq]) for i in range(counts[seq] + 1)]
     assert free == window
     call.finished()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    shape=st.lists(st.integers(0, 2**40), max_size=4).map(tuple),
+    dtype=st.sampled_from([pb.DT_UNSPECIFIED, pb.DT_FP32, pb.DT_UINT8, pb.DT_INT64]),
+    outputs=st.lists(st.text(max_size=8), min_size=1, max_size=3).map(tuple),
+    version=st.text(max_size=4),
+    stream_id=st.text(max_size=12),
+    frames=st.lists(st.binary(max_size=64), max_size=4),
+    binary=st.booleans(),
+)
+def test_packet_is_the_message_built_field_by_field(
+    shape: tuple[int, ...],
+    dtype: int,
+    outputs: tuple[str, ...],
+    version: str,
+    stream_id: str,
+    frames: list[bytes],
+    binary: bool,
+) -> None:
+    # The pipeline copies one prepared packet per frame; it must be exactly the packet the
+    # seed's client builds from scratch, field by field, for every frame.
+    spec = PacketSpec("IN", shape, dtype, outputs, 2.5, binary)
+    pipe = AckPipeline(spec, "model", version, stream_id=stream_id, parse_numpy=False)
+    for seq, data in enumerate(frames):
+        built = pb.DataPacket(
+            meta=pb.Meta(correlation_id=f"{stream_id}:{seq}"),
+            control=spec.control("model", version),
+            tensor=pb.Tensor(dtype=dtype, shape=pb.Shape(dims=shape), data=data),  # type: ignore[arg-type]
+            event=pb.SEV_DATA,
+        )
+        packet = pipe.packet(data)
+        assert packet == built
+        assert packet.SerializeToString(deterministic=True) == built.SerializeToString(
+            deterministic=True
+        )
