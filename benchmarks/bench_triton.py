@@ -18,17 +18,24 @@ validation, limits, metrics or logs): what any Python grpc.aio proxy pays per fr
 stream to Triton per Chat call.
 
 Also measured: (bc) as (b), through a second proxy started with ``--coalesce 32``
-(packets arriving together go to Triton as one batched request); (b') 64 in flight;
+(packets arriving together go to Triton as one batched request; one Chat call's packets
+never arrive together, so it coalesces nothing here); (bci) through a third started with
+``--coalesce 32 --coalesce-in-flight 2`` (packets arriving while two coalesced requests
+run go together); (b') 64 in flight;
 (b'') the sync client; (a8)/(b8) 8 frames per request on both sides (tritonclient with
 a batch of 8, the client with ``frames_per_packet=8``).
 
-Goals (DESIGN.md): b >= 0.8x a, b >= 4x c. Also reported: the per-frame time split
+Goals (DESIGN.md): b >= 0.8x a, b >= 4x c. Also reported: each variant's CPU per frame
+per process (client, proxy, Triton's process tree) and Triton's own counters (requests,
+model executions, rows: rows per execution is the mean batch its dynamic batcher ran,
+which sets most of Triton's CPU per frame); the per-frame time split
 from the Acks' timings (Triton call inside the proxy, rest of the proxy, client and
 wire), and, with ``--profile``, a cProfile summary of the proxy process; with
 ``--py-spy``, where the CPU of the proxy and of the floor proxy goes (ours, grpc.aio,
-kernel, asyncio, protobuf), sampled with py-spy.
+kernel, asyncio, protobuf), sampled with py-spy; with ``--syscalls``, the syscalls per
+frame of the client, the proxy and tritonserver during (a), (b) and (bci) (``perf stat``).
 
-Run: ``python -m benchmarks.bench_triton [--profile | --py-spy]``; env
+Run: ``python -m benchmarks.bench_triton [--profile | --py-spy | --syscalls]``; env
 ``TRUSS_STREAM_TRITON_PYTHON``
 names the PyTriton interpreter (default ``.venv-triton/bin/python``),
 ``BENCH_TRITON_FRAMES`` the frames per variant and round (default 3000; the seed's
@@ -816,6 +823,72 @@ def spy_proxies(seconds: float = 8.0) -> str:
     return "\n".join(lines)
 
 
+_SYSCALL_EVENTS = ("sendmsg", "recvmsg", "write", "read", "epoll_wait", "futex")
+
+
+def count_syscalls() -> str:
+    """Syscalls per frame of the client, the proxy and tritonserver during (a), (b), (bci).
+
+    Counted with ``perf stat`` on the syscall tracepoints (needs ``perf`` on PATH and
+    tracepoint access, as root here); each process's threads, over one variant's run.
+    """
+    import re
+    import shutil
+
+    import psutil
+
+    perf = shutil.which("perf")
+    if perf is None:
+        return "perf is not installed (apt-get install linux-perf)"
+    events = ",".join(f"syscalls:sys_enter_{name}" for name in _SYSCALL_EVENTS)
+    frames = _frames(FRAMES)
+    lines = []
+    coalesce = ("--coalesce", str(COALESCE), "--coalesce-in-flight", str(COALESCE_IN_FLIGHT))
+    with (
+        running_triton() as triton,
+        running_proxy(triton.url) as (proxy, pid),
+        running_proxy(triton.url, extra=coalesce) as (coalescing, c_pid),
+    ):
+        server = next(
+            p.pid
+            for p in psutil.Process(triton.pid).children(recursive=True)
+            if p.name().startswith("tritonserver")
+        )
+        asyncio.run(direct_tritonclient(triton.url, frames[:WARMUP], IN_FLIGHT))
+        for target in (proxy, coalescing):
+            asyncio.run(streamer_through_proxy(target, frames[:WARMUP], IN_FLIGHT))
+        sampled: tuple[tuple[str, int | None, Callable[[], Coroutine[Any, Any, float]]], ...] = (
+            ("(a)", None, lambda: direct_tritonclient(triton.url, frames, IN_FLIGHT)),
+            ("(b)", pid, lambda: streamer_through_proxy(proxy, frames, IN_FLIGHT)),
+            ("(bci)", c_pid, lambda: streamer_through_proxy(coalescing, frames, IN_FLIGHT)),
+        )
+        for label, proxy_pid, variant in sampled:
+            procs = {"client": os.getpid(), "tritonserver": server}
+            if proxy_pid is not None:
+                procs["proxy"] = proxy_pid
+            with tempfile.TemporaryDirectory() as tmp:
+                outs = {name: Path(tmp) / f"{name}.txt" for name in procs}
+                stats = [
+                    subprocess.Popen(
+                        [perf, "stat", "-x", ",", "-e", events, "-p", str(p), "-o", str(outs[n])]
+                    )
+                    for n, p in procs.items()
+                ]
+                time.sleep(0.5)
+                rate = asyncio.run(variant())
+                for stat in stats:
+                    stat.send_signal(signal.SIGINT)
+                for stat in stats:
+                    stat.wait(30)
+                lines.append(f"{label} {rate:.0f} frames/s; syscalls per frame:")
+                for name, out in outs.items():
+                    found = re.findall(r"^(\d+),,syscalls:sys_enter_(\w+)", out.read_text(), re.M)
+                    each = " ".join(f"{call} {int(n) / len(frames):.2f}" for n, call in found)
+                    total = sum(int(n) for n, _ in found) / len(frames)
+                    lines.append(f"  {name:<12} {total:5.1f}  ({each})")
+    return "\n".join(lines)
+
+
 def main() -> None:
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}")
     if "--profile" in sys.argv[1:]:
@@ -823,6 +896,9 @@ def main() -> None:
         return
     if "--py-spy" in sys.argv[1:]:
         print(spy_proxies())
+        return
+    if "--syscalls" in sys.argv[1:]:
+        print(count_syscalls())
         return
     for row in run():
         spread = f"  ({row['spread']})" if "spread" in row else ""
