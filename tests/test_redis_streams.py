@@ -13,6 +13,8 @@ import pydantic
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis_helpers import RedisServer, needs_redis, redis_server
@@ -120,6 +122,34 @@ def test_published_stream_reads_back_whole(server: RedisServer, codec: str, mode
         entries = client.xrange(key)
     assert [int(fields[b"n"]) for _, fields in entries] == list(range(53))
     assert len({fields[b"s"] for _, fields in entries}) == 1
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 64), st.integers(4070, 4120), st.integers(0, 20_000)),
+        max_size=1200,
+    )
+)
+def test_every_frame_is_stored_as_its_own_entry_byte_for_byte(
+    server: RedisServer, sizes: list[int]
+) -> None:
+    # The publisher packs runs of small frames into one script argument and the script
+    # splits them again by their tags: each entry must still hold exactly one frame,
+    # in order, whatever the mix of sizes around the packing limit (and over batches).
+    writer = stream_writer(TYPES["json"])
+    frames = [writer.yield_header(Header(name="h"))]
+    frames += [writer.yield_item(Item(index=i, text="x" * size)) for i, size in enumerate(sizes)]
+    frames.append(writer.yield_end())
+    key = tr.stream_key(f"sizes-{time.monotonic_ns()}")
+    assert publish(server, key, list(frames)) == len(frames)
+    with server.client() as client:
+        entries = client.xrange(key)
+        client.delete(key)
+    assert [fields[b"f"] for _, fields in entries] == [bytes(f) for f in frames]
+    assert [int(fields[b"n"]) for _, fields in entries] == list(range(len(frames)))
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
