@@ -152,6 +152,43 @@ def test_every_frame_is_stored_as_its_own_entry_byte_for_byte(
     assert [int(fields[b"n"]) for _, fields in entries] == list(range(len(frames)))
 
 
+def test_a_stream_s_first_frame_costs_one_script_call_on_a_new_redis() -> None:
+    # A fresh Redis has no scripts cached. The first frame of a stream must not wait
+    # for EVALSHA -> NOSCRIPT -> SCRIPT LOAD -> EVALSHA (four round trips before a
+    # reader sees anything, each a process wake-up on a loaded machine: the redis-sse
+    # idle-timeout flake): one EVAL carrying the script, then EVALSHA.
+    with redis_server() as fresh:
+        with fresh.client() as client:
+            client.config_resetstat()
+        key = tr.stream_key("first-call")
+        assert publish(fresh, key, produce(3, delay=0.05)) == 6
+        with fresh.client() as client:
+            stats = client.info("commandstats")
+            assert client.xlen(key) == 6
+    assert "cmdstat_script|load" not in stats, stats
+    assert stats["cmdstat_eval"]["calls"] == 1, stats
+    assert stats.get("cmdstat_evalsha", {}).get("failed_calls", 0) == 0, stats
+    # The frames were yielded 50 ms apart: each left in its own call.
+    assert stats["cmdstat_eval"]["calls"] + stats["cmdstat_evalsha"]["calls"] >= 4, stats
+
+
+def test_a_script_cache_flushed_mid_stream_is_reloaded(server: RedisServer) -> None:
+    key = tr.stream_key("flushed")
+
+    def flush_soon() -> None:
+        time.sleep(0.15)
+        with server.client() as client:
+            client.script_flush()
+
+    thread = threading.Thread(target=flush_soon)
+    thread.start()
+    try:
+        assert publish(server, key, produce(10, delay=0.03)) == 13
+    finally:
+        thread.join()
+    assert read_sync(server, key) == ("h", list(range(10)), 10)
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_reader_follows_a_stream_being_written(server: RedisServer, mode: str) -> None:
     key = tr.stream_key(f"live-{mode}")

@@ -22,6 +22,7 @@ frame is still its own entry; large frames go alone, uncopied.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -98,6 +99,7 @@ end
 if ttl ~= '' then redis.call('EXPIRE', key, ttl) end
 return stored
 """
+_APPEND_SHA: Final = hashlib.sha1(_APPEND.encode()).hexdigest()
 # The script spells the entry fields out; keep them in step with the reader's.
 assert (FIELD_FRAME, FIELD_POSITION, FIELD_STREAM) == (b"f", b"n", b"s")
 
@@ -121,7 +123,11 @@ class _Publisher:
         self._more = anyio.Event()
         self._room = anyio.Event()
         self._closed = False
-        self._append = client.register_script(_APPEND)
+        # The first batch sends the script itself (EVAL), later ones its digest
+        # (EVALSHA): a stream's first frame costs one round trip, not three on a
+        # Redis that has not seen the script yet (EVALSHA, NOSCRIPT, SCRIPT LOAD,
+        # EVALSHA: redis-py's Script), as after a restart or on a new node.
+        self._script_loaded = False
 
     def put(self, frame: bytes | memoryview) -> bool:
         """Queue ``frame``; True when a batch is queued: time to let the sender run
@@ -179,7 +185,14 @@ class _Publisher:
             *_packed(batch),
         ]
         try:
-            await self._append(keys=[self._key], args=args)
+            if self._script_loaded:
+                try:
+                    await self._client.evalsha(_APPEND_SHA, 1, self._key, *args)
+                    return
+                except redis.exceptions.NoScriptError:  # Redis restarted or flushed
+                    self._script_loaded = False  # nothing ran: send the script
+            await self._client.eval(_APPEND, 1, self._key, *args)
+            self._script_loaded = True
         except redis.exceptions.ResponseError as exc:
             message = str(exc)
             if message.startswith("TRUSS_LOST"):
