@@ -85,7 +85,8 @@ for a = 5, #ARGV do
     local after = at + 5 + ((b1 * 256 + b2) * 256 + b3) * 256 + b4
     if after > size + 1 then return redis.error_reply('TRUSS_FRAMING a cut frame') end
     if pos >= stored then
-      local frame = string.sub(packed, at, after - 1)
+      local frame = packed  -- a large frame travels alone: no copy
+      if at > 1 or after <= size then frame = string.sub(packed, at, after - 1) end
       if maxlen ~= '' then
         redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', 'f', frame, 'n', pos, 's', sid)
       else
