@@ -69,7 +69,7 @@ TENSOR_BYTES = 4 * 1024 * 1024
 TICK_ITEMS = int(os.environ.get("BENCH_REDIS_TICK_ITEMS", "300"))
 FAN_CONSUMERS = 100
 FAN_ITEMS = int(os.environ.get("BENCH_REDIS_FAN_ITEMS", "1000"))
-REPEATS = int(os.environ.get("BENCH_REDIS_REPEATS", "3"))
+REPEATS = int(os.environ.get("BENCH_REDIS_REPEATS", "5"))
 LATENCY_ROUNDS = int(os.environ.get("BENCH_REDIS_LATENCY_ROUNDS", "5"))
 RESULTS = Path(__file__).parent / "results" / "redis.md"
 #: Keys expire soon after a round: 50 x 4 MiB per tensor round would pile up otherwise.
@@ -285,12 +285,12 @@ async def measure() -> dict[str, Any]:
                         lambda c=codec: small_items(client, "redis", c), pid, SMALL_ITEMS
                     ),
                 }  # fmt: skip
-                out.update(await _interleaved(variants, REPEATS))
+                out.update(await _rounds(variants, REPEATS))
             tensors = {
                 f"tensor_{path}": (lambda p=path: tensor_items(client, p), pid, TENSOR_ITEMS)
                 for path in ("direct", "redis")
             }
-            out.update(await _interleaved(tensors, REPEATS))
+            out.update(await _rounds(tensors, REPEATS))
             direct_lat: list[float] = []
             redis_lat: list[float] = []
             added: dict[str, list[float]] = {"p50": [], "p99": []}
@@ -308,10 +308,11 @@ async def measure() -> dict[str, Any]:
                 "redis_p99": _pct(redis_lat, 0.99),
                 "added_p50": statistics.median(added["p50"]),
                 "added_p99": statistics.median(added["p99"]),
+                **{f"added_{q}_range": (min(v), max(v)) for q, v in added.items()},
             }
             units = FAN_CONSUMERS * FAN_ITEMS
             out.update(
-                await _interleaved(
+                await _rounds(
                     {
                         "fan_direct": (lambda: fan_out(client, "direct", redis_port), pid, units),
                         "fan_shared": (lambda: fan_out(client, "shared", redis_port), pid, units),
@@ -323,6 +324,36 @@ async def measure() -> dict[str, Any]:
     return out
 
 
+async def _rounds(variants: dict[str, Any], repeats: int) -> dict[str, dict[str, float]]:
+    """:func:`_interleaved`, one round at a time, keeping each ratio's spread.
+
+    Each variant gets its medians (value, ratio, CPU per unit) as ``_interleaved`` gives
+    them, plus ``ratio_min`` / ``ratio_max`` over the rounds and the load average
+    (1 min) at the start and the end.
+    """
+    runs: list[dict[str, dict[str, float]]] = []
+    load_start = os.getloadavg()[0]
+    for _ in range(repeats):
+        runs.append(await _interleaved(variants, 1))
+    load_end = os.getloadavg()[0]
+    out: dict[str, dict[str, float]] = {}
+    for key in variants:
+        fields = runs[0][key]
+        summary = {f: statistics.median(r[key][f] for r in runs) for f in fields}
+        summary["ratio_min"] = min(r[key]["ratio"] for r in runs)
+        summary["ratio_max"] = max(r[key]["ratio"] for r in runs)
+        summary["load_start"], summary["load_end"] = load_start, load_end
+        out[key] = summary
+    return out
+
+
+def _spread(r: dict[str, float]) -> str:
+    return (
+        f"ratio over {REPEATS} rounds {r['ratio_min']:.2f}-{r['ratio_max']:.2f}, "
+        f"load {r['load_start']:.1f}-{r['load_end']:.1f}; "
+    )
+
+
 def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
@@ -332,7 +363,8 @@ def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"benchmark": bench, "variant": variant, "value": r["value"]}
             row["unit"] = unit
             row["notes"] = (
-                f"CPU per {per}: client {r['client_cpu'] * 1e6:,.0f} us, "
+                (_spread(r) if key == through else "")
+                + f"CPU per {per}: client {r['client_cpu'] * 1e6:,.0f} us, "
                 f"server {r['server_cpu'] * 1e6:,.0f} us (redis-server not counted)"
             )
             if key == through:
@@ -360,9 +392,13 @@ def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
     for q in ("p50", "p99"):
         added = lat[f"added_{q}"]  # median over rounds of (through Redis - direct)
         goal = "< 5 ms" if q == "p99" else ""
+        low, high = lat[f"added_{q}_range"]
+        notes = f"median of {LATENCY_ROUNDS} rounds ({low:.2f} to {high:.2f})"
+        if goal:
+            notes += "; met" if added < 5 else "; not met"
         rows.append(
             {"benchmark": bench, "variant": f"added by Redis: {q}", "value": added, "unit": "ms",
-             "goal": goal, "notes": ("met" if added < 5 else "not met") if goal else ""}
+             "goal": goal, "notes": notes}
         )  # fmt: skip
     fan = f"fan-out, {FAN_CONSUMERS} consumers x {FAN_ITEMS} small items"
     for key, variant in (
@@ -373,7 +409,7 @@ def rows_from(m: dict[str, Any]) -> list[dict[str, Any]]:
         r = m[key]
         row = {"benchmark": fan, "variant": variant, "value": r["value"], "unit": "items/s"}
         if key != "fan_direct":
-            row.update(ratio=r["ratio"], ratio_vs="direct SSE")
+            row.update(ratio=r["ratio"], ratio_vs="direct SSE", notes=_spread(r).rstrip("; "))
         rows.append(row)
     return rows
 

@@ -13,6 +13,8 @@ import pydantic
 import pytest
 import redis
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis_helpers import RedisServer, needs_redis, redis_server
@@ -120,6 +122,71 @@ def test_published_stream_reads_back_whole(server: RedisServer, codec: str, mode
         entries = client.xrange(key)
     assert [int(fields[b"n"]) for _, fields in entries] == list(range(53))
     assert len({fields[b"s"] for _, fields in entries}) == 1
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    sizes=st.lists(
+        st.one_of(st.integers(0, 64), st.integers(4070, 4120), st.integers(0, 20_000)),
+        max_size=1200,
+    )
+)
+def test_every_frame_is_stored_as_its_own_entry_byte_for_byte(
+    server: RedisServer, sizes: list[int]
+) -> None:
+    # The publisher packs runs of small frames into one script argument and the script
+    # splits them again by their tags: each entry must still hold exactly one frame,
+    # in order, whatever the mix of sizes around the packing limit (and over batches).
+    writer = stream_writer(TYPES["json"])
+    frames = [writer.yield_header(Header(name="h"))]
+    frames += [writer.yield_item(Item(index=i, text="x" * size)) for i, size in enumerate(sizes)]
+    frames.append(writer.yield_end())
+    key = tr.stream_key(f"sizes-{time.monotonic_ns()}")
+    assert publish(server, key, list(frames)) == len(frames)
+    with server.client() as client:
+        entries = client.xrange(key)
+        client.delete(key)
+    assert [fields[b"f"] for _, fields in entries] == [bytes(f) for f in frames]
+    assert [int(fields[b"n"]) for _, fields in entries] == list(range(len(frames)))
+
+
+def test_a_stream_s_first_frame_costs_one_script_call_on_a_new_redis() -> None:
+    # A fresh Redis has no scripts cached. The first frame of a stream must not wait
+    # for EVALSHA -> NOSCRIPT -> SCRIPT LOAD -> EVALSHA (four round trips before a
+    # reader sees anything, each a process wake-up on a loaded machine: the redis-sse
+    # idle-timeout flake): one EVAL carrying the script, then EVALSHA.
+    with redis_server() as fresh:
+        with fresh.client() as client:
+            client.config_resetstat()
+        key = tr.stream_key("first-call")
+        assert publish(fresh, key, produce(3, delay=0.05)) == 6
+        with fresh.client() as client:
+            stats = client.info("commandstats")
+            assert client.xlen(key) == 6
+    assert "cmdstat_script|load" not in stats, stats
+    assert stats["cmdstat_eval"]["calls"] == 1, stats
+    assert stats.get("cmdstat_evalsha", {}).get("failed_calls", 0) == 0, stats
+    # The frames were yielded 50 ms apart: each left in its own call.
+    assert stats["cmdstat_eval"]["calls"] + stats["cmdstat_evalsha"]["calls"] >= 4, stats
+
+
+def test_a_script_cache_flushed_mid_stream_is_reloaded(server: RedisServer) -> None:
+    key = tr.stream_key("flushed")
+
+    def flush_soon() -> None:
+        time.sleep(0.15)
+        with server.client() as client:
+            client.script_flush()
+
+    thread = threading.Thread(target=flush_soon)
+    thread.start()
+    try:
+        assert publish(server, key, produce(10, delay=0.03)) == 13
+    finally:
+        thread.join()
+    assert read_sync(server, key) == ("h", list(range(10)), 10)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -6,6 +6,13 @@ on that key, so every frame goes producer -> XADD -> Redis -> XREAD -> SSE. Here
 publisher is tied to the response (it is cancelled when the response ends, as when the
 client leaves or the server is killed), so the suite's producer-lifetime cases apply; in
 a real deployment the worker runs apart (docs/scale-out.md).
+
+Every served app answers one warm-up stream (its own route, its own producer) before a
+test gets its address, as a deployed replica has served before: the new pool's Redis
+connections, the script in the new redis-server's cache and the process's first-stream
+imports are then not inside the first frame wait of the test's first stream (under CPU
+starvation each is several wake-ups of other processes; with a 0.25 s idle limit the
+first frame missed it: the redis-sse case of test_idle_timeout_does_not_fire_on_a_steady_stream).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 from transports import redis as tr
 from transports import sse
 from transports.base import AsyncBaseTransport, BaseTransport
+from truss_stream import Codec, end_frame
 
 from .harness import ProducerFactory, ServedStream, TransportHarness
 from .http_harness import _AsyncOwnClient, _OwnClient, _Served
@@ -54,6 +62,18 @@ class _PublishAndServe:
             tg.cancel_scope.cancel()
 
 
+async def _warm_up_frames(request: Request) -> AsyncIterator[bytes | memoryview]:
+    yield end_frame(Codec.MSGPACK)
+
+
+def _warm_up(url: str) -> None:
+    """One whole stream through the app (publish into Redis and serve it from there)."""
+    with httpx.Client(timeout=30) as client:
+        response = client.get(url)
+    if response.status_code != 200 or b"event: end" not in response.content:
+        raise RuntimeError(f"redis-sse warm-up failed: {response.status_code} {response.text!r}")
+
+
 class _ServedApp(_Served):
     """A running server with ``address`` and ``port`` (the reliability suite's ``ServedApp``)."""
 
@@ -77,9 +97,13 @@ class RedisSSEHarness(TransportHarness):
         with redis_server() as running:
             client = redis.asyncio.Redis(port=running.port, max_connections=500)
             app = Starlette(
-                routes=[Route(f"/{self.name}", _PublishAndServe(client, producer, **sse_options))]
+                routes=[
+                    Route(f"/{self.name}", _PublishAndServe(client, producer, **sse_options)),
+                    Route(f"/{self.name}-warm-up", _PublishAndServe(client, _warm_up_frames)),
+                ]
             )
             with live_server(app) as server:
+                _warm_up(f"{server.url}/{self.name}-warm-up")
                 self._url = f"{server.url}/{self.name}"
                 yield _Served(server)
 

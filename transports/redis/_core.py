@@ -165,9 +165,14 @@ def _decode(raw: RawEntry) -> Entry:
     return Entry(entry_id, position, frame, stream)
 
 
+#: Tag bytes of END and ERROR frames.
+_LAST_TAGS: Final = frozenset(
+    byte for byte, info in enumerate(TAG_TABLE) if info is not None and info[0] in _ENDS
+)
+
+
 def _is_last(frame: bytes) -> bool:
-    info = TAG_TABLE[frame[0]] if len(frame) >= TAG_SIZE else None
-    return info is not None and info[0] in _ENDS
+    return len(frame) >= TAG_SIZE and frame[0] in _LAST_TAGS
 
 
 class _Outage:
@@ -263,6 +268,7 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
         idle_since = time.monotonic()
         entries: list[Entry] = []
         done = False
+        size = 0
         for item in raw:
             entry = _decode(item)
             if stream is None:
@@ -283,13 +289,14 @@ def read_steps(key: str, after: str | bytes, options: ReadOptions) -> Generator[
                 )
             expected += 1
             entries.append(entry)
-            if _is_last(entry.frame):
+            frame = entry.frame
+            size += len(frame)
+            if len(frame) >= TAG_SIZE and frame[0] in _LAST_TAGS:  # _is_last, inlined
                 done = True
                 break
         last_id = entries[-1].id
         # Keep one reply near _REPLY_BYTES: many small frames, or a few large ones.
-        size = max(sum(len(e.frame) for e in entries) // len(entries), 1)
-        count = max(1, min(options.batch, _REPLY_BYTES // size))
+        count = max(1, min(options.batch, _REPLY_BYTES // max(size // len(entries), 1)))
         yield Deliver(entries)
         if done:
             return

@@ -36,6 +36,7 @@ __all__ = [
     "AsyncRedisTransport",
     "RedisTransport",
     "aconnect",
+    "aiter_batches",
     "aiter_entries",
     "connect",
     "iter_entries",
@@ -136,16 +137,19 @@ def iter_entries(
                     run.failed(exc)
 
 
-async def aiter_entries(
+async def aiter_batches(
     client: redis.asyncio.Redis, key: str, after: str, options: ReadOptions
-) -> AsyncIterator[Entry]:
-    """Run :func:`read_steps` on an asyncio client; see :func:`iter_entries`."""
+) -> AsyncIterator[list[Entry]]:
+    """Run :func:`read_steps` on an asyncio client: the entries, one XREAD reply at a time.
+
+    What :func:`aiter_entries` and the SSE response iterate: one await per reply, not
+    one per entry.
+    """
     run = _Run(client, key, after, options)
     with contextlib.closing(run):
         for step in run:
             if isinstance(step, Deliver):
-                for entry in step.entries:
-                    yield entry
+                yield step.entries
             elif isinstance(step, Sleep):
                 await anyio.sleep(step.seconds)
             else:
@@ -153,6 +157,19 @@ async def aiter_entries(
                     run.replied(step, await run.call(step))
                 except OUTAGE_ERRORS as exc:
                     run.failed(exc)
+
+
+async def aiter_entries(
+    client: redis.asyncio.Redis, key: str, after: str, options: ReadOptions
+) -> AsyncIterator[Entry]:
+    """Run :func:`read_steps` on an asyncio client; see :func:`iter_entries`."""
+    batches = aiter_batches(client, key, after, options)
+    try:
+        async for entries in batches:
+            for entry in entries:
+                yield entry
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 class _Following(Generic[_Client]):

@@ -33,7 +33,7 @@ from ._errors import (
     StreamPositionError,
     StreamTrimmedError,
 )
-from ._read import aiter_entries
+from ._read import aiter_batches
 
 __all__ = ["sse_response", "stream_response"]
 
@@ -71,22 +71,26 @@ async def _frames(
     headers: list[MutableHeaders] | None = None,
 ) -> AsyncIterator[bytes]:
     first = True
+    batches = aiter_batches(client, key, after, options)
     try:
-        async for entry in aiter_entries(client, key, after, options):
+        async for entries in batches:
             if ids is not None:
-                ids.append(entry.id)
+                ids.extend([entry.id for entry in entries])
             if first and headers:
                 # Pulled before the response starts (FrameStreamResponse), so these
                 # headers still go out: where this response starts, and which stream.
-                headers[0][POSITION_HEADER] = str(entry.position)
-                headers[0][STREAM_ID_HEADER] = entry.stream.decode("ascii", "replace")
+                headers[0][POSITION_HEADER] = str(entries[0].position)
+                headers[0][STREAM_ID_HEADER] = entries[0].stream.decode("ascii", "replace")
             first = False
-            yield entry.frame
+            for entry in entries:
+                yield entry.frame
     except StreamError as exc:
         status = _STATUS.get(type(exc))
         if first and status is not None:  # before the response starts: a status, not a 200
             raise HTTPException(status, str(exc)) from exc
         raise
+    finally:
+        await batches.aclose()  # type: ignore[attr-defined]
 
 
 def _event_encoder(ids: collections.deque[bytes]) -> Any:
