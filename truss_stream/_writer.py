@@ -154,14 +154,13 @@ class StreamWriter(Generic[ItemT, HeaderTT, FooterTT]):
                 if self._encoder is not None:
                     self._encoder.reset()
                 raise
-            if pack is not None and self._arrays:  # JSON frames never hold placeholders
+            if self._arrays:  # always empty for JSON (JSON frames hold no placeholders)
                 return self._encoder.splice(self._item_tag, payload)  # type: ignore[union-attr]
-            size = len(payload)
             try:
-                tag = self._item_tags[size]  # a subscript: cheaper than .get's method call
+                # A subscript: cheaper than .get's method call.
+                return self._item_tags[len(payload)] + payload  # type: ignore[no-any-return]
             except KeyError:
-                tag = self._item_tag_for(size)
-            return tag + payload  # type: ignore[no-any-return]
+                return self._item_tag_for(len(payload)) + payload  # type: ignore[no-any-return]
         return self._first_item(item)
 
     def _item_tag_for(self, size: int) -> bytes:
