@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import struct
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -332,6 +332,7 @@ class ReaderCore:
         "_failed",
         "_footer_read",
         "_header_read",
+        "_held",
         "_item_byte",
         "_item_tags",
         "_items_started",
@@ -339,6 +340,7 @@ class ReaderCore:
         "_peeked",
         "_pending",
         "_require_end",
+        "_run_send",
         "_small_max",
         "_tail",
         "_take_byte",
@@ -399,6 +401,11 @@ class ReaderCore:
         self._taker: Any = None
         # The last chunk the taker gave NOT_TAKEN for (see pending_chunk).
         self._pending: list[Any] = [None]
+        # The chunk (and where in it) a BATCH stopped at BATCH_ITEMS items, for the
+        # taker's next round (any taker: a run's or item_taker's generator).
+        self._held: list[Any] = [None]
+        # The send of the latest item_run's generator (for _sync_counts).
+        self._run_send: Any = None
 
     # Input ------------------------------------------------------------------------
 
@@ -419,7 +426,12 @@ class ReaderCore:
         self._decoder.feed_eof()
 
     def _sync_counts(self) -> None:
-        """Add the frames and bytes the taker took since it last did to the decoder's."""
+        """Add the frames and bytes the takers took since they last did to the decoder's."""
+        if self._run_send is not None:
+            try:
+                self._run_send(None)  # a live run keeps counting; an ended one has synced
+            except StopIteration:
+                self._run_send = None
         if self._taker is not None:
             self._taker(None)
 
@@ -553,6 +565,30 @@ class ReaderCore:
         """
         return self._taker
 
+    def item_run(self, chunks: Iterator[Any]) -> Iterator[Any] | None:
+        """The items of the next chunks of ``chunks``, for as long as the taker takes them.
+
+        For a driver that can iterate in C (the sync reader chains the runs): an
+        iterator that pulls a chunk and gives its item while each chunk is one small
+        ITEM frame (or its chunks of many frames give a :data:`BATCH`), and stops at
+        the first chunk it does not take, which is then in :attr:`pending_chunk`
+        (None there: ``chunks`` ended). Then call :meth:`next_item_after` with that
+        chunk (or :meth:`receive_eof`). None when the taker would take nothing now
+        (not right after :meth:`next_item` gave NEED_DATA with nothing buffered):
+        feed the next chunk with :meth:`next_item_after` instead.
+
+        It is ``map`` over the ``send`` of a generator that returns at the first
+        chunk it does not take, so that its StopIteration ends the run: no
+        Python-level check per item.
+        """
+        if self._taker is None or self._take_byte[0] is _DISARMED:
+            return None
+        self._sync_counts()
+        run = self._take_items(ends=True)
+        next(run)
+        self._run_send = run.send
+        return map(run.send, chunks)
+
     @property
     def pending_chunk(self) -> list[Any]:
         """A one-element list: the last chunk :attr:`item_taker` gave NOT_TAKEN for.
@@ -598,8 +634,10 @@ class ReaderCore:
             raise self._failed.pop()
         return item
 
-    def _take_items(self) -> Generator[Any, Any, None]:
-        """The generator behind :attr:`item_taker`: send a chunk, get what it gives."""
+    def _take_items(self, ends: bool = False) -> Generator[Any, Any, None]:
+        """The generator behind :attr:`item_taker` and :meth:`item_run`: send a chunk,
+        get what it gives. ``ends``: return (its ``send`` raises StopIteration) at the
+        first chunk it does not take, instead of giving NOT_TAKEN."""
         decoder = self._decoder
         armed = self._take_byte  # read on every chunk: the state may change in between
         kept = self._tail
@@ -617,7 +655,7 @@ class ReaderCore:
         state = self._batch_state
         resume = _RESUME
         batch_items = BATCH_ITEMS
-        held: Any = None
+        held = self._held
         held_tags = _TAGS_HELD
         disarmed = _DISARMED
         tags = self._item_tags
@@ -630,29 +668,40 @@ class ReaderCore:
         # the decoder's whenever anything else may read them (any chunk not taken, a
         # failed item, and _sync_counts' send of None before the core reads on).
         taken = taken_bytes = 0
+        started = False
         while True:
-            data = yield item
-            if type(data) is not bytes:
-                if taken:
-                    decoder._frames += taken
-                    decoder._offset += taken_bytes
-                    taken = taken_bytes = 0
-                if data is not None:  # None: only _sync_counts
+            # Back from the general path (below) with a chunk it did not take: a run
+            # (`ends`, see item_run) ends here, the taker yields NOT_TAKEN.
+            if ends and started:
+                return
+            started = True
+            while True:
+                data = yield item
+                if type(data) is not bytes:
+                    if taken:
+                        decoder._frames += taken
+                        decoder._offset += taken_bytes
+                        taken = taken_bytes = 0
+                    item = not_taken
+                    if data is None:  # only _sync_counts
+                        continue
                     pending[0] = data
-                item = not_taken
-                continue  # bytearray, memoryview: the general path
-            try:
-                # While armed, armed[0] is `tags`: the tag of the small ITEM frame each
-                # chunk size would be (filled as sizes come); else an empty table.
-                tag = armed[0][len(data)]
-            except LookupError:
-                tag = None
-                size = len(data)
-                if armed[0] is tags and tag_size <= size <= tag_size + small_max:
-                    tag = pack_tag(item_byte, size - tag_size)
-                    if len(tags) < _TAKER_TAGS:
-                        tags[size] = tag
-            if data[:tag_size] == tag:
+                    if ends:
+                        return
+                    continue  # bytearray, memoryview: the general path
+                try:
+                    # While armed, armed[0] is `tags`: the tag of the small ITEM frame
+                    # each chunk size would be (filled as sizes come); else an empty
+                    # table.
+                    tag = armed[0][size := len(data)]
+                except LookupError:
+                    tag = None
+                    if armed[0] is tags and tag_size <= size <= tag_size + small_max:
+                        tag = pack_tag(item_byte, size - tag_size)
+                        if len(tags) < _TAKER_TAGS:
+                            tags[size] = tag
+                if data[:tag_size] != tag:
+                    break  # to the general path
                 # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
                 # gRPC, a producer's frames handed on one by one): its 5 bytes are the
                 # tag of exactly such a frame of its size, while armed. A payload this
@@ -660,9 +709,9 @@ class ReaderCore:
                 # validate_json needs. (Comparing the tag by size costs 450
                 # instructions less than unpacking it and comparing its fields.)
                 taken += 1
-                taken_bytes += len(data)
+                taken_bytes += size
                 try:
-                    if ext_hook is None:
+                    if ext_hook is None:  # JSON
                         try:
                             item = validate(data[tag_size:])
                         except pydantic.ValidationError as exc:
@@ -691,7 +740,8 @@ class ReaderCore:
                     decoder._frames += taken
                     decoder._offset += taken_bytes
                     taken = taken_bytes = 0
-                continue
+                    if ends:
+                        return
             item = not_taken
             if taken:
                 decoder._frames += taken
@@ -703,8 +753,8 @@ class ReaderCore:
                 # BATCH_ITEMS items, to keep the items alive at once below the
                 # collector's threshold: a batch of a whole 64 KiB read set off
                 # gen-0 collections, 5k instructions an item).
-                data, pos = held
-                held = None
+                data, pos = held[0]
+                held[0] = None
                 size = len(data)
                 fresh = False
                 tail = b""
@@ -799,7 +849,7 @@ class ReaderCore:
                 if rest:
                     decoder.feed(memoryview(data)[pos:])
             elif not left and rest:
-                held = (data, pos)
+                held[0] = (data, pos)
                 state[0] = _BATCH_MORE
             else:
                 state[0] = _BATCH_DONE

@@ -8,9 +8,7 @@ chunk from its source.
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
-import operator
 import time
 from collections.abc import (
     AsyncIterable,
@@ -33,8 +31,6 @@ from ._schema import FooterTT, HeaderTT, ItemT, StreamTypes
 __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
 
 _EXHAUSTED = object()
-#: True for what the taker gives that is an item (a C call: no Python frame per item).
-_is_item = functools.partial(operator.is_not, NOT_TAKEN)
 
 
 class _Items(itertools.chain[Any]):
@@ -215,10 +211,8 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         after_batch = core.next_item_after_batch
         batch = core.batch
         pending = core.pending_chunk
-        # The taker over the source, a chunk at a time as the chain pulls: it gives
-        # items until a chunk it does not take (NOT_TAKEN; the chunk is in
-        # `pending`) or the source's end.
-        taken = map(core.item_taker, self._chunks())
+        item_run = core.item_run
+        chunks = iter(self._chunks())
         need_data, done, batched = NEED_DATA, DONE, BATCH
         item = next_item()
         while True:
@@ -233,15 +227,23 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
                     continue
                 yield (item,)
                 item = next_item()
-            # Nothing buffered: a run of the taker over the next chunks.
-            pending[0] = None
-            yield itertools.takewhile(_is_item, taken)
-            chunk = pending[0]
-            if chunk is None:
+            # Nothing buffered: a run of the taker over the next chunks, while it takes
+            # them (the chain pulls them through it in C), then the chunk it stopped at.
+            chunk: Any
+            run = item_run(chunks)
+            if run is None:  # inside a frame: the next chunk goes to the core as it is
+                chunk = next(chunks, _EXHAUSTED)
+            else:
+                pending[0] = None
+                yield run
+                chunk = pending[0]
+                pending[0] = None
+                if chunk is None:
+                    chunk = _EXHAUSTED
+            if chunk is _EXHAUSTED:
                 core.receive_eof()
                 item = next_item()
             else:
-                pending[0] = None
                 item = next_item_after(chunk)
 
     def read_footer(self: StreamReader[Any, Any, _WithFooter]) -> FooterCo:
