@@ -381,7 +381,7 @@ class ReaderCore:
         # come); an empty table (_DISARMED) otherwise.
         # Armed only by next_item when it returns NEED_DATA with nothing buffered or
         # peeked during read_items; every way in for bytes (receive_data,
-        # receive_eof, next_item_after) disarms it first. One compare in take_item
+        # receive_eof, next_item_after) disarms it first. One lookup and compare in take_item
         # thus stands for all of the order and buffer state.
         self._take_byte: list[Any] = [_DISARMED]
         self._item_tags: dict[int, bytes] = {}
@@ -593,11 +593,11 @@ class ReaderCore:
     def pending_chunk(self) -> list[Any]:
         """A one-element list: the last chunk :attr:`item_taker` gave NOT_TAKEN for.
 
-        For a driver that maps the taker over its source in C
-        (``takewhile(..., map(taker, chunks))``, the sync reader) and so never sees
-        the chunk the run stopped at: it sets the element to None before the run and
-        afterwards hands the chunk found there to :meth:`next_item_after` (None: the
-        source ended). The taker only ever writes it.
+        For a driver that runs the taker over its source in C (:meth:`item_run`, the
+        sync reader) and so never sees the chunk a run stopped at: it sets the
+        element to None before the run and afterwards hands the chunk found there to
+        :meth:`next_item_after` (None: the source ended). The taker only ever writes
+        it.
         """
         return self._pending
 
