@@ -212,8 +212,9 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
         batch = core.batch
         pending = core.pending_chunk
         item_run = core.item_run
+        take_item = core.item_taker
         chunks = iter(self._chunks())
-        need_data, done, batched = NEED_DATA, DONE, BATCH
+        need_data, done, batched, not_taken = NEED_DATA, DONE, BATCH, NOT_TAKEN
         item = next_item()
         while True:
             # What the core holds already (several frames in one chunk, the header's),
@@ -227,13 +228,21 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
                     continue
                 yield (item,)
                 item = next_item()
-            # Nothing buffered: a run of the taker over the next chunks, while it takes
-            # them (the chain pulls them through it in C), then the chunk it stopped at.
-            chunk: Any
-            run = item_run(chunks)
-            if run is None:  # inside a frame: the next chunk goes to the core as it is
-                chunk = next(chunks, _EXHAUSTED)
-            else:
+            # Nothing buffered: the next chunk, to the taker first. Once it takes one
+            # (a stream of one small item frame per chunk), a run of the taker over
+            # the chunks after it (the chain pulls them through it in C), while it
+            # takes them; then the chunk it stopped at goes to the core as it is.
+            chunk: Any = next(chunks, _EXHAUSTED)
+            if chunk is not _EXHAUSTED:
+                item = take_item(chunk)
+                if item is not_taken:
+                    item = next_item_after(chunk)
+                    continue
+                yield (item,)
+                run = item_run(chunks)
+                if run is None:
+                    item = next_item()
+                    continue
                 pending[0] = None
                 yield run
                 chunk = pending[0]
