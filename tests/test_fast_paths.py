@@ -57,8 +57,8 @@ def test_take_item_takes_only_between_frames_after_start_items(codec: str) -> No
     assert core.next_item() is ts._protocol.DONE
     # Nothing after END is read, not even by the fast path.
     assert core.take_item(frames[0]) is NOT_TAKEN
-    assert core._decoder.offset == sum(len(f) for f in frames)
-    assert core._decoder.frames == 4
+    assert core.offset == sum(len(f) for f in frames)
+    assert core.frames == 4
 
 
 def test_take_item_is_disarmed_by_any_other_input() -> None:
@@ -228,7 +228,7 @@ def test_take_item_raises_for_a_frame_it_took_and_goes_on() -> None:
     with pytest.raises(ts.MalformedFrameError, match="invalid msgpack payload"):
         core.take_item(bad)
     assert core.take_item(good[1]).index == 1  # the bad frame was consumed, nothing else
-    assert core._decoder.frames == 2
+    assert core.frames == 2
 
 
 # Chunks of many frames (item_taker's BATCH): a socket read holds hundreds of small
@@ -275,8 +275,8 @@ def test_a_chunk_of_many_frames_is_taken_in_one_batch(codec: str) -> None:
     second = [item.index for item in core.batch]
     assert first + second == list(range(40))
     assert core.next_item_after_batch() is ts._protocol.DONE
-    assert core._decoder.offset == len(data)
-    assert core._decoder.frames == 41
+    assert core.offset == len(data)
+    assert core.frames == 41
 
 
 @pytest.mark.parametrize("codec", ["msgpack", "json"])
@@ -333,7 +333,7 @@ def test_after_a_bad_frame_in_a_batch_the_core_reads_on_from_the_next_frame() ->
     assert core.next_item() is NEED_DATA
     assert core.next_item_after(frames[2][4:] + frames[3]).index == 2
     assert core.next_item() is ts._protocol.DONE
-    assert core._decoder.frames == 5
+    assert core.frames == 5
 
 
 def test_a_cut_frame_the_taker_keeps_is_reported_when_the_stream_ends(read: ReaderFactory) -> None:
@@ -412,3 +412,37 @@ def test_leaving_a_batch_early_leaves_the_footer_refused() -> None:
     items.close()
     with pytest.raises(ts.StreamOrderError, match="items are unread"):
         reader.read_footer()
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+def test_counts_of_taken_frames_are_exact_when_the_stream_is_truncated(
+    read: ReaderFactory, codec: str
+) -> None:
+    # The taker counts its one-frame chunks in locals and hands them to the decoder
+    # only when the core reads on: the truncation error must still count every frame.
+    frames = _frames(codec, 5)[:5]  # no END
+    types = ts.stream_types(Small, codec=codec)  # type: ignore[call-overload]
+    reader = read(types, frames)
+    got: list[Any] = []
+    size = sum(len(f) for f in frames)
+    with pytest.raises(ts.StreamTruncatedError, match=rf"after 5 frames \({size} bytes\)"):
+        _collect(reader, got)
+    assert got == [0, 1, 2, 3, 4]
+
+
+def test_closing_the_sync_items_iterator_reads_no_more_chunks() -> None:
+    # read_items() was a generator: close() still ends it, with no chunk pulled after.
+    frames = _frames("msgpack", 6)
+    pulled: list[int] = []
+
+    def source() -> Any:
+        for at, frame in enumerate(frames):
+            pulled.append(at)
+            yield frame
+
+    reader = ts.stream_reader(ts.stream_types(Small), source())
+    items = reader.read_items()
+    assert [next(items).index, next(items).index] == [0, 1]
+    items.close()  # type: ignore[attr-defined]
+    assert list(items) == []
+    assert pulled == [0, 1]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import collections
 import enum
 import struct
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any, Final
 
 import msgpack
@@ -78,8 +78,12 @@ _BATCH_MORE: Final = 2
 # own (compared by identity), so that the one-frame check, which it fails (0xFF is
 # no tag byte), stays the first thing the taker does.
 _RESUME: Final = bytes(bytearray(b"\xffresume"))
-# The armed byte while the taker keeps a cut frame: equal to no tag byte.
-_TAIL_HELD: Final = -2
+# The taker's table of item tags while it is not armed (an empty one: every lookup
+# fails) and while it keeps a cut frame (another empty one, told apart by identity).
+_DISARMED: Final[tuple[bytes, ...]] = ()
+_TAGS_HELD: Final = range(0)
+#: Most chunk sizes whose item tag the taker keeps (one dict per reader).
+_TAKER_TAGS: Final = 512
 _unpack_tag = TAG_STRUCT.unpack_from
 _ITEM: Final = FrameKind.ITEM
 _DEFAULT_LIMITS: Final = MsgpackLimits()
@@ -127,7 +131,8 @@ class FrameDecoder:
 
     @property
     def frames(self) -> int:
-        """Frames decoded so far (by this decoder or by ReaderCore's fast path)."""
+        """Frames decoded so far, by this decoder or by ReaderCore's fast path (whose
+        one-frame chunks are added when the core next reads from the decoder)."""
         return self._frames
 
     @property
@@ -327,11 +332,15 @@ class ReaderCore:
         "_failed",
         "_footer_read",
         "_header_read",
+        "_held",
         "_item_byte",
+        "_item_tags",
         "_items_started",
         "_limits",
         "_peeked",
+        "_pending",
         "_require_end",
+        "_run_send",
         "_small_max",
         "_tail",
         "_take_byte",
@@ -366,17 +375,20 @@ class ReaderCore:
         self._small_max = -1
         self._ext_hook: Any = None
         self._validate: Any = None
-        # The tag byte take_item accepts, in a one-element list shared with its
-        # generator: the item byte while the core is "armed", -1 (no byte) otherwise.
+        # The item tags take_item accepts, in a one-element list shared with its
+        # generator: while the core is "armed", the table of the tag a small ITEM
+        # frame has for each chunk size (_item_tags, filled by the taker as sizes
+        # come); an empty table (_DISARMED) otherwise.
         # Armed only by next_item when it returns NEED_DATA with nothing buffered or
         # peeked during read_items; every way in for bytes (receive_data,
-        # receive_eof, next_item_after) disarms it first. One compare in take_item
+        # receive_eof, next_item_after) disarms it first. One lookup and compare in take_item
         # thus stands for all of the order and buffer state.
-        self._take_byte = [-1]
+        self._take_byte: list[Any] = [_DISARMED]
+        self._item_tags: dict[int, bytes] = {}
         # The start of a small ITEM frame that the taker's chunk-of-frames loop met at
         # the end of a chunk (a frame split by the transport's reads), kept as bytes
         # for the taker to complete from the next chunk; while it is kept the armed
-        # byte is _TAIL_HELD. Every other way in for bytes hands it to the decoder
+        # table is _TAGS_HELD. Every other way in for bytes hands it to the decoder
         # first (_flush_tail), so the decoder sees the stream's bytes in order.
         self._tail = [b""]
         # The items of the taker's last BATCH (refilled by each one), and whether one
@@ -387,28 +399,59 @@ class ReaderCore:
         # raise (the generator itself must live on); and the generator's send.
         self._failed: list[BaseException] = []
         self._taker: Any = None
+        # The last chunk the taker gave NOT_TAKEN for (see pending_chunk).
+        self._pending: list[Any] = [None]
+        # The chunk (and where in it) a BATCH stopped at BATCH_ITEMS items, for the
+        # taker's next round (any taker: a run's or item_taker's generator).
+        self._held: list[Any] = [None]
+        # The send of the latest item_run's generator (for _sync_counts).
+        self._run_send: Any = None
 
     # Input ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Feed the next chunk of bytes."""
-        self._take_byte[0] = -1
+        self._sync_counts()
+        self._take_byte[0] = _DISARMED
         if self._tail[0]:
             self._flush_tail()
         self._decoder.feed(data)
 
     def receive_eof(self) -> None:
         """Tell the core the source is exhausted."""
-        self._take_byte[0] = -1
+        self._sync_counts()
+        self._take_byte[0] = _DISARMED
         if self._tail[0]:
             self._flush_tail()
         self._decoder.feed_eof()
+
+    def _sync_counts(self) -> None:
+        """Add the frames and bytes the takers took since they last did to the decoder's."""
+        if self._run_send is not None:
+            try:
+                self._run_send(None)  # a live run keeps counting; an ended one has synced
+            except StopIteration:
+                self._run_send = None
+        if self._taker is not None:
+            self._taker(None)
 
     def _flush_tail(self) -> None:
         """Hand the partial frame the taker kept to the decoder (it checks it afresh)."""
         tail = self._tail[0]
         self._tail[0] = b""
         self._decoder.feed(tail)
+
+    @property
+    def frames(self) -> int:
+        """Frames read so far (whole frames, of any kind, the fast path's included)."""
+        self._sync_counts()
+        return self._decoder.frames
+
+    @property
+    def offset(self) -> int:
+        """Bytes of the stream read so far into whole frames."""
+        self._sync_counts()
+        return self._decoder.offset
 
     @property
     def ended(self) -> bool:
@@ -522,6 +565,42 @@ class ReaderCore:
         """
         return self._taker
 
+    def item_run(self, chunks: Iterator[Any]) -> Iterator[Any] | None:
+        """The items of the next chunks of ``chunks``, for as long as the taker takes them.
+
+        For a driver that can iterate in C (the sync reader chains the runs): an
+        iterator that pulls a chunk and gives its item while each chunk is one small
+        ITEM frame (or its chunks of many frames give a :data:`BATCH`), and stops at
+        the first chunk it does not take, which is then in :attr:`pending_chunk`
+        (None there: ``chunks`` ended). Then call :meth:`next_item_after` with that
+        chunk (or :meth:`receive_eof`). None when the taker would take nothing now
+        (not right after :meth:`next_item` gave NEED_DATA with nothing buffered):
+        feed the next chunk with :meth:`next_item_after` instead.
+
+        It is ``map`` over the ``send`` of a generator that returns at the first
+        chunk it does not take, so that its StopIteration ends the run: no
+        Python-level check per item.
+        """
+        if self._taker is None or self._take_byte[0] is _DISARMED:
+            return None
+        self._sync_counts()
+        run = self._take_items(ends=True)
+        next(run)
+        self._run_send = run.send
+        return map(run.send, chunks)
+
+    @property
+    def pending_chunk(self) -> list[Any]:
+        """A one-element list: the last chunk :attr:`item_taker` gave NOT_TAKEN for.
+
+        For a driver that runs the taker over its source in C (:meth:`item_run`, the
+        sync reader) and so never sees the chunk a run stopped at: it sets the
+        element to None before the run and afterwards hands the chunk found there to
+        :meth:`next_item_after` (None: the source ended). The taker only ever writes
+        it.
+        """
+        return self._pending
+
     @property
     def batch(self) -> list[Any]:
         """The items of the last :data:`BATCH` :attr:`item_taker` gave (the same list,
@@ -555,14 +634,17 @@ class ReaderCore:
             raise self._failed.pop()
         return item
 
-    def _take_items(self) -> Generator[Any, Any, None]:
-        """The generator behind :attr:`item_taker`: send a chunk, get what it gives."""
+    def _take_items(self, ends: bool = False) -> Generator[Any, Any, None]:
+        """The generator behind :attr:`item_taker` and :meth:`item_run`: send a chunk,
+        get what it gives. ``ends``: return (its ``send`` raises StopIteration) at the
+        first chunk it does not take, instead of giving NOT_TAKEN."""
         decoder = self._decoder
         armed = self._take_byte  # read on every chunk: the state may change in between
         kept = self._tail
         batch = self._batch
         append = batch.append
         failed = self._failed
+        pending = self._pending
         small_max = self._small_max
         validate = self._validate
         ext_hook = self._ext_hook  # None for JSON
@@ -573,31 +655,63 @@ class ReaderCore:
         state = self._batch_state
         resume = _RESUME
         batch_items = BATCH_ITEMS
-        held: Any = None
-        tail_held = _TAIL_HELD
+        held = self._held
+        held_tags = _TAGS_HELD
+        disarmed = _DISARMED
+        tags = self._item_tags
+        pack_tag = TAG_STRUCT.pack
         tag_size = TAG_SIZE
         del self  # the core holds this generator: no reference back, no cycle
         item: Any = not_taken
+        # The frames and bytes of the one-frame chunks taken since the decoder's
+        # counts were last brought up to date: counted here, in locals, and added to
+        # the decoder's whenever anything else may read them (any chunk not taken, a
+        # failed item, and _sync_counts' send of None before the core reads on).
+        taken = taken_bytes = 0
+        started = False
         while True:
-            data = yield item
-            if type(data) is not bytes:
-                item = not_taken
-                continue  # bytearray, memoryview: the general path
-            try:
-                byte, length = unpack_tag(data)
-            except struct.error:  # shorter than a tag: values no armed byte or size matches
-                byte = length = -9
-            size = len(data)
-            if byte == armed[0] and size - tag_size == length and length <= small_max:
-                # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
-                # gRPC, a producer's frames handed on one by one). A payload this
-                # small is copied out of its chunk: cheaper than a view, and what
-                # validate_json needs. (A dict of tags by size and bytes.startswith
-                # cost more instructions than unpacking the tag, measured.)
-                decoder._frames += 1
-                decoder._offset += size
+            # Back from the general path (below) with a chunk it did not take: a run
+            # (`ends`, see item_run) ends here, the taker yields NOT_TAKEN.
+            if ends and started:
+                return
+            started = True
+            while True:
+                data = yield item
+                if type(data) is not bytes:
+                    if taken:
+                        decoder._frames += taken
+                        decoder._offset += taken_bytes
+                        taken = taken_bytes = 0
+                    item = not_taken
+                    if data is None:  # only _sync_counts
+                        continue
+                    pending[0] = data
+                    if ends:
+                        return
+                    continue  # bytearray, memoryview: the general path
                 try:
-                    if ext_hook is None:
+                    # While armed, armed[0] is `tags`: the tag of the small ITEM frame
+                    # each chunk size would be (filled as sizes come); else an empty
+                    # table.
+                    tag = armed[0][size := len(data)]
+                except LookupError:
+                    tag = None
+                    if armed[0] is tags and tag_size <= size <= tag_size + small_max:
+                        tag = pack_tag(item_byte, size - tag_size)
+                        if len(tags) < _TAKER_TAGS:
+                            tags[size] = tag
+                if data[:tag_size] != tag:
+                    break  # to the general path
+                # The chunk is one whole small ITEM frame (one frame per chunk: SSE,
+                # gRPC, a producer's frames handed on one by one): its 5 bytes are the
+                # tag of exactly such a frame of its size, while armed. A payload this
+                # small is copied out of its chunk: cheaper than a view, and what
+                # validate_json needs. (Comparing the tag by size costs 450
+                # instructions less than unpacking it and comparing its fields.)
+                taken += 1
+                taken_bytes += size
+                try:
+                    if ext_hook is None:  # JSON
                         try:
                             item = validate(data[tag_size:])
                         except pydantic.ValidationError as exc:
@@ -621,22 +735,34 @@ class ReaderCore:
                         item = validate(obj)
                 except BaseException as exc:  # the frame is consumed; the caller raises it
                     failed.append(exc)
+                    pending[0] = data
                     item = not_taken
-                continue
+                    decoder._frames += taken
+                    decoder._offset += taken_bytes
+                    taken = taken_bytes = 0
+                    if ends:
+                        return
             item = not_taken
+            if taken:
+                decoder._frames += taken
+                decoder._offset += taken_bytes
+                taken = taken_bytes = 0
+            byte = length = -9
             if data is resume:
                 # The next round of the chunk the last round stopped in (at
                 # BATCH_ITEMS items, to keep the items alive at once below the
                 # collector's threshold: a batch of a whole 64 KiB read set off
                 # gen-0 collections, 5k instructions an item).
-                data, pos = held
-                held = None
+                data, pos = held[0]
+                held[0] = None
                 size = len(data)
                 fresh = False
                 tail = b""
-            elif armed[0] == -1 or not size:
-                continue  # not between frames (or nothing to take): the general path
             else:
+                pending[0] = data
+                size = len(data)
+                if armed[0] is disarmed or not size:
+                    continue  # not between frames (or nothing to take): the general path
                 # A chunk of several frames (a socket read), or one that begins or
                 # ends inside a small ITEM frame: its whole small ITEM frames in a loop.
                 fresh = True
@@ -654,7 +780,7 @@ class ReaderCore:
                         # Its tag, whole only now, is no small item's: the decoder
                         # judges it (and this chunk after it, via next_item_after).
                         kept[0] = b""
-                        armed[0] = -1
+                        armed[0] = disarmed
                         decoder.feed(tail)
                         continue
                 if len(joined) < tag_size or len(joined) < tag_size + length:
@@ -662,7 +788,7 @@ class ReaderCore:
                     state[0] = _BATCH_DONE
                     continue
                 kept[0] = b""
-                armed[0] = item_byte
+                armed[0] = tags
                 pos = tag_size + length - len(tail)
                 payload = joined[tag_size : tag_size + length]
             error = False
@@ -719,11 +845,11 @@ class ReaderCore:
                 # After the items before it (the caller raises it after them): the
                 # rest of the chunk goes to the decoder, for whoever reads on.
                 state[0] = _BATCH_DONE
-                armed[0] = -1
+                armed[0] = disarmed
                 if rest:
                     decoder.feed(memoryview(data)[pos:])
             elif not left and rest:
-                held = (data, pos)
+                held[0] = (data, pos)
                 state[0] = _BATCH_MORE
             else:
                 state[0] = _BATCH_DONE
@@ -735,9 +861,9 @@ class ReaderCore:
                         cut = data[pos] == item_byte
                     if cut:  # a small ITEM frame the transport's read cut: wait for the rest
                         kept[0] = data[pos:]
-                        armed[0] = tail_held
+                        armed[0] = held_tags
                     else:
-                        armed[0] = -1
+                        armed[0] = disarmed
                         decoder.feed(memoryview(data)[pos:])
 
     def next_item_after(self, data: bytes | bytearray | memoryview) -> Any:
@@ -749,7 +875,7 @@ class ReaderCore:
             return BATCH  # the taker took `data` as a batch
         if self._failed:
             raise self._failed.pop()
-        self._take_byte[0] = -1
+        self._take_byte[0] = _DISARMED
         if self._tail[0]:
             self._flush_tail()
         if self._peeked is None and not self._ended:
@@ -789,7 +915,7 @@ class ReaderCore:
                     # The common case between two items: a frame per chunk. With
                     # nothing buffered, arm take_item for the next chunk.
                     if decoder._tag is None and not decoder._chunks and self._items_started:
-                        self._take_byte[0] = _TAIL_HELD if self._tail[0] else self._item_byte
+                        self._take_byte[0] = _TAGS_HELD if self._tail[0] else self._item_tags
                     return NEED_DATA
             elif frame[0] is _ITEM:
                 # Hot path: an item frame straight from the decoder, never peeked.

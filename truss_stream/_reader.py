@@ -8,8 +8,16 @@ chunk from its source.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from typing import Any, Generic, TypeVar, cast, overload
 
 import pydantic
@@ -23,6 +31,31 @@ from ._schema import FooterTT, HeaderTT, ItemT, StreamTypes
 __all__ = ["AsyncStreamReader", "StreamReader", "stream_reader"]
 
 _EXHAUSTED = object()
+
+
+class _Items(itertools.chain[Any]):
+    """What ``StreamReader.read_items`` returns: the chain of its item runs, closable.
+
+    ``close()`` ends it as it ends a generator (read_items was one): the runs'
+    generator is closed and, as a chain's current run cannot be stopped from
+    outside, the object becomes a :class:`_ClosedItems`, which yields nothing, so
+    not one more chunk is pulled from the source.
+    """
+
+    __slots__ = ("_runs",)
+    _runs: Generator[Any, None, None]
+
+    def close(self) -> None:
+        """Stop: no more items, nothing more read from the source."""
+        self.__class__ = _ClosedItems
+        self._runs.close()
+
+
+class _ClosedItems(_Items):
+    __slots__ = ()
+
+    def __next__(self) -> Any:
+        raise StopIteration
 
 
 # Why covariant header/footer parameters: mypy does not check a TypeVar's bound when
@@ -161,16 +194,27 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
             StreamConsumedError: called a second time.
             StreamTruncatedError: the source ended before END.
         """
+        # The items come in runs (see _item_runs), chained in C: while chunks are
+        # one whole small item frame each (SSE, gRPC), no line of Python of this
+        # driver runs per item, only the core's taker.
+        runs = self._item_runs()
+        items = cast("_Items", _Items.from_iterable(runs))
+        items._runs = runs
+        return items
+
+    def _item_runs(self) -> Generator[Iterable[ItemT], None, None]:
+        """The runs of items read_items chains: what the core holds, or a taker run."""
         core = self._core
         core.start_items()
         next_item = core.next_item
         next_item_after = core.next_item_after
-        take_item = core.item_taker
         after_batch = core.next_item_after_batch
         batch = core.batch
-        chunks = self._chunks()
-        # Locals: a global lookup per item is measurable here.
-        need_data, done, not_taken, batched = NEED_DATA, DONE, NOT_TAKEN, BATCH
+        pending = core.pending_chunk
+        item_run = core.item_run
+        take_item = core.item_taker
+        chunks = iter(self._chunks())
+        need_data, done, batched, not_taken = NEED_DATA, DONE, BATCH, NOT_TAKEN
         item = next_item()
         while True:
             # What the core holds already (several frames in one chunk, the header's),
@@ -179,22 +223,37 @@ class StreamReader(_ReaderBase[ItemT, HeaderCo, FooterCo]):
                 if item is done:
                     return
                 if item is batched:
-                    yield from batch
+                    yield batch  # consumed by the chain before after_batch refills it
                     item = after_batch()
                     continue
-                yield item
+                yield (item,)
                 item = next_item()
-            # Nothing buffered: pull chunks. A chunk that is one whole item frame (the
-            # common case) is decoded at once and leaves the core empty again.
-            for chunk in chunks:
+            # Nothing buffered: the next chunk, to the taker first. Once it takes one
+            # (a stream of one small item frame per chunk), a run of the taker over
+            # the chunks after it (the chain pulls them through it in C), while it
+            # takes them; then the chunk it stopped at goes to the core as it is.
+            chunk: Any = next(chunks, _EXHAUSTED)
+            if chunk is not _EXHAUSTED:
                 item = take_item(chunk)
                 if item is not_taken:
                     item = next_item_after(chunk)
-                    break
-                yield item
-            else:
+                    continue
+                yield (item,)
+                run = item_run(chunks)
+                if run is None:
+                    item = next_item()
+                    continue
+                pending[0] = None
+                yield run
+                chunk = pending[0]
+                pending[0] = None
+                if chunk is None:
+                    chunk = _EXHAUSTED
+            if chunk is _EXHAUSTED:
                 core.receive_eof()
                 item = next_item()
+            else:
+                item = next_item_after(chunk)
 
     def read_footer(self: StreamReader[Any, Any, _WithFooter]) -> FooterCo:
         """Read the footer, after all items, and the END frame that follows it.
