@@ -9,7 +9,7 @@ from typing import Any, Final, Generic
 import pydantic
 
 from ._codec import MsgpackEncoder, encode_error, encode_json, encode_msgpack
-from ._errors import StreamError, StreamOrderError
+from ._errors import MalformedFrameError, StreamError, StreamOrderError
 from ._frames import TAG_SIZE, TAG_STRUCT, Codec, FrameKind, pack_tag, parse_tag
 from ._schema import FooterT, FooterTT, HeaderT, HeaderTT, ItemT, StreamTypes
 
@@ -303,8 +303,6 @@ def frame_info(frame: bytes | bytearray | memoryview) -> tuple[FrameKind, Codec]
     Raises:
         MalformedFrameError: not a whole, well-formed frame.
     """
-    from ._errors import MalformedFrameError
-
     view = memoryview(frame)
     if len(view) < TAG_SIZE:
         raise MalformedFrameError(f"a frame has at least {TAG_SIZE} bytes, got {len(view)}")
