@@ -301,7 +301,7 @@ async def _memory_under_load(budget_mb: int, model: str, backend: str) -> _Memor
     code paths first used are not counted as load. ``MALLOC_ARENA_MAX=1``: glibc gives
     each thread that meets another in malloc an arena of its own, gRPC's threads
     receive packets in theirs while the event loop copies them out in another, and
-    memory freed in one arena neither serves the next or returns to the system: by
+    memory freed in one arena neither serves another nor returns to the system: by
     default RSS measures what every arena once held, not what the proxy holds, and
     moves with thread timing (the flake: +816 MiB under load, +360 to +451 MiB alone).
     """
