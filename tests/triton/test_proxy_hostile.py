@@ -344,7 +344,7 @@ async def test_in_flight_bytes_are_bounded_across_calls() -> None:
     its bandwidth-delay estimate: about 40 MiB per call measured here with an 8 MiB
     budget, 3 calls: +223 MiB, 96 of it the two terms before) -> 3 x 56 = 168 MiB.
     Allowing 1/4 for the allocator's fragmentation: (432 + 168) x 1.25 = 750 MiB
-    (measured: +251 to +425 MiB, load up to 15). The yardstick: the same load without
+    (measured: +243 to +425 MiB, load up to 15). The yardstick: the same load without
     a budget (0), to a model that answers once all 96 packets are in (with a fixed
     hold, how much piled up depended on how fast a loaded machine read them)."""
     unbounded = await _memory_under_load(0, "gather:96", backend="gathered")
