@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import subprocess
 import sys
 import threading
@@ -404,6 +405,33 @@ def test_client_gone_while_the_server_writes_closes_the_producer(sync: bool) -> 
         finally:
             if gc_was_on:
                 gc.enable()
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "async"])
+def test_shutdown_while_the_server_writes_still_ends_with_going_away(
+    sync: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The grace ends while a write waits for flow control (the client is not reading).
+    # Cancelling that await does not take the write back inside gRPC: the going-away
+    # frame written next was a second write on the call and failed with
+    # GRPC_CALL_ERROR_TOO_MANY_OPERATIONS (seen as a flake under CPU load, when a slow
+    # client made the window likely). The write must finish first, then the frame.
+    caplog.set_level(logging.WARNING)
+    flood = Flood(sync=sync)
+    with serve_in_thread(FrameStreamService({"Flood": flood})) as running:
+        with connect(running.target, "Flood", TYPES) as reader:
+            reader.read_header()
+            time.sleep(0.3)  # the server fills the flow-control window and waits
+            stopper = threading.Thread(target=running.stop, args=(0,))
+            stopper.start()
+            time.sleep(0.3)  # the grace (0) is over while the write still waits
+            with pytest.raises(ServerGoingAwayError):
+                for _ in reader.read_items():
+                    pass
+            stopper.join(10)
+        assert flood.closed.wait(5)
+    failures = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not failures, [r.getMessage() for r in failures]
 
 
 def test_server_stopped_mid_stream_is_never_a_complete_stream() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -28,6 +29,33 @@ async def held_echo(model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, n
     await asyncio.sleep(float(seconds or 1.0))
     (array,) = inputs.values()
     return {"OUTPUT": array}
+
+
+class Gathered:
+    """Echo once N packets are held at once (model ``gather:N``), or after 60 s.
+
+    The proxy's memory yardstick: every packet of the load is in flight together,
+    however slowly a loaded machine reads them (a fixed hold lets the first packets
+    go before the last arrive). One instance per proxy process.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}
+        self._all_in: dict[str, asyncio.Event] = {}
+
+    async def __call__(self, model: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        _, _, count = model.partition(":")
+        held = self._held[model] = self._held.get(model, 0) + 1
+        all_in = self._all_in.setdefault(model, asyncio.Event())
+        if held >= int(count or 1):
+            all_in.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 60.0)
+        (array,) = inputs.values()
+        return {"OUTPUT": array}
+
+
+gathered = Gathered()
 
 
 def count_tokens(model: str, inputs: Mapping[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:

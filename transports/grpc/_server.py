@@ -30,6 +30,7 @@ from collections.abc import (
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import anyio
+import anyio.lowlevel
 import grpc
 import grpc.aio
 from google.protobuf.descriptor_pool import DescriptorPool
@@ -223,10 +224,11 @@ async def _serve_call(
                 except Exception as exc:
                     await _abort_before_first_frame(context, exc, stream_id, expose)
                 codec = frame_info(first)[1]
-                await context.write(_as_bytes(first))
-                del first  # a long stream must not pin its first frame (a tensor) until it ends
-                async for frame in frames:
-                    await context.write(_as_bytes(frame))
+                with anyio.CancelScope() as writing:  # shielded during each write (_write)
+                    await _write(context, _as_bytes(first), writing, scope)
+                    del first  # a long stream must not pin its first frame until it ends
+                    async for frame in frames:
+                        await _write(context, _as_bytes(frame), writing, scope)
             finally:
                 watcher.cancel()
         if scope.cancelled_caught:
@@ -243,6 +245,32 @@ async def _serve_call(
         # producer (and a sync producer's worker thread) open for an unbounded time.
         with anyio.CancelScope(shield=True):
             await frames.aclose()
+
+
+async def _write(
+    context: grpc.aio.ServicerContext[Any, Any],
+    message: bytes,
+    writing: anyio.CancelScope,
+    scope: anyio.CancelScope,
+) -> None:
+    # ``writing`` (inside the shutdown's ``scope``) is shielded while the write is under
+    # way: cancelling `await context.write()` does not take the write back, the message
+    # stays queued in gRPC core until flow control lets it out, and the going-away frame
+    # written next was then a second write on the call (GRPC_CALL_ERROR_TOO_MANY_
+    # OPERATIONS). A write waits for a slow reader, more often under CPU load. So the
+    # cancellation lands once the write is done (the checkpoint below: a producer that
+    # never awaits between frames has no other). One scope toggled, not one per frame:
+    # entering a scope costs several times a toggle. A client that cancels or goes away
+    # still ends a write at once (gRPC fails it and cancels the task natively, which no
+    # anyio shield holds back); one that never reads again is cut by the server's own
+    # stop when ``wait_idle`` gives up.
+    writing.shield = True
+    try:
+        await context.write(message)
+    finally:
+        writing.shield = False
+    if scope.cancel_called:
+        await anyio.lowlevel.checkpoint()
 
 
 async def _cancel_when_due(drain: GracefulShutdown, scope: anyio.CancelScope) -> None:

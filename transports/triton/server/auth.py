@@ -186,8 +186,12 @@ class DominoAuthInterceptor(MethodInterceptor):
         self._cache_ttl = max(cache_ttl, 0.0)
         self._timeout = timeout
         self._exempt = tuple(exempt_prefixes)
-        self._client = client
         self._owns_client = client is None
+        # Made now, not at the first lookup: an AsyncClient loads its CA bundle when built
+        # (0.2-0.4 s on a loaded machine), which counted against the first lookup's deadline.
+        self._client: httpx.AsyncClient | None = (
+            client if client is not None else self._new_client()
+        )
         self._max_cache = max_cache_entries
         self._allowed_until: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lookups: dict[str, asyncio.Task[_Decision]] = {}
@@ -203,15 +207,18 @@ class DominoAuthInterceptor(MethodInterceptor):
         """How many principal lookups are under way now."""
         return len(self._lookups)
 
+    def _new_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=self._timeout,  # a backstop; the deadline is enforced around it
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=MAX_CONCURRENT_LOOKUPS, max_keepalive_connections=16
+            ),
+        )
+
     def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self._timeout,  # a backstop; the deadline is enforced around it
-                follow_redirects=False,
-                limits=httpx.Limits(
-                    max_connections=MAX_CONCURRENT_LOOKUPS, max_keepalive_connections=16
-                ),
-            )
+        if self._client is None:  # closed by aclose() and used again
+            self._client = self._new_client()
         return self._client
 
     async def aclose(self) -> None:

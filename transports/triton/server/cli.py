@@ -43,6 +43,15 @@ async def _serve(config: ProxyConfig) -> None:
     await stop.wait()
     _log.info("shutting down")
     await running.stop(grace=5.0)
+    budget, stats = running.proxy.budget, running.proxy.stats
+    # What the --max-inflight-mb budget held at most (its guarantee, as measured by
+    # the proxy itself; the tests read this line) and how often packets waited for it.
+    _log.info(
+        "in-flight budget: peak %d of %d bytes, %d packets waited",
+        budget.peak,
+        budget.limit,
+        stats.budget_waits,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
