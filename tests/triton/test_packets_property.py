@@ -31,7 +31,9 @@ from transports.triton.server.packets import (
     MAX_RANK,
     MAX_TIMEOUT_SECS,
     PacketError,
+    ack_bytes,
     error_ack,
+    packet_bytes,
     parse_packet,
 )
 
@@ -237,3 +239,51 @@ def test_the_reported_cases_are_bad_requests() -> None:
         assert words in str(info.value)
     assert check_parse(base) is not None
     np.testing.assert_array_equal(np.frombuffer(base.tensor.data, np.float32), [0, 0])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(arbitrary_packets(), plausible_packets()), st.integers(0, 3 << 20))
+def test_packet_bytes_bounds_the_serialized_size_from_above(
+    packet: pb.DataPacket, extra: int
+) -> None:
+    """The budget's count of a packet (without serializing it) is never below what the
+    packet holds on the wire, and above it by the documented framing and dims at most."""
+    if extra:  # a tensor's bytes past varint length boundaries (1, 2, 3 and 4 bytes)
+        packet.tensor.data = bytes(extra)
+    counted = packet_bytes(packet)
+    wire = packet.ByteSize()
+    assert wire <= counted <= wire + 128 + 9 * len(packet.tensor.shape.dims)
+
+
+_ACK_DIMS = st.lists(st.one_of(st.integers(0, 4), INT64), max_size=8)
+
+
+@st.composite
+def arbitrary_acks(draw: st.DrawFn) -> pb.Ack:
+    """Every Ack field drawn on its own, past each varint length boundary."""
+    outputs = [
+        pb.NamedTensor(
+            name=draw(TEXT),
+            dtype=draw(ENUM_DTYPE),  # type: ignore[arg-type]
+            shape=pb.Shape(dims=draw(_ACK_DIMS)),
+            data=bytes(draw(st.sampled_from([0, 1, 127, 128, 16383, 16384, 1 << 21]))),
+        )
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    return pb.Ack(
+        correlation_id=draw(TEXT),
+        status=draw(st.one_of(st.sampled_from(list(pb.AckStatus.values())), INT32)),  # type: ignore[arg-type]
+        message=draw(TEXT),
+        outputs=outputs,
+        timing=pb.Timing(triton_infer_ms=draw(st.floats()), total_ms=draw(st.floats())),
+        index=draw(st.integers(0, 2**32 - 1)),
+        final=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arbitrary_acks())
+def test_ack_bytes_bounds_the_serialized_size_from_above(ack: pb.Ack) -> None:
+    """The message-limit check's first count is never below the Ack's size on the wire,
+    so no Ack over the limit is sent for want of serializing it."""
+    assert ack.ByteSize() <= ack_bytes(ack)

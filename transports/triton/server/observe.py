@@ -99,13 +99,13 @@ def _status_name(status: int) -> str:
         return str(status)
 
 
-def packet_received(metrics: ProxyMetrics, packet: pb.DataPacket) -> int:
-    """Count ``packet`` in flight; returns the bytes counted (give them to :func:`packet_done`).
+def packet_received(metrics: ProxyMetrics, size: int) -> int:
+    """Count a packet of ``size`` bytes (``packets.packet_bytes``) in flight; returns
+    ``size`` (give it to :func:`packet_done`).
 
     The servicer calls this (and :func:`packet_done`) only when it has metrics, so a
     proxy without them pays one ``is None`` test per packet.
     """
-    size = len(packet.tensor.data)
     metrics.packets_in_flight += 1
     metrics.bytes_in_flight += size
     return size
