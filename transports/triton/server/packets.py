@@ -151,6 +151,11 @@ _PACKET_FRAMING = 128
 each field's tag and length (at most 11 bytes each), the dtype and the event (11 each)."""
 
 
+_SERIALIZE_BELOW = 1 << 16
+"""Tensor bytes below which ``packet_bytes`` asks protobuf (0.2 us for a 4-byte tensor, against
+0.9 us for the sum of the parts)."""
+
+
 def packet_bytes(packet: pb.DataPacket) -> int:
     """The bytes ``packet`` holds, as the in-flight budget counts them: at least its
     serialized size (``ByteSize()``), at most ``_PACKET_FRAMING`` plus 9 per dim more.
@@ -161,8 +166,11 @@ def packet_bytes(packet: pb.DataPacket) -> int:
     control) are measured by ``ByteSize()``, in proportion to what they hold.
     """
     tensor = packet.tensor
+    data = len(tensor.data)
+    if data < _SERIALIZE_BELOW:
+        return packet.ByteSize()  # exact, and cheaper than the sum below for small packets
     return (
-        len(tensor.data)
+        data
         + packet.meta.ByteSize()
         + packet.control.ByteSize()
         + 10 * len(tensor.shape.dims)
