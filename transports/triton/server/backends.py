@@ -282,12 +282,14 @@ class TritonBackend(Backend):
             call.cancel()
 
     def _infer_message(
-        self, request: InferRequest, wanted: Sequence[str]
+        self, request: InferRequest, wanted: Sequence[str], *, per_packet: bool = True
     ) -> service_pb2.ModelInferRequest:
+        """``request`` as a ``ModelInferRequest``; without ``per_packet``, without its id
+        and tensor bytes (the part :meth:`infer_request_bytes` caches)."""
         return service_pb2.ModelInferRequest(
             model_name=request.model,
             model_version=request.model_version,
-            id=request.cid,
+            id=request.cid if per_packet else "",
             inputs=[
                 service_pb2.ModelInferRequest.InferInputTensor(
                     name=request.input_name, datatype=request.datatype, shape=request.shape
@@ -296,7 +298,7 @@ class TritonBackend(Backend):
             outputs=[
                 service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in wanted
             ],
-            raw_input_contents=[request.data],
+            raw_input_contents=[request.data] if per_packet else [],
         )
 
     def infer_request_bytes(self, request: InferRequest, wanted: Sequence[str]) -> bytes:
@@ -321,18 +323,7 @@ class TritonBackend(Backend):
         )
         prefix = self._prefixes.get(key)
         if prefix is None:
-            prefix = service_pb2.ModelInferRequest(
-                model_name=request.model,
-                model_version=request.model_version,
-                inputs=[
-                    service_pb2.ModelInferRequest.InferInputTensor(
-                        name=request.input_name, datatype=request.datatype, shape=request.shape
-                    )
-                ],
-                outputs=[
-                    service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in wanted
-                ],
-            ).SerializeToString()
+            prefix = self._infer_message(request, wanted, per_packet=False).SerializeToString()
             if len(self._prefixes) >= _OUTPUT_NAMES_MAX:
                 self._prefixes.clear()
             self._prefixes[key] = prefix
