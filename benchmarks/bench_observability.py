@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -198,7 +197,7 @@ async def measure_sse() -> dict[str, float]:
 
 @contextlib.contextmanager
 def _proxy(triton_url: str, *, metrics: bool) -> Iterator[tuple[str, int]]:
-    from benchmarks.bench_triton import _read_line, _stop
+    from benchmarks.bench_triton import listening
 
     args = ["--listen", "127.0.0.1:0", "--triton-url", triton_url, "--max-in-flight", "256"]
     args += ["--log-level", "WARNING"]
@@ -207,15 +206,9 @@ def _proxy(triton_url: str, *, metrics: bool) -> Iterator[tuple[str, int]]:
         cmd.append("127.0.0.1:0")
     else:
         cmd = [sys.executable, "-c", _NO_PROMETHEUS, *args]
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        line = _read_line(proc, "LISTENING", 60)
+    with listening(cmd) as (target, pid, line):
         assert ("metrics=" in line) == metrics, line
-        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid
-    finally:
-        _stop(proc)
+        yield target, pid
 
 
 def measure_proxy() -> dict[str, float]:

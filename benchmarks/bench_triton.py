@@ -186,6 +186,20 @@ def _wait_for_file(proc: subprocess.Popen[Any], path: Path, timeout: float) -> b
 
 
 @contextlib.contextmanager
+def listening(cmd: list[str]) -> Iterator[tuple[str, int, str]]:
+    """``cmd``, a server that prints ``LISTENING host:port ...``, in its own process;
+    yields its loopback target, its pid and that line, and stops it afterwards."""
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        line = _read_line(proc, "LISTENING", 60)
+        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid, line
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
 def running_proxy(
     triton_url: str, profile_to: Path | None = None, extra: tuple[str, ...] = ()
 ) -> Iterator[tuple[str, int]]:
@@ -193,48 +207,18 @@ def running_proxy(
     prefix = [sys.executable]
     if profile_to is not None:
         prefix += ["-m", "cProfile", "-o", str(profile_to)]
-    proc = subprocess.Popen(
-        [
-            *prefix,
-            "-m",
-            "transports.triton.proxy",
-            "--listen",
-            "127.0.0.1:0",
-            "--triton-url",
-            triton_url,
-            "--max-in-flight",
-            "256",
-            "--log-level",
-            "WARNING",
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = _read_line(proc, "LISTENING", 60)
-        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid
-    finally:
-        _stop(proc)
+    args = ["--listen", "127.0.0.1:0", "--triton-url", triton_url, "--max-in-flight", "256"]
+    args += ["--log-level", "WARNING", *extra]
+    with listening([*prefix, "-m", "transports.triton.proxy", *args]) as (target, pid, _):
+        yield target, pid
 
 
 @contextlib.contextmanager
 def running_floor_proxy(triton_url: str, *extra: str) -> Iterator[tuple[str, int]]:
     """The floor proxy (``benchmarks._floor_proxy``) in its own process; (target, pid)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks._floor_proxy", "--triton-url", triton_url, *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = _read_line(proc, "LISTENING", 60)
-        yield f"127.0.0.1:{line.split()[1].rsplit(':', 1)[1]}", proc.pid
-    finally:
-        _stop(proc)
+    cmd = [sys.executable, "-m", "benchmarks._floor_proxy", "--triton-url", triton_url, *extra]
+    with listening(cmd) as (target, pid, _):
+        yield target, pid
 
 
 def _frames(n: int) -> list[bytes]:
