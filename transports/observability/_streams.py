@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import msgpack
 
@@ -88,25 +88,47 @@ async def _with_context(
         yield frame
 
 
+_Group = TypeVar("_Group")
+
+
+def resolve_metrics(
+    metrics: _Group | bool | None, default: Callable[[], _Group], needs: str
+) -> _Group | None:
+    """The collectors for a ``metrics=`` argument: a group as given; None and True the
+    default registry's, ``default()`` (which imports prometheus_client); False none.
+
+    Raises:
+        ImportError: ``metrics=True`` without prometheus_client installed (``needs``).
+    """
+    if metrics is False:
+        return None
+    if metrics is None or metrics is True:
+        try:
+            return default()
+        except ImportError:
+            if metrics is True:
+                raise ImportError(needs) from None
+            return None
+    return metrics
+
+
+def _default_stream_metrics() -> StreamMetrics:
+    from ._metrics import StreamMetrics
+
+    return StreamMetrics.for_registry()
+
+
 def resolve_stream_metrics(metrics: StreamMetrics | bool | None) -> StreamMetrics | None:
     """The collectors a server records into for a ``metrics=`` argument.
 
     Raises:
         ImportError: ``metrics=True`` without prometheus_client installed.
     """
-    if metrics is False:
-        return None
-    if metrics is None or metrics is True:
-        try:
-            from ._metrics import StreamMetrics
-        except ImportError:
-            if metrics is True:
-                raise ImportError(
-                    "metrics=True needs prometheus_client: install truss-stream[metrics]"
-                ) from None
-            return None
-        return StreamMetrics.for_registry()
-    return metrics
+    return resolve_metrics(
+        metrics,
+        _default_stream_metrics,
+        "metrics=True needs prometheus_client: install truss-stream[metrics]",
+    )
 
 
 def _error_details(frame: bytes) -> tuple[str | None, str | None, str | None]:

@@ -39,6 +39,7 @@ import grpc.aio
 
 from transports.observability import _tracing
 from transports.observability._grpc import aio_trace_interceptors
+from transports.observability._streams import resolve_metrics
 from transports.triton.protocol import multimodal_pb2 as pb
 from transports.triton.server._credentials import Verdict
 from transports.triton.server._interceptors import MethodInterceptor, same_kind
@@ -72,21 +73,19 @@ _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _default_proxy_metrics() -> ProxyMetrics:
+    from transports.observability._metrics import ProxyMetrics
+
+    return ProxyMetrics.for_registry()
+
+
 def resolve_proxy_metrics(metrics: ProxyMetrics | bool | None) -> ProxyMetrics | None:
     """None: the default registry's group when prometheus_client is installed; False: none."""
-    if metrics is False:
-        return None
-    if metrics is None or metrics is True:
-        try:
-            from transports.observability._metrics import ProxyMetrics
-        except ImportError:
-            if metrics is True:
-                raise ImportError(
-                    "proxy metrics need prometheus_client: install truss-stream[metrics]"
-                ) from None
-            return None
-        return ProxyMetrics.for_registry()
-    return metrics
+    return resolve_metrics(
+        metrics,
+        _default_proxy_metrics,
+        "proxy metrics need prometheus_client: install truss-stream[metrics]",
+    )
 
 
 _STATUS_NAMES: dict[int, str] = {v: k for k, v in pb.AckStatus.items()}
